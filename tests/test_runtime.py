@@ -1,0 +1,58 @@
+"""Backend setup: the fast BLAS is bound before mlx, and its absence is reported, not hidden."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sys as _sys
+
+import numpy as np
+import pytest
+
+from psilonet import runtime
+
+PROBE = (
+    "import psilonet, mlx.core as mx, numpy as np;"
+    "from psilonet import runtime; b = runtime.active_blas();"
+    "a = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32);"
+    "err = float(np.abs(np.array(mx.array(a) @ mx.array(a)) - a @ a).max());"
+    "print(b.name, b.fast, err)"
+)
+
+
+def probe(env_value: str):
+    import os
+
+    env = {**os.environ, "PSILONET_BLAS": env_value}
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, check=True)
+    name, fast, err = out.stdout.split()
+    return name, fast == "True", float(err), out.stderr
+
+
+@pytest.mark.skipif(_sys.platform != "linux", reason="the BLAS fix is for Linux")
+def test_openblas_is_bound_and_correct_when_installed():
+    if runtime.find_blas("openblas") is None:
+        pytest.skip("libopenblas0-pthread is not installed")
+    name, fast, err, _ = probe("auto")
+    assert (name, fast) == ("openblas", True)
+    assert err < 1e-3
+
+
+@pytest.mark.skipif(_sys.platform != "linux", reason="the BLAS fix is for Linux")
+def test_reference_blas_is_reported():
+    name, fast, err, _ = probe("reference")
+    assert (name, fast) == ("reference", False)
+    assert err < 1e-3
+
+
+@pytest.mark.skipif(_sys.platform != "linux", reason="the BLAS fix is for Linux")
+def test_missing_library_warns_with_install_command():
+    name, fast, _, stderr = probe("/nonexistent/libopenblas.so.0")
+    assert (name, fast) == ("reference", False)
+    assert runtime.INSTALL_HINT in stderr
+
+
+def test_this_process_runs_float32_on_cpu():
+    import mlx.core as mx
+
+    assert runtime.compute_dtype() == mx.float32
