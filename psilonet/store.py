@@ -1,0 +1,557 @@
+"""Run storage for psilonet: a DuckDB catalog of runs plus one directory per run.
+
+Layout under ``data_dir``::
+
+    catalog.duckdb             # table `runs`: one row per run (any kind)
+    runs/<run_id>/run.duckdb   # a published (complete) run; plus artifact files
+    runs/.staging/<run_id>/    # a run being written, or one that failed / was killed
+
+DuckDB holds an OS file lock on a database: while one process has it open
+read-write nobody else can open it at all, not even read-only.  Two rules follow:
+
+* The catalog is only ever touched through short-lived connections opened by
+  :meth:`Store._catalog`, which retries while another process holds the lock.
+* A run's own ``run.duckdb`` is private to the job writing it, in a staging
+  directory, and is published with one atomic ``os.rename`` when complete.  A
+  killed job therefore never leaves a half-written run visible.
+
+All SQL of the project lives in this module; new queries are added here as named
+methods so that table names stay constants and values always go through ``?``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import secrets
+import socket
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Iterator
+
+import duckdb
+import pandas as pd
+
+__all__ = [
+    "Store",
+    "RunWriter",
+    "RunReader",
+    "StoreError",
+    "StoreLockedError",
+    "RunNotFoundError",
+    "RUN_COLUMNS",
+]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class StoreError(Exception):
+    """Base class for every error raised by the store."""
+
+
+class StoreLockedError(StoreError):
+    """A database stayed locked by someone else for the whole retry window."""
+
+
+class RunNotFoundError(StoreError):
+    """The run id is unknown, or the run exists but is not published."""
+
+
+# --------------------------------------------------------------------------- SQL
+
+CATALOG_FILE = "catalog.duckdb"
+RUN_DB_FILE = "run.duckdb"
+STAGING_NAME = ".staging"
+
+RUN_COLUMNS = [
+    "run_id", "kind", "status", "created", "finished", "model", "dataset",
+    "config", "summary", "error", "parent", "host", "pid", "progress",
+]  # fmt: skip
+_RUN_SELECT = ", ".join(RUN_COLUMNS)
+
+# config/summary are JSON text in VARCHAR columns rather than DuckDB's JSON type,
+# so that reading the catalog never depends on the json extension being loadable.
+_SQL_CREATE_RUNS = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id   VARCHAR PRIMARY KEY,
+    kind     VARCHAR NOT NULL,
+    status   VARCHAR NOT NULL,
+    created  TIMESTAMP NOT NULL,
+    finished TIMESTAMP,
+    model    VARCHAR,
+    dataset  VARCHAR,
+    config   VARCHAR,
+    summary  VARCHAR,
+    error    VARCHAR,
+    parent   VARCHAR,
+    host     VARCHAR,
+    pid      INTEGER,
+    progress DOUBLE
+)"""
+_SQL_INSERT_RUN = """
+INSERT INTO runs (run_id, kind, status, created, model, dataset, config, parent, host, pid)
+VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)"""
+_SQL_SET_PROGRESS = "UPDATE runs SET progress = ? WHERE run_id = ?"
+_SQL_MARK_COMPLETE = """
+UPDATE runs SET status = 'complete', finished = ?, summary = ?, progress = 1.0
+WHERE run_id = ?"""
+_SQL_MARK_FAILED = "UPDATE runs SET status = 'failed', finished = ?, error = ? WHERE run_id = ?"
+
+_SQL_CREATE_META = "CREATE TABLE IF NOT EXISTS run_meta (key VARCHAR PRIMARY KEY, value VARCHAR)"
+_SQL_INSERT_META = "INSERT INTO run_meta (key, value) VALUES (?, ?)"
+_SQL_SELECT_META = "SELECT key, value FROM run_meta"
+_SQL_CREATE_METRICS = """
+CREATE TABLE IF NOT EXISTS metrics (
+    step  INTEGER,
+    split VARCHAR,
+    name  VARCHAR,
+    value DOUBLE,
+    time  TIMESTAMP
+)"""
+_SQL_INSERT_METRIC = "INSERT INTO metrics (step, split, name, value, time) VALUES (?, ?, ?, ?, ?)"
+
+# --------------------------------------------------------------------------- helpers
+
+_KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+# Run ids become directory names, so anything else is rejected before touching disk.
+_RUN_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}-\d{8}-\d{6}-[0-9a-f]{6}$")
+
+_RETRY_FIRST_SLEEP_S = 0.02
+_RETRY_MAX_SLEEP_S = 0.1
+_PROGRESS_MIN_INTERVAL_S = 1.0
+
+
+def _now() -> datetime:
+    # Local wall-clock time, matching the timestamp embedded in run ids.
+    return datetime.now()
+
+
+def _new_run_id(kind: str) -> str:
+    return f"{kind}-{_now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def _to_json(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"{what} is not JSON-serialisable: {e}") from e
+
+
+def _from_json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _is_lock_conflict(err: duckdb.Error) -> bool:
+    # Another process: IOException "Could not set lock ... Conflicting lock is held".
+    # This process: ConnectionException when a read-write and a read-only
+    # connection to the same file overlap (e.g. two threads); equally transient.
+    msg = str(err).lower()
+    if isinstance(err, duckdb.IOException):
+        return "lock" in msg
+    if isinstance(err, duckdb.ConnectionException):
+        return "different configuration" in msg
+    return False
+
+
+def _connect(path: Path, *, read_only: bool, timeout: float) -> duckdb.DuckDBPyConnection:
+    """Open ``path``, retrying with backoff while another holder has it locked."""
+    deadline = time.monotonic() + timeout
+    sleep = _RETRY_FIRST_SLEEP_S
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.Error as e:
+            if not _is_lock_conflict(e):
+                raise StoreError(f"cannot open {path}: {e}") from e
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                holder = (
+                    "another connection in this process"
+                    if isinstance(e, duckdb.ConnectionException)
+                    else "another process"
+                )
+                raise StoreLockedError(
+                    f"{holder} holds a lock on {path} (still held after "
+                    f"{timeout:.1f} s); retry when it is done"
+                ) from e
+            # Jitter so that contending processes do not retry in lockstep; the
+            # low cap keeps a writer from starving behind back-to-back readers.
+            time.sleep(min(sleep * random.uniform(0.5, 1.0), remaining))
+            sleep = min(sleep * 2, _RETRY_MAX_SLEEP_S)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Best-effort liveness check of a process on this host.
+
+    A recycled pid cannot be told apart from the original and counts as alive;
+    a zombie (killed but not yet reaped by its parent) counts as dead.
+    """
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    except OSError:
+        return False
+    try:
+        # /proc/<pid>/stat is "pid (comm) S ...": the state follows the last ')'.
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no procfs (macOS): trust os.kill
+
+
+def _run_state(status: str, host: str | None, pid: int | None) -> str:
+    if status == "running" and host == socket.gethostname() and pid is not None:
+        if not _pid_alive(pid):
+            return "killed"
+    return status
+
+
+def _row_to_run(columns: list[str], row: tuple) -> dict[str, Any]:
+    run = dict(zip(columns, row))
+    run["config"] = _from_json(run["config"])
+    run["summary"] = _from_json(run["summary"])
+    run["state"] = _run_state(run["status"], run["host"], run["pid"])
+    return run
+
+
+# --------------------------------------------------------------------------- store
+
+
+class Store:
+    """Catalog of runs plus per-run directories under ``data_dir``.
+
+    Nothing is created on disk until the first run is begun, so a Store over a
+    missing directory is valid and simply lists no runs.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, *, lock_timeout: float = 15.0) -> None:
+        """``lock_timeout``: seconds to keep retrying while another process holds a lock."""
+        self.data_dir = Path(data_dir)
+        self.catalog_path = self.data_dir / CATALOG_FILE
+        self.runs_dir = self.data_dir / "runs"
+        self.staging_dir = self.runs_dir / STAGING_NAME
+        self.lock_timeout = lock_timeout
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.data_dir)!r})"
+
+    # ---- the one way into the catalog
+
+    @contextmanager
+    def _catalog(self, *, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Short-lived catalog connection; keep the body to one statement or transaction.
+
+        Holding it longer blocks every other process, readers included.
+        """
+        if not read_only:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        con = _connect(self.catalog_path, read_only=read_only, timeout=self.lock_timeout)
+        try:
+            if not read_only:
+                con.execute(_SQL_CREATE_RUNS)
+            yield con
+        except duckdb.Error as e:
+            raise StoreError(f"catalog operation on {self.catalog_path} failed: {e}") from e
+        finally:
+            con.close()
+
+    def _write_catalog(self, sql: str, params: list[Any]) -> None:
+        with self._catalog(read_only=False) as con:
+            con.execute(sql, params)
+
+    def _select_runs(self, where: str = "", params: list[Any] | None = None) -> list[dict]:
+        """Catalog rows as dicts; ``where`` must be built from constants and ``?`` only."""
+        if not self.catalog_path.exists():
+            return []  # readers never create the catalog
+        sql = f"SELECT {_RUN_SELECT} FROM runs {where} ORDER BY created DESC, run_id DESC"
+        with self._catalog(read_only=True) as con:
+            try:
+                rows = con.execute(sql, params or []).fetchall()
+            except duckdb.CatalogException:
+                return []  # file exists but its creator died before making the table
+        return [_row_to_run(RUN_COLUMNS, row) for row in rows]
+
+    # ---- public API
+
+    def list_runs(self, kind: str | None = None, status: str | None = None) -> pd.DataFrame:
+        """All runs, newest first, optionally filtered by ``kind`` and/or ``status``.
+
+        Columns are :data:`RUN_COLUMNS` plus ``state``: the status, except that a
+        ``running`` row of a dead process on this host reads ``killed``.
+        """
+        conditions, params = [], []
+        if kind is not None:
+            conditions.append("kind = ?")
+            params.append(kind)
+        if status is not None:
+            conditions.append("status = ?")
+            params.append(status)
+        where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
+        runs = self._select_runs(where, params)
+
+        df = pd.DataFrame(runs, columns=RUN_COLUMNS + ["state"])
+        df["created"] = pd.to_datetime(df["created"])
+        df["finished"] = pd.to_datetime(df["finished"])
+        df["pid"] = df["pid"].astype("Int64")
+        df["progress"] = df["progress"].astype("float64")
+        return df
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """One catalog row as a dict (config/summary parsed, plus ``state``)."""
+        runs = self._select_runs("WHERE run_id = ?", [run_id])
+        if not runs:
+            raise RunNotFoundError(f"unknown run id {run_id!r} in {self.catalog_path}")
+        return runs[0]
+
+    def begin_run(
+        self,
+        kind: str,
+        *,
+        config: dict,
+        model: str | None = None,
+        dataset: str | None = None,
+        parent: str | None = None,
+    ) -> RunWriter:
+        """Register a new ``running`` run and open its staging directory for writing.
+
+        Use as ``with store.begin_run(...) as w:`` so that the run is finished or
+        marked failed however the block exits.
+        """
+        if not _KIND_RE.match(kind):
+            raise StoreError(f"invalid run kind {kind!r}: use lowercase letters, digits, '_'")
+        config_json = _to_json(config, "config")
+        run_id = _new_run_id(kind)
+        created = _now()
+        # Catalog row first: if anything later fails the row can say so, and if the
+        # process dies it shows up as 'killed' instead of leaving an orphan directory.
+        self._write_catalog(
+            _SQL_INSERT_RUN,
+            [run_id, kind, created, model, dataset, config_json, parent,
+             socket.gethostname(), os.getpid()],
+        )  # fmt: skip
+        meta = {
+            "run_id": run_id, "kind": kind, "config": config_json, "model": model,
+            "dataset": dataset, "parent": parent, "created": created.isoformat(),
+        }  # fmt: skip
+        try:
+            return RunWriter(self, run_id, self.staging_dir / run_id, meta)
+        except BaseException as e:
+            self._write_catalog(_SQL_MARK_FAILED, [_now(), f"{type(e).__name__}: {e}", run_id])
+            raise
+
+    def open_run(self, run_id: str) -> RunReader:
+        """Read-only access to a published (complete) run."""
+        return RunReader(run_id, self.run_dir(run_id), self.lock_timeout)
+
+    def run_dir(self, run_id: str) -> Path:
+        """Directory of a published run; RunNotFoundError if not (yet) published."""
+        if not _RUN_ID_RE.match(run_id):
+            raise RunNotFoundError(f"unknown run id {run_id!r} (not a valid run id)")
+        run = self.get_run(run_id)
+        if run["status"] != "complete":
+            raise RunNotFoundError(f"run {run_id!r} is not published (state: {run['state']})")
+        path = self.runs_dir / run_id
+        if not (path / RUN_DB_FILE).exists():
+            raise RunNotFoundError(f"run {run_id!r} is complete but {path} is missing")
+        return path
+
+    # ---- used by RunWriter
+
+    def _set_progress(self, run_id: str, fraction: float) -> None:
+        self._write_catalog(_SQL_SET_PROGRESS, [fraction, run_id])
+
+    def _mark_complete(self, run_id: str, summary: dict | None) -> None:
+        summary_json = None if summary is None else _to_json(summary, "summary")
+        self._write_catalog(_SQL_MARK_COMPLETE, [_now(), summary_json, run_id])
+
+    def _mark_failed(self, run_id: str, error: str) -> None:
+        self._write_catalog(_SQL_MARK_FAILED, [_now(), error, run_id])
+
+
+# --------------------------------------------------------------------------- writer
+
+
+class RunWriter:
+    """Writes one run into its staging directory; publishes it on :meth:`finish`.
+
+    ``dir`` is where the job may put artifact files next to ``run.duckdb``; after
+    :meth:`finish` it points at the published directory.
+    """
+
+    def __init__(self, store: Store, run_id: str, staging: Path, meta: dict[str, Any]) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.dir = staging
+        self._done = False
+        self._last_progress = float("-inf")
+        staging.mkdir(parents=True, exist_ok=False)
+        # Nobody else ever opens a staging database, so one connection for the
+        # whole run is safe and avoids reopen cost on every metrics write.
+        self._con: duckdb.DuckDBPyConnection | None = _connect(
+            staging / RUN_DB_FILE, read_only=False, timeout=store.lock_timeout
+        )
+        try:
+            self._con.execute(_SQL_CREATE_META)
+            self._con.execute(_SQL_CREATE_METRICS)
+            rows = [(k, None if v is None else str(v)) for k, v in meta.items()]
+            self._con.executemany(_SQL_INSERT_META, rows)
+        except duckdb.Error as e:
+            self._con.close()
+            raise StoreError(f"cannot initialise {staging / RUN_DB_FILE}: {e}") from e
+
+    def __repr__(self) -> str:
+        return f"RunWriter({self.run_id!r})"
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if self._done:
+            return False
+        if exc is None:
+            self.finish()
+            return False
+        try:
+            self.fail(f"{exc_type.__name__}: {exc}")
+        except StoreError:
+            # Never mask the job's own exception; the row will read 'killed' once
+            # this process is gone.
+            pass
+        return False
+
+    def _require_open(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            raise StoreError(f"run {self.run_id!r} is already finished or failed")
+        return self._con
+
+    def log_metrics(self, step: int, metrics: dict[str, float], split: str = "train") -> None:
+        """Append one step's scalar metrics, atomically."""
+        con = self._require_open()
+        when = _now()
+        rows = [(int(step), split, str(name), float(value), when) for name, value in metrics.items()]
+        if not rows:
+            return
+        try:
+            con.begin()
+            con.executemany(_SQL_INSERT_METRIC, rows)
+            con.commit()
+        except duckdb.Error as e:
+            con.rollback()
+            raise StoreError(f"cannot log metrics for run {self.run_id!r}: {e}") from e
+
+    def set_progress(self, fraction: float) -> None:
+        """Record progress in [0, 1] in the catalog, at most once per second.
+
+        Each update locks the catalog briefly, so calling this every step of a
+        fast loop is fine: extra calls are dropped.
+        """
+        self._require_open()
+        now = time.monotonic()
+        if now - self._last_progress < _PROGRESS_MIN_INTERVAL_S:
+            return
+        self._last_progress = now
+        self.store._set_progress(self.run_id, min(1.0, max(0.0, float(fraction))))
+
+    def _close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def finish(self, summary: dict | None = None) -> None:
+        """Close the run database, publish the directory and mark the run complete."""
+        self._require_open()
+        if summary is not None:
+            _to_json(summary, "summary")  # fail before publishing, not after
+        self._close()
+        published = self.store.runs_dir / self.run_id
+        try:
+            # Atomic on one filesystem (staging lives inside runs/): readers see
+            # either no run directory or the whole one.
+            os.rename(self.dir, published)
+        except OSError as e:
+            self._done = True
+            self.store._mark_failed(self.run_id, f"publish failed: {e}")
+            raise StoreError(f"cannot publish run {self.run_id!r} to {published}: {e}") from e
+        self.dir = published
+        self._done = True
+        self.store._mark_complete(self.run_id, summary)
+
+    def fail(self, error: str) -> None:
+        """Mark the run failed; the staging directory stays for inspection or resume."""
+        self._close()
+        self._done = True
+        self.store._mark_failed(self.run_id, error)
+
+
+# --------------------------------------------------------------------------- reader
+
+
+class RunReader:
+    """Read-only view of a published run's ``run.duckdb``; use as a context manager."""
+
+    def __init__(self, run_id: str, run_dir: Path, lock_timeout: float = 15.0) -> None:
+        self.run_id = run_id
+        self.dir = run_dir
+        self._con: duckdb.DuckDBPyConnection | None = _connect(
+            run_dir / RUN_DB_FILE, read_only=True, timeout=lock_timeout
+        )
+
+    def __repr__(self) -> str:
+        return f"RunReader({self.run_id!r})"
+
+    def __enter__(self) -> RunReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the connection (and with it the file's shared lock)."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def _query(self, sql: str, params: list[Any]) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            raise StoreError(f"reader for run {self.run_id!r} is closed")
+        try:
+            return self._con.execute(sql, params)
+        except duckdb.Error as e:
+            raise StoreError(f"query on run {self.run_id!r} failed: {e}") from e
+
+    def meta(self) -> dict[str, str | None]:
+        """The run's self-description (run_id, kind, config json, ...)."""
+        return dict(self._query(_SQL_SELECT_META, []).fetchall())
+
+    def metrics(self, names: list[str] | None = None, split: str | None = None) -> pd.DataFrame:
+        """Logged metrics (step, split, name, value, time), ordered by step then name."""
+        conditions: list[str] = []
+        params: list[Any] = []
+        if names is not None:
+            if not names:
+                return pd.DataFrame(columns=["step", "split", "name", "value", "time"])
+            # Only the placeholders are generated; the names themselves are parameters.
+            conditions.append(f"name IN ({', '.join('?' for _ in names)})")
+            params.extend(names)
+        if split is not None:
+            conditions.append("split = ?")
+            params.append(split)
+        where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
+        sql = f"SELECT step, split, name, value, time FROM metrics {where} ORDER BY step, name, split"
+        return self._query(sql, params).fetchdf()
