@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     with os.fdopen(fd, "w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; the corpus is shared
     os.replace(tmp, out)
     print(f"wrote {len(rows)} stories to {out}")
     return 0
