@@ -53,6 +53,22 @@ def available_corpora(data_dir: str | os.PathLike | None = None) -> list[str]:
     return names
 
 
+def check_name(name: str) -> None:
+    """Reject a corpus name that can never load, without loading anything."""
+    path = Path(name)
+    if name in OFFLINE_CORPORA or name in HUB_ALIASES:
+        return
+    if path.suffix.lower() in LOCAL_BUILDERS:
+        if not path.is_file():
+            raise CorpusError(f"dataset: corpus file {path} does not exist")
+        return
+    if "/" not in name.split(":")[0]:
+        raise CorpusError(
+            f"dataset: unknown corpus {name!r}: use one of {', '.join(OFFLINE_CORPORA)}, "
+            f"{', '.join(HUB_ALIASES)}, a hub name owner/name[:config], or a .txt/.jsonl/.csv/.parquet file"
+        )
+
+
 def _python_docs() -> list[str]:
     from pydoc_data.topics import topics
 
@@ -83,8 +99,7 @@ def load_texts(name: str, split: str = "train", data_dir: str | os.PathLike | No
 
     path = Path(name)
     if path.suffix.lower() in LOCAL_BUILDERS:
-        if not path.is_file():
-            raise CorpusError(f"corpus file {path} does not exist")
+        check_name(name)
         builder = LOCAL_BUILDERS[path.suffix.lower()]
         kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
         try:
@@ -93,12 +108,8 @@ def load_texts(name: str, split: str = "train", data_dir: str | os.PathLike | No
             raise CorpusError(f"cannot read corpus file {path}: {exc}") from exc
         return _texts(ds, str(path))
 
+    check_name(name)
     repo, config = HUB_ALIASES.get(name, (name.split(":")[0], name.split(":")[1] if ":" in name else None))
-    if "/" not in repo and name not in HUB_ALIASES:
-        raise CorpusError(
-            f"unknown corpus {name!r}: use one of {', '.join(OFFLINE_CORPORA)}, "
-            f"{', '.join(HUB_ALIASES)}, a hub name owner/name[:config], or a .txt/.jsonl/.csv/.parquet file"
-        )
     try:
         ds = datasets.load_dataset(repo, config, split=split)
     except Exception as exc:
@@ -139,7 +150,7 @@ def make_windows(
     total = len(stream) // seq_len
     if n_train + n_val > total:
         raise CorpusError(
-            f"corpus {name!r} yields {total} windows of {seq_len} tokens, "
+            f"train_samples/val_samples: corpus {name!r} yields {total} windows of {seq_len} tokens, "
             f"fewer than the {n_train} train + {n_val} val requested"
         )
     windows = stream[: total * seq_len].reshape(total, seq_len)

@@ -115,6 +115,29 @@ CREATE TABLE IF NOT EXISTS metrics (
     time  TIMESTAMP
 )"""
 _SQL_INSERT_METRIC = "INSERT INTO metrics (step, split, name, value, time) VALUES (?, ?, ?, ?, ?)"
+# Training series: which skip distance each block prefers, and per-head gate alphas.
+_SQL_CREATE_TAPS = """
+CREATE TABLE IF NOT EXISTS tap_weights (step INTEGER, layer INTEGER, distance INTEGER, weight DOUBLE)"""
+_SQL_INSERT_TAP = "INSERT INTO tap_weights (step, layer, distance, weight) VALUES (?, ?, ?, ?)"
+_SQL_CREATE_GATES = """
+CREATE TABLE IF NOT EXISTS gate_alphas (step INTEGER, layer INTEGER, head INTEGER, alpha DOUBLE)"""
+_SQL_INSERT_GATE = "INSERT INTO gate_alphas (step, layer, head, alpha) VALUES (?, ?, ?, ?)"
+# A sweep run: one row per config (statistics over seeds) and one per trained run.
+_SQL_CREATE_SWEEP_CONFIGS = """
+CREATE TABLE IF NOT EXISTS sweep_configs (
+    config_key VARCHAR, label VARCHAR, distances VARCHAR, alpha DOUBLE, variant VARCHAR,
+    n INTEGER, failed INTEGER, mean DOUBLE, std DOUBLE, ci_low DOUBLE, ci_high DOUBLE,
+    best BOOLEAN, n_paired INTEGER, p_vs_best DOUBLE, mean_skip_loss DOUBLE, mean_base_loss DOUBLE)"""
+_SWEEP_CONFIG_COLUMNS = ["config_key", "label", "distances", "alpha", "variant", "n", "failed", "mean", "std",
+                         "ci_low", "ci_high", "best", "n_paired", "p_vs_best", "mean_skip_loss", "mean_base_loss"]
+_SQL_CREATE_SWEEP_RUNS = """
+CREATE TABLE IF NOT EXISTS sweep_runs (
+    run_id VARCHAR, config_key VARCHAR, label VARCHAR, seed INTEGER, state VARCHAR, error VARCHAR,
+    base_loss DOUBLE, skip_loss DOUBLE, improvement_pct DOUBLE)"""
+_SWEEP_RUN_COLUMNS = ["run_id", "config_key", "label", "seed", "state", "error", "base_loss", "skip_loss",
+                      "improvement_pct"]
+_STEP_TABLES = ("metrics", "tap_weights", "gate_alphas")  # constants: safe in f-strings
+_SQL_RESUME_RUN = "UPDATE runs SET status = 'running', error = NULL, finished = NULL, host = ?, pid = ? WHERE run_id = ?"
 
 # --------------------------------------------------------------------------- helpers
 
@@ -184,6 +207,16 @@ def _connect(path: Path, *, read_only: bool, timeout: float) -> duckdb.DuckDBPyC
             # low cap keeps a writer from starving behind back-to-back readers.
             time.sleep(min(sleep * random.uniform(0.5, 1.0), remaining))
             sleep = min(sleep * 2, _RETRY_MAX_SLEEP_S)
+
+
+def _plain(value: Any) -> Any:
+    """numpy/pandas scalars as Python values, NaN as NULL, for DuckDB parameters."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+        return None if isinstance(value, float) and value != value else value
+    return value
 
 
 def _pid_alive(pid: int) -> bool:
@@ -350,6 +383,19 @@ class Store:
             self._write_catalog(_SQL_MARK_FAILED, [_now(), f"{type(e).__name__}: {e}", run_id])
             raise
 
+    def resume_run(self, run_id: str) -> RunWriter:
+        """Reopen a killed or failed run's staging directory to continue writing it."""
+        if not _RUN_ID_RE.match(run_id):
+            raise RunNotFoundError(f"unknown run id {run_id!r} (not a valid run id)")
+        run = self.get_run(run_id)
+        if run["state"] not in ("killed", "failed"):
+            raise StoreError(f"run {run_id!r} is {run['state']}: only killed or failed runs can be resumed")
+        staging = self.staging_dir / run_id
+        if not (staging / RUN_DB_FILE).exists():
+            raise RunNotFoundError(f"run {run_id!r} has no staging data left in {staging} to resume from")
+        self._write_catalog(_SQL_RESUME_RUN, [socket.gethostname(), os.getpid(), run_id])
+        return RunWriter(self, run_id, staging, None)
+
     def open_run(self, run_id: str) -> RunReader:
         """Read-only access to a published (complete) run."""
         return RunReader(run_id, self.run_dir(run_id), self.lock_timeout)
@@ -389,23 +435,32 @@ class RunWriter:
     :meth:`finish` it points at the published directory.
     """
 
-    def __init__(self, store: Store, run_id: str, staging: Path, meta: dict[str, Any]) -> None:
+    def __init__(
+        self, store: Store, run_id: str, staging: Path, meta: dict[str, Any] | None
+    ) -> None:
+        """``meta=None`` reopens an existing staging directory (resume)."""
         self.store = store
         self.run_id = run_id
         self.dir = staging
         self._done = False
         self._last_progress = float("-inf")
-        staging.mkdir(parents=True, exist_ok=False)
+        # Rows are written at once by default; a fast loop sets flush_interval (seconds) to
+        # batch them into one transaction, and calls flush() before it checkpoints.
+        self.flush_interval = 0.0
+        self._last_flush = float("-inf")
+        self._pending: dict[str, tuple[str, list[tuple]]] = {}
+        staging.mkdir(parents=True, exist_ok=meta is None)
         # Nobody else ever opens a staging database, so one connection for the
         # whole run is safe and avoids reopen cost on every metrics write.
         self._con: duckdb.DuckDBPyConnection | None = _connect(
             staging / RUN_DB_FILE, read_only=False, timeout=store.lock_timeout
         )
         try:
-            self._con.execute(_SQL_CREATE_META)
-            self._con.execute(_SQL_CREATE_METRICS)
-            rows = [(k, None if v is None else str(v)) for k, v in meta.items()]
-            self._con.executemany(_SQL_INSERT_META, rows)
+            for create in (_SQL_CREATE_META, _SQL_CREATE_METRICS, _SQL_CREATE_TAPS, _SQL_CREATE_GATES):
+                self._con.execute(create)
+            if meta is not None:
+                rows = [(k, None if v is None else str(v)) for k, v in meta.items()]
+                self._con.executemany(_SQL_INSERT_META, rows)
         except duckdb.Error as e:
             self._con.close()
             raise StoreError(f"cannot initialise {staging / RUN_DB_FILE}: {e}") from e
@@ -442,18 +497,78 @@ class RunWriter:
 
     def log_metrics(self, step: int, metrics: dict[str, float], split: str = "train") -> None:
         """Append one step's scalar metrics, atomically."""
-        con = self._require_open()
         when = _now()
         rows = [(int(step), split, str(name), float(value), when) for name, value in metrics.items()]
-        if not rows:
-            return
+        self._insert(_SQL_INSERT_METRIC, rows, "metrics")
+
+    def log_tap_weights(self, step: int, weights: dict[int, dict[int, float]]) -> None:
+        """One step's tap weights: ``{layer: {distance: weight}}``."""
+        rows = [(int(step), int(l), int(d), float(w)) for l, taps in weights.items() for d, w in taps.items()]
+        self._insert(_SQL_INSERT_TAP, rows, "tap weights")
+
+    def log_gate_alphas(self, step: int, alphas: dict[int, list[float]]) -> None:
+        """One step's per-head gate alphas: ``{layer: [alpha per head]}``."""
+        rows = [(int(step), int(l), h, float(a)) for l, heads in alphas.items() for h, a in enumerate(heads)]
+        self._insert(_SQL_INSERT_GATE, rows, "gate alphas")
+
+    def write_sweep(self, configs: pd.DataFrame, runs: pd.DataFrame) -> None:
+        """The sweep's per-config statistics and per-run results (replacing earlier ones)."""
+        con = self._require_open()
+        self.flush()
         try:
             con.begin()
-            con.executemany(_SQL_INSERT_METRIC, rows)
+            for create, table, columns, frame in (
+                (_SQL_CREATE_SWEEP_CONFIGS, "sweep_configs", _SWEEP_CONFIG_COLUMNS, configs),
+                (_SQL_CREATE_SWEEP_RUNS, "sweep_runs", _SWEEP_RUN_COLUMNS, runs),
+            ):
+                con.execute(create)
+                con.execute(f"DELETE FROM {table}")
+                rows = [tuple(_plain(v) for v in row) for row in frame[columns].itertuples(index=False)]
+                if rows:
+                    marks = ", ".join("?" for _ in columns)
+                    con.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
             con.commit()
         except duckdb.Error as e:
             con.rollback()
-            raise StoreError(f"cannot log metrics for run {self.run_id!r}: {e}") from e
+            raise StoreError(f"cannot write the sweep summary of run {self.run_id!r}: {e}") from e
+
+    def truncate_after(self, step: int) -> None:
+        """Drop every step-indexed row after ``step`` (a resumed job replays from there)."""
+        self.flush()
+        con = self._require_open()
+        try:
+            con.begin()
+            for table in _STEP_TABLES:
+                con.execute(f"DELETE FROM {table} WHERE step > ?", [int(step)])
+            con.commit()
+        except duckdb.Error as e:
+            con.rollback()
+            raise StoreError(f"cannot truncate run {self.run_id!r}: {e}") from e
+
+    def _insert(self, sql: str, rows: list[tuple], what: str) -> None:
+        self._require_open()
+        if rows:
+            self._pending.setdefault(sql, (what, []))[1].extend(rows)
+        if time.monotonic() - self._last_flush >= self.flush_interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every buffered row in one transaction (see ``flush_interval``)."""
+        con = self._require_open()
+        self._last_flush = time.monotonic()
+        if not self._pending:
+            return
+        what = ", ".join(w for w, _ in self._pending.values())
+        try:
+            con.begin()
+            for sql, (_, rows) in self._pending.items():
+                con.executemany(sql, rows)
+            con.commit()
+        except duckdb.Error as e:
+            con.rollback()
+            raise StoreError(f"cannot log {what} for run {self.run_id!r}: {e}") from e
+        finally:
+            self._pending = {}
 
     def set_progress(self, fraction: float) -> None:
         """Record progress in [0, 1] in the catalog, at most once per second.
@@ -478,6 +593,7 @@ class RunWriter:
         self._require_open()
         if summary is not None:
             _to_json(summary, "summary")  # fail before publishing, not after
+        self.flush()
         self._close()
         published = self.store.runs_dir / self.run_id
         try:
@@ -494,6 +610,11 @@ class RunWriter:
 
     def fail(self, error: str) -> None:
         """Mark the run failed; the staging directory stays for inspection or resume."""
+        try:
+            if self._con is not None:
+                self.flush()  # keep what was logged before the failure
+        except StoreError:
+            pass
         self._close()
         self._done = True
         self.store._mark_failed(self.run_id, error)
@@ -555,3 +676,25 @@ class RunReader:
         where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
         sql = f"SELECT step, split, name, value, time FROM metrics {where} ORDER BY step, name, split"
         return self._query(sql, params).fetchdf()
+
+    def tap_weights(self) -> pd.DataFrame:
+        """Tap weights over training: step, layer, distance, weight."""
+        return self._query(
+            "SELECT step, layer, distance, weight FROM tap_weights ORDER BY step, layer, distance", []
+        ).fetchdf()
+
+    def gate_alphas(self) -> pd.DataFrame:
+        """Per-head gate alphas over training: step, layer, head, alpha."""
+        return self._query(
+            "SELECT step, layer, head, alpha FROM gate_alphas ORDER BY step, layer, head", []
+        ).fetchdf()
+
+    def sweep_configs(self) -> pd.DataFrame:
+        """Per-config statistics of a sweep run (mean, std, 95% CI, paired p vs the best)."""
+        cols = ", ".join(_SWEEP_CONFIG_COLUMNS)
+        return self._query(f"SELECT {cols} FROM sweep_configs ORDER BY mean DESC NULLS LAST", []).fetchdf()
+
+    def sweep_runs(self) -> pd.DataFrame:
+        """Every run of a sweep with its seed, state and losses."""
+        cols = ", ".join(_SWEEP_RUN_COLUMNS)
+        return self._query(f"SELECT {cols} FROM sweep_runs ORDER BY label, seed", []).fetchdf()

@@ -46,3 +46,26 @@ def default_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def default_model(default_model_dir):
     return modeling.load_model(str(default_model_dir))
+
+
+def save_model_folder(model, folder: Path, tokenizer_dir: Path) -> Path:
+    """An mlx-lm model folder (config, safetensors, tokenizer) that ``mlx_lm.load`` opens."""
+    import json
+    import shutil
+
+    from mlx.utils import tree_flatten
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    (folder / "config.json").write_text(json.dumps({**TINY_ARGS, **model.args.__dict__, "model_type": "llama"}, default=str))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (tokenizer_dir / name).exists():
+            shutil.copy(tokenizer_dir / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, default_model_dir) -> Path:
+    """A tiny random llama with the default model's real tokenizer: jobs run on it in seconds."""
+    model = make_tiny_model(seed=0, vocab_size=49152, max_position_embeddings=512)
+    return save_model_folder(model, tmp_path_factory.mktemp("tiny-model"), default_model_dir)

@@ -41,7 +41,7 @@ def test_windows_are_seeded_disjoint_and_sized():
 
 
 def test_too_small_corpus_names_the_numbers():
-    with pytest.raises(corpora.CorpusError, match=r"yields 3 windows of 4 tokens, fewer than the 3 train \+ 1 val"):
+    with pytest.raises(corpora.CorpusError, match=r"val_samples: corpus 'corpus' yields 3 windows of 4 tokens, fewer than the 3 train \+ 1 val"):
         corpora.make_windows(CharTokenizer(), ["abcdefghijk"], seq_len=4, n_train=3, n_val=1, seed=0)
 
 
@@ -70,7 +70,7 @@ def test_missing_column_and_missing_file(tmp_path):
 
 
 def test_unknown_name_lists_choices():
-    with pytest.raises(corpora.CorpusError, match="unknown corpus 'shakespeare'.*python-docs"):
+    with pytest.raises(corpora.CorpusError, match="dataset: unknown corpus 'shakespeare'.*python-docs"):
         corpora.load_texts("shakespeare")
 
 

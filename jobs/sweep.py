@@ -1,0 +1,73 @@
+"""Sweep skip adapters over distances x alphas x seeds (plus multi-tap sets and gated variants).
+
+Each grid point and seed is a training run; the sweep run holds, per config, the mean, std
+and 95% CI (Student t) of the validation improvement over seeds and a paired t-test against
+the best config. Every other option is a training option (see python -m jobs.train --help).
+
+Example (tiny): python -m jobs.sweep --distances 2 3 --alphas 0.3 0.65 --seeds 0 1 --train-samples 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jobs.cli import JobError, fail
+from jobs.train import add_train_options, config_from, options_from
+from psilonet import corpora, modeling, runtime
+from psilonet.skip import SkipConfigError
+from psilonet.store import Store, StoreError
+from psilonet.sweep import VARIANTS, SweepSpec, run_sweep
+from psilonet.training import TrainConfigError
+
+
+def tap_set(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated distances like 3,4,5, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jobs.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=argparse.SUPPRESS)
+    add_train_options(p, exclude=("--distances", "--alpha", "--seed", "--gates"))
+    p.add_argument("--distances", type=int, nargs="+", help="single skip distances, one config each")
+    p.add_argument("--tap-sets", type=tap_set, nargs="+", metavar="D,D,..", help="multi-tap distance sets, e.g. 3,4,5")
+    p.add_argument("--alphas", type=float, nargs="+")
+    p.add_argument("--seeds", type=int, nargs="+")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, help="plain and/or gated (per-head gates)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    data_dir = args.pop("data_dir", None)
+    quiet = args.pop("quiet", False)
+    grid = {k: args.pop(k) for k in ("distances", "tap_sets", "alphas", "seeds", "variants") if k in args}
+    store = Store(data_dir or runtime.data_dir())
+    try:
+        options = options_from(args)
+        for key in ("distances", "tap_sets", "alphas", "seeds", "variants"):  # from a config file
+            if key in options and key not in grid:
+                grid[key] = options.pop(key)
+        base = config_from(options)
+        sets = [[d] for d in grid.get("distances", [])] + [list(s) for s in grid.get("tap_sets", [])]
+        spec = SweepSpec(base, distance_sets=sets or [base.skip.distances],
+                         alphas=grid.get("alphas", [base.skip.alpha]), seeds=grid.get("seeds", [base.seed]),
+                         variants=grid.get("variants", ["plain"]))
+        print(f"BLAS: {runtime.active_blas().describe()}")
+        print(f"{len(spec.validate().configs())} runs")
+        sweep_id, configs = run_sweep(spec, store, data_dir=data_dir, progress=not quiet)
+    except (JobError, ValueError, TrainConfigError, SkipConfigError, corpora.CorpusError,
+            modeling.ModelError, StoreError) as exc:
+        return fail(str(exc))
+    print(f"sweep run {sweep_id}")
+    cols = ["label", "n", "failed", "mean", "std", "ci_low", "ci_high", "p_vs_best"]
+    print(configs[cols].sort_values("mean", ascending=False).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
