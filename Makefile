@@ -22,9 +22,10 @@ $(VENV)/.installed: requirements.txt scripts/system_deps.sh
 model: setup
 	$(PY) -m jobs.fetch_model
 
-## demo: a small end-to-end batch job on the default model, recorded as a run in data/
+## demo: small end-to-end batch jobs on the default model, each recorded as a run in data/
 demo: model
 	$(PY) -m jobs.check_model
+	$(PY) -m jobs.train --dataset smol-stories --train-samples 40 --val-samples 16 --epochs 1 --distances 3 --alpha 0.65
 
 ## app: the Streamlit explorer on http://localhost:$(PORT)
 app: setup
@@ -37,6 +38,7 @@ test: model
 ## bench: performance ratios measured in one process each
 bench: model
 	$(PY) -m bench.blas_matmul
+	$(PY) -m bench.train_throughput
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,20 +1,32 @@
-"""Our own decode loop over an mlx-lm model and its KV cache.
+"""Our own decode loop over an mlx-lm model (or a skip model) and its KV cache.
 
 ``mlx_lm.generate`` decodes at 2-3 tokens/s on the Linux CPU, while a plain loop over the same
-model with mlx-lm's KV cache reaches about 15 (DESIGN §3). This loop decodes ``B`` rows that
-share one prompt (several samples, or several doses, in one batched pass), samples greedily or
-with temperature and top-p, stops each row at an end token and yields one step at a time so
-that callers can stream.
+model with mlx-lm's KV cache is several times faster (DESIGN §3). This loop decodes ``B`` rows
+that share one prompt (several samples, or several doses, in one batched pass), samples
+greedily or with temperature and top-p, stops each row at an end token and yields one step at
+a time so that callers can stream.
+
+Each row draws from its own random stream keyed by its seed, and doses depend only on the
+row's seed too, so a row gives the same tokens alone or inside a batch.
+
+**Entropies** (bits), per generated token: the next-token entropy of the softmax over the
+vocabulary, ``-sum p log2 p`` (0 when certain, at most ``log2(vocab)``), and per layer the
+hidden-state entropy of the state at the position that predicted the token, with
+``p = h^2 / sum(h^2)`` over the hidden dimensions (at most ``log2(hidden)``, reached when the
+energy is spread evenly over all dimensions).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
+
+from psilonet import forward
+from psilonet.perturb import Doser
 
 
 @dataclass
@@ -28,20 +40,22 @@ class SamplingConfig:
 
     def __post_init__(self):
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise ValueError(f"temperature: must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
         if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+            raise ValueError(f"max_tokens: must be >= 1, got {self.max_tokens}")
 
 
 @dataclass
 class Step:
-    """One decode step for every row: the new token ids and which rows had already stopped."""
+    """One decode step for every row."""
 
     index: int
     tokens: list[int]
-    done: list[bool] = field(default_factory=list)
+    done: list[bool] = field(default_factory=list)  # rows that had stopped before this step
+    entropy: list[float] | None = None  # next-token entropy (bits) per row
+    layer_entropy: list[list[float]] | None = None  # per row, per state h[0..L] (bits)
 
 
 def stop_ids(tokenizer) -> set[int]:
@@ -64,6 +78,19 @@ def encode_prompt(tokenizer, prompt: str, *, chat: bool) -> list[int]:
         )
         return list(ids["input_ids"] if isinstance(ids, dict) else ids)
     return list(tokenizer.encode(prompt))
+
+
+def token_entropy_bits(logits: mx.array) -> mx.array:
+    """Entropy (bits) of softmax(logits) over the last axis."""
+    logp = logits.astype(mx.float32) - mx.logsumexp(logits.astype(mx.float32), axis=-1, keepdims=True)
+    return -(mx.exp(logp) * logp).sum(axis=-1) / mx.log(mx.array(2.0))
+
+
+def hidden_entropy_bits(h: mx.array) -> mx.array:
+    """Entropy (bits) of ``p = h^2 / sum(h^2)`` over the last axis."""
+    energy = h.astype(mx.float32) ** 2
+    p = energy / mx.maximum(energy.sum(axis=-1, keepdims=True), 1e-30)
+    return -(p * mx.log2(mx.maximum(p, 1e-30))).sum(axis=-1)
 
 
 def sample(logits: mx.array, cfg: SamplingConfig, key: mx.array | None) -> mx.array:
@@ -90,35 +117,59 @@ def decode(
     *,
     batch: int = 1,
     stop: Iterable[int] = (),
+    seeds: Sequence[int] | None = None,
+    doser: Doser | None = None,
+    track: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[Step]:
     """Yield :class:`Step` s for ``batch`` rows continuing the same prompt.
 
-    Rows that produced a stop token keep decoding (a batch moves together) but are reported
-    as done; callers drop their later tokens. Each row draws from its own random stream, so
-    row ``r`` of a batch equals a single-row run with seed ``cfg.seed + r``.
+    ``seeds`` gives each row's sampling seed (default ``cfg.seed + row``); ``doser`` perturbs
+    block outputs per row; ``track`` adds both entropies to every step. Rows that produced a
+    stop token keep decoding (the batch moves together) but are reported as done.
+    ``should_stop()`` ends the generation early (the app's stop button).
     """
     if not prompt_ids:
         raise ValueError("the prompt is empty")
+    if doser is not None:
+        batch = len(doser.intensities)
+    seeds = list(seeds) if seeds is not None else [cfg.seed + r for r in range(batch)]
+    if len(seeds) != batch:
+        raise ValueError(f"{len(seeds)} seeds for {batch} rows")
     stop = set(stop)
     cache = make_prompt_cache(model)
-    keys = [mx.random.key(cfg.seed + r) for r in range(batch)]
+    keys = [mx.random.key(s) for s in seeds]
     x = mx.array([list(prompt_ids)] * batch)
     done = [False] * batch
+    plain = (doser is None or doser.sober) and not track
     for index in range(cfg.max_tokens):
-        logits = model(x, cache=cache)[:, -1, :]
+        if should_stop is not None and should_stop():
+            return
+        if plain:
+            logits, states = model(x, cache=cache)[:, -1, :], None
+        else:
+            after = doser.at_step(index) if doser is not None and not doser.sober else None
+            full, states = forward.forward(model, x, cache=cache, after_block=after)
+            logits = full[:, -1, :]
         if cfg.temperature == 0:
             tokens = sample(logits, cfg, None)
         else:
             splits = [mx.random.split(k) for k in keys]
             keys = [s[0] for s in splits]
-            tokens = mx.concatenate(
-                [sample(logits[r : r + 1], cfg, splits[r][1]) for r in range(batch)]
-            )
-        mx.eval(tokens)
+            tokens = mx.concatenate([sample(logits[r : r + 1], cfg, splits[r][1]) for r in range(batch)])
+        outputs = [tokens]
+        if track:
+            entropy = token_entropy_bits(logits)
+            layer_entropy = hidden_entropy_bits(mx.stack([s[:, -1, :] for s in states], axis=1))  # (B, L+1)
+            outputs += [entropy, layer_entropy]
+        mx.eval(*outputs)
         token_list = tokens.tolist()
         was_done = list(done)
         done = [d or t in stop for d, t in zip(done, token_list)]
-        yield Step(index, token_list, was_done)
+        step = Step(index, token_list, was_done)
+        if track:
+            step.entropy, step.layer_entropy = entropy.tolist(), layer_entropy.tolist()
+        yield step
         if all(done):
             return
         x = tokens[:, None]

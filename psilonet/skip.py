@@ -281,8 +281,12 @@ class SkipModel(nn.Module):
         h = x + self.skip_attention_output(l, x, hist, mask, cache, skip_cache)
         return h + layer.mlp(layer.post_attention_layernorm(h))
 
-    def hidden_states(self, inputs: mx.array, mask=None, cache=None) -> list[mx.array]:
-        """``[h[0], ..., h[L]]`` (before the final norm)."""
+    def hidden_states(self, inputs: mx.array, mask=None, cache=None, after_block=None) -> list[mx.array]:
+        """``[h[0], ..., h[L]]`` (before the final norm).
+
+        ``after_block(l, h)`` may replace block ``l``'s output (doses perturb it there); the
+        replaced state is what later blocks and skip taps see.
+        """
         h = self.base.model.embed_tokens(inputs)
         base_caches = cache[: len(self.layers)] if cache is not None else [None] * len(self.layers)
         if mask is None:
@@ -299,6 +303,8 @@ class SkipModel(nn.Module):
                     h = fn(h, *hist)
                 else:
                     h = self._block(l, h, hist, mask, base_caches[l], skip_caches[l])
+            if after_block is not None:
+                h = after_block(l, h)
             states.append(h)
         return states
 

@@ -136,6 +136,21 @@ CREATE TABLE IF NOT EXISTS sweep_runs (
     base_loss DOUBLE, skip_loss DOUBLE, improvement_pct DOUBLE)"""
 _SWEEP_RUN_COLUMNS = ["run_id", "config_key", "label", "seed", "state", "error", "base_loss", "skip_loss",
                       "improvement_pct"]
+# A dose run: one row per continuation, plus per-token and per-layer entropies.
+_SQL_CREATE_GENERATIONS = """
+CREATE TABLE IF NOT EXISTS generations (
+    gen_id INTEGER, prompt_line INTEGER, prompt VARCHAR, intensity DOUBLE, seed INTEGER,
+    mechanisms VARCHAR, text VARCHAR, n_tokens INTEGER, mean_entropy DOUBLE, stopped BOOLEAN)"""
+_SQL_INSERT_GENERATION = """
+INSERT INTO generations (gen_id, prompt_line, prompt, intensity, seed, mechanisms, text, n_tokens,
+                         mean_entropy, stopped) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+_SQL_CREATE_TOKEN_ENTROPY = """
+CREATE TABLE IF NOT EXISTS token_entropy (
+    gen_id INTEGER, pos INTEGER, token_id INTEGER, token_text VARCHAR, entropy DOUBLE)"""
+_SQL_INSERT_TOKEN_ENTROPY = "INSERT INTO token_entropy (gen_id, pos, token_id, token_text, entropy) VALUES (?, ?, ?, ?, ?)"
+_SQL_CREATE_LAYER_ENTROPY = """
+CREATE TABLE IF NOT EXISTS layer_entropy (gen_id INTEGER, pos INTEGER, layer INTEGER, entropy DOUBLE)"""
+_SQL_INSERT_LAYER_ENTROPY = "INSERT INTO layer_entropy (gen_id, pos, layer, entropy) VALUES (?, ?, ?, ?)"
 _STEP_TABLES = ("metrics", "tap_weights", "gate_alphas")  # constants: safe in f-strings
 _SQL_RESUME_RUN = "UPDATE runs SET status = 'running', error = NULL, finished = NULL, host = ?, pid = ? WHERE run_id = ?"
 
@@ -217,6 +232,15 @@ def _plain(value: Any) -> Any:
         value = value.item()
         return None if isinstance(value, float) and value != value else value
     return value
+
+
+def _in_clause(column: str, values: list | None) -> tuple[str, list]:
+    """``WHERE column IN (?, ...)`` for a constant column name; no filter for None."""
+    if values is None:
+        return "", []
+    if not values:
+        return "WHERE FALSE", []
+    return f"WHERE {column} IN ({', '.join('?' for _ in values)})", list(values)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -511,6 +535,23 @@ class RunWriter:
         rows = [(int(step), int(l), h, float(a)) for l, heads in alphas.items() for h, a in enumerate(heads)]
         self._insert(_SQL_INSERT_GATE, rows, "gate alphas")
 
+    def log_generation(
+        self, gen_id: int, *, prompt_line: int, prompt: str, intensity: float, seed: int,
+        mechanisms: str, text: str, token_ids: list[int], token_texts: list[str],
+        entropy: list[float], layer_entropy: list[list[float]], stopped: bool,
+    ) -> None:
+        """One dosed continuation with its per-token and per-layer entropies (bits)."""
+        con = self._require_open()
+        for create in (_SQL_CREATE_GENERATIONS, _SQL_CREATE_TOKEN_ENTROPY, _SQL_CREATE_LAYER_ENTROPY):
+            con.execute(create)
+        mean = float(sum(entropy) / len(entropy)) if entropy else None
+        self._insert(_SQL_INSERT_GENERATION, [(gen_id, prompt_line, prompt, float(intensity), seed, mechanisms,
+                                               text, len(token_ids), mean, bool(stopped))], "generations")
+        self._insert(_SQL_INSERT_TOKEN_ENTROPY, [(gen_id, pos, int(t), s, float(e)) for pos, (t, s, e)
+                                                 in enumerate(zip(token_ids, token_texts, entropy))], "token entropy")
+        self._insert(_SQL_INSERT_LAYER_ENTROPY, [(gen_id, pos, layer, float(e)) for pos, row in enumerate(layer_entropy)
+                                                 for layer, e in enumerate(row)], "layer entropy")
+
     def write_sweep(self, configs: pd.DataFrame, runs: pd.DataFrame) -> None:
         """The sweep's per-config statistics and per-run results (replacing earlier ones)."""
         con = self._require_open()
@@ -698,3 +739,24 @@ class RunReader:
         """Every run of a sweep with its seed, state and losses."""
         cols = ", ".join(_SWEEP_RUN_COLUMNS)
         return self._query(f"SELECT {cols} FROM sweep_runs ORDER BY label, seed", []).fetchdf()
+
+    def generations(self) -> pd.DataFrame:
+        """Every continuation of a dose run (prompt, intensity, seed, text, mean entropy)."""
+        return self._query(
+            "SELECT gen_id, prompt_line, prompt, intensity, seed, mechanisms, text, n_tokens, mean_entropy, stopped "
+            "FROM generations ORDER BY prompt_line, seed, intensity", []
+        ).fetchdf()
+
+    def token_entropy(self, gen_ids: list[int] | None = None) -> pd.DataFrame:
+        """Next-token entropy (bits) per generated token: gen_id, pos, token_id, token_text, entropy."""
+        where, params = _in_clause("gen_id", gen_ids)
+        return self._query(
+            f"SELECT gen_id, pos, token_id, token_text, entropy FROM token_entropy {where} ORDER BY gen_id, pos",
+            params).fetchdf()
+
+    def layer_entropy(self, gen_ids: list[int] | None = None) -> pd.DataFrame:
+        """Hidden-state entropy (bits) per token and layer: gen_id, pos, layer, entropy."""
+        where, params = _in_clause("gen_id", gen_ids)
+        return self._query(
+            f"SELECT gen_id, pos, layer, entropy FROM layer_entropy {where} ORDER BY gen_id, pos, layer",
+            params).fetchdf()

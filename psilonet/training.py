@@ -186,6 +186,27 @@ def load_checkpoint(folder: Path, model: SkipModel, opt: optim.Optimizer) -> int
 
 # ---------------------------------------------------------------------- the loop
 
+def make_train_step(model: SkipModel, opt: optim.Optimizer, cfg: TrainConfig) -> Callable:
+    """``step(batch) -> (lm loss, grad norm)``: one clipped AdamW update of the skip weights."""
+
+    def loss_fn(m, batch):
+        loss = lm_loss(m, batch)
+        if cfg.skip.sparsity and cfg.skip.sparsity_weight:
+            return loss + cfg.skip.sparsity_weight * m.sparsity_penalty(), loss
+        return loss, loss
+
+    value_and_grad = nn.value_and_grad(model, loss_fn)
+
+    def step(batch: mx.array):
+        (_, loss), grads = value_and_grad(model, batch)
+        grads, grad_norm = optim.clip_grad_norm(grads, cfg.grad_clip)
+        opt.update(model, grads)
+        mx.eval(model.trainable_parameters(), opt.state, loss, grad_norm)
+        return loss, grad_norm
+
+    return step
+
+
 def train(
     prep: Prepared,
     store: Store,
@@ -221,13 +242,7 @@ def train(
         total_steps = per_epoch * cfg.epochs
         eval_every = cfg.eval_every or per_epoch
 
-        def loss_fn(m, batch):
-            loss = lm_loss(m, batch)
-            if cfg.skip.sparsity and cfg.skip.sparsity_weight:
-                return loss + cfg.skip.sparsity_weight * m.sparsity_penalty(), loss
-            return loss, loss
-
-        value_and_grad = nn.value_and_grad(model, loss_fn)
+        train_step = make_train_step(model, opt, cfg)
 
         def log_model_state(step):
             writer.log_tap_weights(step, model.tap_weights())
@@ -248,10 +263,7 @@ def train(
                     continue  # already trained before the checkpoint
                 batch = mx.array(windows.train[order[b * bs : (b + 1) * bs]])
                 t0 = time.perf_counter()
-                (_, loss), grads = value_and_grad(model, batch)
-                grads, grad_norm = optim.clip_grad_norm(grads, cfg.grad_clip)
-                opt.update(model, grads)
-                mx.eval(model.trainable_parameters(), opt.state, loss, grad_norm)
+                loss, grad_norm = train_step(batch)
                 seconds = time.perf_counter() - t0
                 step += 1
                 if not math.isfinite(loss.item()):

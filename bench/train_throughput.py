@@ -1,0 +1,112 @@
+"""Skip-adapter training throughput on the default model, and its model FLOPs utilisation.
+
+Measured in one process: the machine's float32 matmul rate (GFLOP/s, a GEMM of the sizes the
+model uses), then tokens/s of real training steps (d=3, batch 4, seq_len 48 by default), with
+and without per-block gradient checkpointing, and the memory peak of each.
+
+MFU = model FLOPs per step / step time / measured matmul rate, counting (as 2 FLOPs per
+multiply-add per token) the frozen forward, the skip forward, the backward to activations
+through everything after the first skip block, and the skip weight gradients. Attention
+score FLOPs are included; norms and element-wise ops are not.
+
+    python -m bench.train_throughput [--steps 6] [--distances 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import psilonet  # noqa: F401  (fast BLAS before mlx)
+import mlx.core as mx
+import mlx.optimizers as optim
+import numpy as np
+
+from psilonet import modeling, runtime
+from psilonet.skip import SkipConfig, SkipModel
+from psilonet.training import TrainConfig, make_train_step
+
+
+def matmul_rate(m: int, k: int, n: int, seconds: float = 2.0) -> float:
+    a, b = mx.random.normal((m, k)), mx.random.normal((k, n))
+    mx.eval(a, b, a @ b)
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        mx.eval(a @ b)
+        reps += 1
+    return 2 * m * k * n * reps / (time.perf_counter() - start) / 1e9
+
+
+def step_flops(base, model: SkipModel, batch: int, seq: int) -> float:
+    args = base.args
+    d, layers = args.hidden_size, args.num_hidden_layers
+    hd = args.head_dim or d // args.num_attention_heads
+    kv = args.num_key_value_heads * hd
+    t = batch * seq
+    block = d * d * 2 + d * kv * 2 + 3 * d * args.intermediate_size
+    attn_scores = 2 * 2 * batch * args.num_attention_heads * seq * seq * hd / 2  # causal half
+    head = d * args.vocab_size
+    skip_params = model.num_trainable()
+    taps = sum(len(model.cfg.taps(l)) for l in model.skip_layers)
+    skip_fwd_params = sum(d * d * 2 + d * kv * 2 * len(model.cfg.taps(l)) for l in model.skip_layers)
+    first = model.skip_layers[0]
+    fwd = 2 * t * (layers * block + head + skip_fwd_params) + attn_scores * (layers + taps)
+    bwd_act = 2 * t * ((layers - first) * block + head + skip_fwd_params) + attn_scores * (layers - first + taps)
+    wgrad = 2 * t * skip_params
+    return fwd + bwd_act + wgrad
+
+
+def measure(base, cfg: TrainConfig, steps: int, batches) -> tuple[float, float]:
+    """(median step seconds, peak memory GB) for real optimizer steps."""
+    model = SkipModel.from_base(base, cfg.skip)
+    model.gradient_checkpointing = cfg.grad_checkpoint
+    step = make_train_step(model, optim.AdamW(learning_rate=cfg.lr), cfg)
+    step(batches[0])  # warm-up
+    mx.reset_peak_memory()
+    times = []
+    for i in range(steps):
+        start = time.perf_counter()
+        step(batches[(i + 1) % len(batches)])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), mx.get_peak_memory() / 1e9
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=48)
+    parser.add_argument("--distances", type=int, nargs="+", default=[3])
+    args = parser.parse_args(argv)
+
+    base, _ = modeling.load_model()
+    print(f"BLAS: {runtime.active_blas().describe()}")
+    rng = np.random.default_rng(0)
+    batches = [mx.array(rng.integers(0, base.args.vocab_size, (args.batch_size, args.seq_len))) for _ in range(4)]
+    d = base.args.hidden_size
+    rate = matmul_rate(args.batch_size * (args.seq_len - 1), d, 4 * d)
+    big = matmul_rate(1024, 1024, 1024)
+    print(f"float32 matmul rate: {rate:.1f} GFLOP/s at the model's shapes, {big:.1f} GFLOP/s at 1024^3")
+
+    results = {}
+    for ckpt in (False, True):
+        cfg = TrainConfig(batch_size=args.batch_size, seq_len=args.seq_len, grad_checkpoint=ckpt,
+                          skip=SkipConfig(distances=args.distances, skip_start=3))
+        seconds, peak = measure(base, cfg, args.steps, batches)
+        model = SkipModel.from_base(base, cfg.skip)
+        flops = step_flops(base, model, args.batch_size, args.seq_len - 1)
+        tokens = args.batch_size * (args.seq_len - 1)
+        results[ckpt] = (seconds, peak)
+        print(f"{'with' if ckpt else 'without'} gradient checkpointing: {seconds:.2f} s/step, "
+              f"{tokens / seconds:.0f} tokens/s, {flops / 1e9:.0f} GFLOP/step, "
+              f"MFU {flops / seconds / 1e9 / rate:.0%} of the model-shape rate "
+              f"({flops / seconds / 1e9 / big:.0%} of the 1024^3 rate), peak memory {peak:.2f} GB")
+    print(f"checkpointing: time x{results[True][0] / results[False][0]:.2f}, "
+          f"memory x{results[True][1] / results[False][1]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

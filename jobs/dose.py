@@ -1,0 +1,126 @@
+"""Dosed generation in batch: prompts x intensities x seeds, stored with both entropy series.
+
+All intensities of one prompt and seed decode together as one batch. Prompts come from
+--prompt (repeatable) and/or --prompts-file (.txt one per line, .jsonl with "prompt", .csv
+with a "prompt" column); bad lines are skipped with a reason and the rest still run.
+
+Example: python -m jobs.dose --prompt "The nature of consciousness is" --intensities 0 0.1 0.2 0.3
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from jobs.cli import add_data_dir, fail
+from psilonet import modeling, runtime, training
+from psilonet.dosing import MAX_NEW_TOKENS, generate_doses
+from psilonet.generation import SamplingConfig
+from psilonet.perturb import MECHANISMS, PRESETS, DoseSpec, check_intensity
+from psilonet.prompts import PromptFile, PromptFileError, context_check, parse_prompts
+from psilonet.skip import SkipConfigError
+from psilonet.store import Store, StoreError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jobs.dose", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--prompts-file", help="a .txt, .jsonl or .csv file of prompts")
+    p.add_argument("--intensities", type=float, nargs="+", default=list(PRESETS.values()),
+                   help="each in [0, 1]; presets: " + ", ".join(f"{k} {v}" for k, v in PRESETS.items()))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--mechanisms", nargs="+", choices=MECHANISMS, default=list(MECHANISMS))
+    p.add_argument("--max-tokens", type=int, default=48, help=f"new tokens per continuation (at most {MAX_NEW_TOKENS})")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--no-chat", action="store_true", help="continue the raw text instead of using the chat template")
+    p.add_argument("--model", default=modeling.DEFAULT_MODEL, help="'default', an mlx-lm hub name or a folder")
+    p.add_argument("--run", help="a trained skip run id: generate with its skip model")
+    p.add_argument("--dial", type=float, help="gate dial for a gated skip run")
+    add_data_dir(p)
+    return p
+
+
+def load_prompts(args, tokenizer, context: int) -> PromptFile:
+    check = context_check(tokenizer, context, args.max_tokens, chat=not args.no_chat)
+    prompts = PromptFile()
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise PromptFileError(f"--prompts-file: {path} does not exist")
+        prompts = parse_prompts(path.read_bytes(), path.name, too_long=check)
+    for n, text in enumerate(args.prompt, 1):
+        problem = "empty prompt" if not text.strip() else check(text)
+        if problem:
+            prompts.skipped.append((-n, f"--prompt #{n}: {problem}"))
+        else:
+            prompts.prompts.append((-n, text.strip()))  # negative: came from the command line
+    if not prompts.prompts:
+        raise PromptFileError("no prompt to run: give --prompt TEXT or --prompts-file FILE"
+                              + (f"\n{prompts.report()}" if prompts.skipped else ""))
+    return prompts
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    store = Store(args.data_dir or runtime.data_dir())
+    try:
+        intensities = [check_intensity(i) for i in args.intensities]
+        if not 1 <= args.max_tokens <= MAX_NEW_TOKENS:
+            raise ValueError(f"max_tokens: must be in [1, {MAX_NEW_TOKENS}], got {args.max_tokens}")
+        sampling = SamplingConfig(args.temperature, args.top_p, args.max_tokens, args.seeds[0])
+        if args.run:
+            model, tokenizer, train_cfg = training.load_trained(store, args.run, data_dir=args.data_dir)
+            model_name = train_cfg.model
+            if args.dial is not None:
+                model.dial = args.dial
+        else:
+            model, tokenizer = modeling.load_model(args.model, args.data_dir)
+            model_name = args.model
+        context = getattr(model.args, "max_position_embeddings", None) or 2048
+        prompts = load_prompts(args, tokenizer, context)
+    except (ValueError, PromptFileError, SkipConfigError, FileNotFoundError, modeling.ModelError, StoreError) as exc:
+        return fail(str(exc))
+
+    if prompts.skipped:
+        print(prompts.report(), file=sys.stderr)
+    spec = DoseSpec.only(*args.mechanisms)
+    config = {"intensities": intensities, "seeds": args.seeds, "mechanisms": spec.enabled(),
+              "max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
+              "chat": not args.no_chat, "model": model_name, "skip_run": args.run, "dial": args.dial,
+              "prompts": len(prompts.prompts), "skipped": [f"line {n}: {why}" for n, why in prompts.skipped]}
+    jobs = [(line, prompt, seed) for line, prompt in prompts.prompts for seed in args.seeds]
+    try:
+        with store.begin_run("dose", config=config, model=model_name, dataset=args.prompts_file or "command line",
+                             parent=args.run) as run:
+            gen_id = 0
+            means = {i: [] for i in intensities}
+            for k, (line, prompt, seed) in enumerate(tqdm(jobs, desc="dose", unit="prompt")):
+                sampling.seed = seed
+                results = generate_doses(model, tokenizer, prompt, intensities, sampling=sampling, spec=spec,
+                                         chat=not args.no_chat)
+                print(f"\n[{prompt}] seed {seed}")
+                for res in results:
+                    run.log_generation(gen_id, prompt_line=line, prompt=prompt, intensity=res.intensity, seed=seed,
+                                       mechanisms=",".join(spec.enabled()), text=res.text, token_ids=res.token_ids,
+                                       token_texts=res.token_texts, entropy=res.entropy,
+                                       layer_entropy=res.layer_entropy, stopped=res.stopped)
+                    means[res.intensity].append(res.mean_entropy)
+                    gen_id += 1
+                    print(f"  intensity {res.intensity:.2f} | mean entropy {res.mean_entropy:.2f} bits | "
+                          f"{res.text.strip()!r}")
+                run.set_progress((k + 1) / len(jobs))
+            summary = {f"mean_entropy@{i:g}": sum(v) / len(v) for i, v in means.items() if v}
+            run.finish({**summary, "generations": gen_id, "skipped_prompts": len(prompts.skipped)})
+    except StoreError as exc:
+        return fail(str(exc))
+    print(f"\nrun {run.run_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Dosed generation: one prompt at several intensities in one batch, with both entropies.
+
+All intensities of a prompt and seed decode together as the rows of one batch (one forward
+pass per token for all doses). Each row samples and perturbs with the same seed, so the
+doses are compared on common random numbers, and row ``r`` equals a single-row run of the
+same dose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from psilonet import forward
+from psilonet.generation import SamplingConfig, decode, encode_prompt, stop_ids
+from psilonet.perturb import DoseSpec, Doser, check_intensity
+
+MAX_NEW_TOKENS = 512
+
+
+@dataclass
+class DoseResult:
+    """One continuation at one intensity."""
+
+    intensity: float
+    seed: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    token_texts: list[str] = field(default_factory=list)
+    entropy: list[float] = field(default_factory=list)  # bits per generated token
+    layer_entropy: list[list[float]] = field(default_factory=list)  # per token, per state h[0..L]
+    stopped: bool = False  # ended on an end-of-turn token (not the length cap)
+
+    @property
+    def mean_entropy(self) -> float:
+        return float(np.mean(self.entropy)) if self.entropy else float("nan")
+
+
+def generate_doses(
+    model,
+    tokenizer,
+    prompt: str,
+    intensities: list[float],
+    *,
+    sampling: SamplingConfig,
+    spec: DoseSpec = DoseSpec(),
+    chat: bool = True,
+    on_token: Callable[[int, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[DoseResult]:
+    """Continue ``prompt`` at every intensity (one batch row each) with seed ``sampling.seed``.
+
+    ``on_token(row, text)`` streams each new token's text as it is decoded.
+    """
+    if not intensities:
+        raise ValueError("intensities: give at least one")
+    for i in intensities:
+        check_intensity(i)
+    if sampling.max_tokens > MAX_NEW_TOKENS:
+        raise ValueError(f"max_tokens: at most {MAX_NEW_TOKENS}, got {sampling.max_tokens}")
+    ids = encode_prompt(tokenizer, prompt, chat=chat)
+    stops = stop_ids(tokenizer)
+    hidden = (model.args.hidden_size)
+    doser = Doser(list(intensities), [sampling.seed] * len(intensities), forward.num_layers(model), hidden, spec)
+    results = [DoseResult(i, sampling.seed) for i in intensities]
+    for step in decode(model, ids, sampling, stop=stops, doser=doser, track=True, should_stop=should_stop):
+        for r, res in enumerate(results):
+            if step.done[r]:
+                continue
+            token = step.tokens[r]
+            if token in stops:
+                res.stopped = True
+                continue
+            # Decode the growing sequence so multi-byte characters come out whole.
+            before = len(res.text)
+            res.token_ids.append(token)
+            res.text = tokenizer.decode(res.token_ids)
+            piece = res.text[before:]
+            res.token_texts.append(piece)
+            res.entropy.append(step.entropy[r])
+            res.layer_entropy.append(step.layer_entropy[r])
+            if on_token is not None:
+                on_token(r, piece)
+    return results

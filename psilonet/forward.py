@@ -1,0 +1,56 @@
+"""One forward pass over ``model.model.layers`` that exposes every block's output.
+
+Works for a plain mlx-lm llama-family model and for a :class:`~psilonet.skip.SkipModel`.
+States are named like TransformerLens hook points: ``states[0]`` is ``hook_embed`` and
+``states[l + 1]`` is ``blocks.{l}.hook_resid_post``. ``after_block(l, h)`` may replace a
+block's output before the next block sees it (doses use this).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import psilonet  # noqa: F401  (fast BLAS before mlx)
+import mlx.core as mx
+from mlx_lm.models.base import create_attention_mask
+
+from psilonet.skip import SkipModel
+
+AfterBlock = Callable[[int, mx.array], mx.array]
+
+
+def hidden_states(model, inputs: mx.array, cache=None, after_block: AfterBlock | None = None) -> list[mx.array]:
+    """``[h[0], ..., h[L]]`` for a base or skip model (before the final norm)."""
+    if isinstance(model, SkipModel):
+        return model.hidden_states(inputs, cache=cache, after_block=after_block)
+    inner = model.model
+    h = inner.embed_tokens(inputs)
+    caches = cache if cache is not None else [None] * len(inner.layers)
+    mask = create_attention_mask(h, caches[0])
+    states = [h]
+    for l, (layer, c) in enumerate(zip(inner.layers, caches)):
+        h = layer(h, mask, cache=c)
+        if after_block is not None:
+            h = after_block(l, h)
+        states.append(h)
+    return states
+
+
+def logits_from(model, h_last: mx.array) -> mx.array:
+    """Final norm and LM head of a base or skip model."""
+    if isinstance(model, SkipModel):
+        return model.logits(h_last)
+    out = model.model.norm(h_last)
+    if model.args.tie_word_embeddings:
+        return model.model.embed_tokens.as_linear(out)
+    return model.lm_head(out)
+
+
+def forward(model, inputs: mx.array, cache=None, after_block: AfterBlock | None = None) -> tuple[mx.array, list[mx.array]]:
+    """``(logits, states)`` in one pass."""
+    states = hidden_states(model, inputs, cache, after_block)
+    return logits_from(model, states[-1]), states
+
+
+def num_layers(model) -> int:
+    return len(model.layers if isinstance(model, SkipModel) else model.model.layers)

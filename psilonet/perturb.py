@@ -1,0 +1,153 @@
+"""Entropic "doses": perturbations of block outputs during generation (DESIGN §5).
+
+At intensity ``i`` in [0, 1] (presets: sober 0.0, micro-dose 0.1, dose 0.2, double dose 0.3),
+with ``s(l) = exp(-((l/(L-1) - 0.5)^2 / 0.08))`` the layer sensitivity that peaks in the middle
+layers and scales every effect, block ``l``'s output ``h`` (B, T, D) becomes, in this order:
+
+* **noise**: ``h + N(0, 1) * noise_scale * s(l) * std(h)``, ``noise_scale = 0.25 i``; ``std``
+  over the hidden dimensions of each token.
+* **phase rotation**: consecutive dimension pairs ``(h[2k], h[2k+1])`` are rotated by a fixed
+  seeded angle per pair (uniform in [-pi, pi]) and blended with the original with weight
+  ``phase_rotation * s(l)``, ``phase_rotation = 0.1 i``.
+* **dimension shuffle**: a seeded fraction ``dimension_shuffle * s(l)`` of the features
+  (``dimension_shuffle = 0.08 i``) takes the values of the features ``SHUFFLE_SHIFT`` places
+  further on (a roll of the hidden axis); the others keep their own.
+* **cross-dimension bleed**: ``(x + f x_left + f x_right) / (1 + 2f)`` with ``x_left``/``x_right``
+  the neighbouring features, ``f = bleed * s(l)``, ``bleed = 0.1 i`` (our choice: DESIGN gives no
+  preset for it).
+
+Each mechanism can be switched off. Every row of a batch has its own intensity; the random
+numbers depend only on the row's seed, the layer and the decode step, so the same dose gives
+the same output alone or inside a batch, and intensity 0 leaves ``h`` bit-for-bit unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+
+import psilonet  # noqa: F401  (fast BLAS before mlx)
+import mlx.core as mx
+
+PRESETS = {"sober": 0.0, "micro-dose": 0.1, "dose": 0.2, "double dose": 0.3}
+MECHANISMS = ("noise", "phase", "shuffle", "bleed")
+NOISE_PER_INTENSITY = 0.25
+PHASE_PER_INTENSITY = 0.1
+SHUFFLE_PER_INTENSITY = 0.08
+BLEED_PER_INTENSITY = 0.1
+SHUFFLE_SHIFT = 7
+
+
+def layer_sensitivity(layer: int, num_layers: int) -> float:
+    """``exp(-((l/(L-1) - 0.5)^2 / 0.08))``: 1 in the middle layers, ~0.04 at the ends."""
+    x = layer / max(num_layers - 1, 1)
+    return math.exp(-((x - 0.5) ** 2) / 0.08)
+
+
+@dataclass(frozen=True)
+class DoseSpec:
+    """Which mechanisms are on (intensities and seeds are per row, see :class:`Doser`)."""
+
+    noise: bool = True
+    phase: bool = True
+    shuffle: bool = True
+    bleed: bool = True
+
+    @classmethod
+    def only(cls, *names: str) -> "DoseSpec":
+        unknown = set(names) - set(MECHANISMS)
+        if unknown:
+            raise ValueError(f"mechanisms: unknown {sorted(unknown)}; use {', '.join(MECHANISMS)}")
+        return cls(**{m: m in names for m in MECHANISMS})
+
+    def enabled(self) -> list[str]:
+        return [m for m in MECHANISMS if getattr(self, m)]
+
+
+def check_intensity(value: float) -> float:
+    if not 0.0 <= value <= 1.0 or math.isnan(value):
+        raise ValueError(f"intensities: each must be in [0, 1], got {value}")
+    return float(value)
+
+
+@dataclass
+class Doser:
+    """Applies per-row doses to block outputs; call :meth:`at_step` once per forward pass."""
+
+    intensities: list[float]
+    seeds: list[int]
+    num_layers: int
+    hidden: int
+    spec: DoseSpec = field(default_factory=DoseSpec)
+
+    def __post_init__(self):
+        if len(self.intensities) != len(self.seeds):
+            raise ValueError("one seed per intensity row is needed")
+        for i in self.intensities:
+            check_intensity(i)
+        self.step = 0
+        self._i = mx.array(self.intensities, dtype=mx.float32)[:, None, None]  # (B, 1, 1)
+        # Fixed per seed for the whole generation: pair angles and which features roll.
+        angles, ranks = [], []
+        for seed in self.seeds:
+            k_angle, k_rank = mx.random.split(mx.random.key(seed))
+            angles.append(mx.random.uniform(-math.pi, math.pi, (self.hidden // 2,), key=k_angle))
+            ranks.append(mx.random.uniform(shape=(self.hidden,), key=k_rank))
+        self._cos = mx.cos(mx.stack(angles))[:, None, :]  # (B, 1, D/2)
+        self._sin = mx.sin(mx.stack(angles))[:, None, :]
+        self._rank = mx.stack(ranks)[:, None, :]  # (B, 1, D)
+        self.sober = all(i == 0 for i in self.intensities) or not self.spec.enabled()
+        self._step_noise = None
+        self._apply = _compiled_apply(self.spec)
+
+    def at_step(self, step: int) -> "Doser":
+        self.step = step
+        self._step_noise = None
+        return self
+
+    def _noise(self, layer: int, shape) -> mx.array:
+        # Drawn once per step for all layers (one call per row, not per row and layer); it
+        # depends on (seed, step) only, never on the row's place in the batch.
+        if self._step_noise is None or self._step_noise.shape[2:] != tuple(shape[1:]):
+            rows = [mx.random.normal((self.num_layers, *shape[1:]),
+                                     key=mx.random.key((seed * 1_000_003 + self.step) % (2**63)))
+                    for seed in self.seeds]
+            self._step_noise = mx.stack(rows, axis=1)  # (L, B, T, D)
+        return self._step_noise[layer]
+
+    def __call__(self, layer: int, h: mx.array) -> mx.array:
+        if self.sober:
+            return h
+        s = mx.array(layer_sensitivity(layer, self.num_layers), dtype=h.dtype)
+        noise = self._noise(layer, h.shape) if self.spec.noise else mx.zeros((1,), dtype=h.dtype)
+        return self._apply(h, noise, s, self._i, self._cos, self._sin, self._rank)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_apply(spec: DoseSpec):
+    """One fused kernel per layer instead of ~20 small ops (they cost more than the math);
+    cached per mechanism set so every Doser reuses the compiled graphs."""
+    return mx.compile(_make_apply(spec))
+
+
+def _make_apply(spec: DoseSpec):
+    def apply(h, noise, s, i, cos, sin, rank):
+        if spec.noise:
+            std = mx.sqrt(mx.var(h, axis=-1, keepdims=True))
+            h = h + noise * (NOISE_PER_INTENSITY * s) * i * std
+        if spec.phase:
+            w = PHASE_PER_INTENSITY * s * i
+            pairs = h.reshape(*h.shape[:-1], -1, 2)
+            a, b = pairs[..., 0], pairs[..., 1]
+            rotated = mx.stack([a * cos - b * sin, a * sin + b * cos], axis=-1)
+            h = (1 - w) * h + w * rotated.reshape(h.shape)
+        if spec.shuffle:
+            chosen = rank < (SHUFFLE_PER_INTENSITY * s) * i  # (B, 1, D)
+            h = mx.where(chosen, mx.roll(h, -SHUFFLE_SHIFT, axis=-1), h)
+        if spec.bleed:
+            f = BLEED_PER_INTENSITY * s * i
+            h = (h + f * mx.roll(h, 1, axis=-1) + f * mx.roll(h, -1, axis=-1)) / (1 + 2 * f)
+        return h
+
+    return apply

@@ -1,0 +1,94 @@
+"""Doses and entropies on a tiny random model (DESIGN §5)."""
+
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from psilonet import forward, generation
+from psilonet.generation import SamplingConfig
+from psilonet.perturb import MECHANISMS, DoseSpec, Doser, layer_sensitivity
+
+PROMPT = [5, 17, 3, 42, 8, 11]
+
+
+def rows(model, cfg, **kw):
+    out = None
+    for step in generation.decode(model, PROMPT, cfg, **kw):
+        out = out or [[] for _ in step.tokens]
+        for r, t in enumerate(step.tokens):
+            out[r].append(t)
+    return out
+
+
+def doser_for(model, intensities, seeds=None, spec=DoseSpec()):
+    seeds = seeds or [7] * len(intensities)
+    return Doser(list(intensities), seeds, forward.num_layers(model), model.args.hidden_size, spec)
+
+
+def test_sensitivity_peaks_in_the_middle():
+    s = [layer_sensitivity(l, 30) for l in range(30)]
+    assert max(s) == pytest.approx(1.0, abs=0.01) and s.index(max(s)) in (14, 15)
+    assert s[0] == pytest.approx(math.exp(-0.25 / 0.08))
+
+
+def test_intensity_zero_is_bit_exact(tiny_model):
+    x = mx.random.normal((2, 5, 64))
+    doser = doser_for(tiny_model, [0.0, 0.0])
+    doser.sober = False  # force the arithmetic path: zero intensity must still change nothing
+    for layer in range(6):
+        assert mx.array_equal(doser(layer, x), x)
+    cfg = SamplingConfig(max_tokens=8)
+    assert rows(tiny_model, cfg, doser=doser_for(tiny_model, [0.0]))[0] == rows(tiny_model, cfg)[0]
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_each_mechanism_grows_with_intensity_and_peaks_mid_depth(mechanism):
+    # Wide states so that the shuffle's fraction of features is never rounded away mid-depth.
+    x = mx.random.normal((3, 5, 2048), key=mx.random.key(3))
+    doser = Doser([0.1, 0.3, 0.9], [7, 7, 7], 30, 2048, DoseSpec.only(mechanism))
+    per_layer = []
+    for layer in range(30):
+        change = mx.abs(doser(layer, x) - x).mean(axis=(1, 2)).tolist()
+        assert change[0] <= change[1] <= change[2], (layer, change)
+        if 10 <= layer <= 20:
+            assert 0 < change[0] < change[1] < change[2], (layer, change)
+        per_layer.append(change[2])
+    assert 12 <= np.argmax(per_layer) <= 17, per_layer
+    assert per_layer[0] < per_layer[14] / 5 and per_layer[-1] < per_layer[14] / 5
+
+
+def test_same_seed_same_text_and_batch_equals_one_by_one(tiny_model):
+    cfg = SamplingConfig(temperature=0.9, max_tokens=10, seed=3)
+    intensities = [0.0, 0.1, 0.3, 0.8]
+    batched = rows(tiny_model, cfg, doser=doser_for(tiny_model, intensities, [3] * 4), seeds=[3] * 4)
+    assert batched == rows(tiny_model, cfg, doser=doser_for(tiny_model, intensities, [3] * 4), seeds=[3] * 4)
+    for r, i in enumerate(intensities):
+        alone = rows(tiny_model, cfg, doser=doser_for(tiny_model, [i], [3]), seeds=[3])[0]
+        assert batched[r] == alone, (i, batched[r], alone)
+    assert batched[0] != batched[3]  # a strong dose changes the text
+
+
+def test_entropies_are_in_range(tiny_model):
+    steps = list(generation.decode(tiny_model, PROMPT, SamplingConfig(max_tokens=5), track=True,
+                                   doser=doser_for(tiny_model, [0.0, 0.3])))
+    for step in steps:
+        assert all(0 <= e <= math.log2(97) + 1e-6 for e in step.entropy)
+        for per_layer in step.layer_entropy:
+            assert len(per_layer) == 7
+            assert all(0 <= e <= math.log2(64) + 1e-6 for e in per_layer)
+
+
+def test_entropy_formulas():
+    uniform = mx.zeros((1, 8))
+    assert generation.token_entropy_bits(uniform).item() == pytest.approx(3.0)
+    assert generation.hidden_entropy_bits(mx.ones((1, 16))).item() == pytest.approx(4.0)
+    assert generation.hidden_entropy_bits(mx.array([[0.0, 5.0, 0.0]])).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bad_intensities_are_rejected(tiny_model):
+    with pytest.raises(ValueError, match="intensities"):
+        doser_for(tiny_model, [1.5])
