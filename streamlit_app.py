@@ -7,6 +7,12 @@ from psilonet import app
 
 st.set_page_config(page_title="psilonet", layout="wide")
 app.sidebar()
-st.navigation([
+page = st.navigation([
     st.Page("pages/runs.py", title="Runs", icon=":material/list:", default=True),
-]).run()
+    st.Page("pages/training.py", title="Training", icon=":material/trending_down:"),
+    st.Page("pages/similarity.py", title="Similarity", icon=":material/grid_on:"),
+    st.Page("pages/trajectories.py", title="Trajectories", icon=":material/timeline:"),
+    st.Page("pages/taps.py", title="Tap weights", icon=":material/tune:"),
+    st.Page("pages/dose.py", title="Dosed generation", icon=":material/science:"),
+])
+app.guarded(page.run)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from jobs.cli import add_data_dir, fail
 from psilonet import modeling, runtime, training
-from psilonet.dosing import MAX_NEW_TOKENS, generate_doses
+from psilonet.dosing import MAX_NEW_TOKENS, generate_doses, save_dose_run
 from psilonet.generation import SamplingConfig
 from psilonet.perturb import MECHANISMS, PRESETS, DoseSpec, check_intensity
 from psilonet.prompts import PromptFile, PromptFileError, context_check, parse_prompts
@@ -94,31 +94,27 @@ def main(argv: list[str] | None = None) -> int:
               "chat": not args.no_chat, "model": model_name, "skip_run": args.run, "dial": args.dial,
               "prompts": len(prompts.prompts), "skipped": [f"line {n}: {why}" for n, why in prompts.skipped]}
     jobs = [(line, prompt, seed) for line, prompt in prompts.prompts for seed in args.seeds]
-    try:
-        with store.begin_run("dose", config=config, model=model_name, dataset=args.prompts_file or "command line",
-                             parent=args.run) as run:
-            gen_id = 0
-            means = {i: [] for i in intensities}
-            for k, (line, prompt, seed) in enumerate(tqdm(jobs, desc="dose", unit="prompt")):
-                sampling.seed = seed
-                results = generate_doses(model, tokenizer, prompt, intensities, sampling=sampling, spec=spec,
-                                         chat=not args.no_chat)
-                print(f"\n[{prompt}] seed {seed}")
-                for res in results:
-                    run.log_generation(gen_id, prompt_line=line, prompt=prompt, intensity=res.intensity, seed=seed,
-                                       mechanisms=",".join(spec.enabled()), text=res.text, token_ids=res.token_ids,
-                                       token_texts=res.token_texts, entropy=res.entropy,
-                                       layer_entropy=res.layer_entropy, stopped=res.stopped)
-                    means[res.intensity].append(res.mean_entropy)
-                    gen_id += 1
-                    print(f"  intensity {res.intensity:.2f} | mean entropy {res.mean_entropy:.2f} bits | "
+    bar = tqdm(total=len(jobs), desc="dose", unit="prompt")
+
+    def generated():
+        for line, prompt, seed in jobs:
+            sampling.seed = seed
+            results = generate_doses(model, tokenizer, prompt, intensities, sampling=sampling, spec=spec,
+                                     chat=not args.no_chat)
+            bar.write(f"\n[{prompt}] seed {seed}")
+            for res in results:
+                bar.write(f"  intensity {res.intensity:.2f} | mean entropy {res.mean_entropy:.2f} bits | "
                           f"{res.text.strip()!r}")
-                run.set_progress((k + 1) / len(jobs))
-            summary = {f"mean_entropy@{i:g}": sum(v) / len(v) for i, v in means.items() if v}
-            run.finish({**summary, "generations": gen_id, "skipped_prompts": len(prompts.skipped)})
+            yield line, prompt, seed, results
+
+    try:
+        run_id, _ = save_dose_run(store, config, generated(), model=model_name,
+                                  dataset=args.prompts_file or "command line", parent=args.run,
+                                  progress=lambda k: bar.update(1))
     except StoreError as exc:
         return fail(str(exc))
-    print(f"\nrun {run.run_id}")
+    bar.close()
+    print(f"\nrun {run_id}")
     return 0
 
 

@@ -1,25 +1,35 @@
-"""Shared plumbing for the Streamlit pages: the store, cached queries and friendly errors.
+"""Shared plumbing for the Streamlit pages: store access, cached queries, page state, errors.
 
 Pages stay thin: they call these helpers, draw with :mod:`psilonet.charts` and hold no SQL.
-Queries are cached with ``st.cache_data`` keyed on the catalog file's modification time, so a
-run published by a job shows up on the next rerun without serving stale results.
+
+* Catalog queries are cached with ``st.cache_data`` keyed on the catalog file's modification
+  time, so a run published by a job shows up on the next rerun without stale results.
+  Published runs never change, so their data is cached by run id alone.
+* Page state lives in ``st.query_params`` (:func:`param`, :func:`set_params`): the URL is a
+  permalink. A malformed parameter falls back to its default with a warning, never a traceback.
+* The model loads once per process (``st.cache_resource``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 import pandas as pd
 import streamlit as st
 
-from psilonet import runtime
+from psilonet import runtime, share
 from psilonet.store import Store, StoreError
 
+log = logging.getLogger("psilonet.app")
+
 EMPTY_STORE_HELP = (
-    "No runs yet in `{data_dir}`. Create one from the repository folder with\n\n"
-    "```\nmake demo            # fetch the default model and record a model check\n"
-    ".venv/bin/python -m jobs.check_model --model default\n```"
+    "No runs yet in `{data_dir}`. Create some from the repository folder with\n\n"
+    "```\nmake demo    # fetch the default model, check it, train a small skip adapter\n"
+    ".venv/bin/python -m jobs.check_model\n"
+    ".venv/bin/python -m jobs.train --train-samples 40 --val-samples 16\n```"
 )
 
 
@@ -54,7 +64,116 @@ def runs() -> pd.DataFrame | None:
         return None
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def run_data(data_dir_str: str, run_id: str, what: str, *args) -> Any:
+    """``RunReader.<what>(*args)`` of a published run (immutable, so cached by id)."""
+    with Store(data_dir_str).open_run(run_id) as reader:
+        return getattr(reader, what)(*args)
+
+
+def read(run_id: str, what: str, *args) -> Any:
+    """Cached run data, or None after showing a message (missing run, old run, locked file)."""
+    try:
+        return run_data(str(data_dir()), run_id, what, *args)
+    except StoreError as exc:
+        st.error(f"Cannot read {what.replace('_', ' ')} of run `{run_id}`: {exc}")
+        return None
+
+
+# ---------------------------------------------------------------------- page state
+
+def param(name: str, default: Any, cast: Callable[[str], Any] = str, choices: list | None = None) -> Any:
+    """A query parameter parsed with ``cast``; a bad value warns and gives ``default``."""
+    raw = st.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = cast(raw)
+    except (TypeError, ValueError):
+        st.warning(f"Ignoring the link's `{name}={raw}`: not a valid value.")
+        return default
+    if choices is not None and value not in choices:
+        st.warning(f"Ignoring the link's `{name}={raw}`: not one of the available choices.")
+        return default
+    return value
+
+
+def float_list(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def int_pair(text: str) -> tuple[int, int]:
+    a, b = (int(x) for x in text.split(","))
+    return a, b
+
+
+def set_params(**values: Any) -> None:
+    """Write the page state into the URL (lists joined by commas; None removes the key)."""
+    for key, value in values.items():
+        if value is None or value == "" or value == []:
+            st.query_params.pop(key, None)
+        else:
+            text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+            if st.query_params.get(key) != text:
+                st.query_params[key] = text
+
+
+def run_picker(label: str, kinds: tuple[str, ...], key: str = "run", help: str | None = None) -> pd.Series | None:
+    """A select box over the complete runs of ``kinds``, synced with the ``key`` query param."""
+    all_runs = runs()
+    if all_runs is None:
+        return None
+    choices = all_runs[(all_runs.kind.isin(kinds)) & (all_runs.state == "complete")]
+    if choices.empty:
+        st.info(f"No complete {' or '.join(kinds)} run yet.\n\n" + EMPTY_STORE_HELP.format(data_dir=data_dir()))
+        return None
+    ids = list(choices.run_id)
+    wanted = param(key, ids[0])
+    if wanted not in ids:
+        st.warning(f"Run `{wanted}` from the link is not a complete {'/'.join(kinds)} run here; showing the newest.")
+        wanted = ids[0]
+    labels = {r.run_id: f"{r.run_id} · {r.dataset or ''}" for r in choices.itertuples()}
+    chosen = st.selectbox(label, ids, index=ids.index(wanted), format_func=labels.get, help=help, key=f"pick_{key}")
+    set_params(**{key: chosen})
+    return choices.set_index("run_id").loc[chosen]
+
+
+def export_button(title: str, charts: list, state: dict) -> None:
+    """Download the page's charts as one standalone HTML file (opens offline)."""
+    if not charts:
+        return
+    try:
+        page = share.export_html(title, charts, state, notes=[f"Permalink: {share.permalink(title.lower(), state)}"])
+    except Exception as exc:  # an export problem must not break the page
+        log.exception("export failed")
+        st.caption(f"Export unavailable: {exc}")
+        return
+    name = title.lower().replace(" ", "_")
+    st.download_button("Export HTML", page, file_name=f"psilonet_{name}.html", mime="text/html",
+                       help="A standalone file with these charts and their data; opens offline in any browser.")
+
+
 def sidebar() -> None:
     blas = runtime.active_blas()
     st.sidebar.caption(f"Data folder: `{data_dir()}`")
     st.sidebar.caption(f"BLAS: {blas.name}" + ("" if blas.fast else " (slow: install libopenblas0-pthread)"))
+
+
+def guarded(run_page: Callable[[], None]) -> None:
+    """Run a page; an unexpected error becomes a message (details in the server log)."""
+    try:
+        run_page()
+    except Exception as exc:
+        log.exception("page failed")
+        st.error(f"This view failed: {type(exc).__name__}: {exc}. Check the server log for details.")
+
+
+@st.cache_resource(show_spinner="Loading the model (once per server process)…", max_entries=3)
+def generator(model_name: str, run_id: str | None, data_dir_str: str):
+    """(model, tokenizer) for dosed generation: the base model, or a trained skip run on it."""
+    from psilonet import modeling, training
+
+    if run_id:
+        model, tokenizer, _ = training.load_trained(Store(data_dir_str), run_id, data_dir=data_dir_str)
+        return model, tokenizer
+    return modeling.load_model(model_name, data_dir_str)

@@ -41,14 +41,23 @@ class CorpusError(ValueError):
     """A corpus cannot be loaded or is too small; the message names it and what to do."""
 
 
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "corpora"
+
+
 def corpora_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return Path(data_dir or runtime.data_dir()) / "corpora"
+
+
+def stories_path(data_dir: str | os.PathLike | None = None) -> Path:
+    """The story corpus of the data folder, else the one committed with the repository."""
+    local = corpora_dir(data_dir) / STORIES_FILE
+    return local if local.is_file() else SHIPPED_DIR / STORIES_FILE
 
 
 def available_corpora(data_dir: str | os.PathLike | None = None) -> list[str]:
     """Names that load without a network on this machine."""
     names = ["python-docs"]
-    if (corpora_dir(data_dir) / STORIES_FILE).is_file():
+    if stories_path(data_dir).is_file():
         names.append("smol-stories")
     return names
 
@@ -92,7 +101,7 @@ def load_texts(name: str, split: str = "train", data_dir: str | os.PathLike | No
     if name == "python-docs":
         return _python_docs()
     if name == "smol-stories":
-        path = corpora_dir(data_dir) / STORIES_FILE
+        path = stories_path(data_dir)
         if not path.is_file():
             raise CorpusError(f"{path} is missing; run: python -m jobs.make_story_corpus")
         return _texts(datasets.load_dataset("json", data_files=str(path), split="train"), str(path))

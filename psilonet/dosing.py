@@ -84,3 +84,30 @@ def generate_doses(
             if on_token is not None:
                 on_token(r, piece)
     return results
+
+
+def save_dose_run(store, config: dict, items: list[tuple[int, str, int, list[DoseResult]]], *,
+                  model: str, dataset: str, parent: str | None = None, progress=None) -> tuple[str, dict]:
+    """Write (prompt_line, prompt, seed, results) items as one ``dose`` run; return (run_id, summary).
+
+    ``items`` may be a generator (the batch job generates while it writes); ``progress(k)`` is
+    called after each item.
+    """
+    mechanisms = ",".join(config.get("mechanisms", []))
+    means: dict[float, list[float]] = {}
+    gen_id = 0
+    with store.begin_run("dose", config=config, model=model, dataset=dataset, parent=parent) as run:
+        for k, (line, prompt, seed, results) in enumerate(items):
+            for res in results:
+                run.log_generation(gen_id, prompt_line=line, prompt=prompt, intensity=res.intensity, seed=seed,
+                                   mechanisms=mechanisms, text=res.text, token_ids=res.token_ids,
+                                   token_texts=res.token_texts, entropy=res.entropy,
+                                   layer_entropy=res.layer_entropy, stopped=res.stopped)
+                means.setdefault(res.intensity, []).append(res.mean_entropy)
+                gen_id += 1
+            if progress is not None:
+                progress(k)
+        summary = {f"mean_entropy@{i:g}": float(np.nanmean(v)) for i, v in means.items() if v}
+        summary.update(generations=gen_id, skipped_prompts=len(config.get("skipped", [])))
+        run.finish(summary)
+    return run.run_id, summary

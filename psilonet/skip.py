@@ -151,6 +151,15 @@ def base_attention_heads(attn, x: mx.array, mask, cache) -> mx.array:
     return attention_heads(attn, q, k, v, mask, cache)
 
 
+def block_with_heads(layer, x: mx.array, mask, cache) -> tuple[mx.array, mx.array]:
+    """A frozen mlx-lm ``TransformerBlock`` step that also returns its attention heads
+    (B, H, T, hd) before the o-projection; the same ops as ``TransformerBlock.__call__``."""
+    attn = layer.self_attn
+    heads = base_attention_heads(attn, layer.input_layernorm(x), mask, cache)
+    h = x + attn.o_proj(merge_heads(heads))
+    return h + layer.mlp(layer.post_attention_layernorm(h)), heads
+
+
 class SkipAttention(nn.Module):
     """Queries from the block's input, keys/values from a history state (GQA, RoPE, causal)."""
 
@@ -253,13 +262,20 @@ class SkipModel(nn.Module):
         return {l: [next(rest) for _ in self.cfg.taps(l)] for l in self._skip_layers}
 
     # ------------------------------------------------------------------ forward
-    def skip_attention_output(self, l: int, x: mx.array, hist: list[mx.array], mask, cache, skip_cache) -> mx.array:
-        """The blended attention output ``a'`` of block ``l`` (before the residual add)."""
+    def skip_attention_output(
+        self, l: int, x: mx.array, hist: list[mx.array], mask, cache, skip_cache, heads: dict | None = None
+    ) -> mx.array:
+        """The blended attention output ``a'`` of block ``l`` (before the residual add).
+
+        ``heads[l]`` receives the block's own attention heads (before blending), if given.
+        """
         layer = self.layers[l]
         block = self.blocks[_key(l)]
         base_attn, skip = layer.self_attn, block.attn
         norm = layer.input_layernorm(x)
         base_heads = base_attention_heads(base_attn, norm, mask, cache)
+        if heads is not None:
+            heads[l] = base_heads
         q = split_heads(skip.q_proj(norm), skip.n_heads)
         weights = block.tap_weights(self.cfg.distances)
         skip_heads = None
@@ -276,16 +292,18 @@ class SkipModel(nn.Module):
             base_heads = base_heads * (1 - alpha)
         return base_attn.o_proj(merge_heads(base_heads)) + skip.o_proj(merge_heads(skip_heads * alpha))
 
-    def _block(self, l: int, x: mx.array, hist: list[mx.array], mask, cache, skip_cache) -> mx.array:
+    def _block(self, l: int, x: mx.array, hist: list[mx.array], mask, cache, skip_cache, heads=None) -> mx.array:
         layer = self.layers[l]
-        h = x + self.skip_attention_output(l, x, hist, mask, cache, skip_cache)
+        h = x + self.skip_attention_output(l, x, hist, mask, cache, skip_cache, heads)
         return h + layer.mlp(layer.post_attention_layernorm(h))
 
-    def hidden_states(self, inputs: mx.array, mask=None, cache=None, after_block=None) -> list[mx.array]:
+    def hidden_states(self, inputs: mx.array, mask=None, cache=None, after_block=None,
+                      heads: dict | None = None) -> list[mx.array]:
         """``[h[0], ..., h[L]]`` (before the final norm).
 
         ``after_block(l, h)`` may replace block ``l``'s output (doses perturb it there); the
-        replaced state is what later blocks and skip taps see.
+        replaced state is what later blocks and skip taps see. ``heads``, if given, receives
+        every block's own attention heads ``{l: (B, H, T, hd)}`` before the o-projection.
         """
         h = self.base.model.embed_tokens(inputs)
         base_caches = cache[: len(self.layers)] if cache is not None else [None] * len(self.layers)
@@ -295,14 +313,17 @@ class SkipModel(nn.Module):
         states = [h]
         for l, layer in enumerate(self.layers):
             if _key(l) not in self.blocks:
-                h = layer(h, mask, cache=base_caches[l])
+                if heads is None:
+                    h = layer(h, mask, cache=base_caches[l])
+                else:
+                    h, heads[l] = block_with_heads(layer, h, mask, base_caches[l])
             else:
                 hist = [states[l - d] for d in self.cfg.taps(l)]
-                if self.gradient_checkpointing and cache is None:
+                if self.gradient_checkpointing and cache is None and heads is None:
                     fn = nn.utils.checkpoint(self.blocks[_key(l)], lambda x, *hs, l=l: self._block(l, x, list(hs), mask, None, skip_caches[l]))
                     h = fn(h, *hist)
                 else:
-                    h = self._block(l, h, hist, mask, base_caches[l], skip_caches[l])
+                    h = self._block(l, h, hist, mask, base_caches[l], skip_caches[l], heads)
             if after_block is not None:
                 h = after_block(l, h)
             states.append(h)

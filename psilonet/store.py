@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any, Iterator
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 __all__ = [
@@ -151,6 +152,28 @@ _SQL_INSERT_TOKEN_ENTROPY = "INSERT INTO token_entropy (gen_id, pos, token_id, t
 _SQL_CREATE_LAYER_ENTROPY = """
 CREATE TABLE IF NOT EXISTS layer_entropy (gen_id INTEGER, pos INTEGER, layer INTEGER, entropy DOUBLE)"""
 _SQL_INSERT_LAYER_ENTROPY = "INSERT INTO layer_entropy (gen_id, pos, layer, entropy) VALUES (?, ?, ?, ?)"
+# A capture run: which tokens were kept (the activations themselves live in Parquet files).
+_SQL_CREATE_CAPTURE_TOKENS = """
+CREATE TABLE IF NOT EXISTS capture_tokens (
+    token_idx INTEGER, seq INTEGER, pos INTEGER, token_id INTEGER, token_text VARCHAR)"""
+_SQL_INSERT_CAPTURE_TOKEN = "INSERT INTO capture_tokens (token_idx, seq, pos, token_id, token_text) VALUES (?, ?, ?, ?, ?)"
+# An analysis run: every similarity number keyed by source run, metric, layer(s) and head.
+_SQL_CREATE_SIMILARITY = """
+CREATE TABLE IF NOT EXISTS similarity (
+    source VARCHAR, dataset VARCHAR, view VARCHAR, metric VARCHAR,
+    layer INTEGER, layer_b INTEGER, head INTEGER, value DOUBLE)"""
+_SQL_INSERT_SIMILARITY = """
+INSERT INTO similarity (source, dataset, view, metric, layer, layer_b, head, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+_SQL_CREATE_TRAJECTORIES = """
+CREATE TABLE IF NOT EXISTS trajectories (
+    source VARCHAR, side VARCHAR, unit VARCHAR, unit_id INTEGER, label VARCHAR, layer INTEGER,
+    pc1 DOUBLE, pc2 DOUBLE)"""
+_SQL_INSERT_TRAJECTORY = """
+INSERT INTO trajectories (source, side, unit, unit_id, label, layer, pc1, pc2) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+_SQL_CREATE_PCA = "CREATE TABLE IF NOT EXISTS pca_variance (source VARCHAR, component INTEGER, ratio DOUBLE)"
+_SQL_INSERT_PCA = "INSERT INTO pca_variance (source, component, ratio) VALUES (?, ?, ?)"
+_MATRIX_SCHEMA_FIELDS = [("side", "string"), ("point", "string"), ("layer", "int32"), ("head", "int32"),
+                         ("n", "int32"), ("d", "int32")]
 _STEP_TABLES = ("metrics", "tap_weights", "gate_alphas")  # constants: safe in f-strings
 _SQL_RESUME_RUN = "UPDATE runs SET status = 'running', error = NULL, finished = NULL, host = ?, pid = ? WHERE run_id = ?"
 
@@ -552,6 +575,49 @@ class RunWriter:
         self._insert(_SQL_INSERT_LAYER_ENTROPY, [(gen_id, pos, layer, float(e)) for pos, row in enumerate(layer_entropy)
                                                  for layer, e in enumerate(row)], "layer entropy")
 
+    def write_matrices(self, filename: str, matrices) -> Path:
+        """Write ``(side, point, layer, head, array (n, d))`` records to a Parquet file in the run.
+
+        One row (and row group) per matrix, the values as a FLOAT[] list, so that a reader
+        fetches only the layers and heads it asks for (:meth:`RunReader.matrix`).
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._require_open()
+        if not re.match(r"^[a-z_]+\.parquet$", filename):
+            raise StoreError(f"invalid matrix file name {filename!r}")
+        schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in _MATRIX_SCHEMA_FIELDS]
+                           + [("data", pa.list_(pa.float32()))])
+        path = self.dir / filename
+        with pq.ParquetWriter(str(path), schema, compression="zstd") as out:
+            for side, point, layer, head, array in matrices:
+                flat = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
+                data = pa.ListArray.from_arrays(pa.array([0, flat.size], type=pa.int32()), pa.array(flat))
+                n, d = array.shape
+                columns = [pa.array([side]), pa.array([point]), pa.array([layer], pa.int32()),
+                           pa.array([head], pa.int32()), pa.array([n], pa.int32()), pa.array([d], pa.int32()), data]
+                out.write_table(pa.Table.from_arrays(columns, schema=schema))
+        return path
+
+    def write_capture_tokens(self, rows: list[tuple[int, int, int, int, str]]) -> None:
+        """(token_idx, seq, pos, token_id, token_text) of the captured tokens."""
+        self._require_open().execute(_SQL_CREATE_CAPTURE_TOKENS)
+        self._insert(_SQL_INSERT_CAPTURE_TOKEN, rows, "capture tokens")
+
+    def write_similarity(self, rows: list[tuple]) -> None:
+        """(source, dataset, view, metric, layer, layer_b, head, value) rows."""
+        self._require_open().execute(_SQL_CREATE_SIMILARITY)
+        self._insert(_SQL_INSERT_SIMILARITY, [tuple(_plain(v) for v in r) for r in rows], "similarity")
+
+    def write_trajectories(self, rows: list[tuple], variance: list[tuple]) -> None:
+        """PCA paths (source, side, unit, unit_id, label, layer, pc1, pc2) and (source, component, ratio)."""
+        con = self._require_open()
+        con.execute(_SQL_CREATE_TRAJECTORIES)
+        con.execute(_SQL_CREATE_PCA)
+        self._insert(_SQL_INSERT_TRAJECTORY, [tuple(_plain(v) for v in r) for r in rows], "trajectories")
+        self._insert(_SQL_INSERT_PCA, [tuple(_plain(v) for v in r) for r in variance], "explained variance")
+
     def write_sweep(self, configs: pd.DataFrame, runs: pd.DataFrame) -> None:
         """The sweep's per-config statistics and per-run results (replacing earlier ones)."""
         con = self._require_open()
@@ -760,3 +826,80 @@ class RunReader:
         return self._query(
             f"SELECT gen_id, pos, layer, entropy FROM layer_entropy {where} ORDER BY gen_id, pos, layer",
             params).fetchdf()
+
+    def capture_tokens(self) -> pd.DataFrame:
+        """The captured tokens: token_idx (row in every matrix), seq, pos, token_id, token_text."""
+        return self._query(
+            "SELECT token_idx, seq, pos, token_id, token_text FROM capture_tokens ORDER BY token_idx", []
+        ).fetchdf()
+
+    def matrix_index(self, filename: str) -> pd.DataFrame:
+        """Which matrices a Parquet file of this run holds: side, point, layer, head, n, d."""
+        path = self._file(filename)
+        return self._query(
+            "SELECT side, point, layer, head, n, d FROM read_parquet(?) ORDER BY side, point, layer, head",
+            [str(path)]).fetchdf()
+
+    def matrix(self, filename: str, side: str, point: str, layer: int, head: int = -1) -> np.ndarray:
+        """One stored matrix (n, d) as float32, reading only its own row group."""
+        path = self._file(filename)
+        if self._con is None:
+            raise StoreError(f"reader for run {self.run_id!r} is closed")
+        try:
+            table = self._con.sql(
+                "SELECT n, d, data FROM read_parquet($path) WHERE side = $side AND point = $point "
+                "AND layer = $layer AND head = $head",
+                params={"path": str(path), "side": side, "point": point, "layer": int(layer), "head": int(head)},
+            ).to_arrow_table()
+        except duckdb.Error as e:
+            raise StoreError(f"query on run {self.run_id!r} failed: {e}") from e
+        if table.num_rows != 1:
+            raise StoreError(f"run {self.run_id!r} has no {side} {point} matrix for layer {layer}, head {head}")
+        n, d = table.column("n")[0].as_py(), table.column("d")[0].as_py()
+        return table.column("data").combine_chunks().values.to_numpy().reshape(n, d)
+
+    def matrices(self, filename: str, side: str, point: str) -> dict[tuple[int, int], np.ndarray]:
+        """Every ``{(layer, head): matrix}`` of one side and point, in one query."""
+        path = self._file(filename)
+        if self._con is None:
+            raise StoreError(f"reader for run {self.run_id!r} is closed")
+        try:
+            table = self._con.sql(
+                "SELECT layer, head, n, d, data FROM read_parquet($path) WHERE side = $side AND point = $point "
+                "ORDER BY layer, head", params={"path": str(path), "side": side, "point": point},
+            ).to_arrow_table()
+        except duckdb.Error as e:
+            raise StoreError(f"query on run {self.run_id!r} failed: {e}") from e
+        values = table.column("data").combine_chunks()
+        flat, offsets = values.values.to_numpy(), values.offsets.to_numpy()
+        out = {}
+        for i, (layer, head, n, d) in enumerate(zip(*(table.column(c).to_pylist() for c in ("layer", "head", "n", "d")))):
+            out[(layer, head)] = flat[offsets[i] : offsets[i + 1]].reshape(n, d)
+        return out
+
+    def _file(self, filename: str) -> Path:
+        path = self.dir / filename
+        if not re.match(r"^[a-z_]+\.parquet$", filename) or not path.is_file():
+            raise StoreError(f"run {self.run_id!r} has no {filename}")
+        return path
+
+    def similarity(self, view: str | None = None, metric: str | None = None) -> pd.DataFrame:
+        """Similarity results: source, dataset, view, metric, layer, layer_b, head, value."""
+        conditions, params = [], []
+        for column, value in (("view", view), ("metric", metric)):
+            if value is not None:
+                conditions.append(f"{column} = ?")
+                params.append(value)
+        where = ("WHERE " + " AND ".join(conditions)) if conditions else ""
+        return self._query(
+            f"SELECT source, dataset, view, metric, layer, layer_b, head, value FROM similarity {where} "
+            "ORDER BY source, view, metric, layer, layer_b, head", params).fetchdf()
+
+    def trajectories(self) -> pd.DataFrame:
+        """PCA paths through the layers: source, side, unit, unit_id, label, layer, pc1, pc2."""
+        return self._query(
+            "SELECT source, side, unit, unit_id, label, layer, pc1, pc2 FROM trajectories "
+            "ORDER BY source, side, unit, unit_id, layer", []).fetchdf()
+
+    def pca_variance(self) -> pd.DataFrame:
+        return self._query("SELECT source, component, ratio FROM pca_variance ORDER BY source, component", []).fetchdf()

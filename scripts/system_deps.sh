@@ -3,7 +3,10 @@
 # to at start-up (DESIGN §3; without it float32 matmuls are ~35x slower). macOS needs nothing.
 set -euo pipefail
 [ "$(uname -s)" = "Linux" ] || exit 0
-have_blas() { ls /usr/lib/*-linux-gnu/libopenblas.so.0 /usr/lib*/libopenblas.so.0 >/dev/null 2>&1; }
+have_blas() {
+  for f in /usr/lib/*-linux-gnu/libopenblas.so.0 /usr/lib*/libopenblas.so.0; do [ -e "$f" ] && return 0; done
+  return 1
+}
 have_blas && exit 0
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
   echo "installing libopenblas0-pthread (fast BLAS for MLX)"

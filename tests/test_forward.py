@@ -37,3 +37,21 @@ def test_after_block_replaces_the_state_later_blocks_see(tiny_model):
     assert float(mx.abs(states[3]).max()) == 0.0
     _, plain = forward.forward(tiny_model, TOKENS)
     assert float(mx.abs(states[4] - plain[4]).max()) > 1e-3
+
+
+@pytest.mark.parametrize("make", [
+    lambda base: base,
+    lambda base: SkipModel.from_base(base, SkipConfig(distances=[1, 2], skip_start=2, alpha=0.5, gates=True)),
+])
+def test_run_with_cache_matches_the_plain_model_and_names_hooks(tiny_model, make):
+    model = make(tiny_model)
+    logits, cache = forward.run_with_cache(model, TOKENS)
+    assert float(mx.abs(logits - model(TOKENS)).max()) < 1e-5
+    assert cache["hook_embed"].shape == (2, 8, 64)
+    assert cache["blocks.5.hook_resid_post"].shape == (2, 8, 64)
+    assert cache["blocks.0.attn.hook_z"].shape == (2, 8, 4, 16)
+    # the heads are what the o-projection of block 0 consumes
+    layer = tiny_model.model.layers[0]
+    z = cache["blocks.0.attn.hook_z"].reshape(2, 8, 64)
+    attn_out = layer.self_attn(layer.input_layernorm(cache["hook_embed"]), "causal")
+    assert float(mx.abs(layer.self_attn.o_proj(z) - attn_out).max()) < 1e-5

@@ -1,0 +1,567 @@
+"""Altair chart builders for the psilonet explorer.
+
+Every function here takes pandas DataFrames exactly as :mod:`psilonet.store` returns them (or a
+join of them, documented per function) and returns an Altair chart: no I/O, no SQL, no
+Streamlit.  Every chart builder is therefore testable without a browser: ``chart.to_dict()``
+gives the Vega-Lite spec (data included), which is what the unit tests inspect.
+
+Conventions:
+
+* Each builder validates its required columns first and raises :class:`ValueError` naming the
+  missing ones.
+* Only the columns a chart needs are embedded in the spec.
+* Altair's row limit (``alt.data_transformers`` ``max_rows``, 5000) is left alone.  Instead each
+  builder keeps its data at most :data:`MAX_ROWS` rows: step series are thinned to evenly spaced
+  steps (first and last kept), trajectories keep the first units, entropy heatmaps the first
+  positions; whenever that happens the chart's subtitle says so.
+* Line charts use ``width="container"``; heatmaps get a fixed width derived from their number
+  of columns so that two of them side by side (:func:`side_by_side`) line up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "MAX_ROWS",
+    "cross_layer_heatmap",
+    "entropy_heatmap",
+    "gate_alpha_heatmap",
+    "grad_norm_chart",
+    "head_heatmap",
+    "layer_entropy_profile",
+    "layer_similarity_curve",
+    "loss_curves",
+    "novelty_stats",
+    "side_by_side",
+    "similarity_domain",
+    "tap_weight_evolution",
+    "tap_weight_heatmap",
+    "therapeutic_window",
+    "trajectory_chart",
+]
+
+#: Upper bound on the rows a chart embeds (Altair refuses more than 5000 by default).
+MAX_ROWS = 4000
+#: Points per series for step curves (loss, grad norm) before they are thinned.
+MAX_CURVE_POINTS = 2000
+
+METRICS_COLUMNS = ("step", "split", "name", "value")
+SWEEP_COLUMNS = ("distances", "alpha", "variant", "n", "mean", "std", "ci_low", "ci_high")
+SIMILARITY_COLUMNS = ("source", "dataset", "view", "metric", "layer", "layer_b", "head", "value")
+PATH_COLUMNS = ("source", "side", "unit", "unit_id", "label", "layer", "pc1", "pc2")
+VARIANCE_COLUMNS = ("source", "component", "ratio")
+TAP_COLUMNS = ("step", "layer", "distance", "weight")
+GATE_COLUMNS = ("step", "layer", "head", "alpha")
+TOKEN_COLUMNS = ("gen_id", "intensity", "pos", "token_text", "entropy")
+LAYER_ENTROPY_COLUMNS = ("intensity", "layer", "entropy")
+
+BASELINE_LABEL = "baseline (frozen model)"
+TRAIN_LOSS_LABEL = "train loss"
+VAL_LOSS_LABEL = "val skip_loss"
+SIDES = ("baseline", "trained")
+HEATMAP_SCHEME = "viridis"
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
+    """Raise ValueError naming every column of ``columns`` that ``df`` lacks."""
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"{what}: expected a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: missing column(s) {', '.join(missing)}")
+
+
+def _finite(x: float | None) -> bool:
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def _even_steps(steps: Sequence, max_steps: int) -> np.ndarray:
+    """At most ``max_steps`` evenly spaced values of sorted unique ``steps``, first and last kept."""
+    unique = np.sort(pd.unique(np.asarray(steps)))
+    if len(unique) <= max_steps:
+        return unique
+    idx = np.unique(np.round(np.linspace(0, len(unique) - 1, max(max_steps, 2))).astype(int))
+    return unique[idx]
+
+
+def _thin_by_step(df: pd.DataFrame, rows_per_step: int, max_rows: int = MAX_ROWS) -> tuple[pd.DataFrame, int, int]:
+    """Keep evenly spaced steps so that ``df`` has at most about ``max_rows`` rows.
+
+    Returns (frame, steps kept, steps in total)."""
+    total = int(df["step"].nunique())
+    if len(df) <= max_rows or total == 0:
+        return df, total, total
+    keep = _even_steps(df["step"], max(2, max_rows // max(rows_per_step, 1)))
+    return df[df["step"].isin(keep)], len(keep), total
+
+
+def _title(text: str, subtitle: str | list[str] | None = None) -> alt.TitleParams:
+    if subtitle:
+        return alt.TitleParams(text=text, subtitle=subtitle, anchor="start")
+    return alt.TitleParams(text=text, anchor="start")
+
+
+def _heatmap_size(n_x: int, n_y: int, cell: int = 22) -> tuple[int, int]:
+    width = int(min(640, max(160, cell * max(n_x, 1))))
+    height = int(min(640, max(120, cell * max(n_y, 1))))
+    return width, height
+
+
+def _plain_domain(domain: Sequence[float]) -> list[float]:
+    lo, hi = (float(domain[0]), float(domain[1]))
+    if not (_finite(lo) and _finite(hi)):
+        raise ValueError(f"domain must be two finite numbers, got {domain!r}")
+    return [lo, hi]
+
+
+def _int_column(series: pd.Series) -> pd.Series:
+    """Nullable-integer or float columns (DuckDB NULLs) as plain Python ints for the spec."""
+    return series.astype("int64")
+
+
+# --------------------------------------------------------------------------- training curves
+
+
+def _step_series(metrics: pd.DataFrame, split: str, name: str) -> pd.DataFrame:
+    rows = metrics[(metrics["split"] == split) & (metrics["name"] == name)][["step", "value"]]
+    rows = rows.dropna(subset=["value"])
+    rows = rows[np.isfinite(rows["value"].astype(float))]
+    rows = rows.groupby("step", as_index=False)["value"].mean().sort_values("step")
+    rows["step"] = _int_column(rows["step"])
+    keep = _even_steps(rows["step"], MAX_CURVE_POINTS)
+    return rows[rows["step"].isin(keep)].reset_index(drop=True)
+
+
+def loss_curves(metrics: pd.DataFrame, base_loss: float | None = None) -> alt.LayerChart:
+    """Train ``loss`` per step (line), val ``skip_loss`` per eval step (line with points) and a
+    horizontal rule at ``base_loss`` labelled "baseline (frozen model)" (when given and finite).
+
+    ``metrics`` is ``RunReader.metrics()``: step, split, name, value, time.  Each series is
+    thinned to at most :data:`MAX_CURVE_POINTS` evenly spaced steps (first and last kept)."""
+    _require(metrics, METRICS_COLUMNS, "loss_curves")
+    train = _step_series(metrics, "train", "loss").assign(series=TRAIN_LOSS_LABEL)
+    val = _step_series(metrics, "val", "skip_loss").assign(series=VAL_LOSS_LABEL)
+    has_base = _finite(base_loss)
+
+    domain = [TRAIN_LOSS_LABEL, VAL_LOSS_LABEL] + ([BASELINE_LABEL] if has_base else [])
+    palette = ["#4c78a8", "#f58518", "#7f7f7f"][: len(domain)]
+    color = alt.Color("series:N", title="series", scale=alt.Scale(domain=domain, range=palette),
+                      legend=alt.Legend(orient="top"))
+    x = alt.X("step:Q", title="step")
+    y = alt.Y("value:Q", title="loss (nats / token)", scale=alt.Scale(zero=False))
+    tooltip = [alt.Tooltip("series:N"), alt.Tooltip("step:Q"), alt.Tooltip("value:Q", title="loss", format=".4f")]
+
+    layers = [
+        alt.Chart(train).mark_line(strokeWidth=1.5).encode(x=x, y=y, color=color, tooltip=tooltip),
+        alt.Chart(val).mark_line(point=True, strokeWidth=2).encode(x=x, y=y, color=color, tooltip=tooltip),
+    ]
+    subtitle = None
+    if has_base:
+        base = pd.DataFrame({"series": [BASELINE_LABEL], "value": [float(base_loss)]})
+        layers.append(alt.Chart(base).mark_rule(strokeDash=[6, 4], strokeWidth=1.5).encode(
+            y=alt.Y("value:Q"), color=color,
+            tooltip=[alt.Tooltip("series:N"), alt.Tooltip("value:Q", title="loss", format=".4f")]))
+        steps = pd.concat([train["step"], val["step"]])
+        if len(steps):
+            label = base.assign(step=int(steps.max()))
+            layers.append(alt.Chart(label).mark_text(align="right", baseline="bottom", dy=-4, color="#555").encode(
+                x=x, y=alt.Y("value:Q"), text=alt.Text("series:N")))
+        subtitle = f"{BASELINE_LABEL}: {float(base_loss):.4f}"
+    return alt.layer(*layers).properties(
+        title=_title("Training loss", subtitle), width="container", height=320)
+
+
+def grad_norm_chart(metrics: pd.DataFrame) -> alt.Chart:
+    """Train ``grad_norm`` per step (line), thinned like :func:`loss_curves`."""
+    _require(metrics, METRICS_COLUMNS, "grad_norm_chart")
+    data = _step_series(metrics, "train", "grad_norm")
+    return alt.Chart(data).mark_line(strokeWidth=1.2, color="#54a24b").encode(
+        x=alt.X("step:Q", title="step"),
+        y=alt.Y("value:Q", title="gradient norm", scale=alt.Scale(zero=False)),
+        tooltip=[alt.Tooltip("step:Q"), alt.Tooltip("value:Q", title="grad norm", format=".4f")],
+    ).properties(title=_title("Gradient norm (train)"), width="container", height=220)
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+def _series_label(distances: object, variant: object) -> str:
+    return f"{distances}" + (" gated" if str(variant) == "gated" else "")
+
+
+def therapeutic_window(configs: pd.DataFrame) -> alt.LayerChart:
+    """Mean improvement (%) against alpha, one line per distances set (and variant), with CI error
+    bars.  ``configs`` is ``RunReader.sweep_configs()``; rows with ``n == 0`` are dropped, and so
+    are rows without a mean.  Error bars are drawn only where both CI ends are known."""
+    _require(configs, SWEEP_COLUMNS, "therapeutic_window")
+    optional = [c for c in ("label", "failed", "best", "n_paired", "p_vs_best", "mean_skip_loss", "mean_base_loss")
+                if c in configs.columns]
+    data = configs[list(SWEEP_COLUMNS) + optional].copy()
+    data = data[(data["n"].fillna(0) > 0) & data["mean"].notna()]
+    data["series"] = [_series_label(d, v) for d, v in zip(data["distances"], data["variant"])]
+    data["n"] = _int_column(data["n"])
+    for col in ("failed", "n_paired"):
+        if col in data.columns:
+            data[col] = data[col].fillna(0).astype("int64")
+    if "best" in data.columns:
+        data["best"] = data["best"].fillna(False).astype(bool)
+    data = data.sort_values(["series", "alpha"]).reset_index(drop=True)
+    series = sorted(data["series"].unique())
+
+    color = alt.Color("series:N", title="distances", scale=alt.Scale(domain=series) if series else alt.Undefined)
+    x = alt.X("alpha:Q", title="alpha (skip mix)")
+    y = alt.Y("mean:Q", title="mean improvement over baseline (%)")
+    tooltip = [alt.Tooltip("series:N", title="distances")]
+    if "label" in data.columns:
+        tooltip.append(alt.Tooltip("label:N", title="config"))
+    tooltip += [
+        alt.Tooltip("alpha:Q", format=".3g"), alt.Tooltip("n:Q", title="n (seeds)"),
+        alt.Tooltip("mean:Q", title="mean %", format=".3f"), alt.Tooltip("std:Q", title="std", format=".3f"),
+        alt.Tooltip("ci_low:Q", title="CI low", format=".3f"), alt.Tooltip("ci_high:Q", title="CI high", format=".3f"),
+    ]
+    for col, title, fmt in (("p_vs_best", "p vs best", ".3g"), ("n_paired", "n paired", "d"),
+                            ("failed", "failed", "d"), ("best", "best", None),
+                            ("mean_skip_loss", "mean skip loss", ".4f"), ("mean_base_loss", "mean base loss", ".4f")):
+        if col in data.columns:
+            tooltip.append(alt.Tooltip(f"{col}:{'N' if fmt is None else 'Q'}", title=title,
+                                       **({} if fmt is None else {"format": fmt})))
+
+    base = alt.Chart(data)
+    bars = alt.Chart(data[data["ci_low"].notna() & data["ci_high"].notna()]).mark_rule(strokeWidth=1.5).encode(
+        x=x, y=alt.Y("ci_low:Q", title="mean improvement over baseline (%)"), y2=alt.Y2("ci_high:Q"),
+        color=color, tooltip=tooltip)
+    lines = base.mark_line().encode(x=x, y=y, color=color, detail="series:N")
+    points = base.mark_point(filled=True, size=70).encode(
+        x=x, y=y, color=color, tooltip=tooltip,
+        shape=alt.Shape("best:N", title="best", scale=alt.Scale(domain=[False, True], range=["circle", "diamond"]))
+        if "best" in data.columns else alt.Undefined)
+    zero = alt.Chart(pd.DataFrame({"y": [0.0]})).mark_rule(color="#999", strokeDash=[3, 3]).encode(y="y:Q")
+    n_dropped = int(len(configs) - len(data))
+    subtitle = "points: mean over seeds; bars: confidence interval"
+    if n_dropped:
+        subtitle += f"; {n_dropped} config(s) without successful runs hidden"
+    return alt.layer(zero, bars, lines, points).properties(
+        title=_title("Therapeutic window: improvement vs alpha", subtitle), width="container", height=340)
+
+
+# --------------------------------------------------------------------------- similarity
+
+
+def _sim_rows(sim: pd.DataFrame, view: str, metric: str | None, what: str) -> pd.DataFrame:
+    _require(sim, SIMILARITY_COLUMNS, what)
+    mask = sim["view"] == view
+    if metric is not None:
+        mask &= sim["metric"] == metric
+    return sim[mask]
+
+
+def similarity_domain(sim: pd.DataFrame, view: str, metric: str) -> tuple[float, float]:
+    """(min, max) of ``value`` over every source for ``view``/``metric`` (NaNs ignored); (0, 1) when
+    there is none.  Pass it as ``domain`` to the heatmaps so that they share one colour scale."""
+    values = _sim_rows(sim, view, metric, "similarity_domain")["value"].astype(float)
+    values = values[np.isfinite(values)]
+    if values.empty:
+        return (0.0, 1.0)
+    return (float(values.min()), float(values.max()))
+
+
+def layer_similarity_curve(sim: pd.DataFrame, metric: str) -> alt.Chart:
+    """Per-layer similarity (baseline h[l] vs trained h[l]) under ``metric``, one line per source
+    labelled "source (dataset)".  The y domain is [min(0, min value), 1] (widened past 1 only if a
+    value exceeds it, so nothing is clipped)."""
+    rows = _sim_rows(sim, "layer", metric, "layer_similarity_curve")
+    data = rows[["source", "dataset", "layer", "value"]].dropna(subset=["layer", "value"]).copy()
+    data["layer"] = _int_column(data["layer"])
+    data["series"] = data["source"].astype(str) + " (" + data["dataset"].astype(str) + ")"
+    data = data.sort_values(["series", "layer"]).reset_index(drop=True)
+    lo = min(0.0, float(data["value"].min())) if len(data) else 0.0
+    hi = max(1.0, float(data["value"].max())) if len(data) else 1.0
+    return alt.Chart(data[["series", "layer", "value"]]).mark_line(point=True).encode(
+        x=alt.X("layer:Q", title="layer (0 = embeddings)", axis=alt.Axis(tickMinStep=1)),
+        y=alt.Y("value:Q", title=metric, scale=alt.Scale(domain=[lo, hi])),
+        color=alt.Color("series:N", title="source (dataset)", legend=alt.Legend(orient="bottom", columns=1)),
+        tooltip=[alt.Tooltip("series:N", title="source (dataset)"), alt.Tooltip("layer:Q"),
+                 alt.Tooltip("value:Q", title=metric, format=".4f")],
+    ).properties(title=_title(f"Layer similarity: {metric}", "baseline vs trained residual stream, per layer"),
+                 width="container", height=300)
+
+
+def _heatmap(data: pd.DataFrame, x: str, x_title: str, y: str, y_title: str, value: str, value_title: str,
+             domain: Sequence[float], title: alt.TitleParams, scheme: str = HEATMAP_SCHEME,
+             extra_tooltip: list | None = None) -> alt.Chart:
+    width, height = _heatmap_size(data[x].nunique(), data[y].nunique())
+    tooltip = [alt.Tooltip(f"{y}:O", title=y_title), alt.Tooltip(f"{x}:O", title=x_title),
+               alt.Tooltip(f"{value}:Q", title=value_title, format=".4f")] + (extra_tooltip or [])
+    return alt.Chart(data).mark_rect().encode(
+        x=alt.X(f"{x}:O", title=x_title, sort="ascending"),
+        y=alt.Y(f"{y}:O", title=y_title, sort="ascending"),  # ordinal, ascending: the first row at the top
+        color=alt.Color(f"{value}:Q", title=value_title,
+                        scale=alt.Scale(domain=_plain_domain(domain), scheme=scheme, clamp=True)),
+        tooltip=tooltip,
+    ).properties(title=title, width=width, height=height)
+
+
+def head_heatmap(sim: pd.DataFrame, metric: str, source: str,
+                 domain: tuple[float, float] | None = None) -> alt.Chart:
+    """Per-head similarity of one ``source``: x = head, y = layer (layer 0 at the top), colour =
+    value on the scale ``domain`` (default: :func:`similarity_domain` over every source, so two
+    heatmaps side by side are comparable)."""
+    rows = _sim_rows(sim, "head", metric, "head_heatmap")
+    if domain is None:
+        domain = similarity_domain(sim, "head", metric)
+    data = rows[rows["source"] == source][["layer", "head", "value"]].dropna().copy()
+    data["layer"] = _int_column(data["layer"])
+    data["head"] = _int_column(data["head"])
+    dataset = rows.loc[rows["source"] == source, "dataset"]
+    sub = f"{source} ({dataset.iloc[0]})" if len(dataset) else f"{source} (no data)"
+    return _heatmap(data, "head", "head", "layer", "layer", "value", metric, domain,
+                    _title(f"Per-head {metric}", sub))
+
+
+def cross_layer_heatmap(sim: pd.DataFrame, source: str, domain: tuple[float, float] | None = None,
+                        metric: str = "cka") -> alt.Chart:
+    """CKA of every baseline layer (y) against every trained layer (x) for one ``source``; colour on
+    the scale ``domain`` (default: :func:`similarity_domain` over every source)."""
+    rows = _sim_rows(sim, "cross_layer", metric, "cross_layer_heatmap")
+    if domain is None:
+        domain = similarity_domain(sim, "cross_layer", metric)
+    data = rows[rows["source"] == source][["layer", "layer_b", "value"]].dropna().copy()
+    data["layer"] = _int_column(data["layer"])
+    data["layer_b"] = _int_column(data["layer_b"])
+    dataset = rows.loc[rows["source"] == source, "dataset"]
+    sub = f"{source} ({dataset.iloc[0]})" if len(dataset) else f"{source} (no data)"
+    return _heatmap(data, "layer_b", "trained layer", "layer", "baseline layer", "value", metric, domain,
+                    _title(f"Cross-layer {metric}: baseline vs trained", sub))
+
+
+def side_by_side(charts: Sequence[alt.TopLevelMixin]) -> alt.HConcatChart:
+    """Charts next to each other with one shared colour scale (use with a common ``domain``)."""
+    charts = list(charts)
+    if not charts:
+        raise ValueError("side_by_side: no charts given")
+    return alt.hconcat(*charts).resolve_scale(color="shared")
+
+
+def novelty_stats(sim: pd.DataFrame, metric: str, start: int, end: int) -> pd.DataFrame:
+    """Per source: mean / min / max of the per-layer ``metric`` over layers ``start..end`` inclusive.
+
+    Returns columns source, dataset, mean, min, max (one row per source, sorted by source)."""
+    if start > end:
+        raise ValueError(f"novelty_stats: start ({start}) is after end ({end})")
+    rows = _sim_rows(sim, "layer", metric, "novelty_stats")
+    rows = rows[(rows["layer"] >= start) & (rows["layer"] <= end)].dropna(subset=["value"])
+    out = rows.groupby(["source", "dataset"], as_index=False)["value"].agg(["mean", "min", "max"])
+    return out[["source", "dataset", "mean", "min", "max"]].sort_values("source").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- trajectories
+
+
+def _pc_titles(variance: pd.DataFrame, source: str) -> tuple[str, str]:
+    ratios = variance[variance["source"] == source].sort_values("component")["ratio"].astype(float).tolist()
+    titles = []
+    for i in range(2):
+        if i < len(ratios) and _finite(ratios[i]):
+            titles.append(f"PC{i + 1} ({100 * ratios[i]:.1f}% var)")
+        else:
+            titles.append(f"PC{i + 1}")
+    return titles[0], titles[1]
+
+
+def trajectory_chart(paths: pd.DataFrame, variance: pd.DataFrame, unit: str,
+                     unit_ids: list[int] | None = None, source: str | None = None) -> alt.LayerChart:
+    """PCA paths through the layers: one line per (side, unit_id) connecting layers in order
+    (baseline solid, trained dashed), points coloured by layer.  Axis titles carry the explained
+    variance of the source's PC1/PC2.
+
+    ``paths`` is ``RunReader.trajectories()``, ``variance`` ``RunReader.pca_variance()`` (component
+    0 = PC1).  Rows are filtered to ``unit`` ('token' / 'sequence') and ``unit_ids`` when given.  The
+    PCA basis is per source, so with several sources in ``paths`` pass ``source``.  If more than
+    :data:`MAX_ROWS` rows remain, only the first unit ids are drawn (the subtitle says so)."""
+    _require(paths, PATH_COLUMNS, "trajectory_chart")
+    _require(variance, VARIANCE_COLUMNS, "trajectory_chart (variance)")
+    data = paths[paths["unit"] == unit]
+    if source is None:
+        sources = data["source"].unique()
+        if len(sources) > 1:
+            raise ValueError(f"trajectory_chart: paths hold several sources ({', '.join(map(str, sources))}); "
+                             "pass source=")
+        source = sources[0] if len(sources) else None
+    data = data[data["source"] == source]
+    if unit_ids is not None:
+        data = data[data["unit_id"].isin(list(unit_ids))]
+    data = data[["side", "unit_id", "label", "layer", "pc1", "pc2"]].dropna(subset=["pc1", "pc2"]).copy()
+    data["unit_id"] = _int_column(data["unit_id"])
+    data["layer"] = _int_column(data["layer"])
+    data["label"] = data["label"].fillna("").astype(str)
+
+    ids = np.sort(data["unit_id"].unique())
+    subtitle = [f"{source} · {unit}s · baseline solid, trained dashed"]
+    if len(data) > MAX_ROWS and len(ids):
+        per_unit = max(1, len(data) // len(ids))
+        keep = ids[: max(1, MAX_ROWS // per_unit)]
+        data = data[data["unit_id"].isin(keep)]
+        subtitle.append(f"showing the first {len(keep)} of {len(ids)} {unit}s (row limit)")
+    data["path"] = data["side"].astype(str) + ":" + data["unit_id"].astype(str)
+    data = data.sort_values(["path", "layer"]).reset_index(drop=True)
+
+    x_title, y_title = _pc_titles(variance, source)
+    x = alt.X("pc1:Q", title=x_title, scale=alt.Scale(zero=False))
+    y = alt.Y("pc2:Q", title=y_title, scale=alt.Scale(zero=False))
+    tooltip = [alt.Tooltip("label:N", title=unit), alt.Tooltip("unit_id:Q", title="id"), alt.Tooltip("side:N"),
+               alt.Tooltip("layer:Q"), alt.Tooltip("pc1:Q", format=".3f"), alt.Tooltip("pc2:Q", format=".3f")]
+    base = alt.Chart(data)
+    lines = base.mark_line(strokeWidth=1.2, opacity=0.6, color="#888").encode(
+        x=x, y=y, detail="path:N", order=alt.Order("layer:Q", sort="ascending"),
+        strokeDash=alt.StrokeDash("side:N", title="side",
+                                  scale=alt.Scale(domain=list(SIDES), range=[[1, 0], [5, 3]])),
+        tooltip=tooltip)
+    points = base.mark_point(filled=True, size=40).encode(
+        x=x, y=y,
+        color=alt.Color("layer:Q", title="layer", scale=alt.Scale(scheme="viridis")),
+        shape=alt.Shape("side:N", title="side", scale=alt.Scale(domain=list(SIDES), range=["circle", "triangle"])),
+        tooltip=tooltip)
+    return alt.layer(lines, points).properties(
+        title=_title("Trajectories through the layers (PCA)", subtitle), width="container", height=420)
+
+
+# --------------------------------------------------------------------------- tap weights and gates
+
+
+def tap_weight_evolution(taps: pd.DataFrame) -> alt.Chart:
+    """Tap weight vs step, one small chart per layer (6 per row), colour = skip distance.
+
+    ``taps`` is ``RunReader.tap_weights()``.  With more than :data:`MAX_ROWS` rows the steps are
+    subsampled evenly (first and last kept) and the subtitle says so."""
+    _require(taps, TAP_COLUMNS, "tap_weight_evolution")
+    data = taps[list(TAP_COLUMNS)].dropna().copy()
+    for col in ("step", "layer", "distance"):
+        data[col] = _int_column(data[col])
+    rows_per_step = max(1, data.groupby("step").size().max()) if len(data) else 1
+    data, kept, total = _thin_by_step(data, int(rows_per_step))
+    subtitle = "one panel per layer; colour = skip distance"
+    if kept < total:
+        subtitle = [subtitle, f"showing {kept} of {total} logged steps (evenly subsampled, first and last kept)"]
+    data = data.sort_values(["layer", "distance", "step"]).reset_index(drop=True)
+    return alt.Chart(data).mark_line().encode(
+        x=alt.X("step:Q", title="step"),
+        y=alt.Y("weight:Q", title="tap weight", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("distance:O", title="distance"),
+        facet=alt.Facet("layer:O", title="layer", columns=6),
+        tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("distance:O"), alt.Tooltip("step:Q"),
+                 alt.Tooltip("weight:Q", format=".4f")],
+    ).properties(title=_title("Tap weight evolution", subtitle), width=140, height=100)
+
+
+def _final_step(df: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
+    df = df.dropna()
+    if df.empty:
+        return df, None
+    last = int(df["step"].max())
+    return df[df["step"] == last], last
+
+
+def tap_weight_heatmap(taps: pd.DataFrame) -> alt.Chart:
+    """The final step's tap weights: x = distance, y = layer, colour = weight on [0, 1]."""
+    _require(taps, TAP_COLUMNS, "tap_weight_heatmap")
+    data, last = _final_step(taps[list(TAP_COLUMNS)])
+    data = data.copy()
+    for col in ("step", "layer", "distance"):
+        data[col] = _int_column(data[col])
+    sub = f"step {last}" if last is not None else "no tap weights logged"
+    return _heatmap(data[["layer", "distance", "weight"]], "distance", "distance", "layer", "layer", "weight",
+                    "weight", (0.0, 1.0), _title("Final tap weights", sub))
+
+
+def gate_alpha_heatmap(gates: pd.DataFrame) -> alt.Chart:
+    """The final step's per-head gate alphas: x = head, y = layer, colour = alpha on [0, 1] (widened
+    if an alpha exceeds 1)."""
+    _require(gates, GATE_COLUMNS, "gate_alpha_heatmap")
+    data, last = _final_step(gates[list(GATE_COLUMNS)])
+    data = data.copy()
+    for col in ("step", "layer", "head"):
+        data[col] = _int_column(data[col])
+    hi = max(1.0, float(data["alpha"].max())) if len(data) else 1.0
+    sub = f"step {last}" if last is not None else "no gate alphas logged"
+    return _heatmap(data[["layer", "head", "alpha"]], "head", "head", "layer", "layer", "alpha", "alpha",
+                    (0.0, hi), _title("Final per-head gate alphas", sub))
+
+
+# --------------------------------------------------------------------------- dosing / entropy
+
+
+def _intensity_label(x: float) -> str:
+    return f"{float(x):g}"
+
+
+def entropy_heatmap(tokens: pd.DataFrame) -> alt.Chart:
+    """Per-token next-token entropy (bits): x = position, y = intensity, tooltip with the token.
+
+    ``tokens`` is ``RunReader.token_entropy()`` joined with ``generations()`` for ``intensity``.
+    When several generations share an intensity each gets its own row ("intensity · #gen_id").
+    Beyond :data:`MAX_ROWS` cells only the first positions are kept (the subtitle says so)."""
+    _require(tokens, TOKEN_COLUMNS, "entropy_heatmap")
+    data = tokens[list(TOKEN_COLUMNS)].dropna(subset=["gen_id", "intensity", "pos"]).copy()
+    data["gen_id"] = _int_column(data["gen_id"])
+    data["pos"] = _int_column(data["pos"])
+    data["intensity"] = data["intensity"].astype(float)
+    data["token_text"] = data["token_text"].fillna("").astype(str)
+
+    gens = data[["intensity", "gen_id"]].drop_duplicates().sort_values(["intensity", "gen_id"])
+    shared = gens["intensity"].duplicated(keep=False)
+    labels = {(i, g): (_intensity_label(i) + (f" · #{g}" if s else ""))
+              for i, g, s in zip(gens["intensity"], gens["gen_id"], shared)}
+    order = [labels[(i, g)] for i, g in zip(gens["intensity"], gens["gen_id"])]
+    data["row"] = [labels[(i, g)] for i, g in zip(data["intensity"], data["gen_id"])]
+
+    subtitle = "x: generated token position; y: intensity"
+    n_pos = data["pos"].nunique()
+    if len(data) > MAX_ROWS and len(gens):
+        max_pos = int(np.sort(data["pos"].unique())[max(1, MAX_ROWS // len(gens)) - 1])
+        data = data[data["pos"] <= max_pos]
+        subtitle = [subtitle, f"showing positions up to {max_pos} of {n_pos} (row limit)"]
+    data = data[["row", "gen_id", "intensity", "pos", "token_text", "entropy"]].sort_values(["row", "pos"])
+
+    width = int(min(960, max(240, 10 * data["pos"].nunique())))
+    height = int(min(640, max(80, 22 * len(order))))
+    return alt.Chart(data.reset_index(drop=True)).mark_rect().encode(
+        x=alt.X("pos:O", title="token position", sort="ascending",
+                axis=alt.Axis(labelOverlap=True, labelAngle=0)),
+        y=alt.Y("row:O", title="intensity", sort=order),
+        color=alt.Color("entropy:Q", title="entropy (bits)", scale=alt.Scale(scheme="inferno", zero=True)),
+        tooltip=[alt.Tooltip("token_text:N", title="token"), alt.Tooltip("entropy:Q", title="entropy (bits)", format=".3f"),
+                 alt.Tooltip("intensity:Q", format="g"), alt.Tooltip("pos:Q", title="position"),
+                 alt.Tooltip("gen_id:Q", title="generation")],
+    ).properties(title=_title("Per-token next-token entropy (bits)", subtitle), width=width, height=height)
+
+
+def layer_entropy_profile(layers: pd.DataFrame) -> alt.Chart:
+    """Mean hidden-state entropy (bits) per layer, one line per intensity.  ``layers`` may be per token (e.g.
+    ``RunReader.layer_entropy()`` joined with intensity) or already averaged: rows are averaged per
+    (intensity, layer) here either way."""
+    _require(layers, LAYER_ENTROPY_COLUMNS, "layer_entropy_profile")
+    data = layers[list(LAYER_ENTROPY_COLUMNS)].dropna()
+    data = data.groupby(["intensity", "layer"], as_index=False)["entropy"].mean()
+    data["layer"] = _int_column(data["layer"])
+    data["intensity"] = data["intensity"].astype(float)
+    data = data.sort_values(["intensity", "layer"]).reset_index(drop=True)
+    return alt.Chart(data).mark_line(point=True).encode(
+        x=alt.X("layer:Q", title="layer (0 = embeddings)", axis=alt.Axis(tickMinStep=1)),
+        y=alt.Y("entropy:Q", title="mean entropy (bits)"),
+        color=alt.Color("intensity:O", title="intensity", scale=alt.Scale(scheme="plasma")),
+        tooltip=[alt.Tooltip("intensity:Q", format="g"), alt.Tooltip("layer:Q"),
+                 alt.Tooltip("entropy:Q", title="mean entropy (bits)", format=".3f")],
+    ).properties(title=_title("Hidden-state entropy through the layers (bits)",
+                        "entropy of h[l]^2 / sum(h[l]^2), mean over generated tokens"),
+                 width="container", height=300)
