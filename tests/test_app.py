@@ -1,4 +1,5 @@
-"""The Streamlit app, run headless with AppTest on an empty store and on a store with runs."""
+"""Every page of the Streamlit app, headless with AppTest: on an empty store and on a store
+filled by real jobs on a tiny model; query parameters round-trip; no exception ever."""
 
 from __future__ import annotations
 
@@ -7,39 +8,124 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from jobs import analyze as analyze_job
+from jobs import capture as capture_job
+from jobs import dose as dose_job
+from jobs import sweep as sweep_job
+from jobs import train as train_job
 from psilonet.store import Store
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+PAGES = ["runs", "training", "similarity", "trajectories", "taps", "dose"]
 
 
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("PSILONET_DATA", str(tmp_path))
-    return tmp_path
-
-
-def run_app() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=30)
+def open_page(page: str, params: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    for key, value in (params or {}).items():
+        at.query_params[key] = value
+    at.switch_page(f"pages/{page}.py")
     at.run()
-    assert not at.exception, at.exception
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
     return at
 
 
-def test_runs_page_on_empty_store_explains_what_to_do(data_dir):
-    at = run_app()
-    assert any("No runs yet" in i.value for i in at.info)
-    assert any("jobs.check_model" in i.value for i in at.info)
+def charts(at: AppTest) -> list:
+    return at.get("vega_lite_chart")
 
 
-def test_runs_page_lists_runs_with_their_state(data_dir):
-    store = Store(data_dir)
-    with store.begin_run("model_check", config={"model": "default"}, model="default", dataset="reference") as w:
-        w.log_metrics(0, {"paragraph_loss": 2.6})
-        w.finish({"paragraph_loss": 2.6})
-    with pytest.raises(RuntimeError):
-        with store.begin_run("train", config={"alpha": 0.5}, model="default", dataset="python-docs"):
-            raise RuntimeError("out of memory")
-    at = run_app()
+@pytest.fixture(scope="module")
+def filled(tiny_model_dir, tmp_path_factory):
+    """A store with a training run (multi-tap, gated), a sweep, a capture, an analysis and a dose run."""
+    data = tmp_path_factory.mktemp("app-data")
+    common = ["--model", str(tiny_model_dir), "--seq-len", "16", "--val-samples", "4", "--lr", "1e-3",
+              "--skip-start", "1", "--data-dir", str(data), "--quiet"]
+    assert train_job.main([*common, "--train-samples", "12", "--distances", "1", "2", "--gates", "--alpha", "0.5"]) == 0
+    assert sweep_job.main([*common, "--train-samples", "8", "--distances", "1", "2", "--alphas", "0.3", "0.6",
+                           "--seeds", "0", "1"]) == 0
+    store = Store(data)
+    train_id = store.list_runs(kind="train").query("parent.isna()").run_id.iloc[0]
+    assert capture_job.main(["--run", train_id, "--seq-len", "16", "--samples", "4", "--max-tokens", "32",
+                             "--data-dir", str(data), "--quiet"]) == 0
+    capture_id = store.list_runs(kind="capture").run_id.iloc[0]
+    assert analyze_job.main(["--captures", capture_id, "--data-dir", str(data)]) == 0
+    assert dose_job.main(["--model", str(tiny_model_dir), "--prompt", "Hello there", "--intensities", "0", "0.3",
+                          "--max-tokens", "4", "--no-chat", "--data-dir", str(data)]) == 0
+    return data, train_id
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_on_an_empty_store(tmp_path, monkeypatch, page):
+    monkeypatch.setenv("PSILONET_DATA", str(tmp_path))
+    at = open_page(page)
+    if page != "dose":
+        assert any("No " in i.value for i in at.info), [i.value for i in at.info]
+
+
+def test_runs_page_lists_every_run_with_its_state(filled, monkeypatch):
+    monkeypatch.setenv("PSILONET_DATA", str(filled[0]))
+    at = open_page("runs")
     table = at.dataframe[0].value
-    assert set(table["state"]) == {"complete", "failed"}
-    assert "out of memory" in " ".join(table["error"].dropna())
+    assert {"train", "sweep", "capture", "analysis", "dose"} <= set(table.kind)
+    assert set(table.state) == {"complete"}
+    at = open_page("runs", {"kinds": "sweep"})
+    assert set(at.dataframe[0].value.kind) == {"sweep"}
+
+
+def test_training_page_for_a_run_and_a_sweep(filled, monkeypatch):
+    data, train_id = filled
+    monkeypatch.setenv("PSILONET_DATA", str(data))
+    at = open_page("training", {"run": train_id})
+    assert at.selectbox[0].value == train_id
+    assert len(charts(at)) == 2 and len(at.metric) == 4
+    assert at.query_params["run"] == train_id
+    sweep_id = Store(data).list_runs(kind="sweep").run_id.iloc[0]
+    at = open_page("training", {"run": sweep_id})
+    assert len(at.dataframe[0].value) == 4  # 2 distances x 2 alphas
+    assert len(charts(at)) == 1
+    assert at.get("download_button")
+
+
+def test_similarity_page_and_its_permalink(filled, monkeypatch):
+    monkeypatch.setenv("PSILONET_DATA", str(filled[0]))
+    at = open_page("similarity", {"metric": "svcca", "layers": "1,4"})
+    assert at.radio[0].value == "svcca"
+    assert at.slider[0].value == (1, 4)
+    assert len(charts(at)) == 3  # layer curve, head heatmaps, cross-layer matrix
+    assert at.query_params["metric"] == "svcca" and at.query_params["layers"] == "1,4"
+    at.radio[0].set_value("pwcca").run()
+    assert at.query_params["metric"] == "pwcca"
+
+
+def test_malformed_query_parameters_warn_instead_of_failing(filled, monkeypatch):
+    monkeypatch.setenv("PSILONET_DATA", str(filled[0]))
+    at = open_page("similarity", {"metric": "nonsense", "layers": "x,y", "run": "analysis-19990101-000000-abcdef"})
+    assert len(at.warning) >= 2
+    assert at.radio[0].value == "cka"
+    at = open_page("dose", {"seed": "-5x", "doses": "a,b"})
+    assert at.warning
+
+
+def test_trajectories_and_taps_pages(filled, monkeypatch):
+    data, train_id = filled
+    monkeypatch.setenv("PSILONET_DATA", str(data))
+    at = open_page("trajectories", {"unit": "sequence"})
+    assert at.radio[0].value == "sequence" and len(charts(at)) == 1
+    at = open_page("taps", {"run": train_id})
+    assert len(charts(at)) == 3  # evolution, final heatmap, gate alphas
+
+
+def test_dose_page_generates_with_a_trained_run_and_saves(filled, monkeypatch):
+    data, train_id = filled
+    monkeypatch.setenv("PSILONET_DATA", str(data))
+    at = open_page("dose", {"run": train_id, "doses": "0.0,0.3", "max": "4", "chat": "0"})
+    assert at.selectbox[0].value == train_id
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    results = at.dataframe[0].value
+    assert list(results.intensity) == [0.0, 0.3] and (results.tokens > 0).all()
+    assert len(charts(at)) == 2
+    before = len(Store(data).list_runs(kind="dose"))
+    next(b for b in at.button if b.label == "Save to the store").click().run()
+    assert len(Store(data).list_runs(kind="dose")) == before + 1
+    assert any("Saved as run" in s.value for s in at.success)
