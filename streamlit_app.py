@@ -8,11 +8,11 @@ from psilonet import app
 st.set_page_config(page_title="psilonet", layout="wide")
 app.sidebar()
 page = st.navigation([
-    st.Page("pages/runs.py", title="Runs", icon=":material/list:", default=True),
-    st.Page("pages/training.py", title="Training", icon=":material/trending_down:"),
-    st.Page("pages/similarity.py", title="Similarity", icon=":material/grid_on:"),
-    st.Page("pages/trajectories.py", title="Trajectories", icon=":material/timeline:"),
-    st.Page("pages/taps.py", title="Tap weights", icon=":material/tune:"),
-    st.Page("pages/dose.py", title="Dosed generation", icon=":material/science:"),
+    st.Page("views/runs.py", title="Runs", icon=":material/list:", default=True),
+    st.Page("views/training.py", title="Training", icon=":material/trending_down:"),
+    st.Page("views/similarity.py", title="Similarity", icon=":material/grid_on:"),
+    st.Page("views/trajectories.py", title="Trajectories", icon=":material/timeline:"),
+    st.Page("views/taps.py", title="Tap weights", icon=":material/tune:"),
+    st.Page("views/dose.py", title="Dosed generation", icon=":material/science:"),
 ])
 app.guarded(page.run)

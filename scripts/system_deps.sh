@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# System libraries psilonet needs outside Python. On Linux: an optimised BLAS that MLX binds
-# to at start-up (DESIGN §3; without it float32 matmuls are ~35x slower). macOS needs nothing.
+# System packages psilonet needs outside Python. On Linux: an optimised BLAS that MLX binds
+# to at start-up (DESIGN §3; without it float32 matmuls are ~35x slower), and Chromium with its
+# driver for the browser test of the app. macOS needs nothing (Metal; the browser test skips).
 set -euo pipefail
 [ "$(uname -s)" = "Linux" ] || exit 0
 have_blas() {
   for f in /usr/lib/*-linux-gnu/libopenblas.so.0 /usr/lib*/libopenblas.so.0; do [ -e "$f" ] && return 0; done
   return 1
 }
-have_blas && exit 0
+missing=""
+have_blas || missing="libopenblas0-pthread"
+command -v chromium >/dev/null || missing="$missing chromium"
+command -v chromedriver >/dev/null || missing="$missing chromium-driver"
+[ -z "$missing" ] && exit 0
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
-  echo "installing libopenblas0-pthread (fast BLAS for MLX)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread >/dev/null
+  echo "installing$missing"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 elif command -v apt-get >/dev/null; then
-  echo "psilonet needs OpenBLAS for fast MLX on Linux. Run this once, then rerun:" >&2
-  echo "  sudo apt-get install -y libopenblas0-pthread" >&2
-  echo "(continuing with the slow reference BLAS)" >&2
+  echo "psilonet needs these Debian packages: OpenBLAS for fast MLX, Chromium for the browser test." >&2
+  echo "Run this once, then rerun:" >&2
+  echo "  sudo apt-get install -y$missing" >&2
+  echo "(continuing: without OpenBLAS MLX uses the slow reference BLAS; without Chromium the browser test skips)" >&2
 else
   echo "psilonet needs OpenBLAS (libopenblas.so.0) for fast MLX: install it with your package manager." >&2
 fi

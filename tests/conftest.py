@@ -69,3 +69,31 @@ def tiny_model_dir(tmp_path_factory, default_model_dir) -> Path:
     """A tiny random llama with the default model's real tokenizer: jobs run on it in seconds."""
     model = make_tiny_model(seed=0, vocab_size=49152, max_position_embeddings=512)
     return save_model_folder(model, tmp_path_factory.mktemp("tiny-model"), default_model_dir)
+
+
+@pytest.fixture(scope="session")
+def filled(tiny_model_dir, tmp_path_factory):
+    """A data folder filled by real jobs on the tiny model: a training run (multi-tap, gated),
+    a sweep, a capture, an analysis and a dose run."""
+    from jobs import analyze as analyze_job
+    from jobs import capture as capture_job
+    from jobs import dose as dose_job
+    from jobs import sweep as sweep_job
+    from jobs import train as train_job
+    from psilonet.store import Store
+
+    data = tmp_path_factory.mktemp("app-data")
+    common = ["--model", str(tiny_model_dir), "--seq-len", "16", "--val-samples", "4", "--lr", "1e-3",
+              "--skip-start", "1", "--data-dir", str(data), "--quiet"]
+    assert train_job.main([*common, "--train-samples", "12", "--distances", "1", "2", "--gates", "--alpha", "0.5"]) == 0
+    assert sweep_job.main([*common, "--train-samples", "8", "--distances", "1", "2", "--alphas", "0.3", "0.6",
+                           "--seeds", "0", "1"]) == 0
+    store = Store(data)
+    train_id = store.list_runs(kind="train").query("parent.isna()").run_id.iloc[0]
+    assert capture_job.main(["--run", train_id, "--seq-len", "16", "--samples", "4", "--max-tokens", "32",
+                             "--data-dir", str(data), "--quiet"]) == 0
+    capture_id = store.list_runs(kind="capture").run_id.iloc[0]
+    assert analyze_job.main(["--captures", capture_id, "--data-dir", str(data)]) == 0
+    assert dose_job.main(["--model", str(tiny_model_dir), "--prompt", "Hello there", "--intensities", "0", "0.3",
+                          "--max-tokens", "4", "--no-chat", "--data-dir", str(data)]) == 0
+    return data, train_id

@@ -8,11 +8,6 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from jobs import analyze as analyze_job
-from jobs import capture as capture_job
-from jobs import dose as dose_job
-from jobs import sweep as sweep_job
-from jobs import train as train_job
 from psilonet.store import Store
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
@@ -23,7 +18,7 @@ def open_page(page: str, params: dict | None = None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)
     for key, value in (params or {}).items():
         at.query_params[key] = value
-    at.switch_page(f"pages/{page}.py")
+    at.switch_page(f"views/{page}.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
@@ -32,26 +27,6 @@ def open_page(page: str, params: dict | None = None) -> AppTest:
 
 def charts(at: AppTest) -> list:
     return at.get("vega_lite_chart")
-
-
-@pytest.fixture(scope="module")
-def filled(tiny_model_dir, tmp_path_factory):
-    """A store with a training run (multi-tap, gated), a sweep, a capture, an analysis and a dose run."""
-    data = tmp_path_factory.mktemp("app-data")
-    common = ["--model", str(tiny_model_dir), "--seq-len", "16", "--val-samples", "4", "--lr", "1e-3",
-              "--skip-start", "1", "--data-dir", str(data), "--quiet"]
-    assert train_job.main([*common, "--train-samples", "12", "--distances", "1", "2", "--gates", "--alpha", "0.5"]) == 0
-    assert sweep_job.main([*common, "--train-samples", "8", "--distances", "1", "2", "--alphas", "0.3", "0.6",
-                           "--seeds", "0", "1"]) == 0
-    store = Store(data)
-    train_id = store.list_runs(kind="train").query("parent.isna()").run_id.iloc[0]
-    assert capture_job.main(["--run", train_id, "--seq-len", "16", "--samples", "4", "--max-tokens", "32",
-                             "--data-dir", str(data), "--quiet"]) == 0
-    capture_id = store.list_runs(kind="capture").run_id.iloc[0]
-    assert analyze_job.main(["--captures", capture_id, "--data-dir", str(data)]) == 0
-    assert dose_job.main(["--model", str(tiny_model_dir), "--prompt", "Hello there", "--intensities", "0", "0.3",
-                          "--max-tokens", "4", "--no-chat", "--data-dir", str(data)]) == 0
-    return data, train_id
 
 
 @pytest.mark.parametrize("page", PAGES)

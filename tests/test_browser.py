@@ -1,0 +1,119 @@
+"""The app in a real browser: start it on localhost, open every page in headless Chromium
+(Debian's chromium and chromium-driver, installed by `make setup` as root), assert that no
+error element appears, and save a screenshot of each page.
+
+Screenshots go to $PSILONET_SCREENSHOTS (the README's come from a run with the default model's
+data: PSILONET_BROWSER_DATA=data PSILONET_SCREENSHOTS=docs/screenshots), else to a temp folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+PAGES = {"": "Runs", "training": "Training", "similarity": "Similarity", "trajectories": "Trajectories",
+         "taps": "Tap weights", "dose": "Dosed generation"}
+ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
+
+pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
+                                reason="needs Debian's chromium and chromium-driver (make setup installs them as root)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(filled):
+    data = os.environ.get("PSILONET_BROWSER_DATA") or str(filled[0])
+    port = free_port()
+    env = {**os.environ, "PSILONET_DATA": data}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.address",
+                             "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
+                             "--browser.gatherUsageStats", "false"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("the app did not start within 60 s")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1400,1600"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    yield driver
+    driver.quit()
+
+
+def settle(driver, title: str, timeout: float = 60) -> None:
+    """Wait until the page's title is shown and the script has stopped running."""
+    from selenium.webdriver.common.by import By
+
+    deadline = time.time() + timeout
+    quiet_since = None
+    while time.time() < deadline:
+        titles = [h.text for h in driver.find_elements(By.CSS_SELECTOR, "h1")]
+        running = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
+        if title in titles and not running:
+            quiet_since = quiet_since or time.time()
+            if time.time() - quiet_since > 1.5:
+                return
+        else:
+            quiet_since = None
+        time.sleep(0.25)
+    raise AssertionError(f"page {title!r} did not finish rendering in {timeout} s")
+
+
+@pytest.mark.parametrize("path", list(PAGES))
+def test_page_renders_without_errors(server, browser, path, tmp_path_factory):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{server}/{path}")
+    settle(browser, PAGES[path])
+    errors = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ERRORS)]
+    assert not errors, errors
+    out = Path(os.environ.get("PSILONET_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    out.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(out / f"{path or 'runs'}.png"))
+
+
+def test_a_permalink_reopens_the_same_view(server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{server}/similarity?metric=pwcca&layers=1,3")
+    settle(browser, "Similarity")
+    checked = browser.find_elements(By.CSS_SELECTOR, '[data-testid="stRadio"] input[type="radio"]:checked')
+    labels = [e.find_element(By.XPATH, "./ancestor::label").text for e in checked]
+    assert labels == ["PWCCA"], labels
+    assert "metric=pwcca" in browser.current_url
