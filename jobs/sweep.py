@@ -5,6 +5,8 @@ and 95% CI (Student t) of the validation improvement over seeds and a paired t-t
 the best config. Every other option is a training option (see python -m jobs.train --help).
 
 Example (tiny): python -m jobs.sweep --distances 2 3 --alphas 0.3 0.65 --seeds 0 1 --train-samples 40
+Re-running a sweep skips the configs that already completed. With --engine ray each config is a
+Ray Tune trial (pip install -r requirements-scale.txt), locally or on a cluster (--address).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 
 from jobs.cli import JobError, fail
 from jobs.train import add_train_options, config_from, options_from
-from psilonet import corpora, modeling, runtime
+from psilonet import corpora, modeling, ray_engine, runtime
 from psilonet.skip import SkipConfigError
 from psilonet.store import Store, StoreError
 from psilonet.sweep import VARIANTS, SweepSpec, run_sweep
@@ -38,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alphas", type=float, nargs="+")
     p.add_argument("--seeds", type=int, nargs="+")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, help="plain and/or gated (per-head gates)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: one config after another here; ray: each config a Ray Tune trial")
+    p.add_argument("--address", help="Ray cluster: auto or HOST:PORT (default: a local Ray on this machine)")
+    p.add_argument("--cpus-per-trial", type=int, default=1, help="CPUs (and BLAS threads) per Ray trial")
     return p
 
 
@@ -45,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     data_dir = args.pop("data_dir", None)
     quiet = args.pop("quiet", False)
+    engine, address, cpus = args.pop("engine"), args.pop("address", None), args.pop("cpus_per_trial")
     grid = {k: args.pop(k) for k in ("distances", "tap_sets", "alphas", "seeds", "variants") if k in args}
     store = Store(data_dir or runtime.data_dir())
     try:
@@ -59,9 +66,14 @@ def main(argv: list[str] | None = None) -> int:
                          variants=grid.get("variants", ["plain"]))
         print(f"BLAS: {runtime.active_blas().describe()}")
         print(f"{len(spec.validate().configs())} runs")
-        sweep_id, configs = run_sweep(spec, store, data_dir=data_dir, progress=not quiet)
+        if cpus < 1:
+            raise JobError(f"--cpus-per-trial: must be at least 1, got {cpus}")
+        if engine == "ray":
+            ray_engine.require_ray()
+        sweep_id, configs = run_sweep(spec, store, data_dir=data_dir, progress=not quiet, engine=engine,
+                                      address=address, cpus_per_trial=cpus)
     except (JobError, ValueError, TrainConfigError, SkipConfigError, corpora.CorpusError,
-            modeling.ModelError, StoreError) as exc:
+            modeling.ModelError, StoreError, ray_engine.RayUnavailable) as exc:
         return fail(str(exc))
     print(f"sweep run {sweep_id}")
     cols = ["label", "n", "failed", "mean", "std", "ci_low", "ci_high", "p_vs_best"]

@@ -4,6 +4,10 @@ Single distance (--distances 3), multi-tap (--distances 3 4 5, optional --sparsi
 per-head gates (--gates). Options can also come from a TOML/JSON file (--config); flags win.
 A killed run continues from its last checkpoint with --resume RUN_ID.
 
+Data parallel over processes or machines (each rank trains on its shard of every batch,
+gradients are averaged, rank 0 logs and writes the run):
+  mlx.launch --backend ring --hosts 127.0.0.1 -n 2 python -m jobs.train --batch-size 4 ...
+
 Example (a few minutes on two CPU cores):
   python -m jobs.train --dataset python-docs --train-samples 200 --val-samples 50 --epochs 1
 """
@@ -101,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc))
     except TypeError as exc:  # a config file value of the wrong type
         return fail(f"--config: {exc}")
+    if run_id is None:  # a rank other than 0 of mlx.launch: rank 0 reports and writes the run
+        return 0
     print(f"run {run_id}")
     print(f"val loss: base {summary['base_loss']:.4f}, skip {summary['skip_loss']:.4f}, "
           f"improvement {summary['improvement_pct']:+.2f}%")

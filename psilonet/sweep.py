@@ -76,44 +76,87 @@ def _summary_tables(rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return configs, runs
 
 
+def run_hash(cfg: TrainConfig) -> str:
+    """Identifies one run of a sweep (every setting, seed included): completed ones are skipped."""
+    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _catalog_results(store: Store, sweep_id: str) -> dict[str, dict]:
+    """{run hash: catalog row} of training runs: complete ones anywhere, else this sweep's own
+    failed or killed attempt (newest first, so the latest attempt wins)."""
+    found: dict[str, dict] = {}
+    for row in store.list_runs(kind="train").to_dict("records"):
+        try:
+            h = run_hash(TrainConfig.from_dict({k: v for k, v in row["config"].items() if k != "ranks"}))
+        except (TypeError, ValueError):
+            continue  # a run written by an older version: not comparable
+        if row["state"] == "complete" and found.get(h, {}).get("state") != "complete":
+            found[h] = row
+        elif row["parent"] == sweep_id and h not in found:
+            found[h] = row
+    return found
+
+
+def _row(key: str, label: str, cfg: TrainConfig, run: dict | None, error: str | None = None) -> dict:
+    summary = (run or {}).get("summary") or {}
+    return dict(config_key=key, label=label, seed=cfg.seed, distances=",".join(map(str, cfg.skip.distances)),
+                alpha=cfg.skip.alpha, variant="gated" if cfg.skip.gates else "plain",
+                run_id=(run or {}).get("run_id"), state=(run or {}).get("state", "failed"),
+                error=(run or {}).get("error") or error,
+                base_loss=summary.get("base_loss"), skip_loss=summary.get("skip_loss"),
+                improvement_pct=summary.get("improvement_pct"))
+
+
 def run_sweep(
     spec: SweepSpec, store: Store, *, base=None, data_dir=None, progress: bool = True,
-    on_run: Callable[[dict], None] | None = None,
+    engine: str = "local", address: str | None = None, cpus_per_trial: int = 1,
 ) -> tuple[str, pd.DataFrame]:
-    """Validate every config, then train them one by one; return (sweep run id, config table)."""
+    """Validate every config, train those not yet completed, and summarise from the catalog.
+
+    ``engine="local"`` trains one config after another in this process; ``engine="ray"`` runs
+    each as a Ray Tune trial (see :mod:`psilonet.ray_engine`). Either way every run is written
+    by the same store code, and the summary is computed from the catalog, so re-running a sweep
+    skips the configs that already completed (identified by :func:`run_hash`).
+    """
     spec.validate()
     grid = spec.configs()
     first = prepare(grid[0][2], base=base, data_dir=data_dir)  # loads the model and data once
     for _, _, cfg in grid:  # every config's own checks, before any training
         check_depth(cfg.validate(), len(first.base.model.layers))
-    # Configs differ only in skip settings and seed, so they share model and windows.
-    prepared = [Prepared(cfg, first.base, first.tokenizer, first.windows) for _, _, cfg in grid]
 
     sweep_config = {"base": spec.base.to_dict(), "distance_sets": spec.distance_sets, "alphas": spec.alphas,
-                    "seeds": spec.seeds, "variants": spec.variants}
-    rows: list[dict] = []
+                    "seeds": spec.seeds, "variants": spec.variants, "engine": engine}
     with store.begin_run("sweep", config=sweep_config, model=spec.base.model, dataset=spec.base.dataset) as writer:
-        for i, ((key, label, cfg), prep) in enumerate(zip(grid, prepared)):
-            row = dict(config_key=key, label=label, seed=cfg.seed, distances=",".join(map(str, cfg.skip.distances)),
-                       alpha=cfg.skip.alpha, variant="gated" if cfg.skip.gates else "plain",
-                       run_id=None, state="failed", error=None,
-                       base_loss=None, skip_loss=None, improvement_pct=None)
-            try:
-                run_id, summary = train(prep, store, parent=writer.run_id, progress=progress)
-                row.update(run_id=run_id, state="complete", **{k: summary[k] for k in ("base_loss", "skip_loss", "improvement_pct")})
-            except Exception as exc:  # the train run is marked failed; the sweep goes on
-                children = store.list_runs(kind="train")
-                children = children[children.parent == writer.run_id]  # newest first
-                row.update(run_id=None if children.empty else children.run_id.iloc[0],
-                           error=f"{type(exc).__name__}: {exc}")
-            rows.append(row)
+        done = _catalog_results(store, writer.run_id)
+        todo = [(key, label, cfg) for key, label, cfg in grid if done.get(run_hash(cfg), {}).get("state") != "complete"]
+        errors: dict[str, str] = {}
+
+        def record(n_done: int) -> pd.DataFrame:
+            results = _catalog_results(store, writer.run_id)
+            rows = [_row(key, label, cfg, results.get(run_hash(cfg)), errors.get(run_hash(cfg)))
+                    for key, label, cfg in grid]
             configs, runs = _summary_tables(rows)
             writer.write_sweep(configs, runs)
-            writer.set_progress((i + 1) / len(grid))
-            if on_run:
-                on_run(row)
+            writer.set_progress(n_done / max(len(todo), 1))
+            return configs, rows
+
+        if engine == "ray":
+            from psilonet import ray_engine
+
+            errors.update(ray_engine.run_trials([cfg for _, _, cfg in todo], writer.run_id, store.data_dir,
+                                                address=address, cpus_per_trial=cpus_per_trial))
+        else:
+            for i, (_, _, cfg) in enumerate(todo):
+                try:
+                    train(Prepared(cfg, first.base, first.tokenizer, first.windows), store,
+                          parent=writer.run_id, progress=progress)
+                except Exception as exc:  # the train run is marked failed; the sweep goes on
+                    errors[run_hash(cfg)] = f"{type(exc).__name__}: {exc}"
+                record(i + 1)
+        configs, rows = record(len(todo))
         best = configs[configs.best == True]  # noqa: E712  (pandas boolean mask)
-        writer.finish({"configs": len(configs), "runs": len(rows),
+        writer.finish({"configs": len(configs), "runs": len(rows), "trained": len(todo),
+                       "reused": len(grid) - len(todo),
                        "failed": int(sum(r["state"] != "complete" for r in rows)),
                        "best": None if best.empty else best.label.iloc[0],
                        "best_mean_improvement_pct": None if best.empty else float(best["mean"].iloc[0])})

@@ -184,10 +184,42 @@ def load_checkpoint(folder: Path, model: SkipModel, opt: optim.Optimizer) -> int
     return json.loads((folder / "state.json").read_text())["step"]
 
 
+# ---------------------------------------------------------------------- data parallel
+
+def distributed_group():
+    """The ``mlx.launch`` group when this process is one of several ranks, else None."""
+    group = mx.distributed.init()
+    return group if group.size() > 1 else None
+
+
+class _OtherRank:
+    """What ranks other than 0 write: nothing (rank 0 logs, checkpoints and publishes)."""
+
+    run_id = None
+    flush_interval = 0.0
+
+    def __init__(self):
+        self.dir = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 # ---------------------------------------------------------------------- the loop
 
-def make_train_step(model: SkipModel, opt: optim.Optimizer, cfg: TrainConfig) -> Callable:
-    """``step(batch) -> (lm loss, grad norm)``: one clipped AdamW update of the skip weights."""
+def make_train_step(model: SkipModel, opt: optim.Optimizer, cfg: TrainConfig, group=None) -> Callable:
+    """``step(batch) -> (lm loss, grad norm)``: one clipped AdamW update of the skip weights.
+
+    With a distributed ``group`` each rank passes its shard of the global batch; gradients and
+    the loss are averaged across ranks (equal shards, so this is the global batch's mean), and
+    every rank applies the same update.
+    """
 
     def loss_fn(m, batch):
         loss = lm_loss(m, batch)
@@ -199,6 +231,9 @@ def make_train_step(model: SkipModel, opt: optim.Optimizer, cfg: TrainConfig) ->
 
     def step(batch: mx.array):
         (_, loss), grads = value_and_grad(model, batch)
+        if group is not None:
+            grads = nn.average_gradients(grads, group=group)
+            loss = mx.distributed.all_sum(loss, group=group) / group.size()
         grads, grad_norm = optim.clip_grad_norm(grads, cfg.grad_clip)
         opt.update(model, grads)
         mx.eval(model.trainable_parameters(), opt.state, loss, grad_norm)
@@ -218,31 +253,42 @@ def train(
 ) -> tuple[str, dict]:
     """Train one configuration into a new run (or resume ``resume``); return (run_id, summary)."""
     cfg = prep.cfg
-    mx.random.seed(cfg.seed)
+    group = distributed_group()
+    rank, world = (group.rank(), group.size()) if group is not None else (0, 1)
+    if cfg.batch_size % world:
+        raise TrainConfigError(f"batch_size: {cfg.batch_size} does not split evenly over {world} ranks")
+    lead = rank == 0
+    mx.random.seed(cfg.seed)  # the same on every rank: identical initialisation
     model = SkipModel.from_base(prep.base, cfg.skip)
     model.gradient_checkpointing = cfg.grad_checkpoint
     opt = optim.AdamW(learning_rate=cfg.lr, weight_decay=cfg.weight_decay)
-    if resume:
+    if not lead:
+        writer = _OtherRank()
+    elif resume:
         writer = store.resume_run(resume)
     else:
-        writer = store.begin_run("train", config=cfg.to_dict(), model=cfg.model, dataset=cfg.dataset, parent=parent)
+        config = cfg.to_dict() if world == 1 else {**cfg.to_dict(), "ranks": world}
+        writer = store.begin_run("train", config=config, model=cfg.model, dataset=cfg.dataset, parent=parent)
 
     with writer:
-        ckpt = writer.dir / CHECKPOINT_DIR
+        ckpt = writer.dir / CHECKPOINT_DIR if lead else None
         start_step = 0
-        if resume and (ckpt.exists() or (ckpt.parent / f".{ckpt.name}.old").exists()):
+        if lead and resume and (ckpt.exists() or (ckpt.parent / f".{ckpt.name}.old").exists()):
             start_step = load_checkpoint(ckpt, model, opt)
         writer.truncate_after(start_step if start_step else -1)  # replay from the checkpoint
         writer.flush_interval = 2.0  # one transaction per ~2 s instead of several per step
-        (writer.dir / TRAIN_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
+        if lead:
+            (writer.dir / TRAIN_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
 
         windows, bs = prep.windows, cfg.batch_size
-        base_val = evaluate(model.base, windows.val, bs)
+        shard = bs // world
+        evaluate_val = (lambda m: evaluate(m, windows.val, bs)) if lead else (lambda m: float("nan"))
+        base_val = evaluate_val(model.base)
         per_epoch = batches_per_epoch(cfg)
         total_steps = per_epoch * cfg.epochs
         eval_every = cfg.eval_every or per_epoch
 
-        train_step = make_train_step(model, opt, cfg)
+        train_step = make_train_step(model, opt, cfg, group)
 
         def log_model_state(step):
             writer.log_tap_weights(step, model.tap_weights())
@@ -250,18 +296,19 @@ def train(
                 writer.log_gate_alphas(step, model.gate_alphas())
 
         if start_step == 0:
-            skip_val = evaluate(model, windows.val, bs)
+            skip_val = evaluate_val(model)
             writer.log_metrics(0, _val_metrics(base_val, skip_val), split="val")
             log_model_state(0)
 
-        bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not progress)
+        bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not (progress and lead))
         step, skip_val = start_step, None
         for epoch in range(start_step // per_epoch, cfg.epochs):
             order = epoch_order(cfg, epoch)
             for b in range(per_epoch):
                 if epoch * per_epoch + b < start_step:
                     continue  # already trained before the checkpoint
-                batch = mx.array(windows.train[order[b * bs : (b + 1) * bs]])
+                rows = order[b * bs : (b + 1) * bs]
+                batch = mx.array(windows.train[rows[rank * shard : (rank + 1) * shard] if world > 1 else rows])
                 t0 = time.perf_counter()
                 loss, grad_norm = train_step(batch)
                 seconds = time.perf_counter() - t0
@@ -269,14 +316,14 @@ def train(
                 if not math.isfinite(loss.item()):
                     raise TrainingDiverged(f"loss is {loss.item()} at step {step}: lower --lr or --alpha")
                 metrics = {"loss": loss.item(), "grad_norm": grad_norm.item(),
-                           "tokens_per_s": batch.size / seconds, "epoch": epoch}
+                           "tokens_per_s": batch.size * world / seconds, "epoch": epoch}
                 writer.log_metrics(step, metrics)
                 log_model_state(step)
                 if step % eval_every == 0 or step == total_steps:
-                    skip_val = evaluate(model, windows.val, bs)
+                    skip_val = evaluate_val(model)
                     writer.log_metrics(step, _val_metrics(base_val, skip_val), split="val")
                     metrics["val_loss"] = skip_val
-                if step % cfg.checkpoint_every == 0 and step < total_steps:
+                if lead and step % cfg.checkpoint_every == 0 and step < total_steps:
                     writer.flush()  # rows up to the checkpoint must survive a kill
                     save_checkpoint(ckpt, model, opt, step)
                 writer.set_progress(step / total_steps)
@@ -287,9 +334,10 @@ def train(
         bar.close()
 
         if skip_val is None:
-            skip_val = evaluate(model, windows.val, bs)
-        model.save(writer.dir)
-        shutil.rmtree(ckpt, ignore_errors=True)
+            skip_val = evaluate_val(model)
+        if lead:
+            model.save(writer.dir)
+            shutil.rmtree(ckpt, ignore_errors=True)
         summary = {**_val_metrics(base_val, skip_val), "steps": step,
                    "trainable_params": model.num_trainable(), "skip_layers": len(model.skip_layers)}
         writer.finish(summary)
