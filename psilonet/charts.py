@@ -312,37 +312,35 @@ def _heatmap(data: pd.DataFrame, x: str, x_title: str, y: str, y_title: str, val
     ).properties(title=title, width=width, height=height)
 
 
+def _source_heatmap(sim: pd.DataFrame, view: str, metric: str, source: str, domain, x: str, x_title: str,
+                    y_title: str, title: str, caller: str) -> alt.Chart:
+    """One source's ``view`` rows as a heatmap of ``x`` against layer, on a shared colour domain."""
+    rows = _sim_rows(sim, view, metric, caller)
+    if domain is None:
+        domain = similarity_domain(sim, view, metric)
+    data = rows[rows["source"] == source][["layer", x, "value"]].dropna().copy()
+    data["layer"] = _int_column(data["layer"])
+    data[x] = _int_column(data[x])
+    dataset = rows.loc[rows["source"] == source, "dataset"]
+    sub = f"{source} ({dataset.iloc[0]})" if len(dataset) else f"{source} (no data)"
+    return _heatmap(data, x, x_title, "layer", y_title, "value", metric, domain, _title(title, sub))
+
+
 def head_heatmap(sim: pd.DataFrame, metric: str, source: str,
                  domain: tuple[float, float] | None = None) -> alt.Chart:
     """Per-head similarity of one ``source``: x = head, y = layer (layer 0 at the top), colour =
     value on the scale ``domain`` (default: :func:`similarity_domain` over every source, so two
     heatmaps side by side are comparable)."""
-    rows = _sim_rows(sim, "head", metric, "head_heatmap")
-    if domain is None:
-        domain = similarity_domain(sim, "head", metric)
-    data = rows[rows["source"] == source][["layer", "head", "value"]].dropna().copy()
-    data["layer"] = _int_column(data["layer"])
-    data["head"] = _int_column(data["head"])
-    dataset = rows.loc[rows["source"] == source, "dataset"]
-    sub = f"{source} ({dataset.iloc[0]})" if len(dataset) else f"{source} (no data)"
-    return _heatmap(data, "head", "head", "layer", "layer", "value", metric, domain,
-                    _title(f"Per-head {metric}", sub))
+    return _source_heatmap(sim, "head", metric, source, domain, "head", "head", "layer",
+                           f"Per-head {metric}", "head_heatmap")
 
 
 def cross_layer_heatmap(sim: pd.DataFrame, source: str, domain: tuple[float, float] | None = None,
                         metric: str = "cka") -> alt.Chart:
     """CKA of every baseline layer (y) against every trained layer (x) for one ``source``; colour on
     the scale ``domain`` (default: :func:`similarity_domain` over every source)."""
-    rows = _sim_rows(sim, "cross_layer", metric, "cross_layer_heatmap")
-    if domain is None:
-        domain = similarity_domain(sim, "cross_layer", metric)
-    data = rows[rows["source"] == source][["layer", "layer_b", "value"]].dropna().copy()
-    data["layer"] = _int_column(data["layer"])
-    data["layer_b"] = _int_column(data["layer_b"])
-    dataset = rows.loc[rows["source"] == source, "dataset"]
-    sub = f"{source} ({dataset.iloc[0]})" if len(dataset) else f"{source} (no data)"
-    return _heatmap(data, "layer_b", "trained layer", "layer", "baseline layer", "value", metric, domain,
-                    _title(f"Cross-layer {metric}: baseline vs trained", sub))
+    return _source_heatmap(sim, "cross_layer", metric, source, domain, "layer_b", "trained layer",
+                           "baseline layer", f"Cross-layer {metric}: baseline vs trained", "cross_layer_heatmap")
 
 
 def side_by_side(charts: Sequence[alt.TopLevelMixin]) -> alt.HConcatChart:
