@@ -60,15 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with store.begin_run("capture", config={**cfg.to_dict(), "train_run": args.run, "model": model_name},
                              model=model_name, dataset=cfg.dataset, parent=args.run) as writer:
-            def records():
+            shapes: dict = {}
+
+            def records():  # one side at a time, so only one side's activations are in memory
                 for i, (side, model) in enumerate(sides):
                     resid, heads = capture.capture_model(model, windows, keep, cfg.batch_size,
                                                          progress=not args.quiet, desc=f"capture {side}")
+                    shapes[side] = (resid.shape, heads.shape)
                     writer.set_progress((i + 1) / len(sides))
                     yield from capture.matrix_records(side, resid, heads)
-                    shapes[side] = (resid.shape, heads.shape)
 
-            shapes: dict = {}
             writer.write_matrices(capture.ACTIVATIONS_FILE, records())
             writer.write_capture_tokens(capture.token_rows(tokenizer, windows, keep))
             resid_shape, head_shape = shapes["baseline"]

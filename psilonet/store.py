@@ -842,40 +842,32 @@ class RunReader:
 
     def matrix(self, filename: str, side: str, point: str, layer: int, head: int = -1) -> np.ndarray:
         """One stored matrix (n, d) as float32, reading only its own row group."""
-        path = self._file(filename)
-        if self._con is None:
-            raise StoreError(f"reader for run {self.run_id!r} is closed")
-        try:
-            table = self._con.sql(
-                "SELECT n, d, data FROM read_parquet($path) WHERE side = $side AND point = $point "
-                "AND layer = $layer AND head = $head",
-                params={"path": str(path), "side": side, "point": point, "layer": int(layer), "head": int(head)},
-            ).to_arrow_table()
-        except duckdb.Error as e:
-            raise StoreError(f"query on run {self.run_id!r} failed: {e}") from e
-        if table.num_rows != 1:
+        found = self._read_matrices(filename, "AND layer = $layer AND head = $head",
+                                    {"side": side, "point": point, "layer": int(layer), "head": int(head)})
+        if len(found) != 1:
             raise StoreError(f"run {self.run_id!r} has no {side} {point} matrix for layer {layer}, head {head}")
-        n, d = table.column("n")[0].as_py(), table.column("d")[0].as_py()
-        return table.column("data").combine_chunks().values.to_numpy().reshape(n, d)
+        return next(iter(found.values()))
 
     def matrices(self, filename: str, side: str, point: str) -> dict[tuple[int, int], np.ndarray]:
         """Every ``{(layer, head): matrix}`` of one side and point, in one query."""
+        return self._read_matrices(filename, "", {"side": side, "point": point})
+
+    def _read_matrices(self, filename: str, extra_where: str, params: dict) -> dict[tuple[int, int], np.ndarray]:
+        """``extra_where`` is a constant condition on named parameters; values stay parameters."""
         path = self._file(filename)
         if self._con is None:
             raise StoreError(f"reader for run {self.run_id!r} is closed")
+        sql = ("SELECT layer, head, n, d, data FROM read_parquet($path) WHERE side = $side AND point = $point "
+               f"{extra_where} ORDER BY layer, head")
         try:
-            table = self._con.sql(
-                "SELECT layer, head, n, d, data FROM read_parquet($path) WHERE side = $side AND point = $point "
-                "ORDER BY layer, head", params={"path": str(path), "side": side, "point": point},
-            ).to_arrow_table()
+            table = self._con.sql(sql, params={"path": str(path), **params}).to_arrow_table()
         except duckdb.Error as e:
             raise StoreError(f"query on run {self.run_id!r} failed: {e}") from e
         values = table.column("data").combine_chunks()
         flat, offsets = values.values.to_numpy(), values.offsets.to_numpy()
-        out = {}
-        for i, (layer, head, n, d) in enumerate(zip(*(table.column(c).to_pylist() for c in ("layer", "head", "n", "d")))):
-            out[(layer, head)] = flat[offsets[i] : offsets[i + 1]].reshape(n, d)
-        return out
+        meta = zip(*(table.column(c).to_pylist() for c in ("layer", "head", "n", "d")))
+        return {(layer, head): flat[offsets[i] : offsets[i + 1]].reshape(n, d)
+                for i, (layer, head, n, d) in enumerate(meta)}
 
     def _file(self, filename: str) -> Path:
         path = self.dir / filename
