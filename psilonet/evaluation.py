@@ -19,8 +19,12 @@ REFERENCE_PARAGRAPH = (
 )
 
 
+def lm_loss(model, batch: mx.array) -> mx.array:
+    """Mean next-token cross-entropy (nats) of a (B, T) batch, as a differentiable array."""
+    logits = model(batch[:, :-1])
+    return nn.losses.cross_entropy(logits, batch[:, 1:], reduction="mean")
+
+
 def mean_token_loss(model, tokens) -> float:
     """Mean next-token cross-entropy (nats) over windows ``(B, T)`` or one sequence ``(T,)``."""
-    x = mx.array(np.atleast_2d(np.asarray(tokens)))
-    logits = model(x[:, :-1])
-    return nn.losses.cross_entropy(logits, x[:, 1:], reduction="mean").item()
+    return lm_loss(model, mx.array(np.atleast_2d(np.asarray(tokens)))).item()

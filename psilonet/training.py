@@ -31,6 +31,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from tqdm import tqdm
 
 from psilonet import corpora, modeling
+from psilonet.evaluation import lm_loss
 from psilonet.skip import SkipConfig, SkipConfigError, SkipModel
 from psilonet.store import Store
 
@@ -133,12 +134,6 @@ def prepare(cfg: TrainConfig, *, base=None, data_dir=None) -> Prepared:
         n_val=cfg.val_samples, seed=cfg.split_seed, data_dir=data_dir,
     )
     return Prepared(cfg, model, tokenizer, windows)
-
-
-def lm_loss(model, batch: mx.array) -> mx.array:
-    """Mean next-token cross-entropy (nats) of a (B, T) batch."""
-    logits = model(batch[:, :-1])
-    return nn.losses.cross_entropy(logits, batch[:, 1:], reduction="mean")
 
 
 def evaluate(model, windows: np.ndarray, batch_size: int) -> float:
