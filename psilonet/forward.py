@@ -37,8 +37,8 @@ from mlx_lm.models.base import create_attention_mask, scaled_dot_product_attenti
 
 FAMILIES = {
     "llama": "SmolLM2, Llama 3.x",
-    "qwen2": "Qwen2.5 (q/k/v biases)",
-    "qwen3": "Qwen3 (q/k norms)",
+    "qwen2": "Qwen2.5",
+    "qwen3": "Qwen3",
 }
 
 AfterBlock = Callable[[int, mx.array], mx.array]

@@ -1,8 +1,9 @@
-"""Psychedelic skip-layer attention around a frozen mlx-lm llama-family model (DESIGN §5).
+"""Psychedelic skip-layer attention around a frozen mlx-lm model (llama, qwen2 or qwen3).
 
 Notation (0-based, as in ``model.model.layers``): ``h[0]`` are the token embeddings and block
 ``l`` (0..L-1) maps ``h[l]`` to ``h[l+1]``, computing ``a = attn_l(norm_l(h[l]))`` and then its
-MLP. (DESIGN's block ``i`` is ``l + 1`` here, so its ``h_{i-1-d}`` is our ``h[l-d]``.)
+MLP. (In 1-based block numbering, block ``i`` is ``l + 1`` here and its ``h_{i-1-d}`` is our
+``h[l-d]``.)
 
 **Skip attention** at block ``l`` exists when ``l >= skip_start`` and ``l - d >= 0`` for some tap
 distance ``d``. It is a second attention module with its own q (D->D), k, v (D->kv_dim) and
@@ -10,6 +11,12 @@ o (D->D) projections in the base's GQA head layout, RoPE at the same positions a
 mask. Queries come from ``norm_l(h[l])`` (the block's own attention input); keys and values
 from the history state ``norm_l(h[l-d])``, normalised with the same RMSNorm. For
 SmolLM2-135M with ``skip_start=3, distances=(3,)`` that is 27 modules and 23.9M parameters.
+
+The skip attention follows the base block's family: qwen2's q/k/v biases are copied with the
+projections (and trained with them); qwen3's per-head ``q_norm``/``k_norm`` are copied as
+trainable norms of the skip module, so a convex skip module starts as the block's own attention
+function; at llama's sliding-window layers the skip attention sees the same window (its KV
+caches are rotating caches of the same size).
 
 **Blend** of the base attention output ``a`` and the skip output ``s``:
 
@@ -44,6 +51,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
 
 from psilonet import forward
+from psilonet.modeling import ModelError
 
 BLENDS = ("convex", "additive")
 SPARSITY = (None, "l1", "entropy")
@@ -336,6 +344,19 @@ class SkipModel(nn.Module):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder} has no {name}: not a saved skip model")
         model = cls(base, SkipConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text())))
-        model.load_weights(str(folder / WEIGHTS_FILE), strict=False)
-        model.base.freeze()
+        model.load_skip_weights(folder / WEIGHTS_FILE)
         return model
+
+    def load_skip_weights(self, path: str | Path) -> None:
+        """Load exactly this model's skip parameters from ``path``: a missing, unexpected or
+        misshapen tensor raises :class:`~psilonet.modeling.ModelError` naming the file."""
+        weights = mx.load(str(path))
+        expected = dict(tree_flatten(self.trainable_parameters()))
+        problems = [f"missing {k}" for k in sorted(set(expected) - set(weights))]
+        problems += [f"unexpected {k}" for k in sorted(set(weights) - set(expected))]
+        problems += [f"{k} has shape {weights[k].shape}, expected {v.shape}"
+                     for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
+        if problems:
+            shown = "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+            raise ModelError(f"{path} does not match this skip configuration: {shown}")
+        self.load_weights(list(weights.items()), strict=False)  # strict would demand the base's weights too

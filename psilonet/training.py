@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from psilonet import corpora, modeling
 from psilonet.evaluation import lm_loss
-from psilonet.skip import SkipConfig, SkipConfigError, SkipModel
+from psilonet.skip import WEIGHTS_FILE, SkipConfig, SkipConfigError, SkipModel
 from psilonet.store import Store
 
 CHECKPOINT_DIR = "checkpoint"
@@ -174,7 +174,7 @@ def load_checkpoint(folder: Path, model: SkipModel, opt: optim.Optimizer) -> int
     old = folder.parent / f".{folder.name}.old"
     if not folder.exists() and old.exists():  # killed between the two renames
         os.rename(old, folder)
-    model.load_weights(str(folder / "skip_weights.safetensors"), strict=False)
+    model.load_skip_weights(folder / WEIGHTS_FILE)
     opt.state = tree_unflatten(list(mx.load(str(folder / "optimizer.safetensors")).items()))
     return json.loads((folder / "state.json").read_text())["step"]
 

@@ -192,3 +192,26 @@ def test_skip_attention_follows_the_family():
     attn = qwen2.blocks["l2"].attn
     assert gap(attn.k_proj.bias, qwen2.layers[2].self_attn.k_proj.bias) == 0.0
     assert "bias" not in attn.o_proj and isinstance(attn.o_proj, nn.Linear)
+
+
+def test_load_model_refuses_other_families_before_loading_weights(tmp_path, monkeypatch):
+    import json
+
+    import mlx_lm
+
+    from psilonet import modeling
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(mlx_lm, "load", no_load)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma3", "hidden_size": 64}))
+    (tmp_path / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(modeling.ModelError) as err:
+        modeling.load_model(str(tmp_path))
+    message = str(err.value)
+    assert "'gemma3'" in message and "\n" not in message
+    assert all(family in message for family in ("llama", "qwen2", "qwen3"))
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(modeling.ModelError, match="no config.json"):
+        modeling.load_model(str(tmp_path))
