@@ -13,8 +13,8 @@ import pytest
 from mlx.utils import tree_flatten
 from mlx_lm.models.cache import make_prompt_cache
 
-from psilonet import forward
-from psilonet.skip import SkipConfig, SkipModel
+from psilonet.model import forward
+from psilonet.model.skip import SkipConfig, SkipModel
 from tests.conftest import make_tiny_model
 
 TOKENS = mx.array([[3, 14, 15, 92, 65, 35, 89, 79], [2, 71, 82, 81, 82, 84, 59, 4]])
@@ -199,7 +199,7 @@ def test_load_model_refuses_other_families_before_loading_weights(tmp_path, monk
 
     import mlx_lm
 
-    from psilonet import modeling
+    from psilonet.model import loading as modeling
 
     def no_load(*args, **kwargs):
         raise AssertionError("weights were loaded")

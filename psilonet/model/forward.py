@@ -1,6 +1,6 @@
 """One hooked forward pass over ``model.model.layers``, written once for every model family.
 
-The base model and the skip model (:class:`psilonet.skip.SkipModel`) both run through
+The base model and the skip model (:class:`psilonet.model.skip.SkipModel`) both run through
 :func:`hidden_states`; capture, doses and entropy tracking read from it. It follows mlx-lm's
 own ``models/llama.py`` step by step (embeddings; per block ``h + attn(norm(h))`` then
 ``h + mlp(norm(h))``; final norm; LM head) and exposes hook points named like TransformerLens's:

