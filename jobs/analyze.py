@@ -14,7 +14,7 @@ import sys
 
 from jobs import cli
 from jobs.cli import JobParser, add_data_dir
-from psilonet import analysis
+from psilonet.analysis import compare as analysis
 from psilonet.store import Store
 
 

@@ -16,7 +16,8 @@ import sys
 
 from jobs import cli
 from jobs.cli import JobParser, add_config_options, add_data_dir
-from psilonet import capture, modeling
+from psilonet.analysis import capture
+from psilonet.model import loading as modeling
 from psilonet.store import Store
 
 

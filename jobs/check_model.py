@@ -11,8 +11,11 @@ import time
 
 from jobs import cli
 from jobs.cli import JobParser, add_data_dir
-from psilonet import evaluation, generation, modeling, runtime
+from psilonet import runtime
+from psilonet.generation import decoding as generation
+from psilonet.model import loading as modeling
 from psilonet.store import Store
+from psilonet.training import evaluation
 
 QUESTION = "What is the capital of France?"
 

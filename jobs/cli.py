@@ -154,7 +154,8 @@ def _fault(exc: BaseException) -> str:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean the input was wrong (exit 2); checked after the faults."""
-    from psilonet import corpora, modeling
+    from psilonet import corpora
+    from psilonet.model import loading as modeling
     from psilonet.store import StoreError
 
     return (JobError, ValueError, corpora.CorpusError, modeling.ModelError, StoreError)
@@ -169,7 +170,7 @@ def job(main: Callable[..., int]) -> Callable[..., int]:
     @functools.wraps(main)
     def wrapped(argv: list[str] | None = None) -> int:
         from psilonet.store import StoreLockedError
-        from psilonet.training import TrainingDiverged
+        from psilonet.training.loop import TrainingDiverged
 
         try:
             return main(argv)

@@ -18,11 +18,13 @@ from tqdm import tqdm
 
 from jobs import cli
 from jobs.cli import JobParser, add_config_options, add_data_dir
-from psilonet import config, modeling, training
-from psilonet.dosing import DoseConfig, generate_doses, save_dose_run
-from psilonet.prompts import PromptFile, PromptFileError, context_check, parse_prompts
-from psilonet.skip import SkipConfig
+from psilonet import config
+from psilonet.generation.dosing import DoseConfig, generate_doses, save_dose_run
+from psilonet.generation.prompts import PromptFile, PromptFileError, context_check, parse_prompts
+from psilonet.model import loading as modeling
+from psilonet.model.skip import SkipConfig
 from psilonet.store import Store
+from psilonet.training import loop as training
 
 
 def build_parser() -> argparse.ArgumentParser:

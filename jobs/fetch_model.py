@@ -10,7 +10,8 @@ import sys
 
 from jobs import cli
 from jobs.cli import JobParser, add_data_dir
-from psilonet import modeling, runtime
+from psilonet import runtime
+from psilonet.model import loading as modeling
 
 
 @cli.job

@@ -18,8 +18,10 @@ from tqdm import tqdm
 
 from jobs import cli
 from jobs.cli import JobParser, add_config_options, add_data_dir
-from psilonet import config, corpora, generation, modeling
+from psilonet import config, corpora
 from psilonet.config import option
+from psilonet.generation import decoding as generation
+from psilonet.model import loading as modeling
 
 CHARACTERS = ["a fox", "a little robot", "a girl named Mia", "an old fisherman", "a shy dragon",
               "two brothers", "a lost kitten", "a baker", "a boy named Leo", "a tiny turtle",

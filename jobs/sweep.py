@@ -17,9 +17,10 @@ import sys
 from jobs import cli
 from jobs.cli import JobError, JobParser
 from jobs.train import add_train_options, config_from, options_from
-from psilonet import ray_engine, runtime
+from psilonet import runtime
 from psilonet.store import Store
-from psilonet.sweep import VARIANTS, SweepSpec, run_sweep
+from psilonet.training import ray_engine
+from psilonet.training.sweep import VARIANTS, SweepSpec, run_sweep
 
 
 def tap_set(text: str) -> list[int]:

@@ -21,9 +21,9 @@ from dataclasses import fields
 from jobs import cli
 from jobs.cli import JobParser, add_config_options, add_data_dir, read_config_file
 from psilonet import runtime
-from psilonet.skip import SkipConfig
+from psilonet.model.skip import SkipConfig
 from psilonet.store import Store
-from psilonet.training import TrainConfig, prepare, train
+from psilonet.training.loop import TrainConfig, prepare, train
 
 SKIP_FIELDS = {f.name for f in fields(SkipConfig)}
 

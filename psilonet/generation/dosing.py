@@ -13,10 +13,11 @@ from typing import Callable
 
 import numpy as np
 
-from psilonet import config, forward
+from psilonet import config
 from psilonet.config import option
-from psilonet.generation import SamplingConfig, decode, encode_prompt, stop_ids
-from psilonet.perturb import MECHANISMS, PRESETS, DoseSpec, Doser, check_intensity
+from psilonet.generation.decoding import SamplingConfig, decode, encode_prompt, stop_ids
+from psilonet.generation.perturb import MECHANISMS, PRESETS, DoseSpec, Doser, check_intensity
+from psilonet.model import forward
 
 MAX_NEW_TOKENS = 512
 MAX_SEED = 2**32 - 1  # MLX and NumPy seeds are unsigned 32-bit
