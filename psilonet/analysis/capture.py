@@ -22,7 +22,9 @@ from tqdm import tqdm
 
 from psilonet import config, corpora
 from psilonet.config import ConfigError, option
+from psilonet.analysis import representation
 from psilonet.model import forward
+from psilonet.store import tables
 
 ACTIVATIONS_FILE = "activations.parquet"
 
@@ -144,11 +146,17 @@ def run_capture(store, cfg: CaptureConfig, *, train_run: str | None = None, mode
                 resid, heads = capture_model(m, windows, keep, cfg.batch_size, progress=progress,
                                              desc=f"capture {side}")
                 shapes[side] = (resid.shape, heads.shape)
+                diagnostic.append(representation.norm_stat_rows(side, resid))
                 writer.set_progress((i + 1) / len(sides))
                 yield from matrix_records(side, resid, heads)
 
+        diagnostic: list = []
         writer.write_matrices(ACTIVATIONS_FILE, records())
         writer.write_capture_tokens(token_rows(tokenizer, windows, keep))
+        for stats, outliers, dims in diagnostic:  # the outlier diagnostic: norms cost nothing here
+            writer.write_rows(tables.NORM_STATS, stats)
+            writer.write_rows(tables.NORM_OUTLIERS, outliers)
+            writer.write_rows(tables.OUTLIER_DIMS, dims)
         resid_shape, head_shape = shapes["baseline"]
         summary = {"sides": [s for s, _ in sides], "tokens": int(len(keep)), "layers": resid_shape[0],
                    "heads": head_shape[1], "hidden": resid_shape[2], "head_dim": head_shape[3]}
