@@ -135,6 +135,7 @@ def trajectory_rows(source: Source, sides: dict[str, list[np.ndarray]], tokens, 
     n = len(tokens)
     shown = np.sort(rng.choice(n, size=min(TRAJECTORY_TOKENS, n), replace=False))
     seqs = sorted(tokens.seq.unique())
+    openings = {s: "".join(tokens[tokens.seq == s].sort_values("pos").token_text.head(8))[:32] for s in seqs}
     rows = []
     for side, states in sides.items():
         for l, x in enumerate(states):
@@ -144,7 +145,7 @@ def trajectory_rows(source: Source, sides: dict[str, list[np.ndarray]], tokens, 
                 rows.append((source.run_id, side, "token", int(tokens.token_idx.iloc[t]), label, l, p1, p2, rep))
             means = np.stack([x[(tokens.seq == s).to_numpy()].mean(axis=0) for s in seqs]).astype(np.float64)
             for s, (p1, p2) in zip(seqs, pca.transform(means)[:, :2]):
-                rows.append((source.run_id, side, "sequence", int(s), f"sequence {s}", l, p1, p2, rep))
+                rows.append((source.run_id, side, "sequence", int(s), f"sequence {s}: {openings[s]!r}…", l, p1, p2, rep))
     return rows, variance
 
 

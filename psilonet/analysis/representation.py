@@ -110,3 +110,30 @@ def transform(name: str, resid, heads, drop: np.ndarray):
         return [rms_normalise(x) for x in resid], heads
     keep = np.setdiff1d(np.arange(len(resid[0])), drop)
     return [np.asarray(x)[keep] for x in resid], (None if heads is None else heads[:, :, keep])
+
+
+def outlier_summary(stats, outliers, dims, tokens):
+    """One row per side and layer with outliers: the norm distribution, how many tokens exceed
+    the threshold, at which window positions, which token strings and the top dimensions.
+
+    Inputs are a capture's ``norm_stats``, ``norm_outliers``, ``outlier_dims`` and
+    ``capture_tokens`` frames (see :func:`norm_stat_rows`)."""
+    import pandas as pd
+
+    columns = ["side", "layer", "median norm", "p99 norm", "max norm", "tokens over", "positions",
+               "tokens", "top dimensions"]
+    rows = []
+    text = tokens.set_index("token_idx")
+    for r in stats[stats.n_over > 0].itertuples():
+        mine = outliers[(outliers.side == r.side) & (outliers.layer == r.layer)]
+        positions = text.loc[mine.token_idx, "pos"].value_counts().sort_index()
+        words = text.loc[mine.token_idx, "token_text"].map(repr).value_counts()
+        top = dims[(dims.side == r.side) & (dims.layer == r.layer)].sort_values("rank")
+        rows.append((r.side, int(r.layer), r.median, r.p99, r.max,
+                     int(r.n_over),
+                     ", ".join(f"{p} ({c})" if c > 1 else str(p) for p, c in positions.head(6).items())
+                     + (" …" if len(positions) > 6 else ""),
+                     ", ".join(f"{w} ×{c}" if c > 1 else w for w, c in words.head(5).items())
+                     + (" …" if len(words) > 5 else ""),
+                     ", ".join(f"{d.dim} ({d.share:.0%})" for d in top.itertuples())))
+    return pd.DataFrame(rows, columns=columns)
