@@ -215,3 +215,17 @@ def generator(model_name: str, run_id: str | None, data_dir_str: str):
         model, tokenizer, _ = training.load_trained(Store(data_dir_str), run_id, data_dir=data_dir_str)
         return model, tokenizer
     return modeling.load_model(model_name, data_dir_str)
+
+
+def session_gone() -> Callable[[], bool]:
+    """A ``should_stop`` for long work: True once this browser session has disconnected (tab
+    closed), so that a generation never runs on for nobody.  Outside a served app (AppTest,
+    plain scripts) there is no session to lose and it is always False."""
+    from streamlit import runtime as st_runtime
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    if ctx is None or not st_runtime.exists():
+        return lambda: False
+    rt, session_id = st_runtime.get_instance(), ctx.session_id
+    return lambda: not rt.is_active_session(session_id)
