@@ -67,6 +67,13 @@ TRAIN_LOSS_LABEL = "training loss (skip model)"
 VAL_LOSS_LABEL = "validation loss (skip model)"
 SIDES = ("baseline", "trained")
 HEATMAP_SCHEME = "viridis"
+#: Plot-area width budget of a chart that must fit, with its axes and legend, the app's main
+#: column at a 1400 px window with the sidebar open (about 930 px).
+PAGE_WIDTH = 780
+#: Heatmap cells keep their size: the width and height given are the plot area's, axes, title
+#: and legend come on top (Streamlit's default "fit" squeezes the plot into the given size,
+#: which left a 4-row heatmap 3 px tall under its title and legend).
+NATURAL_SIZE = alt.AutoSizeParams(type="pad", contains="padding")
 
 # --------------------------------------------------------------------------- helpers
 
@@ -438,8 +445,6 @@ def trajectory_chart(paths: pd.DataFrame, variance: pd.DataFrame, unit: str,
 # --------------------------------------------------------------------------- tap weights and gates
 
 
-#: Width budget of a chart that must fit the app's main column at a 1400 px window (sidebar open).
-PAGE_WIDTH = 900
 #: Columns (logged steps) per tap-weight panel before steps are thinned.
 MAX_TAP_STEPS = 80
 
@@ -465,7 +470,7 @@ def tap_weight_evolution(taps: pd.DataFrame) -> alt.Chart:
         subtitle.append(f"showing {len(keep)} of {total} logged steps (evenly subsampled, first and last kept)")
     distances = sorted(data["distance"].unique()) or [0]
     n_layers = max(1, int(data["layer"].nunique()))
-    panel = int(max(120, min(420, (PAGE_WIDTH - 120) / len(distances) - 20)))
+    panel = int(max(100, min(420, (PAGE_WIDTH - 20 * (len(distances) - 1)) / len(distances))))
     height = int(min(480, max(120, 14 * n_layers)))
     data = data.sort_values(["distance", "layer", "step"]).reset_index(drop=True)
     n_steps = max(1, len(keep))
@@ -499,7 +504,7 @@ def tap_weight_heatmap(taps: pd.DataFrame) -> alt.Chart:
         data[col] = _int_column(data[col])
     sub = f"step {last}" if last is not None else "no tap weights logged"
     return _heatmap(data[["layer", "distance", "weight"]], "distance", "distance", "layer", "layer", "weight",
-                    "weight", (0.0, 1.0), _title("Final tap weights", sub))
+                    "weight", (0.0, 1.0), _title("Final tap weights", sub)).properties(autosize=NATURAL_SIZE)
 
 
 def gate_alpha_heatmap(gates: pd.DataFrame) -> alt.Chart:
@@ -513,7 +518,7 @@ def gate_alpha_heatmap(gates: pd.DataFrame) -> alt.Chart:
     hi = max(1.0, float(data["alpha"].max())) if len(data) else 1.0
     sub = f"step {last}" if last is not None else "no gate alphas logged"
     return _heatmap(data[["layer", "head", "alpha"]], "head", "head", "layer", "layer", "alpha", "alpha",
-                    (0.0, hi), _title("Final per-head gate alphas", sub))
+                    (0.0, hi), _title("Final per-head gate alphas", sub)).properties(autosize=NATURAL_SIZE)
 
 
 # --------------------------------------------------------------------------- dosing / entropy
@@ -555,7 +560,7 @@ def entropy_heatmap(tokens: pd.DataFrame) -> alt.Chart:
         subtitle = [subtitle, f"showing positions up to {max_pos} of {n_pos} (row limit)"]
     data = data[["row", "gen_id", "intensity", "pos", "token_text", "entropy"]].sort_values(["row", "pos"])
 
-    width = int(min(PAGE_WIDTH, max(300, 14 * data["pos"].nunique())))
+    width = int(min(PAGE_WIDTH + 60, max(300, 14 * data["pos"].nunique())))  # legend on top: room for 60 more
     height = ENTROPY_ROW_PX * max(1, len(order))
     return alt.Chart(data.reset_index(drop=True)).mark_rect().encode(
         x=alt.X("pos:O", title="token position", sort="ascending",
@@ -566,7 +571,8 @@ def entropy_heatmap(tokens: pd.DataFrame) -> alt.Chart:
         tooltip=[alt.Tooltip("token_text:N", title="token"), alt.Tooltip("entropy:Q", title="entropy (bits)", format=".3f"),
                  alt.Tooltip("intensity:Q", format="g"), alt.Tooltip("pos:Q", title="position"),
                  alt.Tooltip("gen_id:Q", title="generation")],
-    ).properties(title=_title("Per-token next-token entropy (bits)", subtitle), width=width, height=height)
+    ).properties(title=_title("Per-token next-token entropy (bits)", subtitle), width=width, height=height,
+                 autosize=NATURAL_SIZE)
 
 
 def dose_overview(gens: pd.DataFrame) -> alt.Chart:
@@ -602,7 +608,7 @@ def dose_overview(gens: pd.DataFrame) -> alt.Chart:
                  alt.Tooltip("mean_entropy:Q", title="mean entropy (bits)", format=".3f")],
     ).properties(title=_title("Mean next-token entropy per prompt and intensity (bits)"),
                  width=int(min(PAGE_WIDTH - 400, max(160, 60 * len(doses)))),
-                 height=ENTROPY_ROW_PX * max(1, len(labels)))
+                 height=ENTROPY_ROW_PX * max(1, len(labels)), autosize=NATURAL_SIZE)
 
 
 def layer_entropy_profile(layers: pd.DataFrame) -> alt.Chart:
@@ -617,7 +623,7 @@ def layer_entropy_profile(layers: pd.DataFrame) -> alt.Chart:
     data = data.sort_values(["intensity", "layer"]).reset_index(drop=True)
     return alt.Chart(data).mark_line(point=True).encode(
         x=alt.X("layer:Q", title="layer (0 = embeddings)", axis=alt.Axis(tickMinStep=1)),
-        y=alt.Y("entropy:Q", title="mean entropy (bits)"),
+        y=alt.Y("entropy:Q", title="mean entropy (bits)", scale=alt.Scale(zero=False)),
         color=alt.Color("intensity:O", title="intensity", scale=alt.Scale(scheme="plasma"),
                         legend=alt.Legend(orient="right")),
         tooltip=[alt.Tooltip("intensity:Q", format="g"), alt.Tooltip("layer:Q"),

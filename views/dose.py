@@ -25,7 +25,7 @@ def show_results(gens: pd.DataFrame, tokens: pd.DataFrame, layers: pd.DataFrame,
     exported = []
     if len(prompt_list) > 1:
         overview = charts.dose_overview(gens)
-        st.altair_chart(overview)
+        st.altair_chart(overview, width="content")
         exported.append(("Mean entropy per prompt and intensity", overview))
         labels = [f"{k + 1}. {' '.join(str(p).split())[:90]}" for k, p in enumerate(prompt_list.prompt)]
         k = app.param("p", 1, int, lo=1, hi=len(prompt_list)) - 1
@@ -48,7 +48,7 @@ def show_results(gens: pd.DataFrame, tokens: pd.DataFrame, layers: pd.DataFrame,
     per_token = tokens[tokens.gen_id.isin(mine.gen_id)].merge(mine[["gen_id", "intensity"]], on="gen_id")
     if not per_token.empty:
         heat = charts.entropy_heatmap(per_token)
-        st.altair_chart(heat)
+        st.altair_chart(heat, width="content")
         exported.append(("Next-token entropy", heat))
     per_layer = layers[layers.gen_id.isin(mine.gen_id)].merge(mine[["gen_id", "intensity"]], on="gen_id")
     if not per_layer.empty:

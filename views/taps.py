@@ -18,9 +18,9 @@ if run is not None:
                                                                    gates is not None and not gates.empty else ""))
     elif distances:
         evolution = charts.tap_weight_evolution(taps)
-        st.altair_chart(evolution)
+        st.altair_chart(evolution, width="content")
         final = charts.tap_weight_heatmap(taps)
-        st.altair_chart(final)
+        st.altair_chart(final, width="content")
         exported += [("Tap weights over training", evolution), ("Final tap weights", final)]
     else:
         st.info("This run logged no tap weights.")
@@ -28,7 +28,7 @@ if run is not None:
         st.subheader("Per-head gate alphas")
         st.caption("alpha_h = sigmoid(gate logit) x dial, at the final step and dial 1.")
         gate_chart = charts.gate_alpha_heatmap(gates)
-        st.altair_chart(gate_chart)
+        st.altair_chart(gate_chart, width="content")
         exported.append(("Gate alphas", gate_chart))
     elif run.config.get("skip", {}).get("gates"):
         st.info("This run has gates but logged no alphas.")
