@@ -197,7 +197,7 @@ def test_run_all_prompts_of_a_file_skips_over_context_ones_and_saves_one_run(fil
 
 
 def test_a_request_over_the_work_bound_is_refused_before_any_work(filled, monkeypatch):
-    from psilonet import dosing
+    from psilonet.generation import dosing
 
     data, train_id = filled
     monkeypatch.setenv("PSILONET_DATA", str(data))

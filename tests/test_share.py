@@ -9,7 +9,7 @@ import altair as alt
 import pandas as pd
 import pytest
 
-from psilonet import share
+from psilonet.app import share
 
 
 def test_permalink_joins_lists_and_drops_empty_values():
@@ -48,7 +48,7 @@ def test_hostile_content_is_escaped_in_the_file():
 def test_export_renders_offline_and_runs_nothing_from_hostile_prompts(tmp_path):
     """Opened from disk in headless Chromium with no network: every chart draws, the header is
     visible, the page title is untouched (no injected code ran) and charts keep their full width."""
-    from psilonet import charts
+    from psilonet.app import charts
 
     tokens = pd.DataFrame([dict(gen_id=g, intensity=i, pos=p, token_text=HOSTILE[(p + g) % len(HOSTILE)],
                                 entropy=0.1 * p + i) for g, i in enumerate([0.0, 0.1, 0.2, 0.3]) for p in range(24)])

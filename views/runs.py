@@ -3,7 +3,7 @@ configuration and error in full; dose runs open in the Dosed generation page."""
 
 import streamlit as st
 
-from psilonet import app
+from psilonet.app import helpers as app
 
 st.title("Runs")
 runs = app.runs()

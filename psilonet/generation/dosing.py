@@ -13,9 +13,9 @@ from typing import Callable
 
 import numpy as np
 
-from psilonet import forward
-from psilonet.generation import SamplingConfig, decode, encode_prompt, stop_ids
-from psilonet.perturb import DoseSpec, Doser, check_intensity
+from psilonet.generation.decoding import SamplingConfig, decode, encode_prompt, stop_ids
+from psilonet.generation.perturb import DoseSpec, Doser, check_intensity
+from psilonet.model import forward
 
 MAX_NEW_TOKENS = 512
 
@@ -167,7 +167,7 @@ def plan_prompts(tokenizer, prompts: list[tuple[int, str]], *, max_tokens: int, 
 
     A prompt whose tokens plus ``max_tokens`` exceed ``context`` is skipped, named by its line.
     Raises ValueError (:func:`check_request`) if the prompts that remain exceed ``limit``."""
-    from psilonet.generation import encode_prompt
+    from psilonet.generation.decoding import encode_prompt
 
     runnable, lengths, skipped = [], [], []
     for line, text in prompts:
