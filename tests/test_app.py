@@ -206,3 +206,25 @@ def test_a_request_over_the_work_bound_is_refused_before_any_work(filled, monkey
     at.button[0].click().run()
     assert any("limit is 10" in w.value for w in at.warning), [w.value for w in at.warning]
     assert not at.get("vega_lite_chart")
+
+
+def test_a_generation_stops_when_its_browser_session_ends(monkeypatch):
+    """``session_gone`` asks Streamlit's runtime whether this script's session is still connected;
+    the dose page passes it as ``should_stop`` to the decode loop, which then ends."""
+    import types
+
+    from streamlit import runtime as st_runtime
+    from streamlit.runtime import scriptrunner
+
+    from psilonet.app import helpers as app
+
+    assert app.session_gone()() is False  # no server: nothing to lose
+    active = {"abc"}
+    monkeypatch.setattr(st_runtime, "exists", lambda: True)
+    monkeypatch.setattr(st_runtime, "get_instance",
+                        lambda: types.SimpleNamespace(is_active_session=lambda sid: sid in active))
+    monkeypatch.setattr(scriptrunner, "get_script_run_ctx", lambda: types.SimpleNamespace(session_id="abc"))
+    gone = app.session_gone()
+    assert gone() is False
+    active.clear()  # the tab closed
+    assert gone() is True

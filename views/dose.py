@@ -90,7 +90,7 @@ def generate_view() -> None:
                           help="The default base model, or a trained skip run on it.")
     run_id = None if source == "base model" else source
 
-    left, right = st.columns([3, 2])
+    left, right = st.columns([1, 1])
     with left:
         upload = st.file_uploader(
             f"Prompts file: .txt (one per line), .jsonl (\"prompt\" key) or .csv (prompt column); at most "
