@@ -126,11 +126,32 @@ def full_page_screenshot(driver, path: Path) -> None:
     driver.set_window_size(WIDTH, 1600)
 
 
+def multi_tap_run(data: str) -> str | None:
+    """The newest training run with several skip distances (its tap weights evolve)."""
+    from psilonet.store import Store
+
+    runs = Store(data).list_runs(kind="train")
+    for run in runs.itertuples():
+        if len((run.config or {}).get("skip", {}).get("distances", [])) > 1:
+            return run.run_id
+    return None
+
+
+def largest_dose_run(data: str) -> str:
+    """The complete dose run with the most generations (several prompts: every chart of the page)."""
+    from psilonet.store import Store
+
+    runs = Store(data).list_runs(kind="dose").query("state == 'complete'")
+    return max(runs.itertuples(), key=lambda r: (r.summary or {}).get("generations", 0)).run_id
+
+
 @pytest.mark.parametrize("path", list(PAGES))
-def test_page_renders_without_errors(server, browser, path, tmp_path_factory):
+def test_page_renders_without_errors(server, browser, browser_data, path, tmp_path_factory):
     from selenium.webdriver.common.by import By
 
-    browser.get(f"{server}/{path}")
+    query = f"?run={multi_tap_run(browser_data)}" if path == "taps" and multi_tap_run(browser_data) else ""
+    query = f"&dose_run={largest_dose_run(browser_data)}" if path == "dose?view=stored" else query
+    browser.get(f"{server}/{path}{query}")
     settle(browser, PAGES[path])
     errors = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ERRORS)]
     assert not errors, errors
@@ -147,12 +168,11 @@ def test_dose_heatmap_rows_are_readable(server, browser, browser_data):
     """The stored dose run's per-token heatmap: at least 20 px per intensity row, plus its axes."""
     from psilonet.store import Store
 
-    store = Store(browser_data)
-    run_id = store.list_runs(kind="dose").query("state == 'complete'").run_id.iloc[0]  # the page's default
-    with store.open_run(run_id) as reader:
+    run_id = largest_dose_run(browser_data)
+    with Store(browser_data).open_run(run_id) as reader:
         gens = reader.generations()
     rows = len(gens[(gens.prompt_line == gens.prompt_line.iloc[0]) & (gens.prompt == gens.prompt.iloc[0])])
-    browser.get(f"{server}/dose?view=stored")
+    browser.get(f"{server}/dose?view=stored&dose_run={run_id}")
     settle(browser, "Dosed generation")
     boxes = chart_boxes(browser)
     assert len(boxes) >= 2
