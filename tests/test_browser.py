@@ -41,8 +41,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def browser_data(filled) -> str:
-    return os.environ.get("PSILONET_BROWSER_DATA") or str(filled[0])
+def browser_data(request) -> str:
+    """$PSILONET_BROWSER_DATA (e.g. a folder from scripts/demo_data.sh), else the tiny-model runs."""
+    return os.environ.get("PSILONET_BROWSER_DATA") or str(request.getfixturevalue("filled")[0])
 
 
 @pytest.fixture(scope="module")
