@@ -44,9 +44,12 @@ layer, at any scale).
 
 * ``R = 16`` (rank, as the original eligibility traces), ``lambda = 0.95`` per token (the
   original ``rho_elig``: a write fades to a third in about 22 tokens).
-* ``eta = 0.1`` (our choice): with the gate half open, the ring's weights sum to about 0.55, so
+* ``eta = 0.05`` (our choice): with the gate half open the ring's weights sum to about 0.28, so
   at ``s = 1`` a token that repeats recent context (``x^`` aligned with recent ``x^_n``) gets
-  an MLP output about half again as large along what those tokens wrote.
+  about a quarter more MLP output along what those tokens wrote. ``y_post`` depends on
+  ``s * eta`` only, so ``eta`` just sets the scale of ``s``: on the default model ``s = 1``
+  costs about as much next-token loss as fatigue at ``s = 1`` and text stays fluent, while
+  ``s = 2`` breaks chat formatting.
 * ``gain = 1.5`` (the original CaMKII gain), ``theta = 1`` (an average token: ``g = 0.5``).
 Normalising ``x`` makes ``x^ . x^_n`` a cosine, so the read-out has the units of ``y`` in every
 layer. During a prompt the fast weight is read causally too: token ``t`` reads the writes of
@@ -65,9 +68,10 @@ from mlx_lm.models.base import create_attention_mask, scaled_dot_product_attenti
 
 SUPPORTED_FAMILIES = ("llama", "qwen2", "qwen3")
 MECHANISMS = ("fatigue", "hebbian")
-# Strength presets shared by both mechanisms (the page's and the job's choices).
+# Strength presets shared by both mechanisms (the page's and the job's choices); custom
+# strengths go up to MAX_STRENGTH, where both mechanisms take the default model apart.
 PRESETS = {"off": 0.0, "light": 0.25, "medium": 0.5, "strong": 1.0}
-MAX_STRENGTH = 1.0
+MAX_STRENGTH = 2.0
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class HebbianParams:
 
     rank: int = 16
     decay: float = 0.95  # lambda
-    eta: float = 0.1
+    eta: float = 0.05
     gain: float = 1.5
     theta: float = 1.0
 

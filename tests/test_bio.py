@@ -240,7 +240,7 @@ def test_decode_with_the_cache_matches_the_whole_sequence():
 
 def test_bad_strengths_and_models_fail_with_one_line():
     with pytest.raises(ValueError, match="fatigue: each must be in"):
-        bio.Bio([1.5], [0.0], 6)
+        bio.Bio([2.5], [0.0], 6)
     with pytest.raises(ValueError, match="hebbian: each must be in"):
         bio.Bio([0.0], [float("nan")], 6)
     with pytest.raises(ValueError, match="strengths"):
