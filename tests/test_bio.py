@@ -13,7 +13,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from conftest import TINY_ARGS
-from psilonet import bio
+from psilonet.generation import bio
 
 FAMILIES = ("llama", "qwen2", "qwen3")
 

@@ -10,7 +10,8 @@ import psilonet  # noqa: F401
 import mlx.core as mx
 import mlx.nn as nn
 
-from psilonet import bio_eval, modeling
+from psilonet.generation import bio_eval
+from psilonet.model import loading as modeling
 
 
 def test_summary_pairs_each_window_with_its_sober_row():

@@ -20,9 +20,10 @@ import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 import mlx.nn as nn
 
-from psilonet import bio, corpora
-from psilonet.generation import token_entropy_bits
-from psilonet.stats import mean_ci
+from psilonet import corpora
+from psilonet.generation import bio
+from psilonet.generation.decoding import token_entropy_bits
+from psilonet.training.stats import mean_ci
 
 RESULT_COLUMNS = ["corpus", "window", "mechanism", "strength", "loss", "entropy"]
 SUMMARY_COLUMNS = ["corpus", "mechanism", "strength", "n", "loss", "entropy", "loss_diff", "loss_ci_low",
