@@ -145,11 +145,16 @@ def fatigue_scan(scores: mx.array, allowed: mx.array, pool: mx.array, strength: 
     return mx.stack(probs, axis=2), pool
 
 
-def _fatigue_step(scores, allowed, pool, s, k_use: float, inv_tau: float, eps: float):
+def _fatigue_step_ops(scores, allowed, pool, s, k_use: float, inv_tau: float, eps: float):
     z = scores + s * mx.log(mx.maximum(pool, eps))
     p = mx.softmax(mx.where(allowed, z, -mx.inf), axis=-1, precise=True)
     pool = mx.clip(pool - k_use * p + (1.0 - pool) * inv_tau, 0.0, 1.0)
     return p, pool
+
+
+# One fused graph per query step (the scan runs it once per query and layer); shapeless, so
+# the growing key axis of decoding reuses it.
+_fatigue_step = mx.compile(_fatigue_step_ops, shapeless=True)
 
 
 def repeat_kv(x: mx.array, n_heads: int) -> mx.array:
@@ -324,8 +329,8 @@ class Bio:
         self._norms: list[mx.array] = []
         return self
 
-    # The decode loop and forward call this once per pass, after the last block.
     def end_pass(self) -> None:
+        """Close one forward pass's trace entry (the last block does it)."""
         entry = {}
         if self._pool_means:
             entry["pool"] = mx.stack(self._pool_means, axis=1)  # (B, L, H)
@@ -381,7 +386,10 @@ class Bio:
         (``h + attn(norm(h))``, then ``+ mlp(norm(.))``) where the mechanisms are off."""
         offset = cache.offset if cache is not None else 0
         h = h + self.attention(l, layer.self_attn, layer.input_layernorm(h), mask, cache)
-        return h + self.mlp(l, layer, h, offset)
+        h = h + self.mlp(l, layer, h, offset)
+        if l == self.num_layers - 1:
+            self.end_pass()
+        return h
 
     def summary(self) -> dict[str, mx.array]:
         """Per row: mean pool level over passes ``(B, L, H)`` and mean fast-weight norm ``(B, L)``."""
@@ -405,8 +413,6 @@ def hidden_states(model, inputs: mx.array, cache=None, bio: Bio | None = None, a
         if after_block is not None:
             h = after_block(l, h)
         states.append(h)
-    if bio is not None:
-        bio.end_pass()
     return states
 
 
