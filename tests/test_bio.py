@@ -3,8 +3,6 @@ on tiny random models of every supported family."""
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 
@@ -12,20 +10,14 @@ import psilonet  # noqa: F401
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
-from conftest import TINY_ARGS
+from conftest import make_tiny_model
 from psilonet.generation import bio
 
 FAMILIES = ("llama", "qwen2", "qwen3")
 
 
 def tiny(family: str = "llama", seed: int = 0):
-    """A random mlx-lm model of ``family`` with the shared tiny shape."""
-    args = {**TINY_ARGS, "model_type": family, "head_dim": 16, "max_position_embeddings": 512}
-    module = importlib.import_module(f"mlx_lm.models.{family}")
-    mx.random.seed(seed)
-    model = module.Model(module.ModelArgs.from_dict(args))
-    mx.eval(model.parameters())
-    return model
+    return make_tiny_model(seed, model_type=family)
 
 
 def greedy(model, prompt: list[int], steps: int, b: bio.Bio | None, rows: int = 1):

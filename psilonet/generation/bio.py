@@ -64,9 +64,11 @@ from dataclasses import dataclass, field
 
 import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
-from mlx_lm.models.base import create_attention_mask, scaled_dot_product_attention
+from mlx_lm.models.base import scaled_dot_product_attention
 
-SUPPORTED_FAMILIES = ("llama", "qwen2", "qwen3")
+from psilonet.model import forward
+
+SUPPORTED_FAMILIES = tuple(forward.FAMILIES)  # llama, qwen2, qwen3
 MECHANISMS = ("fatigue", "hebbian")
 # Strength presets shared by both mechanisms (the page's and the job's choices); custom
 # strengths go up to MAX_STRENGTH, where both mechanisms take the default model apart.
@@ -117,8 +119,9 @@ def check_strength(value: float, name: str = "strength") -> float:
 
 
 def check_family(model) -> None:
-    family = getattr(getattr(model, "args", None), "model_type", None)
-    if family not in SUPPORTED_FAMILIES or not hasattr(model, "model"):
+    base, _ = forward.unwrap(model)
+    family = getattr(getattr(base, "args", None), "model_type", None)
+    if family not in SUPPORTED_FAMILIES or not hasattr(base, "model"):
         raise ValueError(f"model: bio interventions support {', '.join(SUPPORTED_FAMILIES)} base models, "
                          f"got {family or type(model).__name__}")
 
@@ -262,30 +265,13 @@ def hebbian_update(x: mx.array, y: mx.array, ring: Ring, strength: mx.array, off
 # ---------------------------------------------------------------- the intervention in a model
 
 
-def project_qkv(attn, x: mx.array, offset: int, cache):
-    """Queries (B, H, T, d), keys and values (B, KV, Tk, d) with RoPE and the KV cache: the same
-    ops, in the same order, as the attention modules of the supported mlx-lm families."""
-    b, t, _ = x.shape
-    q = attn.q_proj(x).reshape(b, t, attn.n_heads, -1)
-    k = attn.k_proj(x).reshape(b, t, attn.n_kv_heads, -1)
-    v = attn.v_proj(x).reshape(b, t, attn.n_kv_heads, -1).transpose(0, 2, 1, 3)
-    if hasattr(attn, "q_norm"):  # qwen3 normalises each head's queries and keys
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3)
-    if cache is not None:
-        q = attn.rope(q, offset=cache.offset)
-        k = attn.rope(k, offset=cache.offset)
-        k, v = cache.update_and_fetch(k, v)
-    else:
-        q, k = attn.rope(q), attn.rope(k)
-    return q, k, v
-
-
 @dataclass
 class Bio:
     """Per-row fatigue and Hebbian strengths for one generation (or one batch of windows),
     with their state: the fatigue pool per layer ``(B, H, Tk)`` and the fast-weight ring per
-    layer. Make one per KV cache (:meth:`reset` clears the state for a new one).
+    layer. It plugs into the hooked forward (:meth:`hooks`) and keeps its state beside the
+    KV cache: a pass that starts at position 0 starts a fresh sequence, later passes continue
+    it (:meth:`reset` also clears it).
 
     ``trace`` collects, after every forward pass, the mean pool level per row, layer and head
     ``(B, L, H)`` and the fast-weight norm per row and layer ``(B, L)`` (lazy arrays).
@@ -329,6 +315,13 @@ class Bio:
         self._norms: list[mx.array] = []
         return self
 
+    def hooks(self, after_block=None) -> forward.Hooks:
+        """The forward hooks that run the mechanisms (and ``after_block``, e.g. a dose, after them)."""
+        if not self.active:
+            return forward.Hooks(after_block=after_block)
+        return forward.Hooks(after_block=after_block, attention=self.attention if self.fatigue_on else None,
+                             mlp=self.mlp)
+
     def end_pass(self) -> None:
         """Close one forward pass's trace entry (the last block does it)."""
         entry = {}
@@ -340,17 +333,14 @@ class Bio:
         if entry:
             self.trace.append(entry)
 
-    def attention(self, l: int, attn, x: mx.array, mask, cache) -> mx.array:
-        if not self.fatigue_on:
-            return attn(x, mask, cache)
+    def attention(self, l: int, q: mx.array, k: mx.array, v: mx.array, scale: float, mask, cache) -> mx.array:
+        """Block ``l``'s attention core under fatigue: heads (B, H, Tq, hd) from queries and keys
+        after RoPE and the cache update."""
         if hasattr(cache, "bits"):
             raise ValueError("fatigue: quantized KV caches are not supported")
-        offset = cache.offset if cache is not None else 0
-        q, k, v = project_qkv(attn, x, offset, cache)
         b, h, tq, _ = q.shape
-        scores = (q.astype(mx.float32) * attn.scale) @ repeat_kv(k, h).astype(mx.float32).transpose(0, 1, 3, 2)
+        scores = (q.astype(mx.float32) * scale) @ repeat_kv(k, h).astype(mx.float32).transpose(0, 1, 3, 2)
         tk = scores.shape[-1]
-        # A pass from position 0 starts a fresh sequence; later ones continue the cached pool.
         pool = self.pools[l] if tk > tq else None
         if pool is None:
             pool = mx.zeros((b, h, 0))
@@ -366,30 +356,27 @@ class Bio:
         out = (probs @ repeat_kv(v, h).astype(mx.float32)).astype(v.dtype)
         if min(self.fatigue) == 0:
             # Strength-0 rows take the model's own attention, bit for bit.
-            sober = scaled_dot_product_attention(q, k, v, cache=cache, scale=attn.scale, mask=mask)
+            sober = scaled_dot_product_attention(q, k, v, cache=cache, scale=scale, mask=mask)
             out = mx.where((self._sf == 0)[:, None, None, None], sober, out)
-        return attn.o_proj(out.transpose(0, 2, 1, 3).reshape(b, tq, -1))
+        return out
 
-    def mlp(self, l: int, layer, h: mx.array, offset: int) -> mx.array:
+    def mlp(self, l: int, layer, h: mx.array, cache) -> mx.array:
+        """Block ``l``'s MLP branch with the fast weight (the plain branch where Hebbian is off)."""
+        y = self._hebbian(l, layer, h, cache) if self.hebbian_on else layer.mlp(layer.post_attention_layernorm(h))
+        if l == self.num_layers - 1:
+            self.end_pass()
+        return y
+
+    def _hebbian(self, l: int, layer, h: mx.array, cache) -> mx.array:
         x = layer.post_attention_layernorm(h)
         y = layer.mlp(x)
-        if not self.hebbian_on:
-            return y
+        t = h.shape[1]
+        offset = cache.offset - t if cache is not None else 0  # the attention already advanced the cache
         ring = (self.rings[l] if offset else None) or Ring.empty(h.shape[0], h.shape[-1])
         y_post, ring = hebbian_update(x, y, ring, self._sh, offset, self.hebbian_params)
         self.rings[l] = ring
-        self._norms.append(ring.norm(offset + h.shape[1], self.hebbian_params))
+        self._norms.append(ring.norm(offset + t, self.hebbian_params))
         return mx.where((self._sh == 0)[:, None, None], y, y_post.astype(y.dtype))
-
-    def block(self, l: int, layer, h: mx.array, mask, cache) -> mx.array:
-        """One transformer block with the interventions: the same ops as mlx-lm's block
-        (``h + attn(norm(h))``, then ``+ mlp(norm(.))``) where the mechanisms are off."""
-        offset = cache.offset if cache is not None else 0
-        h = h + self.attention(l, layer.self_attn, layer.input_layernorm(h), mask, cache)
-        h = h + self.mlp(l, layer, h, offset)
-        if l == self.num_layers - 1:
-            self.end_pass()
-        return h
 
     def summary(self) -> dict[str, mx.array]:
         """Per row: mean pool level over passes ``(B, L, H)`` and mean fast-weight norm ``(B, L)``."""
@@ -401,25 +388,9 @@ class Bio:
         return out
 
 
-def hidden_states(model, inputs: mx.array, cache=None, bio: Bio | None = None, after_block=None) -> list[mx.array]:
-    """``[h[0], ..., h[L]]`` of a base model with the interventions in every block."""
-    inner = model.model
-    h = inner.embed_tokens(inputs)
-    caches = cache if cache is not None else [None] * len(inner.layers)
-    mask = create_attention_mask(h, caches[0])
-    states = [h]
-    for l, (layer, c) in enumerate(zip(inner.layers, caches)):
-        h = bio.block(l, layer, h, mask, c) if bio is not None and bio.active else layer(h, mask, cache=c)
-        if after_block is not None:
-            h = after_block(l, h)
-        states.append(h)
-    return states
-
-
 def logits(model, inputs: mx.array, cache=None, bio: Bio | None = None) -> mx.array:
-    """Logits (B, T, V) of a base model with the interventions."""
-    check_family(model)
-    out = model.model.norm(hidden_states(model, inputs, cache, bio)[-1])
-    if model.args.tie_word_embeddings:
-        return model.model.embed_tokens.as_linear(out)
-    return model.lm_head(out)
+    """Logits (B, T, V) of a model with the interventions (plain where ``bio`` is None)."""
+    if bio is not None:
+        check_family(model)
+    hooks = bio.hooks() if bio is not None else forward.NO_HOOKS
+    return forward.forward(model, inputs, cache, hooks)[0]
