@@ -41,7 +41,7 @@ def test_evaluate_on_both_offline_corpora(tiny_model_dir):
     window = corpora.load_windows(tokenizer, "python-docs", seq_len=13, n_train=0, n_val=2, seed=0).val[1]
     tokens = mx.array(window[None])
     plain = nn.losses.cross_entropy(model(tokens[:, :-1]), tokens[:, 1:], reduction="mean").item()
-    got = results[(results.corpus == "python-docs") & (results.window == 1)].set_index("mechanism")
+    got = results[(results.corpus == "python-docs") & (results.window_idx == 1)].set_index("mechanism")
     assert got.loss["sober"] == pytest.approx(plain, abs=1e-5)
     assert got.loss["fatigue"] != got.loss["sober"] and got.loss["hebbian"] != got.loss["sober"]
     summary = bio_eval.summarize(results)
@@ -58,3 +58,28 @@ def test_evaluate_on_both_offline_corpora(tiny_model_dir):
 def test_bad_config_fails_before_any_model(change, message):
     with pytest.raises(ValueError, match=message):
         bio_eval.BioEvalConfig(**change).check()
+
+
+def test_job_stores_every_window_and_the_paired_summary(tiny_model_dir, tmp_path, capsys):
+    from jobs import bio_eval as job
+    from psilonet.store import Store
+
+    assert job.main(["--model", str(tiny_model_dir), "--windows", "2", "--seq-len", "8", "--strengths", "1",
+                     "--mechanisms", "hebbian", "--data-dir", str(tmp_path)]) == 0
+    store = Store(tmp_path)
+    run = store.list_runs(kind="bio_eval").iloc[0]
+    assert run.state == "complete"
+    with store.open_run(run.run_id) as reader:
+        rows = reader.bio_eval()
+        assert reader.bio_pool().empty  # a table this run never wrote reads as empty
+    assert len(rows) == 2 * 2 * 2 and set(rows.mechanism) == {"sober", "hebbian"}
+    summary = store.get_run(run.run_id)["summary"]
+    assert set(summary) == {"python-docs/hebbian@1/loss_diff", "smol-stories/hebbian@1/loss_diff"}
+    assert "run " in capsys.readouterr().out
+
+
+def test_job_refuses_bad_options_before_loading_a_model(tmp_path, capsys):
+    from jobs import bio_eval as job
+
+    assert job.main(["--model", str(tmp_path / "nowhere"), "--strengths", "0", "--data-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == "error: --strengths: 0 is the sober baseline, always measured; give strengths > 0"

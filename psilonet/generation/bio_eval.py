@@ -23,9 +23,10 @@ import mlx.nn as nn
 from psilonet import corpora
 from psilonet.generation import bio
 from psilonet.generation.decoding import token_entropy_bits
+from psilonet.store import tables as T
 from psilonet.training.stats import mean_ci
 
-RESULT_COLUMNS = ["corpus", "window", "mechanism", "strength", "loss", "entropy"]
+RESULT_COLUMNS = list(T.BIO_EVAL.names)  # corpus, window_idx, mechanism, strength, loss, entropy
 SUMMARY_COLUMNS = ["corpus", "mechanism", "strength", "n", "loss", "entropy", "loss_diff", "loss_ci_low",
                    "loss_ci_high", "entropy_diff", "entropy_ci_low", "entropy_ci_high"]
 
@@ -100,7 +101,7 @@ def evaluate(model, tokenizer, cfg: BioEvalConfig, *, data_dir=None,
     for name, wins in windows.items():
         for k, window in enumerate(wins):
             loss, entropy = window_scores(model, window, rows)
-            frame = pd.DataFrame({"corpus": name, "window": k, "mechanism": [m for m, _ in rows],
+            frame = pd.DataFrame({"corpus": name, "window_idx": k, "mechanism": [m for m, _ in rows],
                                   "strength": [s for _, s in rows], "loss": loss, "entropy": entropy})
             frames.append(frame)
             if on_window is not None:
@@ -115,10 +116,10 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     """Per corpus, mechanism and strength: means and the paired difference with sober (95% CI)."""
     if results.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    sober = results[results.mechanism == "sober"].set_index(["corpus", "window"])
+    sober = results[results.mechanism == "sober"].set_index(["corpus", "window_idx"])
     out = []
     for (name, mech, strength), group in results.groupby(["corpus", "mechanism", "strength"], sort=False):
-        g = group.set_index(["corpus", "window"])
+        g = group.set_index(["corpus", "window_idx"])
         base = sober.reindex(g.index)
         d_loss = (g.loss - base.loss).dropna()
         d_ent = (g.entropy - base.entropy).dropna()
