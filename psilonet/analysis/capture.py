@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 import numpy as np
 from tqdm import tqdm
@@ -83,10 +82,11 @@ def capture_model(model, windows: np.ndarray, keep: np.ndarray, batch_size: int,
         if flat.size == 0:
             continue
         rows, cols = mx.array(flat // seq_len), mx.array(flat % seq_len)
-        heads: dict[int, mx.array] = {}
-        states = forward.hidden_states(model, mx.array(batch), heads=heads)
-        resid = mx.stack([s[rows, cols] for s in states])  # (L+1, k, D)
-        z = mx.stack([heads[l].transpose(0, 2, 1, 3)[rows, cols] for l in range(len(heads))])  # (L, k, H, hd)
+        _, cache = forward.run_with_cache(model, mx.array(batch), return_type=None)
+        layers = range(forward.num_layers(model))
+        resid = mx.stack([cache["hook_embed"][rows, cols]]
+                         + [cache[f"blocks.{l}.hook_resid_post"][rows, cols] for l in layers])  # (L+1, k, D)
+        z = mx.stack([cache[f"blocks.{l}.attn.hook_z"][rows, cols] for l in layers])  # (L, k, H, hd)
         mx.eval(resid, z)
         resid_parts.append(np.array(resid))
         head_parts.append(np.array(z).transpose(0, 2, 1, 3))
