@@ -257,3 +257,30 @@ def test_truncated_skip_weights_are_named(tiny_model_dir, tmp_path, capsys):
     assert_one_line(err, f"run {run_id}: its skip weights in")
     assert len(store.list_runs()) == 1
     assert_consistent(tmp_path)
+
+
+def test_ctrl_c_marks_the_run_interrupted_and_resumable(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from psilonet.training import loop
+
+    saved = loop.save_checkpoint
+    calls = []
+
+    def save_then_ctrl_c(*args, **kwargs):
+        saved(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_ctrl_c)
+    code, err = run_job("train", tiny_train(tiny_model_dir, tmp_path, "--train-samples", "16"), capsys)
+    assert code == 130
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and err.startswith("interrupted:")
+    store = Store(tmp_path)
+    run = store.list_runs().iloc[0]
+    assert run.state == "interrupted" and run.error == "interrupted (Ctrl-C)"
+    monkeypatch.setattr(loop, "save_checkpoint", saved)
+    code, err = run_job("train", ["--resume", run.run_id, "--quiet", "--data-dir", str(tmp_path)], capsys)
+    assert code == 0, err
+    resumed = store.get_run(run.run_id)
+    assert resumed["state"] == "complete" and resumed["summary"]["steps"] == 4
+    assert_consistent(tmp_path)
