@@ -107,7 +107,7 @@ def test_dose_page_generates_with_a_trained_run_and_saves(filled, monkeypatch):
 
 
 BAD_DOSE_LINKS = [
-    ("seed", str(2**31), "Seed"), ("seed", "-1", "Seed"), ("max", "-5", "Max tokens"), ("temp", "-1", "Temperature"),
+    ("seed", str(2**32), "Seed"), ("seed", "-1", "Seed"), ("max", "-5", "Max tokens"), ("temp", "-1", "Temperature"),
     ("temp", "inf", "Temperature"), ("temp", "nan", "Temperature"), ("custom", "5", None), ("mech", "garbage", None),
     ("doses", "-0.5,abc", None), ("chat", "maybe", None), ("prompt", "x" * 5000, None), ("view", "nowhere", None),
 ]
@@ -133,10 +133,10 @@ def test_each_bad_dose_link_value_warns_once_and_keeps_the_form(tmp_path, monkey
 
 def test_good_dose_link_values_are_used_without_warnings(tmp_path, monkeypatch):
     monkeypatch.setenv("PSILONET_DATA", str(tmp_path))
-    at = open_page("dose", {"seed": str(2**31 - 1), "max": "512", "temp": "2", "custom": "0.45",
+    at = open_page("dose", {"seed": str(2**32 - 1), "max": "512", "temp": "2", "custom": "0.45",
                             "mech": "noise,bleed", "doses": "0.1,0.3", "prompt": "y" * 4000})
     assert not at.warning, [w.value for w in at.warning]
-    assert [n.value for n in at.number_input] == [2**31 - 1, 512, 2.0]
+    assert [n.value for n in at.number_input] == [2**32 - 1, 512, 2.0]
     assert at.slider[0].value == 0.45 and at.multiselect[1].value == ["noise", "bleed"]
     assert at.multiselect[0].value == ["micro-dose", "double dose"]
     uploader = at.get("file_uploader")[0].proto

@@ -123,7 +123,7 @@ def generate_view() -> None:
         mechanisms = st.multiselect("Mechanisms", perturb.MECHANISMS, default=app.param(
             "mech", list(perturb.MECHANISMS), app.choice_list(perturb.MECHANISMS)))
         c1, c2, c3 = st.columns(3)
-        seed = c1.number_input("Seed", 0, 2**31 - 1, app.param("seed", 0, int, lo=0, hi=2**31 - 1))
+        seed = c1.number_input("Seed", 0, dosing.MAX_SEED, app.param("seed", 0, int, lo=0, hi=dosing.MAX_SEED))
         max_tokens = c2.number_input("Max tokens", 1, dosing.MAX_NEW_TOKENS,
                                      app.param("max", 48, int, lo=1, hi=dosing.MAX_NEW_TOKENS))
         temperature = c3.number_input("Temperature", 0.0, 2.0, app.param("temp", 0.0, float, lo=0.0, hi=2.0), 0.1)
@@ -167,9 +167,9 @@ def generate_view() -> None:
             st.warning(f"{len(skipped)} prompt(s) skipped before generating (nothing else ran for them):\n\n"
                        + "\n".join(f"- {s}" for s in skipped))
         if runnable:
-            config = {"intensities": intensities, "seeds": [int(seed)], "mechanisms": list(mechanisms),
-                      "max_tokens": int(max_tokens), "temperature": temperature, "top_p": 1.0, "chat": chat,
-                      "model": modeling.DEFAULT_MODEL, "skip_run": run_id, "source": "app",
+            dose = dosing.DoseConfig(intensities, [int(seed)], list(mechanisms), int(max_tokens), temperature,
+                                     chat=chat).validate()
+            config = {**dose.to_dict(), "model": modeling.DEFAULT_MODEL, "skip_run": run_id, "source": "app",
                       "prompts": len(runnable), "skipped": skipped}
             last = {"config": config, "items": [], "total": len(runnable), "saved": None,
                     "dataset": upload.name if file_prompts is not None else "app"}
@@ -221,10 +221,12 @@ def generate(model, tokenizer, runnable, intensities, last) -> None:
             pieces[row] += piece
             boxes[row].code(pieces[row], language=None, wrap_lines=True)
 
-        results = dosing.generate_doses(
-            model, tokenizer, text, intensities, spec=perturb.DoseSpec.only(*cfg["mechanisms"]), chat=cfg["chat"],
-            sampling=SamplingConfig(temperature=cfg["temperature"], max_tokens=cfg["max_tokens"], seed=cfg["seeds"][0]),
-            on_token=stream, should_stop=gone)
+        with app.model_turn():  # one generation at a time on this server; others wait their turn
+            results = dosing.generate_doses(
+                model, tokenizer, text, intensities, spec=perturb.DoseSpec.only(*cfg["mechanisms"]), chat=cfg["chat"],
+                sampling=SamplingConfig(temperature=cfg["temperature"], max_tokens=cfg["max_tokens"],
+                                        seed=cfg["seeds"][0]),
+                on_token=stream, should_stop=gone)
         if gone():
             return
         last["items"].append((line, text, cfg["seeds"][0], results))
