@@ -228,3 +228,22 @@ def test_a_generation_stops_when_its_browser_session_ends(monkeypatch):
     assert gone() is False
     active.clear()  # the tab closed
     assert gone() is True
+
+
+def test_a_refused_upload_blocks_generation_and_skipped_lines_are_listed(tmp_path, monkeypatch):
+    monkeypatch.setenv("PSILONET_DATA", str(tmp_path))
+    at = open_page("dose")
+    at.get("file_uploader")[0].set_value(("bad.txt", b"\x00\x01binary", "text/plain")).run()
+    assert at.error and "binary" in at.error[0].value
+    assert not [b for b in at.button if b.label in ("Generate",) or b.label.startswith("Run all")]
+    at.get("file_uploader")[0].set_value(("p.jsonl", b'{"prompt": "a"}\nnot json\n{"x": 1}\n', "application/json")).run()
+    warning = at.warning[0].value
+    assert "- line 2:" in warning and "\n- line 3:" in warning  # one list item per skipped line
+    assert [b.label for b in at.button if b.label.startswith("Run all")] == ["Run all 1 prompt"]
+
+
+def test_runs_page_bad_kinds_link_warns_once(filled, monkeypatch):
+    monkeypatch.setenv("PSILONET_DATA", str(filled[0]))
+    at = open_page("runs", {"kinds": "garbage,sweep"})
+    assert len(at.warning) == 1 and "`kinds`" in at.warning[0].value
+    assert len(set(at.dataframe[0].value.kind)) > 1  # every kind shown

@@ -149,7 +149,9 @@ def generate_view() -> None:
     elif not mechanisms:
         st.info("Choose at least one mechanism.")
     elif file_prompts is not None:
-        action = st.button(f"Run all {len(file_prompts.prompts)} prompts", type="primary")
+        n = len(file_prompts.prompts)
+        action = st.button(f"Run all {n} prompt{'s' if n != 1 else ''}", type="primary",
+                           help="Every prompt at every intensity; the results are saved together as one run.")
     else:
         action = st.button("Generate", type="primary")
 
