@@ -210,7 +210,7 @@ def generate(model, tokenizer, runnable, intensities, last) -> None:
     gone = app.session_gone()
     live = st.empty()
     with live.container():
-        st.button("Stop", help="Stop generating; finished prompts are kept.")
+        st.button("Stop generating", help="Ends the generation now; the prompts already finished are kept and can be saved.")
         bar = st.progress(0.0, text=f"0 of {len(runnable)} prompt(s)")
         boxes = []
         for col, i in zip(st.columns(len(intensities)), intensities):
