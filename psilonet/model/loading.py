@@ -141,6 +141,21 @@ def model_type(path: str) -> str | None:
         raise ModelError(f"{config} is not a JSON object: {exc}") from exc
 
 
+def check_model_name(name: str | None, data_dir: str | os.PathLike | None = None) -> str:
+    """The loadable path or hub name, refusing without loading anything what can never load."""
+    path = resolve_model(name, data_dir)
+    local = Path(path).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ModelError(f"model: {path} is a file; give the model's folder")
+        if not (local / "config.json").is_file():
+            raise ModelError(f"model: {path} is not a model folder (it has no config.json)")
+        return str(local)
+    if path.startswith(("/", ".", "~")) or path.count("/") != 1 or not all(path.split("/")):
+        raise ModelError(f"model: {path!r} is neither an existing folder nor a hub name (owner/name)")
+    return path
+
+
 def load_model(name: str | None = None, data_dir: str | os.PathLike | None = None):
     """``(model, tokenizer)`` for a model name or folder, in float32 on the CPU.
 
@@ -154,9 +169,7 @@ def load_model(name: str | None = None, data_dir: str | os.PathLike | None = Non
 
     from psilonet.model.forward import FAMILIES
 
-    path = resolve_model(name, data_dir)
-    if not Path(path).exists() and "/" not in path:
-        raise ModelError(f"model {path!r} is neither a folder nor a hub name (owner/name)")
+    path = check_model_name(name, data_dir)
     family = model_type(path)
     if family not in FAMILIES:
         raise ModelError(f"model {path!r} has model_type {family!r}; supported: "

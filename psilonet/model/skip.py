@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +53,16 @@ from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
 from psilonet.model import forward
 from psilonet.model.loading import ModelError
 
+from psilonet import config
+from psilonet.config import ConfigError, option
+
 BLENDS = ("convex", "additive")
 SPARSITY = (None, "l1", "entropy")
 WEIGHTS_FILE = "skip_weights.safetensors"
 CONFIG_FILE = "skip_config.json"
 
 
-class SkipConfigError(ValueError):
+class SkipConfigError(ConfigError):
     """A skip configuration that cannot be built; the message names the option."""
 
 
@@ -67,28 +70,32 @@ class SkipConfigError(ValueError):
 class SkipConfig:
     """Hyper-parameters of the skip adapter (all JSON-serialisable)."""
 
-    distances: list[int] = field(default_factory=lambda: [3])
-    skip_start: int = 3
-    alpha: float = 0.65
-    blend: str = "convex"
-    gates: bool = False
-    dial: float = 1.0
-    sparsity: str | None = None
-    sparsity_weight: float = 0.0
+    distances: list[int] = option(default_factory=lambda: [3], min=1,
+                                  help="skip distance(s); several = multi-tap")
+    skip_start: int = option(3, min=0, help="first block that gets a skip")
+    alpha: float = option(0.65, min=0.0, max=1.0, help="initial blend weight of the skip path")
+    blend: str = option("convex", choices=BLENDS, help="how the skip path mixes into the block input")
+    gates: bool = option(False, help="per-head adaptive gates")
+    dial: float = option(1.0, min=0.0, help="scales the gated skip contribution at inference")
+    sparsity: str | None = option(None, choices=SPARSITY, help="sparsity penalty on the tap weights")
+    sparsity_weight: float = option(0.0, min=0.0, help="weight of the sparsity penalty")
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> "SkipConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(params) - names
-        if unknown:
-            raise SkipConfigError(f"unknown skip option(s): {', '.join(sorted(unknown))}")
-        return cls(**params)
+        try:
+            return config.from_dict(cls, params)
+        except ConfigError as exc:
+            raise SkipConfigError(str(exc)) from exc
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def validate(self, num_layers: int) -> "SkipConfig":
         """Raise :class:`SkipConfigError` naming the first bad option."""
+        try:
+            config.check(self)
+        except ConfigError as exc:
+            raise SkipConfigError(str(exc)) from exc
         if not self.distances:
             raise SkipConfigError("distances: give at least one skip distance")
         if any(not isinstance(d, int) or d < 1 for d in self.distances):

@@ -18,7 +18,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -29,7 +29,8 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 from tqdm import tqdm
 
-from psilonet import corpora
+from psilonet import config, corpora
+from psilonet.config import ConfigError, option
 from psilonet.model import loading as modeling
 from psilonet.model.skip import WEIGHTS_FILE, SkipConfig, SkipConfigError, SkipModel
 from psilonet.store import Store
@@ -39,7 +40,7 @@ CHECKPOINT_DIR = "checkpoint"
 TRAIN_CONFIG_FILE = "train_config.json"
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(ConfigError):
     """An option that cannot work; the message starts with the option's name."""
 
 
@@ -49,52 +50,48 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    model: str = modeling.DEFAULT_MODEL
-    dataset: str = "python-docs"
-    seq_len: int = 48
-    train_samples: int = 200
-    val_samples: int = 50
-    epochs: int = 1
-    batch_size: int = 4
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    seed: int = 0  # data order (and any random initialisation)
-    split_seed: int = 0  # train/val windows: fixed across seeds so runs are paired
-    eval_every: int = 0  # steps between evaluations; 0 = at the end of every epoch
-    checkpoint_every: int = 50
-    grad_checkpoint: bool = False
-    skip: SkipConfig = field(default_factory=SkipConfig)
+    model: str = option(modeling.DEFAULT_MODEL, help="'default', an mlx-lm hub name or a folder")
+    dataset: str = option("python-docs", help=f"corpus: {', '.join(corpora.OFFLINE_CORPORA)}, wikitext, "
+                                              "tinystories, owner/name or a .txt/.jsonl/.csv/.parquet file")
+    seq_len: int = option(48, min=2, help="tokens per training window")
+    train_samples: int = option(200, min=1, help="training windows")
+    val_samples: int = option(50, min=1, help="validation windows")
+    epochs: int = option(1, min=1)
+    batch_size: int = option(4, min=1)
+    lr: float = option(1e-4, above=0.0, help="AdamW learning rate")
+    weight_decay: float = option(0.0, min=0.0)
+    grad_clip: float = option(1.0, above=0.0, help="clip gradients to this global norm")
+    seed: int = option(0, min=0, help="data order and initialisation")
+    split_seed: int = option(0, min=0, help="train/val split (keep fixed to pair runs)")
+    eval_every: int = option(0, min=0, help="steps between evaluations (0: every epoch)")
+    checkpoint_every: int = option(50, min=1, help="steps between checkpoints")
+    grad_checkpoint: bool = option(False, help="recompute block activations in the backward pass")
+    skip: SkipConfig = option(default_factory=SkipConfig, flag=False)
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> "TrainConfig":
-        params = dict(params)
-        skip = params.pop("skip", {})
-        names = {f.name for f in fields(cls)}
-        unknown = set(params) - names
-        if unknown:
-            raise TrainConfigError(f"{sorted(unknown)[0]}: unknown option")
-        return cls(**params, skip=skip if isinstance(skip, SkipConfig) else SkipConfig.from_dict(skip))
+        try:
+            return config.from_dict(cls, params)
+        except ConfigError as exc:
+            raise TrainConfigError(str(exc)) from exc
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def run_hash(self) -> str:
+        """Identifies one run (every setting, seed included): a sweep skips completed ones."""
+        return config.stable_hash(self.to_dict())
+
+    def config_key(self) -> str:
+        """Identifies a configuration across seeds: a hash of every setting except the seed."""
+        return config.stable_hash({k: v for k, v in self.to_dict().items() if k != "seed"}, 12)
+
     def validate(self) -> "TrainConfig":
         """Checks that need no model or data; the rest happens in :func:`prepare`."""
-        positive = ("seq_len", "train_samples", "val_samples", "epochs", "batch_size", "checkpoint_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise TrainConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        if self.seq_len < 2:
-            raise TrainConfigError(f"seq_len: must be at least 2, got {self.seq_len}")
-        if not self.lr > 0:
-            raise TrainConfigError(f"lr: must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise TrainConfigError(f"weight_decay: must be >= 0, got {self.weight_decay}")
-        if not self.grad_clip > 0:
-            raise TrainConfigError(f"grad_clip: must be > 0, got {self.grad_clip}")
-        if self.eval_every < 0:
-            raise TrainConfigError(f"eval_every: must be >= 0, got {self.eval_every}")
+        try:
+            config.check(self)
+        except ConfigError as exc:
+            raise TrainConfigError(str(exc)) from exc
         corpora.check_name(self.dataset)
         try:  # layer-independent checks now; depth checks once the model is known
             self.skip.validate(num_layers=10**6)
@@ -353,6 +350,15 @@ def load_trained(store: Store, run_id: str, *, base=None, data_dir=None) -> tupl
     cfg_path = folder / TRAIN_CONFIG_FILE
     if not cfg_path.is_file():
         raise FileNotFoundError(f"run {run_id} has no {TRAIN_CONFIG_FILE}: not a training run")
-    cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+    try:
+        cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+    except (ValueError, OSError) as exc:
+        raise modeling.ModelError(f"run {run_id}: cannot read {cfg_path}: {exc}") from exc
     model, tokenizer = base if base is not None else modeling.load_model(cfg.model, data_dir)
-    return SkipModel.load(model, folder), tokenizer, cfg
+    try:
+        return SkipModel.load(model, folder), tokenizer, cfg
+    except SkipConfigError:
+        raise
+    except Exception as exc:  # a truncated or foreign weights file: mlx raises several kinds
+        raise modeling.ModelError(f"run {run_id}: its skip weights in {folder} cannot be loaded "
+                                  f"({type(exc).__name__}: {exc})") from exc
