@@ -179,21 +179,21 @@ def test_bad_data_folder_setting(job, value, message, tmp_path, capsys, monkeypa
 
 @pytest.mark.parametrize("name, message", [("empty", "is empty"), ("binary", "looks binary"),
                                            ("latin1", "is not UTF-8 (byte 0xe9")])
-def test_unreadable_corpus_files_are_named(name, message, tiny_model_dir, tmp_path, capsys):
-    path = files(tmp_path)[name]
-    code, err = run_job("train", ["--model", str(tiny_model_dir), "--dataset", path, "--data-dir",
-                                  str(tmp_path / "data")], capsys)
+@pytest.mark.parametrize("job", ["train", "capture"])
+def test_unreadable_corpus_files_are_named(job, name, message, tmp_path, capsys):
+    path = files(tmp_path)[name]  # refused before any model loads (there is none in this folder)
+    code, err = run_job(job, ["--dataset", path, "--data-dir", str(tmp_path / "data")], capsys)
     assert code == 2
     assert_one_line(err, f"--dataset: corpus file {path} {message}")
     assert Store(tmp_path / "data").list_runs().empty
 
 
-def test_empty_story_corpus_is_refused_by_training(tiny_model_dir, tmp_path, capsys):
+@pytest.mark.parametrize("job", ["train", "capture"])
+def test_empty_story_corpus_is_refused(job, tmp_path, capsys):
     corpus = tmp_path / "corpora" / "smol_stories.jsonl"
     corpus.parent.mkdir()
     corpus.write_text("")
-    code, err = run_job("train", ["--model", str(tiny_model_dir), "--dataset", "smol-stories",
-                                  "--data-dir", str(tmp_path)], capsys)
+    code, err = run_job(job, ["--dataset", "smol-stories", "--data-dir", str(tmp_path)], capsys)
     assert code == 2
     assert_one_line(err, f"--dataset: corpus file {corpus} is empty")
 
@@ -213,8 +213,15 @@ def test_story_corpus_is_never_replaced_by_an_incomplete_one(tmp_path):
 
 # ---------------------------------------------------------------------- faults on a tiny model
 
+STORY = ("The little fox ran across the snowy field to find her friends. They played by the river until "
+         "the sun went down, and then everyone walked home together, tired and happy.")
+
+
 def tiny_train(tiny_model_dir, data, *extra):
-    return ["--model", str(tiny_model_dir), "--seq-len", "16", "--train-samples", "8", "--val-samples", "4",
+    corpus = Path(data).parent / f"{Path(data).name}-corpus.txt"
+    corpus.write_text("\n\n".join(f"{i}. {STORY}" for i in range(40)))  # small: tokenised in milliseconds
+    return ["--model", str(tiny_model_dir), "--dataset", str(corpus), "--seq-len", "16", "--train-samples", "8",
+            "--val-samples", "4",
             "--skip-start", "1", "--distances", "1", "--checkpoint-every", "1", "--quiet",
             "--data-dir", str(data), *extra]
 

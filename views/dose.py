@@ -42,8 +42,9 @@ with left:
         prompt = st.text_area("Prompt", app.param("prompt", "The nature of consciousness is"), max_chars=4000)
     chat = st.toggle("Chat template", value=app.param("chat", "1", str, ["0", "1"]) == "1")
 with right:
+    linked_doses = app.param("doses", list(PRESETS.values()), app.float_list)  # read once: one warning at most
     chosen_presets = st.multiselect("Intensities", list(PRESETS), default=[
-        k for k, v in PRESETS.items() if v in app.param("doses", list(PRESETS.values()), app.float_list)] or list(PRESETS))
+        k for k, v in PRESETS.items() if v in linked_doses] or list(PRESETS))
     custom = st.slider("Custom intensity (added when > 0)", 0.0, 1.0, float(app.param("custom", 0.0, float)), 0.05)
     mechanisms = st.multiselect("Mechanisms", perturb.MECHANISMS, default=[
         m for m in app.param("mech", ",".join(perturb.MECHANISMS)).split(",") if m in perturb.MECHANISMS])
