@@ -376,6 +376,31 @@ class RunReader:
         """Hidden-state entropy (bits) per token and layer: gen_id, pos, layer, entropy."""
         return self.rows(T.LAYER_ENTROPY, gen_id=gen_ids)
 
+    def _rows_if_stored(self, table: T.Table, **filters: Any) -> pd.DataFrame:
+        """Like :meth:`rows`, but an empty frame where the run never wrote ``table`` (older runs)."""
+        found = self._query("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                            [table.name]).fetchone()[0]
+        if not found:
+            return pd.DataFrame(columns=list(table.names))
+        return self.rows(table, **filters)
+
+    def bio_strengths(self) -> pd.DataFrame:
+        """Fatigue and Hebbian strengths per generation of a dose run (empty without any)."""
+        return self._rows_if_stored(T.BIO_STRENGTHS)
+
+    def bio_pool(self, gen_ids: list[int] | None = None) -> pd.DataFrame:
+        """Mean fatigue pool level per generation, layer and head: gen_id, layer, head, level."""
+        return self._rows_if_stored(T.BIO_POOL, gen_id=gen_ids)
+
+    def bio_fast_norm(self, gen_ids: list[int] | None = None) -> pd.DataFrame:
+        """Mean fast-weight norm per generation and layer: gen_id, layer, norm."""
+        return self._rows_if_stored(T.BIO_FAST_NORM, gen_id=gen_ids)
+
+    def bio_eval(self) -> pd.DataFrame:
+        """Per-window loss and entropy of a bio evaluation run: corpus, window_idx, mechanism,
+        strength, loss, entropy."""
+        return self._rows_if_stored(T.BIO_EVAL)
+
     def capture_tokens(self) -> pd.DataFrame:
         """The captured tokens: token_idx (row in every matrix), seq, pos, token_id, token_text."""
         return self.rows(T.CAPTURE_TOKENS)
