@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from jobs import analyze, capture, check_model, dose, fetch_model, make_story_corpus, sweep, train
+from jobs import analyze, bio_eval, capture, check_model, dose, fetch_model, make_story_corpus, sweep, train
 from psilonet.store import Store
 
 JOBS = {"train": train, "sweep": sweep, "dose": dose, "capture": capture, "analyze": analyze,
-        "make_story_corpus": make_story_corpus, "check_model": check_model, "fetch_model": fetch_model}
+        "make_story_corpus": make_story_corpus, "check_model": check_model, "fetch_model": fetch_model,
+        "bio_eval": bio_eval}
 
 
 def run_job(name: str, argv: list[str], capsys) -> tuple[int, str]:
@@ -150,6 +151,9 @@ CASES = [
     ("check_model", ["--max-tokens", "0"], "--max-tokens: must be in [1, 512]"),
     ("check_model", ["--model", "/no/such/dir"], "--model: '/no/such/dir' is neither"),
     ("fetch_model", ["--data-dir", "{file}"], "is a file, not a folder"),
+    ("bio_eval", ["--windows", "-3"], "--windows: at least 2"),
+    ("bio_eval", ["--strengths", "9"], "--strengths: each must be in"),
+    ("bio_eval", ["--data-dir", "{file}"], "is a file, not a folder"),
 ]
 
 
