@@ -295,3 +295,29 @@ def test_ctrl_c_marks_the_run_interrupted_and_resumable(tiny_model_dir, tmp_path
     resumed = store.get_run(run.run_id)
     assert resumed["state"] == "complete" and resumed["summary"]["steps"] == 4
     assert_consistent(tmp_path)
+
+
+def fake_captures(store: Store, models: list[str]) -> list[str]:
+    """Complete capture runs as the catalog sees them (analysis refuses them before reading data)."""
+    ids = []
+    for model in models:
+        with store.begin_run("capture", config={}, model=model, dataset="python-docs") as w:
+            w.finish({"sides": ["baseline", "trained"], "layers": 31, "heads": 9, "tokens": 64})
+        ids.append(w.run_id)
+    return ids
+
+
+@pytest.mark.parametrize("models, extra, message", [
+    (["m1", "m2"], [], "--captures: they come from different models (m1, m2)"),
+    (["m1"], ["--layers", "20-10"], "--layers: 20-10 is reversed; write the lower layer first (10-20)"),
+    (["m1"], ["--layers", "10-40"], "--layers: 10-40 is outside the model's layers 0-30"),
+    (["m1"], ["--layers", "ten"], "--layers: expected a range like 10-20, got 'ten'"),
+])
+def test_analyze_refuses_before_reading_any_capture(models, extra, message, tmp_path, capsys):
+    store = Store(tmp_path)
+    ids = fake_captures(store, models)
+    code, err = run_job("analyze", ["--captures", *ids, *extra, "--data-dir", str(tmp_path)], capsys)
+    assert code == 2
+    assert_one_line(err, message)
+    assert len(store.list_runs()) == len(models)
+    assert_consistent(tmp_path)
