@@ -121,6 +121,7 @@ class Prepared:
 def prepare(cfg: TrainConfig, *, base=None, data_dir=None) -> Prepared:
     """Load (or reuse) the base model and the windows; check depth and context length."""
     cfg.validate()
+    corpora.check_available(cfg.dataset, data_dir)
     model, tokenizer = base if base is not None else modeling.load_model(cfg.model, data_dir)
     check_depth(cfg, len(model.model.layers))
     context = getattr(model.args, "max_position_embeddings", None)
