@@ -84,7 +84,6 @@ def generate_doses(
     spec: DoseSpec = DoseSpec(),
     chat: bool = True,
     on_token: Callable[[int, str], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
 ) -> list[DoseResult]:
     """Continue ``prompt`` at every intensity (one batch row each) with seed ``sampling.seed``.
 
@@ -101,7 +100,7 @@ def generate_doses(
     hidden = (model.args.hidden_size)
     doser = Doser(list(intensities), [sampling.seed] * len(intensities), forward.num_layers(model), hidden, spec)
     results = [DoseResult(i, sampling.seed) for i in intensities]
-    for step in decode(model, ids, sampling, stop=stops, doser=doser, track=True, should_stop=should_stop):
+    for step in decode(model, ids, sampling, stop=stops, doser=doser, track=True):
         for r, res in enumerate(results):
             if step.done[r]:
                 continue
