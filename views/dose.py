@@ -220,6 +220,8 @@ def generate(model, tokenizer, runnable, intensities, last) -> None:
         pieces = [""] * len(intensities)
 
         def stream(row: int, piece: str) -> None:
+            if gone():  # the tab closed: Streamlit keeps the script running, so end it here
+                st.stop()
             pieces[row] += piece
             boxes[row].code(pieces[row], language=None, wrap_lines=True)
 
@@ -228,9 +230,7 @@ def generate(model, tokenizer, runnable, intensities, last) -> None:
                 model, tokenizer, text, intensities, spec=perturb.DoseSpec.only(*cfg["mechanisms"]), chat=cfg["chat"],
                 sampling=SamplingConfig(temperature=cfg["temperature"], max_tokens=cfg["max_tokens"],
                                         seed=cfg["seeds"][0]),
-                on_token=stream, should_stop=gone)
-        if gone():
-            return
+                on_token=stream)
         last["items"].append((line, text, cfg["seeds"][0], results))
         bar.progress((k + 1) / len(runnable), text=f"{k + 1} of {len(runnable)} prompt(s)")
     live.empty()
