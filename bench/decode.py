@@ -39,9 +39,10 @@ import mlx.core as mx
 import mlx_lm
 from mlx.utils import tree_flatten
 
-from psilonet import modeling, runtime
-from psilonet.dosing import generate_doses
-from psilonet.generation import SamplingConfig, decode
+from psilonet import runtime
+from psilonet.generation.decoding import SamplingConfig, decode
+from psilonet.generation.dosing import generate_doses
+from psilonet.model import loading as modeling
 
 PROMPT = "The history of the city begins in the early middle ages, when"
 EIGHT_DOSES = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35]

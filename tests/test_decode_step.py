@@ -6,10 +6,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from psilonet import decode_step, forward, generation
-from psilonet.decode_step import Decoder, RowHook
-from psilonet.generation import SamplingConfig
-from psilonet.perturb import Doser
+from psilonet.generation import decode_step
+from psilonet.generation import decoding as generation
+from psilonet.generation.decode_step import Decoder, RowHook
+from psilonet.generation.decoding import SamplingConfig
+from psilonet.generation.perturb import Doser
+from psilonet.model import forward
 
 PROMPT = [5, 17, 3, 42, 8, 11]
 
@@ -19,7 +21,7 @@ def steps(model, cfg, compiled, **kw):
 
 
 def test_supports_plain_models_only(tiny_model):
-    from psilonet.skip import SkipConfig, SkipModel
+    from psilonet.model.skip import SkipConfig, SkipModel
 
     assert decode_step.supports(tiny_model)
     assert not decode_step.supports(SkipModel.from_base(tiny_model, SkipConfig(distances=[2], skip_start=2)))

@@ -119,11 +119,11 @@ class Doser:
         return self._step_noise[layer]
 
     def hook(self):
-        """This dose as a :class:`~psilonet.decode_step.RowHook` for the compiled decode step:
+        """This dose as a :class:`~psilonet.generation.decode_step.RowHook` for the compiled decode step:
         the constants and the per-step noise keys travel as per-row inputs, so one traced graph
         serves every dose with the same mechanisms and depth, with the same random numbers as
         :meth:`__call__`."""
-        from psilonet.decode_step import RowHook
+        from psilonet.generation.decode_step import RowHook
 
         spec, num_layers = self.spec, self.num_layers
         seeds = list(self.seeds)

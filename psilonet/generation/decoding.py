@@ -25,8 +25,9 @@ import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
-from psilonet import decode_step, forward
-from psilonet.perturb import Doser
+from psilonet.generation import decode_step
+from psilonet.generation.perturb import Doser
+from psilonet.model import forward
 
 
 @dataclass
@@ -129,7 +130,7 @@ def decode(
     block outputs per row; ``track`` adds both entropies to every step. Rows that produced a
     stop token keep decoding (the batch moves together) but are reported as done.
     ``should_stop()`` ends the generation early (the app's stop button). ``compiled`` picks
-    the compiled step over a fixed cache (:mod:`psilonet.decode_step`; the default wherever the
+    the compiled step over a fixed cache (:mod:`psilonet.generation.decode_step`; the default wherever the
     model supports it) or the plain loop (``False``, also used for skip models).
     """
     if not prompt_ids:

@@ -11,7 +11,7 @@ writes new keys/values at ``offset`` (an array, so the position is an input of t
 graph, not a constant baked into it). Attention runs over the whole capacity with a boolean mask
 that hides the slots not written yet. It speaks mlx-lm's cache protocol (``offset``,
 ``update_and_fetch``, ``make_mask``), so the model's own layers run unchanged through
-:func:`psilonet.forward.hidden_states` (llama, qwen2 and qwen3 blocks alike).
+:func:`psilonet.model.forward.hidden_states` (llama, qwen2 and qwen3 blocks alike).
 
 **Per-row state.** ``rows`` is a dict of arrays whose first axis is the batch row, passed into and
 returned from every step: the dose's constants and per-step noise keys live there, and an
@@ -31,8 +31,8 @@ from typing import Callable
 import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 
-from psilonet import forward
-from psilonet.skip import SkipModel
+from psilonet.model import forward
+from psilonet.model.skip import SkipModel
 
 CAPACITY_STEP = 256  # buffers grow in these steps so that generations reuse compiled graphs
 
@@ -112,7 +112,7 @@ def _run(model, tokens, kv, offset, rows, hook: RowHook | None, track: bool, gre
     if greedy:
         out["tokens"] = mx.argmax(logits, axis=-1)
     if track:
-        from psilonet.generation import hidden_entropy_bits, token_entropy_bits
+        from psilonet.generation.decoding import hidden_entropy_bits, token_entropy_bits
 
         out["entropy"] = token_entropy_bits(logits)
         out["layer_entropy"] = hidden_entropy_bits(mx.stack([s[:, -1, :] for s in states], axis=1))
