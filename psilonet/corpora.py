@@ -20,6 +20,7 @@ a given (corpus, tokenizer, seq_len, seed) always yields the same split.
 
 from __future__ import annotations
 
+import codecs
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,14 +55,6 @@ def stories_path(data_dir: str | os.PathLike | None = None) -> Path:
     return local if local.is_file() else SHIPPED_DIR / STORIES_FILE
 
 
-def available_corpora(data_dir: str | os.PathLike | None = None) -> list[str]:
-    """Names that load without a network on this machine."""
-    names = ["python-docs"]
-    if stories_path(data_dir).is_file():
-        names.append("smol-stories")
-    return names
-
-
 def check_name(name: str) -> None:
     """Reject a corpus name that can never load, without loading anything."""
     path = Path(name)
@@ -70,6 +63,8 @@ def check_name(name: str) -> None:
     if path.suffix.lower() in LOCAL_BUILDERS:
         if not path.is_file():
             raise CorpusError(f"dataset: corpus file {path} does not exist")
+        if LOCAL_BUILDERS[path.suffix.lower()] != "parquet":
+            check_text_file(path)
         return
     if "/" not in name.split(":")[0]:
         raise CorpusError(
@@ -89,8 +84,45 @@ def _python_docs() -> list[str]:
 
 def _texts(dataset, source: str) -> list[str]:
     if "text" not in dataset.column_names:
-        raise CorpusError(f"{source} has no 'text' column (columns: {', '.join(dataset.column_names)})")
-    return [t for t in dataset["text"] if isinstance(t, str) and t.strip()]
+        raise CorpusError(f"dataset: {source} has no 'text' column (columns: {', '.join(dataset.column_names)})")
+    texts = [t for t in dataset["text"] if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise CorpusError(f"dataset: {source} has no non-empty text")
+    return texts
+
+
+CHECKED_BYTES = 1 << 20  # how much of a text corpus is checked before any model loads
+
+
+def check_available(name: str, data_dir: str | os.PathLike | None = None) -> None:
+    """:func:`check_name` plus the local story corpus's file, before any model loads."""
+    check_name(name)
+    if name == "smol-stories":
+        path = stories_path(data_dir)
+        if not path.is_file():
+            raise CorpusError(f"dataset: {path} is missing; run: python -m jobs.make_story_corpus")
+        check_text_file(path)
+
+
+def check_text_file(path: Path, what: str = "dataset") -> None:
+    """Refuse an empty, binary or non-UTF-8 text corpus file with a message naming it.
+
+    Reads at most the first MiB, so it is cheap enough to run before any model loads.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(CHECKED_BYTES)
+    except OSError as exc:
+        raise CorpusError(f"{what}: cannot read {path}: {exc.strerror}") from exc
+    if not data.strip():
+        raise CorpusError(f"{what}: corpus file {path} is empty")
+    if b"\x00" in data[:8192]:
+        raise CorpusError(f"{what}: corpus file {path} looks binary, not text")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(data, final=len(data) < CHECKED_BYTES)
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{what}: corpus file {path} is not UTF-8 (byte {data[exc.start]:#04x} at offset "
+                          f"{exc.start}); convert it, e.g. iconv -f latin1 -t utf-8") from exc
 
 
 def load_texts(name: str, split: str = "train", data_dir: str | os.PathLike | None = None) -> list[str]:
@@ -103,8 +135,14 @@ def load_texts(name: str, split: str = "train", data_dir: str | os.PathLike | No
     if name == "smol-stories":
         path = stories_path(data_dir)
         if not path.is_file():
-            raise CorpusError(f"{path} is missing; run: python -m jobs.make_story_corpus")
-        return _texts(datasets.load_dataset("json", data_files=str(path), split="train"), str(path))
+            raise CorpusError(f"dataset: {path} is missing; run: python -m jobs.make_story_corpus")
+        check_text_file(path)
+        try:
+            ds = datasets.load_dataset("json", data_files=str(path), split="train")
+        except Exception as exc:
+            raise CorpusError(f"dataset: cannot read {path}: {type(exc).__name__}; "
+                              "regenerate it: python -m jobs.make_story_corpus") from exc
+        return _texts(ds, str(path))
 
     path = Path(name)
     if path.suffix.lower() in LOCAL_BUILDERS:
@@ -114,7 +152,8 @@ def load_texts(name: str, split: str = "train", data_dir: str | os.PathLike | No
         try:
             ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
         except Exception as exc:
-            raise CorpusError(f"cannot read corpus file {path}: {exc}") from exc
+            cause = str(exc.__cause__ or exc).splitlines()[0][:200]
+            raise CorpusError(f"dataset: cannot read corpus file {path}: {cause}") from exc
         return _texts(ds, str(path))
 
     check_name(name)

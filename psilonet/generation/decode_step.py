@@ -10,8 +10,8 @@ same compiled graph serves every token of every generation with the same batch a
 writes new keys/values at ``offset`` (an array, so the position is an input of the compiled
 graph, not a constant baked into it). Attention runs over the whole capacity with a boolean mask
 that hides the slots not written yet. It speaks mlx-lm's cache protocol (``offset``,
-``update_and_fetch``, ``make_mask``), so the model's own layers run unchanged through
-:func:`psilonet.model.forward.hidden_states` (llama, qwen2 and qwen3 blocks alike).
+``update_and_fetch``, ``make_mask``), so the step is the hooked forward
+:func:`psilonet.model.forward.hidden_states` itself (llama, qwen2 and qwen3 blocks alike).
 
 **Per-row state.** ``rows`` is a dict of arrays whose first axis is the batch row, passed into and
 returned from every step: the dose's constants and per-step noise keys live there, and an
@@ -28,7 +28,6 @@ import weakref
 from dataclasses import dataclass
 from typing import Callable
 
-import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 
 from psilonet.model import forward
@@ -106,7 +105,8 @@ def _run(model, tokens, kv, offset, rows, hook: RowHook | None, track: bool, gre
         rows.update(new)
         return h
 
-    states = forward.hidden_states(model, tokens, cache=caches, after_block=after if hook else None)
+    hooks = forward.Hooks(after_block=after) if hook else forward.NO_HOOKS
+    states = forward.hidden_states(model, tokens, cache=caches, hooks=hooks)
     logits = forward.logits_from(model, states[-1][:, -1:, :])[:, 0, :]
     out = {"logits": logits}
     if greedy:
