@@ -1,4 +1,4 @@
-"""Representation analyses of captured activations: similarity views and PCA trajectories.
+"""Representation analyses of captured activations: similarity per layer and PCA trajectories.
 
 For each capture run (a *source*) with a baseline and a trained side:
 
@@ -184,7 +184,12 @@ def analyse_source(source: Source, base, trained, tokens, window, seed: int = 0)
 
 def load_source(store, run_id: str) -> Source:
     """What a complete capture run holds; AnalysisError naming it otherwise."""
-    run = store.get_run(run_id)
+    from psilonet.store import StoreError
+
+    try:
+        run = store.get_run(run_id)
+    except StoreError as exc:
+        raise AnalysisError(f"captures: {exc}") from exc
     if run["kind"] != "capture":
         hint = f"; capture it first: python -m jobs.capture --run {run_id}" if run["kind"] == "train" else ""
         raise AnalysisError(f"captures: {run_id} is a {run['kind']} run, not a capture{hint}")
