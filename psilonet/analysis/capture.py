@@ -10,6 +10,10 @@ for every layer, head and model, so that rows line up for similarity analyses.
 
 Sides: ``baseline`` is the frozen base model; ``trained`` is the skip model of a training run
 (its block attention heads are the base block's own heads computed on the skip model's stream).
+
+The outlier diagnostic (:func:`psilonet.analysis.representation.norm_stat_rows`: token-norm
+distribution per layer, the tokens above the outlier threshold and their top dimensions) is
+computed from the captured residual states of each side and stored with the run.
 """
 
 from __future__ import annotations

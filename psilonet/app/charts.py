@@ -330,8 +330,9 @@ def layer_similarity_curve(sim: pd.DataFrame, metric: str, representation: str |
         tooltip=[alt.Tooltip("series:N", title="source (dataset)"), alt.Tooltip("layer:Q"),
                  alt.Tooltip("value:Q", title=name, format=".4f")],
     )
+    # The same explicit domain on both layers: a layer without one would union in zero.
     reference = alt.Chart(pd.DataFrame({"value": [1.0]})).mark_rule(strokeDash=[4, 4], color="#777").encode(
-        y=alt.Y("value:Q"))
+        y=alt.Y("value:Q", scale=alt.Scale(domain=domain, nice=False)))
     subtitle = _with_representation("baseline vs trained residual stream per layer; dashed line: 1.0 = unchanged",
                                      representation)
     return alt.layer(reference, line).properties(
