@@ -293,3 +293,17 @@ def test_representation_round_trips_through_the_url_and_names_every_chart(filled
     assert all(o.startswith("sequence") for o in at.multiselect[0].options)  # sequences, not token ids
     at = open_page("similarity", {"rep": "centred"})
     assert at.radio[0].value == "rms" and at.warning
+
+
+def test_empty_states_name_the_command_that_fills_them(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from psilonet.app import helpers
+
+    monkeypatch.setenv("PSILONET_DATA", str(tmp_path))
+    runs = pd.DataFrame({"run_id": ["capture-a", "train-b"], "kind": ["capture", "train"],
+                         "state": ["complete", "complete"]})
+    assert "jobs.analyze --captures capture-a" in helpers.fill_hint(("analysis",), runs)
+    assert "No runs" not in helpers.fill_hint(("analysis",), runs)
+    assert "jobs.capture --run train-b" in helpers.fill_hint(("analysis",), runs[runs.kind == "train"])
+    assert "make demo" in helpers.fill_hint(("analysis",), runs.iloc[0:0])
