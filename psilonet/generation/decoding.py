@@ -25,6 +25,7 @@ import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
+from psilonet.generation.bio import Bio
 from psilonet.generation.perturb import Doser
 from psilonet.model import forward
 
@@ -121,18 +122,26 @@ def decode(
     doser: Doser | None = None,
     track: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    bio: Bio | None = None,
 ) -> Iterator[Step]:
     """Yield :class:`Step` s for ``batch`` rows continuing the same prompt.
 
     ``seeds`` gives each row's sampling seed (default ``cfg.seed + row``); ``doser`` perturbs
     block outputs per row; ``track`` adds both entropies to every step. Rows that produced a
     stop token keep decoding (the batch moves together) but are reported as done.
-    ``should_stop()`` ends the generation early (the app's stop button).
+    ``should_stop()`` ends the generation early (the app's stop button). ``bio`` runs the
+    bio-inspired interventions per row (:mod:`psilonet.generation.bio`; its state starts fresh
+    with this generation's cache), before any dose.
     """
     if not prompt_ids:
         raise ValueError("the prompt is empty")
     if doser is not None:
         batch = len(doser.intensities)
+    if bio is not None:
+        if doser is not None and bio.rows != batch:
+            raise ValueError(f"{bio.rows} bio rows for {batch} dose rows")
+        batch = bio.rows
+        bio.reset()
     seeds = list(seeds) if seeds is not None else [cfg.seed + r for r in range(batch)]
     if len(seeds) != batch:
         raise ValueError(f"{len(seeds)} seeds for {batch} rows")
@@ -141,7 +150,7 @@ def decode(
     keys = [mx.random.key(s) for s in seeds]
     x = mx.array([list(prompt_ids)] * batch)
     done = [False] * batch
-    plain = (doser is None or doser.sober) and not track
+    plain = (doser is None or doser.sober) and not track and (bio is None or not bio.active)
     for index in range(cfg.max_tokens):
         if should_stop is not None and should_stop():
             return
@@ -149,7 +158,8 @@ def decode(
             logits, states = model(x, cache=cache)[:, -1, :], None
         else:
             after = doser.at_step(index) if doser is not None and not doser.sober else None
-            full, states = forward.forward(model, x, cache=cache, hooks=forward.Hooks(after_block=after))
+            hooks = bio.hooks(after) if bio is not None else forward.Hooks(after_block=after)
+            full, states = forward.forward(model, x, cache=cache, hooks=hooks)
             logits = full[:, -1, :]
         if cfg.temperature == 0:
             tokens = sample(logits, cfg, None)
