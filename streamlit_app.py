@@ -6,6 +6,7 @@ import streamlit as st
 from psilonet.app import helpers as app
 
 st.set_page_config(page_title="psilonet", layout="wide")
+app.check_data_dir()
 app.sidebar()
 page = st.navigation([
     st.Page("views/runs.py", title="Runs", icon=":material/list:", default=True),

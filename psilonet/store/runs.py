@@ -85,7 +85,10 @@ class RunWriter:
             self.finish()
             return False
         try:
-            self.fail(f"{exc_type.__name__}: {exc}")
+            if isinstance(exc, KeyboardInterrupt):  # Ctrl-C: resumable, and not a failure
+                self.fail("interrupted (Ctrl-C)", status="interrupted")
+            else:
+                self.fail(f"{exc_type.__name__}: {exc}")
         except StoreError:
             # Never mask the job's own exception; the row will read 'killed' once
             # this process is gone.
@@ -241,6 +244,8 @@ class RunWriter:
         if t - self._last_progress < _PROGRESS_MIN_INTERVAL_S:
             return
         self._last_progress = t
+        # A locked catalog skips this update (the next one carries the newer value): progress
+        # is a display, and waiting for it would stall or end the job.
         self.store._set_progress(self.run_id, min(1.0, max(0.0, float(fraction))))
 
     def _close(self) -> None:
@@ -249,11 +254,24 @@ class RunWriter:
             self._con = None
 
     def finish(self, summary: dict | None = None) -> None:
-        """Close the run database, publish the directory and mark the run complete."""
-        self._require_open()
-        if summary is not None:
-            to_json(summary, "summary")  # fail before publishing, not after
+        """Record the summary in the run, publish the directory, then mark the catalog row complete.
+
+        The run's own database holds its summary before it is published, so a crash or a locked
+        catalog after the rename still leaves a run the catalog reconciles as complete.
+        """
+        con = self._require_open()
+        summary_json = to_json(summary, "summary")  # fail before publishing, not after
+        finished = now()
         self.flush()
+        try:
+            con.begin()
+            where_sql, params = T.RUN_META.where(key=["summary", "finished"])  # a resumed run may have them
+            con.execute(f"{T.RUN_META.delete_all()} {where_sql}", params)
+            con.executemany(T.RUN_META.insert(), [("summary", summary_json), ("finished", finished.isoformat())])
+            con.commit()
+        except duckdb.Error as e:
+            con.rollback()
+            raise StoreError(f"cannot record the summary of run {self.run_id!r}: {e}") from e
         self._close()
         published = self.store.runs_dir / self.run_id
         try:
@@ -266,10 +284,10 @@ class RunWriter:
             raise StoreError(f"cannot publish run {self.run_id!r} to {published}: {e}") from e
         self.dir = published
         self._done = True
-        self.store._mark_complete(self.run_id, summary)
+        self.store._mark_complete(self.run_id, summary, finished)
 
-    def fail(self, error: str) -> None:
-        """Mark the run failed; the staging directory stays for inspection or resume."""
+    def fail(self, error: str, status: str = "failed") -> None:
+        """Mark the run failed (or ``interrupted``); the staging directory stays for inspection or resume."""
         try:
             if self._con is not None:
                 self.flush()  # keep what was logged before the failure
@@ -277,7 +295,7 @@ class RunWriter:
             pass
         self._close()
         self._done = True
-        self.store._mark_failed(self.run_id, error)
+        self.store._mark_failed(self.run_id, error, status)
 
 
 class RunReader:
