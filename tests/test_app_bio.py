@@ -31,3 +31,27 @@ def test_bio_page_on_an_empty_store_and_with_an_evaluation(tiny_model_dir, tmp_p
     table = at.dataframe[0].value
     assert set(zip(table.mechanism, table.strength)) >= {("fatigue", 0.5), ("hebbian", 1.0), ("sober", 0.0)}
     assert set(table.corpus) == {"python-docs", "smol-stories"}
+
+
+def test_dose_page_runs_bio_rows_beside_doses_and_saves_their_state(filled, monkeypatch):
+    from psilonet.store import Store
+
+    data, train_id = filled
+    monkeypatch.setenv("PSILONET_DATA", str(data))
+    at = AppTest.from_file(APP, default_timeout=60)
+    for key, value in {"run": train_id, "doses": "0.0", "fatigue": "0,1", "hebbian": "0.5", "max": "4",
+                       "chat": "0"}.items():
+        at.query_params[key] = value
+    at.switch_page("views/dose.py")
+    at.run()
+    next(b for b in at.button if b.label == "Generate").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    results = at.dataframe[0].value
+    assert list(results.row) == ["intensity 0 + hebbian 0.5", "intensity 0 + fatigue 1 + hebbian 0.5"]
+    assert len(at.get("vega_lite_chart")) == 4  # entropies (2), pool heatmap, fast-weight norms
+    next(b for b in at.button if b.label == "Save to the store").click().run()
+    store = Store(data)
+    run = store.list_runs(kind="dose").iloc[0]
+    assert run.config["fatigue"] == [0.0, 1.0] and run.config["hebbian"] == [0.5]
+    with store.open_run(run.run_id) as reader:
+        assert set(reader.bio_pool().gen_id) == {1} and set(reader.bio_fast_norm().gen_id) == {0, 1}

@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from psilonet.app import charts, helpers as app
+from psilonet.app import bio_widgets, charts, helpers as app
 from psilonet.generation import dosing, perturb, prompts
 from psilonet.generation.decoding import SamplingConfig
 from psilonet.model import loading as modeling
@@ -51,8 +51,10 @@ with right:
     seed = c1.number_input("Seed", 0, 2**31 - 1, app.param("seed", 0, int))
     max_tokens = c2.number_input("Max tokens", 1, dosing.MAX_NEW_TOKENS, min(app.param("max", 48, int), dosing.MAX_NEW_TOKENS))
     temperature = c3.number_input("Temperature", 0.0, 2.0, app.param("temp", 0.0, float), 0.1)
+    fatigue, hebbian = bio_widgets.controls()
 
 intensities = sorted({PRESETS[p] for p in chosen_presets} | ({custom} if custom > 0 else set()))
+row_intensities, row_fatigue, row_hebbian = dosing.combine_rows(intensities, fatigue, hebbian)
 app.set_params(run=run_id, prompt=prompt if file_prompts is None else None, chat="1" if chat else "0",
                doses=intensities, custom=custom or None, mech=mechanisms, seed=seed, max=max_tokens,
                temp=temperature or None)
@@ -61,13 +63,16 @@ if not prompt.strip():
     st.info("Type a prompt or upload a prompts file.")
 elif not intensities:
     st.info("Choose at least one intensity.")
+elif len(row_intensities) > bio_widgets.MAX_ROWS:
+    st.warning(f"{len(row_intensities)} rows (intensities x fatigue x Hebbian strengths); at most "
+               f"{bio_widgets.MAX_ROWS} here, use `python -m jobs.dose` for more.")
 elif st.button("Generate", type="primary"):
     model, tokenizer = app.generator(modeling.DEFAULT_MODEL, run_id, str(app.data_dir()))
     st.caption("Press Stop (top right) to interrupt a generation.")
-    columns = st.columns(len(intensities))
-    boxes, texts = [], [""] * len(intensities)
-    for col, i in zip(columns, intensities):
-        col.markdown(f"**intensity {i:g}**")
+    columns = st.columns(len(row_intensities))
+    boxes, texts = [], [""] * len(row_intensities)
+    for col, i, f, h in zip(columns, row_intensities, row_fatigue, row_hebbian):
+        col.markdown(f"**{dosing.DoseResult(i, 0, fatigue=f, hebbian=h).label}**")
         boxes.append(col.empty())
 
     def stream(row: int, piece: str) -> None:
@@ -76,10 +81,12 @@ elif st.button("Generate", type="primary"):
 
     with app.model_turn():  # one generation at a time on this server; others wait their turn
         results = dosing.generate_doses(
-            model, tokenizer, prompt, intensities, spec=perturb.DoseSpec.only(*mechanisms), chat=chat,
-            sampling=SamplingConfig(temperature=temperature, max_tokens=int(max_tokens), seed=int(seed)), on_token=stream)
+            model, tokenizer, prompt, row_intensities, spec=perturb.DoseSpec.only(*mechanisms), chat=chat,
+            sampling=SamplingConfig(temperature=temperature, max_tokens=int(max_tokens), seed=int(seed)), on_token=stream,
+            fatigue=row_fatigue, hebbian=row_hebbian)
     st.session_state["dose_results"] = {"prompt": prompt, "seed": int(seed), "run": run_id, "chat": chat,
                                         "mechanisms": mechanisms, "results": results,
+                                        "intensities": intensities, "fatigue": fatigue, "hebbian": hebbian,
                                         "temperature": temperature, "max_tokens": int(max_tokens)}
 
 last = st.session_state.get("dose_results")
@@ -90,8 +97,9 @@ if last:
     layers = pd.DataFrame([dict(intensity=r.intensity, layer=l, entropy=e)
                            for r in results for per_token in r.layer_entropy for l, e in enumerate(per_token)])
     st.subheader("Results")
-    st.dataframe(pd.DataFrame([dict(intensity=r.intensity, mean_entropy_bits=r.mean_entropy, tokens=len(r.token_ids),
-                                    text=r.text) for r in results]), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame([dict(row=r.label, intensity=r.intensity, mean_entropy_bits=r.mean_entropy,
+                                    tokens=len(r.token_ids), text=r.text) for r in results]),
+                 hide_index=True, width="stretch")
     exported = []
     if not tokens.empty:
         heat = charts.entropy_heatmap(tokens)
@@ -99,9 +107,11 @@ if last:
         st.altair_chart(heat, width="stretch")
         st.altair_chart(profile, width="stretch")
         exported = [("Next-token entropy", heat), ("Hidden-state entropy by layer", profile)]
+    exported += bio_widgets.state_charts(results)
     if st.button("Save to the store"):
-        dose = dosing.DoseConfig([r.intensity for r in results], [last["seed"]], last["mechanisms"],
-                                 last["max_tokens"], last["temperature"], chat=last["chat"])
+        dose = dosing.DoseConfig(last["intensities"], [last["seed"]], last["mechanisms"], last["max_tokens"],
+                                 last["temperature"], chat=last["chat"], fatigue=last["fatigue"],
+                                 hebbian=last["hebbian"])
         config = {**dose.to_dict(), "model": modeling.DEFAULT_MODEL, "skip_run": last["run"], "source": "app"}
         try:
             saved, _ = dosing.save_dose_run(app.store(), config, [(1, last["prompt"], last["seed"], results)],

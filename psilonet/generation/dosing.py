@@ -68,12 +68,17 @@ class DoseConfig:
         return DoseSpec.only(*self.mechanisms)
 
     def rows(self) -> tuple[list[float], list[float], list[float]]:
-        """(intensity, fatigue, hebbian) per batch row: every combination, doses varying slowest."""
-        combos = [(i, f, h) for i in self.intensities for f in self.fatigue for h in self.hebbian]
-        return [c[0] for c in combos], [c[1] for c in combos], [c[2] for c in combos]
+        """(intensities, fatigue, hebbian) of the batch rows, see :func:`combine_rows`."""
+        return combine_rows(self.intensities, self.fatigue, self.hebbian)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "mechanisms": self.spec().enabled()}
+
+
+def combine_rows(intensities: list[float], fatigue: list[float], hebbian: list[float]):
+    """Per-row (intensities, fatigue, hebbian): every combination, intensities varying slowest."""
+    combos = [(i, f, h) for i in intensities for f in fatigue for h in hebbian]
+    return [c[0] for c in combos], [c[1] for c in combos], [c[2] for c in combos]
 
 
 @dataclass
