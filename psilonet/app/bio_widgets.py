@@ -3,8 +3,8 @@
 Kept out of the page so that the page adds the mechanisms with a few calls: :func:`controls`
 draws the two strength pickers (presets and a custom value, synced with the URL;
 :func:`psilonet.generation.dosing.combine_rows` makes the batch rows of them and the
-intensities), :func:`state_charts` draws the mechanisms' state after a generation and returns
-the charts for the HTML export.
+intensities), :func:`state_charts` draws the mechanisms' state of a live or stored run and
+returns the charts for the HTML export.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ def _strengths(title: str, key: str, help: str) -> list[float]:
     wanted = app.param(key, [0.0], app.float_list)
     chosen = st.multiselect(title, names, default=[n for n in names if bio.PRESETS[n] in wanted] or ["off"],
                             key=f"bio_{key}", help=help)
-    custom = st.number_input(f"Custom {title.lower()} (added when > 0)", 0.0, bio.MAX_STRENGTH,
-                             float(next((w for w in wanted if w not in bio.PRESETS.values()), 0.0)), 0.05,
-                             key=f"bio_{key}_custom")
+    custom = st.slider(f"Custom {title.lower()} (added when > 0)", 0.0, bio.MAX_STRENGTH,
+                       float(next((w for w in wanted if w not in bio.PRESETS.values()), 0.0)), 0.05,
+                       key=f"bio_{key}_custom")
     values = sorted({bio.PRESETS[n] for n in chosen} | ({float(custom)} if custom > 0 else set()))
     return values or [0.0]
 
@@ -46,20 +46,12 @@ def controls() -> tuple[list[float], list[float]]:
     return fatigue, hebbian
 
 
-def state_frames(results) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(pool levels, fast-weight norms) of dose results (``DoseResult.pool`` / ``fast_norm``),
-    labelled per row, with :data:`bio_charts.POOL_COLUMNS` / :data:`bio_charts.FAST_NORM_COLUMNS`."""
-    pool = [dict(label=r.label, layer=l, head=h, level=v) for r in results if r.pool is not None
-            for l, heads in enumerate(r.pool) for h, v in enumerate(heads)]
-    norms = [dict(label=r.label, layer=l, norm=v) for r in results if r.fast_norm is not None
-             for l, v in enumerate(r.fast_norm)]
-    return (pd.DataFrame(pool, columns=list(bio_charts.POOL_COLUMNS)),
-            pd.DataFrame(norms, columns=list(bio_charts.FAST_NORM_COLUMNS)))
-
-
-def state_charts(results) -> list[tuple[str, object]]:
-    """Draw the mechanisms' state of a generation; return ``(title, chart)`` pairs for the export."""
-    pool, norms = state_frames(results)
+def state_charts(pool: pd.DataFrame, norms: pd.DataFrame, labels: dict[int, str]) -> list[tuple[str, object]]:
+    """Draw the bio state of the generations in ``labels`` (gen_id -> row label): their pool
+    levels and fast-weight norms as stored (``RunReader.bio_pool()``/``bio_fast_norm()``, or
+    ``dosing.bio_frames`` live). Returns ``(title, chart)`` pairs for the export."""
+    pool = pool[pool.gen_id.isin(list(labels))].assign(label=lambda d: d.gen_id.map(labels))
+    norms = norms[norms.gen_id.isin(list(labels))].assign(label=lambda d: d.gen_id.map(labels))
     if pool.empty and norms.empty:
         return []
     st.subheader("Bio-intervention state")
@@ -67,7 +59,7 @@ def state_charts(results) -> list[tuple[str, object]]:
     if not pool.empty:
         heatmaps = [bio_charts.pool_heatmap(pool, label) for label in pool["label"].unique()]
         combined = heatmaps[0] if len(heatmaps) == 1 else charts.side_by_side(heatmaps)
-        st.altair_chart(combined)
+        st.altair_chart(combined, width="content")
         out.append(("Synaptic fatigue: pool level per layer and head", combined))
     if not norms.empty:
         chart = bio_charts.fast_norm_chart(norms)

@@ -1,8 +1,7 @@
 """Our own decode loop over an mlx-lm model (or a skip model) and its KV cache.
 
-``mlx_lm.generate`` decodes at 2-3 tokens/s on the Linux CPU, while a plain loop over the same
-model with mlx-lm's KV cache is several times faster (DESIGN §3). This loop decodes ``B`` rows
-that share one prompt (several samples, or several doses, in one batched pass), samples
+Unlike ``mlx_lm.generate`` (one row, no hooks; about as fast as this loop on one row, see the
+README's performance section), this loop decodes ``B`` rows that share one prompt (several samples, or several doses, in one batched pass), samples
 greedily or with temperature and top-p, stops each row at an end token and yields one step at
 a time so that callers can stream.
 
@@ -21,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
-import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
@@ -128,10 +126,12 @@ def decode(
 
     ``seeds`` gives each row's sampling seed (default ``cfg.seed + row``); ``doser`` perturbs
     block outputs per row; ``track`` adds both entropies to every step. Rows that produced a
-    stop token keep decoding (the batch moves together) but are reported as done.
-    ``should_stop()`` ends the generation early (the app's stop button). ``bio`` runs the
-    bio-inspired interventions per row (:mod:`psilonet.generation.bio`; its state starts fresh
-    with this generation's cache), before any dose.
+    stop token keep decoding (the batch moves together) but are reported as done. A caller
+    ends the generation early by not asking for the next step (the app's Stop button raises
+    inside the streaming callback, at Streamlit's next call); ``should_stop()`` ends it before the
+    next step (the page's check that its browser tab is still open). ``bio`` runs the bio-inspired
+    interventions per row (:mod:`psilonet.generation.bio`; its state starts fresh with this
+    generation's cache), before any dose.
     """
     if not prompt_ids:
         raise ValueError("the prompt is empty")
