@@ -94,6 +94,17 @@ def test_fatigue_drains_repeated_keys_then_recovers_at_tau_rrp():
     np.testing.assert_allclose(deficit_end, deficit_start * (1 - 1 / params.tau_rrp) ** hidden, rtol=1e-4)
 
 
+def test_every_head_spends_the_same_total_pool():
+    """Why the page shows the attended pool: without empty pools, the summed deficit after t
+    queries is k_use * tau * (1 - (1 - 1/tau)^t) in every head, whatever it attends to."""
+    params = bio.FatigueParams()
+    rng = np.random.default_rng(4)
+    scores = mx.array(rng.normal(size=(1, 3, 50, 60)).astype(np.float32))
+    _, pool = bio.fatigue_scan(scores, mx.ones((50, 60), dtype=mx.bool_), mx.ones((1, 3, 60)), mx.array([0.5]), params)
+    expected = params.k_use * params.tau_rrp * (1 - (1 - 1 / params.tau_rrp) ** 50)
+    np.testing.assert_allclose((1 - np.array(pool)).sum(-1), expected, rtol=1e-4)
+
+
 def test_fatigue_in_a_model_drains_the_repeated_phrase_over_decode_steps():
     """Layer 0 sees the same queries with and without fatigue (its input is the embedding), so
     the fatigued/sober attention on the prompt's repeated phrase isolates the pool: it falls
@@ -261,8 +272,9 @@ def test_bio_rows_batch_with_doses_and_keep_their_state(tiny_model_dir):
         np.testing.assert_allclose(alone.entropy, batch[r].entropy, atol=1e-4)
     assert batch[2].label == "intensity 0 + fatigue 1 + hebbian 0.5"
     assert batch[0].pool is None and batch[1].fast_norm is None  # state only where the mechanism is on
-    assert np.array(batch[3].pool).shape == (6, 4) and len(batch[3].fast_norm) == 6
-    assert 0 < np.min(batch[3].pool) < 1 and min(batch[3].fast_norm) > 0
+    assert np.array(batch[3].pool).shape == np.array(batch[3].pool_attended).shape == (6, 4)
+    assert len(batch[3].fast_norm) == 6 and min(batch[3].fast_norm) > 0
+    assert 0 < np.min(batch[3].pool) < 1 and 0 < np.min(batch[3].pool_attended) < 1
 
 
 def test_dose_job_records_bio_strengths_and_state(tiny_model_dir, tmp_path, capsys):

@@ -96,6 +96,7 @@ class DoseResult:
     fatigue: float = 0.0  # bio strengths of this row
     hebbian: float = 0.0
     pool: list[list[float]] | None = None  # mean fatigue pool level per layer and head over its tokens
+    pool_attended: list[list[float]] | None = None  # pool level of the keys each head attends to, same
     fast_norm: list[float] | None = None  # mean fast-weight norm per layer over its tokens
 
     @property
@@ -181,7 +182,8 @@ def _attach_bio_state(results: list[DoseResult], bio: bio_mod.Bio, steps: list[i
     """Each row's mean pool level and fast-weight norm over the passes that made its tokens, for
     the rows where that mechanism is on (a strength-0 row's would-be state is left out, so a row
     reports the same alone and in a batch)."""
-    for key, strength, on in (("pool", "fatigue", bio.fatigue_on), ("fast_norm", "hebbian", bio.hebbian_on)):
+    for key, strength, on in (("pool", "fatigue", bio.fatigue_on), ("pool_attended", "fatigue", bio.fatigue_on),
+                              ("fast_norm", "hebbian", bio.hebbian_on)):
         if not on or not bio.trace:
             continue
         series = np.array(mx.stack([entry[key] for entry in bio.trace]))  # (passes, B, ...)
@@ -200,8 +202,9 @@ def _summary_key(res: DoseResult) -> str:
 def _write_bio(run, gen_id: int, res: DoseResult) -> None:
     run.write_rows(T.BIO_STRENGTHS, [(gen_id, res.fatigue, res.hebbian)])
     if res.pool is not None:
-        run.write_rows(T.BIO_POOL, [(gen_id, l, h, level) for l, heads in enumerate(res.pool)
-                                    for h, level in enumerate(heads)])
+        run.write_rows(T.BIO_POOL, [(gen_id, l, h, level, attended)
+                                    for l, (heads, att) in enumerate(zip(res.pool, res.pool_attended))
+                                    for h, (level, attended) in enumerate(zip(heads, att))])
     if res.fast_norm is not None:
         run.write_rows(T.BIO_FAST_NORM, [(gen_id, l, norm) for l, norm in enumerate(res.fast_norm)])
 
@@ -295,7 +298,8 @@ def bio_frames(items: list[tuple[int, str, int, list[DoseResult]]]):
     for _, _, _, results in items:
         for res in results:
             strengths.append((gen_id, res.fatigue, res.hebbian))
-            pool += [(gen_id, l, h, v) for l, heads in enumerate(res.pool or []) for h, v in enumerate(heads)]
+            pool += [(gen_id, l, h, v, a) for l, (heads, att) in enumerate(zip(res.pool or [], res.pool_attended or []))
+                     for h, (v, a) in enumerate(zip(heads, att))]
             norms += [(gen_id, l, v) for l, v in enumerate(res.fast_norm or [])]
             gen_id += 1
     if not any(f or h for _, f, h in strengths):
