@@ -130,7 +130,8 @@ def generate_doses(
 
     ``fatigue`` and ``hebbian``, if given, are each row's bio strengths (one per intensity; see
     :meth:`DoseConfig.rows`); rows with a mechanism on also get its state (``pool``,
-    ``fast_norm``). ``on_token(row, text)`` streams each new token's text as it is decoded.
+    ``fast_norm``). ``on_token(row, text)`` streams each new token's text as it is decoded;
+    ``should_stop()`` ends the generation early (the app's closed browser tab).
     """
     if not intensities:
         raise ValueError("intensities: give at least one")
