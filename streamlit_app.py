@@ -15,5 +15,6 @@ page = st.navigation([
     st.Page("views/trajectories.py", title="Trajectories", icon=":material/timeline:"),
     st.Page("views/taps.py", title="Tap weights", icon=":material/tune:"),
     st.Page("views/dose.py", title="Dosed generation", icon=":material/science:"),
+    st.Page("views/bio.py", title="Bio interventions", icon=":material/neurology:"),
 ])
 app.guarded(page.run)
