@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from psilonet import app, charts, dosing, modeling, perturb, prompts
+from psilonet import app, charts, dosing, modeling, perturb, prompts, serving
 from psilonet.generation import SamplingConfig
 from psilonet.store import StoreError
 
@@ -24,8 +24,8 @@ run_id = None if source == "base model" else source
 
 left, right = st.columns([3, 2])
 with left:
-    upload = st.file_uploader("Prompts file (.txt one per line, .jsonl with \"prompt\", .csv with a prompt column)",
-                              type=["txt", "jsonl", "csv"])
+    upload = None if not serving.allows_upload() else st.file_uploader(
+        "Prompts file (.txt one per line, .jsonl with \"prompt\", .csv with a prompt column)", type=["txt", "jsonl", "csv"])
     file_prompts = None
     if upload is not None:
         try:
@@ -59,7 +59,7 @@ if not prompt.strip():
     st.info("Type a prompt or upload a prompts file.")
 elif not intensities:
     st.info("Choose at least one intensity.")
-elif st.button("Generate", type="primary"):
+elif serving.allows_generation(max_tokens, len(intensities)) and st.button("Generate", type="primary"):
     model, tokenizer = app.generator(modeling.DEFAULT_MODEL, run_id, str(app.data_dir()))
     st.caption("Press Stop (top right) to interrupt a generation.")
     columns = st.columns(len(intensities))
@@ -72,9 +72,10 @@ elif st.button("Generate", type="primary"):
         texts[row] += piece
         boxes[row].markdown(texts[row])
 
-    results = dosing.generate_doses(
-        model, tokenizer, prompt, intensities, spec=perturb.DoseSpec.only(*mechanisms), chat=chat,
-        sampling=SamplingConfig(temperature=temperature, max_tokens=int(max_tokens), seed=int(seed)), on_token=stream)
+    with serving.model_slot():  # one generation at a time on the server; viewer mode bounds the queue
+        results = dosing.generate_doses(
+            model, tokenizer, prompt, intensities, spec=perturb.DoseSpec.only(*mechanisms), chat=chat,
+            sampling=SamplingConfig(temperature=temperature, max_tokens=int(max_tokens), seed=int(seed)), on_token=stream)
     st.session_state["dose_results"] = {"prompt": prompt, "seed": int(seed), "run": run_id, "chat": chat,
                                         "mechanisms": mechanisms, "results": results,
                                         "temperature": temperature, "max_tokens": int(max_tokens)}
@@ -96,7 +97,7 @@ if last:
         st.altair_chart(heat, width="stretch")
         st.altair_chart(profile, width="stretch")
         exported = [("Next-token entropy", heat), ("Hidden-state entropy by layer", profile)]
-    if st.button("Save to the store"):
+    if serving.allows_save() and st.button("Save to the store"):
         config = {"intensities": [r.intensity for r in results], "seeds": [last["seed"]],
                   "mechanisms": last["mechanisms"], "max_tokens": last["max_tokens"],
                   "temperature": last["temperature"], "top_p": 1.0, "chat": last["chat"],
