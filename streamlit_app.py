@@ -3,7 +3,7 @@
 import psilonet  # noqa: F401  (fast BLAS before anything imports mlx)
 import streamlit as st
 
-from psilonet import app, serving
+from psilonet.app import helpers as app, serving
 
 st.set_page_config(page_title="psilonet", layout="wide")
 page = st.navigation([

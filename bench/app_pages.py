@@ -13,7 +13,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from psilonet import app as app_helpers
+from psilonet.app import helpers as app_helpers
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 PAGES = ["runs", "training", "similarity", "trajectories", "taps", "dose"]

@@ -20,8 +20,10 @@ import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 import numpy as np
 
-from psilonet import capture, forward, modeling, runtime
-from psilonet.skip import SkipConfig, SkipModel
+from psilonet import runtime
+from psilonet.analysis import capture
+from psilonet.model import forward, loading as modeling
+from psilonet.model.skip import SkipConfig, SkipModel
 
 
 def main(argv=None) -> int:

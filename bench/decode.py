@@ -23,9 +23,10 @@ import time
 import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx_lm
 
-from psilonet import modeling, runtime
-from psilonet.dosing import generate_doses
-from psilonet.generation import SamplingConfig, decode
+from psilonet import runtime
+from psilonet.generation.decoding import SamplingConfig, decode
+from psilonet.generation.dosing import generate_doses
+from psilonet.model import loading as modeling
 
 PROMPT = "The history of the city begins in the early middle ages, when"
 DOSES = [0.0, 0.1, 0.2, 0.3]

@@ -1,4 +1,4 @@
-"""CKA speed: psilonet.similarity against a straightforward n x n Gram-matrix implementation.
+"""CKA speed: psilonet.analysis.similarity against a straightforward n x n Gram-matrix implementation.
 
     python -m bench.similarity [--baseline-layers 2] [--matrix-pairs 3] [--skip-features]
 
@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from psilonet.similarity import _choose_matrix_method, cka_matrix, per_head_cka
+from psilonet.analysis.similarity import _choose_matrix_method, cka_matrix, per_head_cka
 
 TOKENS = 3000
 

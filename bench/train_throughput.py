@@ -24,9 +24,10 @@ import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 
-from psilonet import modeling, runtime
-from psilonet.skip import SkipConfig, SkipModel
-from psilonet.training import TrainConfig, make_train_step
+from psilonet import runtime
+from psilonet.model import loading as modeling
+from psilonet.model.skip import SkipConfig, SkipModel
+from psilonet.training.loop import TrainConfig, make_train_step
 
 
 def matmul_rate(m: int, k: int, n: int, seconds: float = 2.0) -> float:

@@ -15,7 +15,8 @@ import sys
 from tqdm import tqdm
 
 from jobs.cli import add_data_dir, fail
-from psilonet import analysis, runtime
+from psilonet import runtime
+from psilonet.analysis import compare as analysis
 from psilonet.store import Store, StoreError
 
 

@@ -15,8 +15,11 @@ import argparse
 import sys
 
 from jobs.cli import add_data_dir, fail
-from psilonet import capture, corpora, modeling, runtime, training
+from psilonet import corpora, runtime
+from psilonet.analysis import capture
+from psilonet.model import loading as modeling
 from psilonet.store import Store, StoreError
+from psilonet.training import loop as training
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,8 +10,11 @@ import argparse
 import sys
 import time
 
-from psilonet import evaluation, generation, modeling, runtime
+from psilonet import runtime
+from psilonet.generation import decoding as generation
+from psilonet.model import loading as modeling
 from psilonet.store import Store, StoreError
+from psilonet.training import evaluation
 
 QUESTION = "What is the capital of France?"
 

@@ -16,13 +16,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from jobs.cli import add_data_dir, fail
-from psilonet import modeling, runtime, training
-from psilonet.dosing import MAX_NEW_TOKENS, generate_doses, save_dose_run
-from psilonet.generation import SamplingConfig
-from psilonet.perturb import MECHANISMS, PRESETS, DoseSpec, check_intensity
-from psilonet.prompts import PromptFile, PromptFileError, context_check, parse_prompts
-from psilonet.skip import SkipConfigError
+from psilonet import runtime
+from psilonet.generation.decoding import SamplingConfig
+from psilonet.generation.dosing import MAX_NEW_TOKENS, generate_doses, save_dose_run
+from psilonet.generation.perturb import MECHANISMS, PRESETS, DoseSpec, check_intensity
+from psilonet.generation.prompts import PromptFile, PromptFileError, context_check, parse_prompts
+from psilonet.model import loading as modeling
+from psilonet.model.skip import SkipConfigError
 from psilonet.store import Store, StoreError
+from psilonet.training import loop as training
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,8 @@ import argparse
 import logging
 import sys
 
-from psilonet import modeling, runtime
+from psilonet import runtime
+from psilonet.model import loading as modeling
 
 
 def main(argv: list[str] | None = None) -> int:

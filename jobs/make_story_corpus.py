@@ -15,7 +15,9 @@ import tempfile
 
 from tqdm import tqdm
 
-from psilonet import corpora, generation, modeling
+from psilonet import corpora
+from psilonet.generation import decoding as generation
+from psilonet.model import loading as modeling
 
 CHARACTERS = ["a fox", "a little robot", "a girl named Mia", "an old fisherman", "a shy dragon",
               "two brothers", "a lost kitten", "a baker", "a boy named Leo", "a tiny turtle",

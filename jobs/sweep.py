@@ -16,11 +16,13 @@ import sys
 
 from jobs.cli import JobError, fail
 from jobs.train import add_train_options, config_from, options_from
-from psilonet import corpora, modeling, ray_engine, runtime
-from psilonet.skip import SkipConfigError
+from psilonet import corpora, runtime
+from psilonet.model import loading as modeling
+from psilonet.model.skip import SkipConfigError
 from psilonet.store import Store, StoreError
-from psilonet.sweep import VARIANTS, SweepSpec, run_sweep
-from psilonet.training import TrainConfigError
+from psilonet.training import ray_engine
+from psilonet.training.loop import TrainConfigError
+from psilonet.training.sweep import VARIANTS, SweepSpec, run_sweep
 
 
 def tap_set(text: str) -> list[int]:

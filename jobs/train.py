@@ -18,10 +18,11 @@ import argparse
 import sys
 
 from jobs.cli import JobError, add_data_dir, fail, read_config_file
-from psilonet import corpora, modeling, runtime
-from psilonet.skip import SkipConfig, SkipConfigError
+from psilonet import corpora, runtime
+from psilonet.model import loading as modeling
+from psilonet.model.skip import SkipConfig, SkipConfigError
 from psilonet.store import Store, StoreError
-from psilonet.training import TrainConfig, TrainConfigError, prepare, train
+from psilonet.training.loop import TrainConfig, TrainConfigError, prepare, train
 
 SKIP_FIELDS = {"distances", "skip_start", "alpha", "blend", "gates", "dial", "sparsity", "sparsity_weight"}
 

@@ -16,7 +16,7 @@ import psilonet  # noqa: E402,F401  (fast BLAS before mlx)
 import mlx.core as mx  # noqa: E402
 from mlx_lm.models import llama  # noqa: E402
 
-from psilonet import modeling  # noqa: E402
+from psilonet.model import loading as modeling  # noqa: E402
 
 TINY_ARGS = dict(
     model_type="llama", hidden_size=64, num_hidden_layers=6, intermediate_size=128,

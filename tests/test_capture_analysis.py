@@ -8,9 +8,10 @@ import pytest
 
 from jobs import analyze as analyze_job
 from jobs import capture as capture_job
-from psilonet import capture, forward
+from psilonet.analysis import capture
+from psilonet.model import forward
 from psilonet.store import Store
-from psilonet.training import TrainConfig, load_trained, prepare, train
+from psilonet.training.loop import TrainConfig, load_trained, prepare, train
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from psilonet import charts
+from psilonet.app import charts
 
 CHART_TYPES = (alt.Chart, alt.LayerChart, alt.HConcatChart)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from jobs import dose as dose_job
-from psilonet import generation
-from psilonet.dosing import generate_doses
-from psilonet.generation import SamplingConfig
+from psilonet.generation import decoding as generation
+from psilonet.generation.decoding import SamplingConfig
+from psilonet.generation.dosing import generate_doses
 from psilonet.store import Store
 
 

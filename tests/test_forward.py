@@ -5,8 +5,8 @@ from __future__ import annotations
 import mlx.core as mx
 import pytest
 
-from psilonet import forward
-from psilonet.skip import SkipConfig, SkipModel
+from psilonet.model import forward
+from psilonet.model.skip import SkipConfig, SkipModel
 from tests.conftest import make_tiny_model
 
 TOKENS = mx.array([[3, 14, 15, 92, 65, 35, 89, 79], [2, 71, 82, 81, 82, 84, 59, 4]])

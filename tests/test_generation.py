@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from psilonet import generation
-from psilonet.generation import SamplingConfig
+from psilonet.generation import decoding as generation
+from psilonet.generation.decoding import SamplingConfig
 
 PROMPT = [5, 17, 3, 42, 8]
 

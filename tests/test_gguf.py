@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from mlx_lm.models import llama
 
-from psilonet import evaluation, generation, gguf, modeling
+from psilonet.generation import decoding as generation
+from psilonet.model import gguf, loading as modeling
+from psilonet.training import evaluation
 
 
 def llamacpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:

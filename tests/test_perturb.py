@@ -8,9 +8,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from psilonet import forward, generation
-from psilonet.generation import SamplingConfig
-from psilonet.perturb import MECHANISMS, DoseSpec, Doser, layer_sensitivity
+from psilonet.generation import decoding as generation
+from psilonet.generation.decoding import SamplingConfig
+from psilonet.generation.perturb import MECHANISMS, DoseSpec, Doser, layer_sensitivity
+from psilonet.model import forward
 
 PROMPT = [5, 17, 3, 42, 8, 11]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from psilonet.prompts import MAX_BYTES, MAX_PROMPTS, PromptFileError, parse_prompts
+from psilonet.generation.prompts import MAX_BYTES, MAX_PROMPTS, PromptFileError, parse_prompts
 
 
 def test_txt_one_prompt_per_line():

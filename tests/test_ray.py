@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from psilonet.store import Store
-from psilonet.sweep import SweepSpec, run_sweep
-from psilonet.training import TrainConfig
+from psilonet.training.loop import TrainConfig
+from psilonet.training.sweep import SweepSpec, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 HAVE_RAY = importlib.util.find_spec("ray") is not None
@@ -35,7 +35,7 @@ def per_config(store: Store, sweep_id: str):
 def test_ray_engine_gives_the_local_results(tiny_model_dir, tmp_path):
     local_store, ray_store = Store(tmp_path / "local"), Store(tmp_path / "ray")
     local_id, _ = run_sweep(spec(tiny_model_dir), local_store, progress=False)
-    from psilonet import ray_engine
+    from psilonet.training import ray_engine
 
     import ray
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",

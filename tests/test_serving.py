@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from psilonet import serving
-from psilonet.model_queue import ModelQueue, QueueRefused
+from psilonet.app import serving
+from psilonet.app.model_queue import ModelQueue, QueueRefused
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "streamlit_app.py")

@@ -6,7 +6,7 @@ import altair as alt
 import pandas as pd
 import pytest
 
-from psilonet import share
+from psilonet.app import share
 
 
 def test_permalink_joins_lists_and_drops_empty_values():

@@ -1,11 +1,11 @@
-"""Representation similarity (psilonet.similarity) against textbook Gram-matrix references."""
+"""Representation similarity (psilonet.analysis.similarity) against textbook Gram-matrix references."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from psilonet.similarity import (
+from psilonet.analysis.similarity import (
     cka_matrix, linear_cka, per_head_cka, pwcca, svcca, svd_reduce,
 )
 
@@ -302,7 +302,7 @@ def test_bad_inputs_of_batched_functions_name_the_layer_or_head():
 
 
 def test_cka_matrix_route_choice_follows_flop_counts():
-    from psilonet.similarity import _choose_matrix_method
+    from psilonet.analysis.similarity import _choose_matrix_method
 
     # Many layers narrower than n but wider than n together: per-layer Grams are cheaper.
     assert _choose_matrix_method(3000, [576] * 31, [576] * 31) == "gram"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from psilonet.skip import SkipConfig, SkipConfigError, SkipModel
+from psilonet.model.skip import SkipConfig, SkipConfigError, SkipModel
 from tests.conftest import make_tiny_model
 
 TOKENS = mx.array([[3, 14, 15, 92, 65, 35, 89, 79, 32, 38], [2, 71, 82, 81, 82, 84, 59, 4, 52, 35]])

@@ -10,8 +10,8 @@ import pytest
 from scipy import stats as sps
 
 from jobs import sweep as sweep_job
-from psilonet import stats
 from psilonet.store import Store
+from psilonet.training import stats
 
 
 def test_mean_ci_matches_student_t():

@@ -15,10 +15,10 @@ import pytest
 from mlx.utils import tree_flatten
 
 from jobs import train as train_job
-from psilonet import modeling
-from psilonet.skip import SkipConfig
+from psilonet.model import loading as modeling
+from psilonet.model.skip import SkipConfig
 from psilonet.store import Store
-from psilonet.training import TrainConfig, load_trained, prepare, train
+from psilonet.training.loop import TrainConfig, load_trained, prepare, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,7 +60,7 @@ def test_training_run_records_everything_and_keeps_the_base_frozen(tiny_model_di
 
     model, _, loaded_cfg = load_trained(store, run_id)
     assert loaded_cfg == cfg
-    from psilonet.training import evaluate
+    from psilonet.training.loop import evaluate
     assert evaluate(model, prep.windows.val, 4) == pytest.approx(summary["skip_loss"], rel=1e-5)
 
 

@@ -3,8 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from psilonet import app, charts, dosing, modeling, perturb, prompts, serving
-from psilonet.generation import SamplingConfig
+from psilonet.app import charts, helpers as app, serving
+from psilonet.generation import dosing, perturb, prompts
+from psilonet.generation.decoding import SamplingConfig
+from psilonet.model import loading as modeling
 from psilonet.store import StoreError
 
 PRESETS = perturb.PRESETS

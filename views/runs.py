@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from psilonet import app
+from psilonet.app import helpers as app
 
 st.title("Runs")
 runs = app.runs()

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from psilonet import app, charts
+from psilonet.app import charts, helpers as app
 
 METRICS = {"cka": "linear CKA", "cka_debiased": "debiased CKA", "svcca": "SVCCA", "pwcca": "PWCCA"}
 

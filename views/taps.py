@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from psilonet import app, charts
+from psilonet.app import charts, helpers as app
 
 st.title("Tap weights")
 st.caption("Each block mixes its skip taps (history distances) with a softmax over the distances available "

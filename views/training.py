@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from psilonet import app, charts
+from psilonet.app import charts, helpers as app
 
 st.title("Training")
 run = app.run_picker("Training or sweep run", ("train", "sweep"))

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from psilonet import app, charts
+from psilonet.app import charts, helpers as app
 
 st.title("Trajectories")
 st.caption("One PCA is fitted on hidden states pooled over all layers and both models; each path shows how "

@@ -35,7 +35,7 @@ def _trial(config: dict) -> dict:
     """One Tune trial: train config ``config["train"]`` as a child of the sweep run."""
     import psilonet  # noqa: F401  (fast BLAS before mlx, in this worker process)
     from psilonet.store import Store
-    from psilonet.training import TrainConfig, prepare, train
+    from psilonet.training.loop import TrainConfig, prepare, train
 
     cfg = TrainConfig.from_dict(config["train"])
     store = Store(config["data_dir"])
@@ -51,8 +51,8 @@ def run_trials(configs: list, sweep_id: str, data_dir: Path, *, address: str | N
     import ray
     from ray import tune
 
-    from psilonet.sweep import run_hash
-    from psilonet.training import TrainConfig
+    from psilonet.training.sweep import run_hash
+    from psilonet.training.loop import TrainConfig
 
     if not configs:
         return {}

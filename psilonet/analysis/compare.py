@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.decomposition import PCA
 
-from psilonet import similarity
-from psilonet.capture import ACTIVATIONS_FILE
+from psilonet.analysis import similarity
+from psilonet.analysis.capture import ACTIVATIONS_FILE
 
 LAYER_METRICS = ("cka", "cka_debiased", "svcca", "pwcca")
 HEAD_METRICS = ("cka", "cka_debiased")

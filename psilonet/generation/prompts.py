@@ -96,7 +96,7 @@ def parse_prompts(data: bytes, name: str, *, too_long: Callable[[str], str | Non
 
 def context_check(tokenizer, context: int, max_tokens: int, *, chat: bool) -> Callable[[str], str | None]:
     """A ``too_long`` check: the prompt plus the tokens to generate must fit the context."""
-    from psilonet.generation import encode_prompt
+    from psilonet.generation.decoding import encode_prompt
 
     def check(prompt: str) -> str | None:
         n = len(encode_prompt(tokenizer, prompt, chat=chat))

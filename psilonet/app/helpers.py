@@ -1,6 +1,6 @@
 """Shared plumbing for the Streamlit pages: store access, cached queries, page state, errors.
 
-Pages stay thin: they call these helpers, draw with :mod:`psilonet.charts` and hold no SQL.
+Pages stay thin: they call these helpers, draw with :mod:`psilonet.app.charts` and hold no SQL.
 
 * Catalog queries are cached with ``st.cache_data`` keyed on the catalog file's modification
   time, so a run published by a job shows up on the next rerun without stale results.
@@ -20,10 +20,11 @@ from typing import Any, Callable
 import pandas as pd
 import streamlit as st
 
-from psilonet import runtime, share
+from psilonet import runtime
+from psilonet.app import share
 from psilonet.store import Store, StoreError
 
-log = logging.getLogger("psilonet.app")
+log = logging.getLogger("psilonet.app.helpers")
 
 EMPTY_STORE_HELP = (
     "No runs yet in `{data_dir}`. Create some from the repository folder with\n\n"
@@ -171,7 +172,8 @@ def guarded(run_page: Callable[[], None]) -> None:
 @st.cache_resource(show_spinner="Loading the model (once per server process)…", max_entries=3)
 def generator(model_name: str, run_id: str | None, data_dir_str: str):
     """(model, tokenizer) for dosed generation: the base model, or a trained skip run on it."""
-    from psilonet import modeling, training
+    from psilonet.model import loading as modeling
+    from psilonet.training import loop as training
 
     if run_id:
         model, tokenizer, _ = training.load_trained(Store(data_dir_str), run_id, data_dir=data_dir_str)

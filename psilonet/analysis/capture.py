@@ -2,7 +2,7 @@
 
 On a fixed, seeded evaluation token set (``samples`` windows of ``seq_len`` tokens from a
 corpus; windows are full, so no padding ever enters) one forward pass per batch returns every
-capture point (:func:`psilonet.forward.run_with_cache`): ``hook_embed`` and
+capture point (:func:`psilonet.model.forward.run_with_cache`): ``hook_embed`` and
 ``blocks.{l}.hook_resid_post`` (stored as point ``resid``, layers 0..L where 0 is the
 embeddings) and ``blocks.{l}.attn.hook_z`` (point ``head``, layers 0..L-1, one matrix per
 head). At most ``max_tokens`` token positions are kept, drawn by a seeded sample and the same
@@ -21,7 +21,8 @@ import mlx.core as mx
 import numpy as np
 from tqdm import tqdm
 
-from psilonet import corpora, forward
+from psilonet import corpora
+from psilonet.model import forward
 
 ACTIVATIONS_FILE = "activations.parquet"
 

@@ -25,8 +25,8 @@ import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
-from psilonet import forward
-from psilonet.perturb import Doser
+from psilonet.generation.perturb import Doser
+from psilonet.model import forward
 
 
 @dataclass

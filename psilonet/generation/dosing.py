@@ -13,9 +13,9 @@ from typing import Callable
 
 import numpy as np
 
-from psilonet import forward
-from psilonet.generation import SamplingConfig, decode, encode_prompt, stop_ids
-from psilonet.perturb import DoseSpec, Doser, check_intensity
+from psilonet.generation.decoding import SamplingConfig, decode, encode_prompt, stop_ids
+from psilonet.generation.perturb import DoseSpec, Doser, check_intensity
+from psilonet.model import forward
 
 MAX_NEW_TOKENS = 512
 

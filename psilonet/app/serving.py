@@ -252,7 +252,7 @@ def model_slot() -> Iterator[None]:
     """
     import streamlit as st
 
-    from psilonet.model_queue import MODEL, QueueRefused
+    from psilonet.app.model_queue import MODEL, QueueRefused
 
     s = settings()
     note = st.empty()

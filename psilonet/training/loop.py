@@ -30,10 +30,11 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 from tqdm import tqdm
 
-from psilonet import corpora, modeling
-from psilonet.evaluation import lm_loss
-from psilonet.skip import SkipConfig, SkipConfigError, SkipModel
+from psilonet import corpora
+from psilonet.model import loading as modeling
+from psilonet.model.skip import SkipConfig, SkipConfigError, SkipModel
 from psilonet.store import Store
+from psilonet.training.evaluation import lm_loss
 
 CHECKPOINT_DIR = "checkpoint"
 TRAIN_CONFIG_FILE = "train_config.json"

@@ -1,6 +1,6 @@
 """One forward pass over ``model.model.layers`` that exposes every block's output.
 
-Works for a plain mlx-lm llama-family model and for a :class:`~psilonet.skip.SkipModel`.
+Works for a plain mlx-lm llama-family model and for a :class:`~psilonet.model.skip.SkipModel`.
 States are named like TransformerLens hook points: ``states[0]`` is ``hook_embed`` and
 ``states[l + 1]`` is ``blocks.{l}.hook_resid_post``. ``after_block(l, h)`` may replace a
 block's output before the next block sees it (doses use this).
@@ -14,7 +14,7 @@ import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 from mlx_lm.models.base import create_attention_mask
 
-from psilonet.skip import SkipModel, block_with_heads
+from psilonet.model.skip import SkipModel, block_with_heads
 
 AfterBlock = Callable[[int, mx.array], mx.array]
 

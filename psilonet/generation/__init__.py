@@ -1,0 +1,1 @@
+"""Generation: the decode loop, entropic perturbations (doses), dosed batches and prompt files."""
