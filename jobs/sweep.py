@@ -14,26 +14,27 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.cli import JobError, fail
+from jobs import cli
+from jobs.cli import JobError, JobParser
 from jobs.train import add_train_options, config_from, options_from
-from psilonet import corpora, runtime
-from psilonet.model import loading as modeling
-from psilonet.model.skip import SkipConfigError
-from psilonet.store import Store, StoreError
+from psilonet import runtime
+from psilonet.store import Store
 from psilonet.training import ray_engine
-from psilonet.training.loop import TrainConfigError
 from psilonet.training.sweep import VARIANTS, SweepSpec, run_sweep
 
 
 def tap_set(text: str) -> list[int]:
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        distances = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated distances like 3,4,5, got {text!r}")
+    if not distances:
+        raise argparse.ArgumentTypeError(f"a tap set needs at least one distance, like 3,4,5; got {text!r}")
+    return distances
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.sweep", description=__doc__,
+    p = JobParser(prog="python -m jobs.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 argument_default=argparse.SUPPRESS)
     add_train_options(p, exclude=("--distances", "--alpha", "--seed", "--gates"))
@@ -49,37 +50,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli.job
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
-    data_dir = args.pop("data_dir", None)
+    data_dir = cli.data_dir(args.pop("data_dir", None))
     quiet = args.pop("quiet", False)
     engine, address, cpus = args.pop("engine"), args.pop("address", None), args.pop("cpus_per_trial")
     grid = {k: args.pop(k) for k in ("distances", "tap_sets", "alphas", "seeds", "variants") if k in args}
-    store = Store(data_dir or runtime.data_dir())
-    try:
-        options = options_from(args)
-        for key in ("distances", "tap_sets", "alphas", "seeds", "variants"):  # from a config file
-            if key in options and key not in grid:
-                grid[key] = options.pop(key)
-        base = config_from(options)
-        sets = [[d] for d in grid.get("distances", [])] + [list(s) for s in grid.get("tap_sets", [])]
-        spec = SweepSpec(base, distance_sets=sets or [base.skip.distances],
-                         alphas=grid.get("alphas", [base.skip.alpha]), seeds=grid.get("seeds", [base.seed]),
-                         variants=grid.get("variants", ["plain"]))
-        print(f"BLAS: {runtime.active_blas().describe()}")
-        print(f"{len(spec.validate().configs())} runs")
-        if cpus < 1:
-            raise JobError(f"--cpus-per-trial: must be at least 1, got {cpus}")
-        if engine == "ray":
-            ray_engine.require_ray()
-        sweep_id, configs = run_sweep(spec, store, data_dir=data_dir, progress=not quiet, engine=engine,
-                                      address=address, cpus_per_trial=cpus)
-    except (JobError, ValueError, TrainConfigError, SkipConfigError, corpora.CorpusError,
-            modeling.ModelError, StoreError, ray_engine.RayUnavailable) as exc:
-        return fail(str(exc))
+    store = Store(data_dir)
+    options = options_from(args)
+    for key in ("distances", "tap_sets", "alphas", "seeds", "variants"):  # from a config file
+        if key in options and key not in grid:
+            grid[key] = options.pop(key)
+    base = config_from(options)
+    sets = [[d] for d in grid.get("distances", [])] + [list(s) for s in grid.get("tap_sets", [])]
+    spec = SweepSpec(base, distance_sets=sets or [base.skip.distances],
+                     alphas=grid.get("alphas", [base.skip.alpha]), seeds=grid.get("seeds", [base.seed]),
+                     variants=grid.get("variants", ["plain"]))
+    n_runs = len(spec.validate().configs())  # every grid point checked before the model loads
+    if cpus < 1:
+        raise JobError(f"--cpus-per-trial: must be at least 1, got {cpus}")
+    if engine == "ray":
+        ray_engine.require_ray()
+    print(f"BLAS: {runtime.active_blas().describe()}")
+    print(f"{n_runs} runs")
+    sweep_id, configs = run_sweep(spec, store, data_dir=data_dir, progress=not quiet, engine=engine,
+                                  address=address, cpus_per_trial=cpus)
     print(f"sweep run {sweep_id}")
     cols = ["label", "n", "failed", "mean", "std", "ci_low", "ci_high", "p_vs_best"]
     print(configs[cols].sort_values("mean", ascending=False).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if (configs["n"] == 0).all():
+        print(f"error: every run of sweep {sweep_id} failed (see the failed column and the runs' errors)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -16,58 +16,31 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 
-from jobs.cli import JobError, add_data_dir, fail, read_config_file
-from psilonet import corpora, runtime
-from psilonet.model import loading as modeling
-from psilonet.model.skip import SkipConfig, SkipConfigError
-from psilonet.store import Store, StoreError
-from psilonet.training.loop import TrainConfig, TrainConfigError, prepare, train
+from jobs import cli
+from jobs.cli import JobParser, add_config_options, add_data_dir, read_config_file
+from psilonet import runtime
+from psilonet.model.skip import SkipConfig
+from psilonet.store import Store
+from psilonet.training.loop import TrainConfig, prepare, train
 
-SKIP_FIELDS = {"distances", "skip_start", "alpha", "blend", "gates", "dial", "sparsity", "sparsity_weight"}
-
-
-OPTIONS = [
-    ("--model", dict(help="'default', an mlx-lm hub name or a folder")),
-    ("--dataset", dict(help=f"corpus: {', '.join(corpora.OFFLINE_CORPORA)}, wikitext, tinystories, owner/name or a file")),
-    ("--seq-len", dict(type=int)),
-    ("--train-samples", dict(type=int)),
-    ("--val-samples", dict(type=int)),
-    ("--epochs", dict(type=int)),
-    ("--batch-size", dict(type=int)),
-    ("--lr", dict(type=float)),
-    ("--weight-decay", dict(type=float)),
-    ("--grad-clip", dict(type=float)),
-    ("--seed", dict(type=int, help="data order and initialisation")),
-    ("--split-seed", dict(type=int, help="train/val split (keep fixed to pair runs)")),
-    ("--eval-every", dict(type=int, help="steps between evaluations (0: every epoch)")),
-    ("--checkpoint-every", dict(type=int)),
-    ("--grad-checkpoint", dict(action="store_true", help="recompute block activations in the backward pass")),
-    ("--distances", dict(type=int, nargs="+", help="skip distance(s); several = multi-tap")),
-    ("--skip-start", dict(type=int)),
-    ("--alpha", dict(type=float)),
-    ("--blend", dict(choices=["convex", "additive"])),
-    ("--gates", dict(action="store_true", help="per-head adaptive gates")),
-    ("--dial", dict(type=float)),
-    ("--sparsity", dict(choices=["l1", "entropy"])),
-    ("--sparsity-weight", dict(type=float)),
-]
+SKIP_FIELDS = {f.name for f in fields(SkipConfig)}
 
 
 def add_train_options(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
-    """The options of one training configuration (shared with jobs.sweep)."""
+    """The options of one training configuration, from TrainConfig and SkipConfig (shared with jobs.sweep)."""
     p.add_argument("--config", help="TOML or JSON file of options (keys as the flags, with underscores)")
-    for flag, kwargs in OPTIONS:
-        if flag not in exclude:
-            p.add_argument(flag, **kwargs)
+    add_config_options(p, TrainConfig, exclude=exclude, defaults=False)
+    add_config_options(p, SkipConfig, exclude=exclude, defaults=False)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_data_dir(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                argument_default=argparse.SUPPRESS)
+    p = JobParser(prog="python -m jobs.train", description=__doc__,
+                  formatter_class=argparse.RawDescriptionHelpFormatter,
+                  argument_default=argparse.SUPPRESS)
     add_train_options(p)
     p.add_argument("--resume", metavar="RUN_ID", help="continue a killed or failed run from its checkpoint")
     return p
@@ -88,24 +61,27 @@ def config_from(options: dict) -> TrainConfig:
     return TrainConfig.from_dict({**options, "skip": SkipConfig.from_dict(skip).to_dict()})
 
 
+@cli.job
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
-    data_dir = args.pop("data_dir", None)
+    data_dir = cli.data_dir(args.pop("data_dir", None))
     quiet = args.pop("quiet", False)
     resume = args.pop("resume", None)
-    store = Store(data_dir or runtime.data_dir())
-    try:
-        if resume:
-            cfg = TrainConfig.from_dict(store.get_run(resume)["config"])
-        else:
-            cfg = config_from(options_from(args))
-        prep = prepare(cfg, data_dir=data_dir)
-        print(f"BLAS: {runtime.active_blas().describe()}")
-        run_id, summary = train(prep, store, resume=resume, progress=not quiet)
-    except (JobError, TrainConfigError, SkipConfigError, corpora.CorpusError, modeling.ModelError, StoreError) as exc:
-        return fail(str(exc))
-    except TypeError as exc:  # a config file value of the wrong type
-        return fail(f"--config: {exc}")
+    store = Store(data_dir)
+    if resume:
+        if args:
+            raise cli.JobError(f"--resume: continues {resume} with its own options; "
+                               f"drop {cli.flag_name(sorted(args)[0])}")
+        stored = store.get_run(resume)
+        if stored["kind"] != "train":
+            raise cli.JobError(f"--resume: {resume} is a {stored['kind']} run, not a training run")
+        cfg = TrainConfig.from_dict({k: v for k, v in stored["config"].items() if k != "ranks"})
+    else:
+        cfg = config_from(options_from(args))
+    cfg.validate()  # every option checked before the model loads
+    prep = prepare(cfg, data_dir=data_dir)
+    print(f"BLAS: {runtime.active_blas().describe()}")
+    run_id, summary = train(prep, store, resume=resume, progress=not quiet)
     if run_id is None:  # a rank other than 0 of mlx.launch: rank 0 reports and writes the run
         return 0
     print(f"run {run_id}")

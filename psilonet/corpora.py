@@ -89,8 +89,28 @@ def _python_docs() -> list[str]:
 
 def _texts(dataset, source: str) -> list[str]:
     if "text" not in dataset.column_names:
-        raise CorpusError(f"{source} has no 'text' column (columns: {', '.join(dataset.column_names)})")
-    return [t for t in dataset["text"] if isinstance(t, str) and t.strip()]
+        raise CorpusError(f"dataset: {source} has no 'text' column (columns: {', '.join(dataset.column_names)})")
+    texts = [t for t in dataset["text"] if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise CorpusError(f"dataset: {source} has no non-empty text")
+    return texts
+
+
+def check_text_file(path: Path, what: str = "dataset") -> None:
+    """Refuse an empty, binary or non-UTF-8 text corpus file with a message naming it."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CorpusError(f"{what}: cannot read {path}: {exc.strerror}") from exc
+    if not data.strip():
+        raise CorpusError(f"{what}: corpus file {path} is empty")
+    if b"\x00" in data[:8192]:
+        raise CorpusError(f"{what}: corpus file {path} looks binary, not text")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{what}: corpus file {path} is not UTF-8 (byte {data[exc.start]:#04x} at offset "
+                          f"{exc.start}); convert it, e.g. iconv -f latin1 -t utf-8") from exc
 
 
 def load_texts(name: str, split: str = "train", data_dir: str | os.PathLike | None = None) -> list[str]:
@@ -103,18 +123,27 @@ def load_texts(name: str, split: str = "train", data_dir: str | os.PathLike | No
     if name == "smol-stories":
         path = stories_path(data_dir)
         if not path.is_file():
-            raise CorpusError(f"{path} is missing; run: python -m jobs.make_story_corpus")
-        return _texts(datasets.load_dataset("json", data_files=str(path), split="train"), str(path))
+            raise CorpusError(f"dataset: {path} is missing; run: python -m jobs.make_story_corpus")
+        check_text_file(path)
+        try:
+            ds = datasets.load_dataset("json", data_files=str(path), split="train")
+        except Exception as exc:
+            raise CorpusError(f"dataset: cannot read {path}: {type(exc).__name__}; "
+                              "regenerate it: python -m jobs.make_story_corpus") from exc
+        return _texts(ds, str(path))
 
     path = Path(name)
     if path.suffix.lower() in LOCAL_BUILDERS:
         check_name(name)
         builder = LOCAL_BUILDERS[path.suffix.lower()]
         kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
+        if builder != "parquet":
+            check_text_file(path)
         try:
             ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
         except Exception as exc:
-            raise CorpusError(f"cannot read corpus file {path}: {exc}") from exc
+            cause = str(exc.__cause__ or exc).splitlines()[0][:200]
+            raise CorpusError(f"dataset: cannot read corpus file {path}: {cause}") from exc
         return _texts(ds, str(path))
 
     check_name(name)

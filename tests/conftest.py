@@ -3,6 +3,7 @@ integration tests (converted once per machine by ``python -m jobs.fetch_model``)
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -14,7 +15,6 @@ sys.path.insert(0, str(ROOT))
 
 import psilonet  # noqa: E402,F401  (fast BLAS before mlx)
 import mlx.core as mx  # noqa: E402
-from mlx_lm.models import llama  # noqa: E402
 
 from psilonet.model import loading as modeling  # noqa: E402
 
@@ -26,9 +26,14 @@ TINY_ARGS = dict(
 
 
 def make_tiny_model(seed: int = 0, **overrides):
-    """A randomly initialised mlx-lm llama small enough for millisecond forwards."""
+    """A randomly initialised mlx-lm model small enough for millisecond forwards: a llama, or
+    the family ``model_type`` names (``qwen2``, ``qwen3``), built from mlx-lm's own class."""
+    args = {**TINY_ARGS, **overrides}
+    family = importlib.import_module(f"mlx_lm.models.{args['model_type']}")
+    args.setdefault("head_dim", args["hidden_size"] // args["num_attention_heads"])
+    args.setdefault("max_position_embeddings", 512)
     mx.random.seed(seed)
-    model = llama.Model(llama.ModelArgs(**{**TINY_ARGS, **overrides}))
+    model = family.Model(family.ModelArgs.from_dict(args))
     mx.eval(model.parameters())
     return model
 

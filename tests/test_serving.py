@@ -25,7 +25,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from psilonet.app import serving
-from psilonet.app.model_queue import ModelQueue, QueueRefused
+from psilonet.app.model_queue import ModelQueue
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "streamlit_app.py")
@@ -77,70 +77,34 @@ def test_links_and_the_generation_budget():
     assert "off" in serving.generation_budget_refusal(serving.Settings(viewer=True, viewer_tokens=0), 1, 1)
 
 
-# ----------------------------------------------------------------------------- the queue
+# ----------------------------------------------------------------------------- viewer limits on the queue
 
-def test_model_queue_serves_in_order_one_per_owner_and_bounded():
-    queue = ModelQueue(max_waiting=2, poll_s=0.01)
-    order, inside = [], []
-    first_in = threading.Event()
+def test_viewer_mode_bounds_the_model_queue_per_session_and_server_wide():
+    """The limits read the server-wide queue (app.model_queue) as it fills with real turns."""
+    queue = ModelQueue()
+    viewer = serving.Settings(viewer=True, viewer_queue=1)
     release = threading.Event()
+    entered = []
 
-    def user(name: str) -> None:
-        with queue.slot(name):
-            inside.append(name)
-            assert len(inside) == 1, inside  # never two at once
-            order.append(name)
-            if name == "a":
-                first_in.set()
-                release.wait(5)
-            inside.remove(name)
+    def hold(name):
+        with queue.turn():
+            entered.append(name)
+            release.wait(10)
 
-    threads = [threading.Thread(target=user, args=("a",))]
-    threads[0].start()
-    assert first_in.wait(5)
-    with pytest.raises(QueueRefused, match="already has a generation"):
-        with queue.slot("a"):
-            pass
-    for name in ("b", "c"):
-        threads.append(threading.Thread(target=user, args=(name,)))
-        threads[-1].start()
-        while len(queue) < len(threads):
-            time.sleep(0.005)
-    with pytest.raises(QueueRefused, match="busy"):
-        with queue.slot("d"):
-            pass
+    assert serving.turn_refusal(viewer, "a", queue.ahead(), set()) is None
+    threads = [threading.Thread(target=hold, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    while queue.ahead() < 2:
+        time.sleep(0.005)
+    assert "already has a generation" in serving.turn_refusal(viewer, "a", queue.ahead(), {"a", "b"})
+    assert "2 generations are running or waiting" in serving.turn_refusal(viewer, "c", queue.ahead(), {"a", "b"})
+    assert serving.turn_refusal(serving.Settings(), "c", queue.ahead(), {"a", "b"}) is None  # not a viewer server
     release.set()
     for t in threads:
-        t.join(5)
-    assert order == ["a", "b", "c"] and len(queue) == 0
-
-
-def test_model_queue_gives_the_place_up_when_the_waiter_stops():
-    queue = ModelQueue(poll_s=0.01)
-    holder_in, release = threading.Event(), threading.Event()
-
-    def holder():
-        with queue.slot("a"):
-            holder_in.set()
-            release.wait(5)
-
-    t = threading.Thread(target=holder)
-    t.start()
-    assert holder_in.wait(5)
-    seen = []
-
-    def stop(ahead):  # what Streamlit's stop does: raise from inside a page call
-        seen.append(ahead)
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        with queue.slot("b", on_wait=stop):
-            pass
-    assert seen == [1] and len(queue) == 1
-    release.set()
-    t.join(5)
-    with queue.slot("b"):
-        assert len(queue) == 1
+        t.join(10)
+    assert entered == ["a", "b"] and queue.ahead() == 0
+    assert serving.turn_refusal(viewer, "c", queue.ahead(), set()) is None
 
 
 # ----------------------------------------------------------------------------- viewer mode, headless

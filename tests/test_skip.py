@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from psilonet.model.skip import SkipConfig, SkipConfigError, SkipModel
+from psilonet.model.loading import ModelError
+from psilonet.model.skip import CONFIG_FILE, WEIGHTS_FILE, SkipConfig, SkipConfigError, SkipModel
 from tests.conftest import make_tiny_model
 
 TOKENS = mx.array([[3, 14, 15, 92, 65, 35, 89, 79, 32, 38], [2, 71, 82, 81, 82, 84, 59, 4, 52, 35]])
@@ -124,6 +125,19 @@ def test_save_and_load_round_trip(tiny_model, tmp_path):
     assert again.cfg == model.cfg
     assert close(again(TOKENS), model(TOKENS), 1e-6)
     assert again.num_trainable() == model.num_trainable()
+
+
+def test_load_refuses_weights_that_do_not_match_the_config(tiny_model, tmp_path):
+    model = SkipModel.from_base(tiny_model, SkipConfig(distances=[1, 2], gates=True, alpha=0.3))
+    model.save(tmp_path)
+    weights = mx.load(str(tmp_path / WEIGHTS_FILE))
+    del weights["blocks.l3.attn.k_proj.weight"]
+    mx.save_safetensors(str(tmp_path / WEIGHTS_FILE), weights)
+    with pytest.raises(ModelError, match=f"{WEIGHTS_FILE}.*missing blocks.l3.attn.k_proj.weight"):
+        SkipModel.load(make_tiny_model(), tmp_path)
+    (tmp_path / CONFIG_FILE).write_text('{"distances": [1], "gates": true, "alpha": 0.3}')
+    with pytest.raises(ModelError, match="unexpected blocks.l3.tap_logits"):
+        SkipModel.load(make_tiny_model(), tmp_path)
 
 
 @pytest.mark.parametrize("cfg, option", [

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from psilonet.store import RUN_COLUMNS, RunNotFoundError, Store, StoreLockedError
+from psilonet.store import tables as T
 
 WORKER = Path(__file__).with_name("store_worker.py")
 
@@ -222,3 +223,36 @@ def test_missing_data_dir(tmp_path: Path) -> None:
     assert not store.data_dir.exists()  # readers create nothing
     with pytest.raises(RunNotFoundError):
         store.get_run("train-20000101-000000-abcdef")
+
+
+def test_declared_table_round_trip_and_filters(tmp_path: Path) -> None:
+    """A table declared in tables.py is written and read back with no other code: the one-place change."""
+    extra = T.Table("extra_rows", (("layer", "INTEGER"), ("name", "VARCHAR"), ("value", "DOUBLE")),
+                    order_by="layer DESC, name")
+    store = Store(tmp_path)
+    with store.begin_run("test", config={}) as w:
+        w.write_rows(extra, [(0, "a", 1.0), (1, "b", float("nan")), (2, "a", 3.0)])
+    with store.open_run(w.run_id) as r:
+        rows = r.rows(extra)
+        assert list(rows.columns) == ["layer", "name", "value"]
+        assert list(rows["layer"]) == [2, 1, 0]
+        assert rows["value"].isna().tolist() == [False, True, False]  # NaN stored as NULL
+        assert list(r.rows(extra, name="a", layer=None)["layer"]) == [2, 0]
+        assert list(r.rows(extra, layer=[0, 1])["layer"]) == [1, 0]
+        assert r.rows(extra, layer=[]).empty
+        with pytest.raises(ValueError, match="cannot filter on 'value; DROP'"):
+            r.rows(extra, **{"value; DROP": 1})
+
+
+def test_where_and_declarations_refuse_anything_but_identifiers() -> None:
+    assert T.where(("a", "b"), a=1, b=None) == ("WHERE a = ?", [1])
+    assert T.where(("a", "b"), a=[1, 2], b="x") == ("WHERE a IN (?, ?) AND b = ?", [1, 2, "x"])
+    assert T.where(("a",), a=[]) == ("WHERE FALSE", [])
+    assert T.where(("a",), a=None) == ("", [])
+    for bad in (dict(name="t; DROP"), dict(columns=(("a b", "INTEGER"),)), dict(columns=(("a", "INT); --"),)),
+                dict(order_by="a; DROP"), dict(order_by="missing")):
+        with pytest.raises(ValueError):
+            T.Table(**{"name": "t", "columns": (("a", "INTEGER"),), **bad})
+    assert T.METRICS.pick("step", "value") == ("step", "value")
+    with pytest.raises(ValueError, match="no column"):
+        T.METRICS.pick("nope")

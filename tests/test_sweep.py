@@ -70,7 +70,9 @@ def test_two_by_two_by_two_sweep(tiny_model_dir, tmp_path, capsys):
 def test_failing_configs_are_recorded_and_the_sweep_goes_on(tiny_model_dir, tmp_path, capsys):
     # lr=1e30 makes every run diverge to a non-finite loss: a real failure, not a simulated one.
     code = sweep_job.main(sweep_args(tiny_model_dir, tmp_path, "--distances", "1", "2", "--lr", "1e30"))
-    assert code == 0
+    assert code == 1  # recorded, but a sweep with no successful run is not a success
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: every run of sweep") and "Traceback" not in "\n".join(err)
     store = Store(tmp_path)
     runs = store.list_runs()
     sweep = runs[runs.kind == "sweep"].iloc[0]

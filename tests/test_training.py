@@ -18,6 +18,7 @@ from jobs import train as train_job
 from psilonet.model import loading as modeling
 from psilonet.model.skip import SkipConfig
 from psilonet.store import Store
+from psilonet.training.evaluation import mean_token_loss
 from psilonet.training.loop import TrainConfig, load_trained, prepare, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,8 +61,8 @@ def test_training_run_records_everything_and_keeps_the_base_frozen(tiny_model_di
 
     model, _, loaded_cfg = load_trained(store, run_id)
     assert loaded_cfg == cfg
-    from psilonet.training.loop import evaluate
-    assert evaluate(model, prep.windows.val, 4) == pytest.approx(summary["skip_loss"], rel=1e-5)
+    assert mean_token_loss(model, prep.windows.val, 4) == pytest.approx(summary["skip_loss"], rel=1e-5)
+    assert mean_token_loss(model, prep.windows.val) == pytest.approx(summary["skip_loss"], rel=1e-5)
 
 
 def test_additive_training_starts_at_the_baseline(tiny_model_dir, tmp_path):
@@ -134,3 +135,18 @@ def test_empty_distances_and_bad_config_file(tiny_model_dir, tmp_path, capsys):
     conf.write_text("alpha = [1, 2\n")
     assert train_job.main(["--config", str(conf), "--data-dir", str(tmp_path)]) == 2
     assert "is not valid TOML" in capsys.readouterr().err
+
+
+def test_ranks_shard_batches_and_refuse_a_distributed_resume(tiny_model_dir):
+    from psilonet.training.loop import Ranks, TrainConfigError
+
+    cfg = tiny_cfg(tiny_model_dir)
+    rows = np.arange(4)
+    assert Ranks().lead and list(Ranks().shard(rows)) == [0, 1, 2, 3]
+    second = Ranks(None, 1, 2)
+    assert not second.lead and list(second.shard(rows)) == [2, 3]
+    second.check(cfg, resume=None)
+    with pytest.raises(TrainConfigError, match="^resume: "):
+        second.check(cfg, resume="some-run")
+    with pytest.raises(TrainConfigError, match="^batch_size: 4 does not split evenly over 3 ranks"):
+        Ranks(None, 0, 3).check(cfg, resume=None)

@@ -74,7 +74,7 @@ elif serving.allows_generation(max_tokens, len(intensities)) and st.button("Gene
         texts[row] += piece
         boxes[row].markdown(texts[row])
 
-    with serving.model_slot():  # one generation at a time on the server; viewer mode bounds the queue
+    with serving.model_turn():  # app.model_turn (one generation at a time) plus viewer mode's limits
         results = dosing.generate_doses(
             model, tokenizer, prompt, intensities, spec=perturb.DoseSpec.only(*mechanisms), chat=chat,
             sampling=SamplingConfig(temperature=temperature, max_tokens=int(max_tokens), seed=int(seed)), on_token=stream)
@@ -100,10 +100,9 @@ if last:
         st.altair_chart(profile, width="stretch")
         exported = [("Next-token entropy", heat), ("Hidden-state entropy by layer", profile)]
     if serving.allows_save() and st.button("Save to the store"):
-        config = {"intensities": [r.intensity for r in results], "seeds": [last["seed"]],
-                  "mechanisms": last["mechanisms"], "max_tokens": last["max_tokens"],
-                  "temperature": last["temperature"], "top_p": 1.0, "chat": last["chat"],
-                  "model": modeling.DEFAULT_MODEL, "skip_run": last["run"], "source": "app"}
+        dose = dosing.DoseConfig([r.intensity for r in results], [last["seed"]], last["mechanisms"],
+                                 last["max_tokens"], last["temperature"], chat=last["chat"])
+        config = {**dose.to_dict(), "model": modeling.DEFAULT_MODEL, "skip_run": last["run"], "source": "app"}
         try:
             saved, _ = dosing.save_dose_run(app.store(), config, [(1, last["prompt"], last["seed"], results)],
                                             model=modeling.DEFAULT_MODEL, dataset="app", parent=last["run"])

@@ -16,36 +16,39 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 import numpy as np
 from tqdm import tqdm
 
-from psilonet import corpora
+from psilonet import config, corpora
+from psilonet.config import ConfigError, option
 from psilonet.model import forward
 
 ACTIVATIONS_FILE = "activations.parquet"
 
 
-class CaptureError(ValueError):
+class CaptureError(ConfigError):
     """A capture that cannot run; the message names the option."""
 
 
 @dataclass
 class CaptureConfig:
-    dataset: str = "python-docs"
-    seq_len: int = 64
-    samples: int = 48  # windows
-    max_tokens: int = 2000  # kept token positions (per layer and head)
-    seed: int = 0
-    batch_size: int = 8
+    dataset: str = option("python-docs", help="corpus of the evaluation windows (as in training)")
+    seq_len: int = option(64, min=2, help="tokens per window")
+    samples: int = option(48, min=1, help="evaluation windows")
+    max_tokens: int = option(2000, min=4, help="token positions kept (seeded sample; at least 4 for debiased CKA)")
+    seed: int = option(0, min=0, help="which windows and positions")
+    batch_size: int = option(8, min=1)
 
     def validate(self) -> "CaptureConfig":
-        for name in ("seq_len", "samples", "max_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise CaptureError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        if self.max_tokens < 4:
-            raise CaptureError(f"max_tokens: at least 4 tokens are needed for debiased CKA, got {self.max_tokens}")
+        try:
+            config.check(self)
+        except ConfigError as exc:
+            raise CaptureError(str(exc)) from exc
+        total = self.samples * self.seq_len
+        if self.max_tokens > total:
+            raise CaptureError(f"max_tokens: {self.max_tokens} is more than the {total} tokens of {self.samples} "
+                               f"windows x {self.seq_len}; raise --samples or lower --max-tokens")
         corpora.check_name(self.dataset)
         return self
 
@@ -79,10 +82,11 @@ def capture_model(model, windows: np.ndarray, keep: np.ndarray, batch_size: int,
         if flat.size == 0:
             continue
         rows, cols = mx.array(flat // seq_len), mx.array(flat % seq_len)
-        heads: dict[int, mx.array] = {}
-        states = forward.hidden_states(model, mx.array(batch), heads=heads)
-        resid = mx.stack([s[rows, cols] for s in states])  # (L+1, k, D)
-        z = mx.stack([heads[l].transpose(0, 2, 1, 3)[rows, cols] for l in range(len(heads))])  # (L, k, H, hd)
+        _, cache = forward.run_with_cache(model, mx.array(batch), return_type=None)
+        layers = range(forward.num_layers(model))
+        resid = mx.stack([cache["hook_embed"][rows, cols]]
+                         + [cache[f"blocks.{l}.hook_resid_post"][rows, cols] for l in layers])  # (L+1, k, D)
+        z = mx.stack([cache[f"blocks.{l}.attn.hook_z"][rows, cols] for l in layers])  # (L, k, H, hd)
         mx.eval(resid, z)
         resid_parts.append(np.array(resid))
         head_parts.append(np.array(z).transpose(0, 2, 1, 3))
@@ -106,3 +110,47 @@ def token_rows(tokenizer, windows: np.ndarray, keep: np.ndarray) -> list[tuple[i
         token = int(windows[seq, pos])
         rows.append((idx, seq, pos, token, tokenizer.decode([token])))
     return rows
+
+
+def run_capture(store, cfg: CaptureConfig, *, train_run: str | None = None, model: str | None = None,
+                data_dir=None, progress: bool = True) -> tuple[str, dict]:
+    """Capture the baseline (and, with ``train_run``, its trained skip model) into a new run.
+
+    The one library call behind ``jobs.capture``: checks, loads, captures side by side and
+    publishes the run; returns (run_id, summary).
+    """
+    from psilonet.model import loading as modeling
+    from psilonet.training import loop as training
+
+    cfg.validate()
+    if train_run:
+        run = store.get_run(train_run)
+        if run["kind"] != "train":
+            raise CaptureError(f"run: {train_run} is a {run['kind']} run, not a training run")
+        trained, tokenizer, train_cfg = training.load_trained(store, train_run, data_dir=data_dir)
+        base, model_name = trained.base, train_cfg.model
+    else:
+        base, tokenizer = modeling.load_model(model, data_dir)
+        trained, model_name = None, model or modeling.DEFAULT_MODEL
+    windows = evaluation_windows(tokenizer, cfg, data_dir)
+    keep = select_positions(len(windows), cfg.seq_len, cfg.max_tokens, cfg.seed)
+    sides = [("baseline", base)] + ([("trained", trained)] if trained is not None else [])
+    with store.begin_run("capture", config={**cfg.to_dict(), "train_run": train_run, "model": model_name},
+                         model=model_name, dataset=cfg.dataset, parent=train_run) as writer:
+        shapes: dict = {}
+
+        def records():  # one side at a time, so only one side's activations are in memory
+            for i, (side, m) in enumerate(sides):
+                resid, heads = capture_model(m, windows, keep, cfg.batch_size, progress=progress,
+                                             desc=f"capture {side}")
+                shapes[side] = (resid.shape, heads.shape)
+                writer.set_progress((i + 1) / len(sides))
+                yield from matrix_records(side, resid, heads)
+
+        writer.write_matrices(ACTIVATIONS_FILE, records())
+        writer.write_capture_tokens(token_rows(tokenizer, windows, keep))
+        resid_shape, head_shape = shapes["baseline"]
+        summary = {"sides": [s for s, _ in sides], "tokens": int(len(keep)), "layers": resid_shape[0],
+                   "heads": head_shape[1], "hidden": resid_shape[2], "head_dim": head_shape[3]}
+        writer.finish(summary)
+    return writer.run_id, summary

@@ -55,6 +55,8 @@ def parse_layer_range(text: str | None, num_states: int) -> tuple[int, int]:
         a, b = (int(x) for x in text.split("-", 1)) if "-" in text else (int(text),) * 2
     except ValueError as exc:
         raise AnalysisError(f"layers: expected a range like 10-20, got {text!r}") from exc
+    if a > b and 0 <= b and a <= last:
+        raise AnalysisError(f"layers: {text} is reversed; write the lower layer first ({b}-{a})")
     if not 0 <= a <= b <= last:
         raise AnalysisError(f"layers: {text} is outside the model's layers 0-{last} (0 = embeddings)")
     return a, b
@@ -125,3 +127,63 @@ def trajectory_rows(source: Source, sides: dict[str, list[np.ndarray]], tokens, 
             for s, (p1, p2) in zip(seqs, pca.transform(means)[:, :2]):
                 rows.append((source.run_id, side, "sequence", int(s), f"sequence {s}", l, p1, p2))
     return rows, variance
+
+
+def load_source(store, run_id: str) -> Source:
+    """What a complete capture run holds; AnalysisError naming it otherwise."""
+    run = store.get_run(run_id)
+    if run["kind"] != "capture":
+        hint = f"; capture it first: python -m jobs.capture --run {run_id}" if run["kind"] == "train" else ""
+        raise AnalysisError(f"captures: {run_id} is a {run['kind']} run, not a capture{hint}")
+    if run["state"] != "complete":
+        raise AnalysisError(f"captures: {run_id} is {run['state']}, not complete")
+    s = run["summary"]
+    return Source(run_id, run["dataset"], s["sides"], s["layers"], s["heads"])
+
+
+def run_analysis(store, captures: list[str], *, layers: str | None = None, seed: int = 0,
+                 progress: bool = True, report=print) -> tuple[str, dict]:
+    """Analyse capture runs side by side into one new analysis run; return (run_id, summary).
+
+    The one library call behind ``jobs.analyze``. Every capture is checked first (complete,
+    not repeated, all of one model) so that nothing is written for a bad request.
+    """
+    from tqdm import tqdm
+
+    if not captures:
+        raise AnalysisError("captures: give at least one capture run")
+    repeated = sorted({c for c in captures if captures.count(c) > 1})
+    if repeated:
+        raise AnalysisError(f"captures: {repeated[0]} is given twice")
+    if seed < 0:
+        raise AnalysisError(f"seed: must be at least 0, got {seed}")
+    sources = [load_source(store, r) for r in captures]
+    models = {store.get_run(s.run_id)["model"] for s in sources}
+    if len(models) > 1:
+        raise AnalysisError(f"captures: they come from different models ({', '.join(sorted(map(str, models)))}); "
+                            "compare captures of one model")
+    windows = {s.run_id: parse_layer_range(layers, s.layers) for s in sources}
+    config = {"captures": captures, "layers": layers, "seed": seed}
+    with store.begin_run("analysis", config=config, model=None,
+                         dataset=" vs ".join(s.dataset for s in sources), parent=captures[0]) as writer:
+        summary = {}
+        for i, source in enumerate(tqdm(sources, desc="analyse", unit="capture", disable=not progress)):
+            with store.open_run(source.run_id) as reader:
+                base_resid, base_heads = load_side(reader, "baseline", source)
+                trained = load_side(reader, "trained", source) if "trained" in source.sides else (None, None)
+                tokens = reader.capture_tokens()
+            rows = similarity_rows(source, base_resid, base_heads, *trained, windows[source.run_id])
+            writer.write_similarity(rows)
+            sides = {"baseline": base_resid, **({"trained": trained[0]} if trained[0] is not None else {})}
+            paths, variance = trajectory_rows(source, sides, tokens, seed)
+            writer.write_trajectories(paths, variance)
+            novelty = {r[3]: r[7] for r in rows if r[2] == "novelty"}
+            summary[source.run_id] = {"dataset": source.dataset, "window": list(windows[source.run_id]),
+                                      **{k: round(v, 4) for k, v in novelty.items() if k.startswith("cka")}}
+            writer.set_progress((i + 1) / len(sources))
+            a, b = windows[source.run_id]
+            if novelty:
+                report(f"{source.run_id} ({source.dataset}): CKA baseline vs trained over layers {a}-{b}: "
+                       f"mean {novelty['cka:mean']:.3f}, min {novelty['cka:min']:.3f}, max {novelty['cka:max']:.3f}")
+        writer.finish(summary)
+    return writer.run_id, summary

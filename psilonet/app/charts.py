@@ -27,6 +27,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from psilonet.store import tables as T
+
 __all__ = [
     "MAX_ROWS",
     "cross_layer_heatmap",
@@ -51,15 +53,18 @@ MAX_ROWS = 4000
 #: Points per series for step curves (loss, grad norm) before they are thinned.
 MAX_CURVE_POINTS = 2000
 
-METRICS_COLUMNS = ("step", "split", "name", "value")
-SWEEP_COLUMNS = ("distances", "alpha", "variant", "n", "mean", "std", "ci_low", "ci_high")
-SIMILARITY_COLUMNS = ("source", "dataset", "view", "metric", "layer", "layer_b", "head", "value")
-PATH_COLUMNS = ("source", "side", "unit", "unit_id", "label", "layer", "pc1", "pc2")
-VARIANCE_COLUMNS = ("source", "component", "ratio")
-TAP_COLUMNS = ("step", "layer", "distance", "weight")
-GATE_COLUMNS = ("step", "layer", "head", "alpha")
-TOKEN_COLUMNS = ("gen_id", "intensity", "pos", "token_text", "entropy")
-LAYER_ENTROPY_COLUMNS = ("intensity", "layer", "entropy")
+# Columns each chart needs, taken from the store's table declarations (pick() fails at import
+# if a table loses one). Token and layer entropies come joined with their generation's intensity.
+METRICS_COLUMNS = T.METRICS.pick("step", "split", "name", "value")
+SWEEP_COLUMNS = T.SWEEP_CONFIGS.pick("distances", "alpha", "variant", "n", "mean", "std", "ci_low", "ci_high")
+SIMILARITY_COLUMNS = T.SIMILARITY.names
+PATH_COLUMNS = T.TRAJECTORIES.names
+VARIANCE_COLUMNS = T.PCA_VARIANCE.names
+TAP_COLUMNS = T.TAP_WEIGHTS.names
+GATE_COLUMNS = T.GATE_ALPHAS.names
+TOKEN_COLUMNS = (T.TOKEN_ENTROPY.pick("gen_id") + T.GENERATIONS.pick("intensity")
+                 + T.TOKEN_ENTROPY.pick("pos", "token_text", "entropy"))
+LAYER_ENTROPY_COLUMNS = T.GENERATIONS.pick("intensity") + T.LAYER_ENTROPY.pick("layer", "entropy")
 
 BASELINE_LABEL = "baseline (frozen model)"
 TRAIN_LOSS_LABEL = "train loss"

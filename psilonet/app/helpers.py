@@ -15,13 +15,15 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 import streamlit as st
 
 from psilonet import runtime
 from psilonet.app import share
+from psilonet.app.model_queue import MODEL_QUEUE
 from psilonet.store import Store, StoreError
 
 log = logging.getLogger("psilonet.app.helpers")
@@ -167,6 +169,23 @@ def guarded(run_page: Callable[[], None]) -> None:
     except Exception as exc:
         log.exception("page failed")
         st.error(f"This view failed: {type(exc).__name__}: {exc}. Check the server log for details.")
+
+
+@contextmanager
+def model_turn() -> Iterator[None]:
+    """Hold the server-wide turn on the shared model for the body (one generation at a time).
+
+    A session that has to wait sees how many generations are ahead of it.
+    """
+    note = st.empty()
+
+    def waiting(ahead: int) -> None:
+        note.info(f"Waiting for the model: {ahead} generation{'s' if ahead > 1 else ''} ahead of yours "
+                  "(one runs at a time on this server).")
+
+    with MODEL_QUEUE.turn(on_wait=waiting):
+        note.empty()
+        yield
 
 
 @st.cache_resource(show_spinner="Loading the model (once per server process)…", max_entries=3)

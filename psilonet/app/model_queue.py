@@ -1,79 +1,89 @@
-"""Server-wide serialisation of model use: one generation at a time, first come first served.
+"""Server-wide turns on the shared model: one generation at a time, first come, first served.
 
-Every Streamlit session of a server runs its script in its own thread of one process, and they
-share the cached model. Two generations at once would halve each other's speed on a small CPU
-(and MLX arrays are not meant to be driven from several threads at once), so the app runs them
-one after the other: :meth:`ModelQueue.slot` waits for its turn in a FIFO, reporting the place
-in the queue while it waits.
+Every browser session of one Streamlit server runs its page script in its own thread, and
+they all share one model object (loaded once with ``st.cache_resource``). A generation keeps
+per-call state next to that model (the KV cache it builds, the dose noise it draws), and MLX
+gives no guarantee for several threads evaluating one model's graph at once; on two CPU cores
+it would not be faster either, since one generation already uses every core for its matmuls.
+So generations queue: a session that has to wait is told how many are ahead of it, and each
+gets the same output as it would alone.
 
-Two bounds keep one visitor from taking the server: a session (``owner``) holds at most one
-place at a time (a second request is refused, not queued), and at most ``max_waiting`` requests
-wait behind the running one (more are refused with a message to try again later).
+The queue is a plain module-level object (modules are imported once per server process; page
+scripts re-run, modules do not), so any code path that uses the model can take a turn.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import deque
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
 
-class QueueRefused(RuntimeError):
-    """The request was not queued; the message says why and what to do."""
+class QueueTimeout(RuntimeError):
+    """The wait for a turn was longer than the caller allowed."""
 
 
 class ModelQueue:
-    def __init__(self, max_waiting: int | None = None, poll_s: float = 0.5):
-        self.max_waiting = max_waiting
-        self.poll_s = poll_s
-        self._cond = threading.Condition()
-        self._tickets: deque[object] = deque()
-        self._owners: set[str] = set()
+    """A FIFO ticket lock with a count of who is waiting (for "2 ahead of you" messages)."""
 
-    def __len__(self) -> int:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+        self.turns = 0  # completed turns, for tests and monitoring
+        self.waited_s = 0.0  # total seconds sessions spent waiting for a turn
+        self._abandoned: set[int] = set()
+
+    def ahead(self) -> int:
+        """Generations running or queued right now."""
         with self._cond:
-            return len(self._tickets)
+            return self._next_ticket - self._serving
 
     @contextmanager
-    def slot(self, owner: str, on_wait: Callable[[int], None] | None = None,
-             max_waiting: int | None = None) -> Iterator[None]:
-        """Hold the model for the ``with`` body once every earlier request has finished.
+    def turn(self, on_wait: Callable[[int], None] | None = None, timeout: float | None = None) -> Iterator[float]:
+        """Hold the model for the body; yields the seconds waited.
 
-        ``on_wait(ahead)`` is called (outside the lock) about every ``poll_s`` seconds while
-        ``ahead`` requests are in front of this one; an exception it raises (Streamlit's stop on
-        a rerun or a closed tab) gives the place up. ``max_waiting`` overrides the queue's bound.
+        ``on_wait(n)`` is called once, before waiting, when ``n`` generations are ahead.
+        ``timeout`` (seconds) raises :class:`QueueTimeout` and gives up the place in the queue.
         """
-        limit = self.max_waiting if max_waiting is None else max_waiting
-        ticket = object()
+        start = time.monotonic()
         with self._cond:
-            if owner in self._owners:
-                raise QueueRefused("This session already has a generation running or waiting; "
-                                   "wait for it to finish (or press Stop) before starting another.")
-            waiting = max(len(self._tickets) - 1, 0)
-            if limit is not None and self._tickets and waiting >= limit:
-                raise QueueRefused(f"The server is busy: {waiting + 1} generations are running or waiting "
-                                   "(the limit for this server). Try again in a minute.")
-            self._tickets.append(ticket)
-            self._owners.add(owner)
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            ahead = ticket - self._serving
+        if ahead and on_wait is not None:
+            on_wait(ahead)
+        with self._cond:
+            deadline = None if timeout is None else start + timeout
+            while self._serving != ticket:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    self._abandon(ticket)
+                    if self._serving == ticket:
+                        self._advance()
+                    raise QueueTimeout(f"the model stayed busy for {timeout:g} s; try again")
+                self._cond.wait(remaining)
+            waited = time.monotonic() - start
+            self.waited_s += waited
         try:
-            while True:
-                with self._cond:
-                    ahead = self._tickets.index(ticket)
-                    if ahead == 0:
-                        break
-                if on_wait is not None:
-                    on_wait(ahead)
-                with self._cond:
-                    if self._tickets.index(ticket) != 0:
-                        self._cond.wait(self.poll_s)
-            yield
+            yield waited
         finally:
             with self._cond:
-                self._tickets.remove(ticket)
-                self._owners.discard(owner)
-                self._cond.notify_all()
+                self.turns += 1
+                self._advance()
+
+    def _advance(self) -> None:
+        self._serving += 1
+        while self._serving in self._abandoned:
+            self._abandoned.discard(self._serving)
+            self._serving += 1
+        self._cond.notify_all()
+
+    def _abandon(self, ticket: int) -> None:
+        # A ticket that gave up is skipped when its number comes up.
+        self._abandoned.add(ticket)
 
 
-#: The one queue of this server process (Streamlit runs every session in this process).
-MODEL = ModelQueue()
+
+MODEL_QUEUE = ModelQueue()

@@ -43,6 +43,8 @@ DEFAULT_VIEWER_QUEUE = 4
 WRONG_PASSWORD_DELAY_S = 1.0
 _AUTH_KEY = "_psilonet_unlocked"
 _guess_lock = threading.Lock()
+_active: set[str] = set()  # viewer-mode sessions with a generation running or waiting
+_active_lock = threading.Lock()
 
 
 class ServingConfigError(ValueError):
@@ -138,6 +140,23 @@ def generation_budget_refusal(settings: Settings, max_tokens: int, n_intensities
         return (f"Viewer mode allows at most {settings.viewer_tokens} generated tokens per request "
                 f"(max tokens x intensities); this asks for {max_tokens} x {n_intensities} = {asked}. "
                 "Lower Max tokens or choose fewer intensities.")
+    return None
+
+
+def turn_refusal(settings: Settings, owner: str, ahead: int, active: set[str]) -> str | None:
+    """Why viewer mode refuses a generation for session ``owner`` now, or None.
+
+    ``ahead``: generations running or waiting on the server; ``active``: the sessions that
+    already have one running or waiting.
+    """
+    if not settings.viewer:
+        return None
+    if owner in active:
+        return ("This session already has a generation running or waiting; wait for it to finish "
+                "(or press Stop) before starting another.")
+    if ahead > settings.viewer_queue:
+        return (f"The server is busy: {ahead} generations are running or waiting, and viewer mode queues at most "
+                f"{settings.viewer_queue} behind the running one. Try again in a minute.")
     return None
 
 
@@ -244,29 +263,33 @@ def allows_generation(max_tokens: int, n_intensities: int) -> bool:
 
 
 @contextmanager
-def model_slot() -> Iterator[None]:
-    """Run the ``with`` body when the model is free (server-wide FIFO, one request per session).
+def model_turn() -> Iterator[None]:
+    """The server-wide turn on the model (:func:`psilonet.app.helpers.model_turn`), with viewer
+    mode's limits first: one request per session at a time, and at most ``viewer_queue`` waiting.
 
-    While waiting the page shows its place in the queue; a refused request (this session already
-    has one, or the viewer-mode queue is full) shows why and ends the page run.
+    A refused request shows why and ends the page run; nothing is queued for it.
     """
     import streamlit as st
 
-    from psilonet.app.model_queue import MODEL, QueueRefused
+    from psilonet.app import helpers
+    from psilonet.app.model_queue import MODEL_QUEUE
 
     s = settings()
-    note = st.empty()
-
-    def waiting(ahead: int) -> None:
-        note.info(f"Waiting for the model: {ahead} generation{'s' if ahead > 1 else ''} ahead of this one.")
-
-    try:
-        with MODEL.slot(_session_id(), on_wait=waiting, max_waiting=s.viewer_queue if s.viewer else None):
-            note.empty()
-            yield
-    except QueueRefused as exc:
-        note.warning(str(exc))
+    owner = _session_id()
+    with _active_lock:
+        refusal = turn_refusal(s, owner, MODEL_QUEUE.ahead(), _active)
+        if refusal is None and s.viewer:
+            _active.add(owner)
+    if refusal:
+        st.warning(refusal)
         st.stop()
+    try:
+        with helpers.model_turn():
+            yield
+    finally:
+        if s.viewer:
+            with _active_lock:
+                _active.discard(owner)
 
 
 def sidebar(page) -> None:

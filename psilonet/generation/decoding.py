@@ -149,7 +149,7 @@ def decode(
             logits, states = model(x, cache=cache)[:, -1, :], None
         else:
             after = doser.at_step(index) if doser is not None and not doser.sober else None
-            full, states = forward.forward(model, x, cache=cache, after_block=after)
+            full, states = forward.forward(model, x, cache=cache, hooks=forward.Hooks(after_block=after))
             logits = full[:, -1, :]
         if cfg.temperature == 0:
             tokens = sample(logits, cfg, None)

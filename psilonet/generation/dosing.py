@@ -8,16 +8,52 @@ same dose.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
 
+from psilonet import config
+from psilonet.config import option
 from psilonet.generation.decoding import SamplingConfig, decode, encode_prompt, stop_ids
-from psilonet.generation.perturb import DoseSpec, Doser, check_intensity
+from psilonet.generation.perturb import MECHANISMS, PRESETS, DoseSpec, Doser, check_intensity
 from psilonet.model import forward
 
 MAX_NEW_TOKENS = 512
+MAX_SEED = 2**32 - 1  # MLX and NumPy seeds are unsigned 32-bit
+
+
+@dataclass
+class DoseConfig:
+    """One dosed generation's settings, shared by ``jobs.dose`` and the app (and stored with the run)."""
+
+    intensities: list[float] = option(default_factory=lambda: list(PRESETS.values()), min=0.0, max=1.0,
+                                      help="each in [0, 1]; presets: "
+                                           + ", ".join(f"{k} {v}" for k, v in PRESETS.items()))
+    seeds: list[int] = option(default_factory=lambda: [0], min=0, max=MAX_SEED,
+                              help="one continuation per seed (same seed: same sampling and noise)")
+    mechanisms: list[str] = option(default_factory=lambda: list(MECHANISMS), choices=MECHANISMS,
+                                   help="perturbations applied")
+    max_tokens: int = option(48, min=1, max=MAX_NEW_TOKENS, help="new tokens per continuation")
+    temperature: float = option(0.0, min=0.0, max=100.0, help="0 = greedy")
+    top_p: float = option(1.0, above=0.0, max=1.0, help="nucleus sampling mass")
+    chat: bool = option(True, flag=False)
+
+    def validate(self) -> "DoseConfig":
+        for name in ("intensities", "seeds", "mechanisms"):
+            if isinstance(getattr(self, name), list) and not getattr(self, name):
+                raise config.ConfigError(f"{name}: give at least one value")
+        config.check(self)
+        return self
+
+    def sampling(self, seed: int) -> SamplingConfig:
+        return SamplingConfig(self.temperature, self.top_p, self.max_tokens, seed)
+
+    def spec(self) -> DoseSpec:
+        return DoseSpec.only(*self.mechanisms)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "mechanisms": self.spec().enabled()}
 
 
 @dataclass

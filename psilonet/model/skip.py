@@ -1,8 +1,9 @@
-"""Psychedelic skip-layer attention around a frozen mlx-lm llama-family model (DESIGN §5).
+"""Psychedelic skip-layer attention around a frozen mlx-lm model (llama, qwen2 or qwen3).
 
 Notation (0-based, as in ``model.model.layers``): ``h[0]`` are the token embeddings and block
 ``l`` (0..L-1) maps ``h[l]`` to ``h[l+1]``, computing ``a = attn_l(norm_l(h[l]))`` and then its
-MLP. (DESIGN's block ``i`` is ``l + 1`` here, so its ``h_{i-1-d}`` is our ``h[l-d]``.)
+MLP. (In 1-based block numbering, block ``i`` is ``l + 1`` here and its ``h_{i-1-d}`` is our
+``h[l-d]``.)
 
 **Skip attention** at block ``l`` exists when ``l >= skip_start`` and ``l - d >= 0`` for some tap
 distance ``d``. It is a second attention module with its own q (D->D), k, v (D->kv_dim) and
@@ -10,6 +11,12 @@ o (D->D) projections in the base's GQA head layout, RoPE at the same positions a
 mask. Queries come from ``norm_l(h[l])`` (the block's own attention input); keys and values
 from the history state ``norm_l(h[l-d])``, normalised with the same RMSNorm. For
 SmolLM2-135M with ``skip_start=3, distances=(3,)`` that is 27 modules and 23.9M parameters.
+
+The skip attention follows the base block's family: qwen2's q/k/v biases are copied with the
+projections (and trained with them); qwen3's per-head ``q_norm``/``k_norm`` are copied as
+trainable norms of the skip module, so a convex skip module starts as the block's own attention
+function; at llama's sliding-window layers the skip attention sees the same window (its KV
+caches are rotating caches of the same size).
 
 **Blend** of the base attention output ``a`` and the skip output ``s``:
 
@@ -34,16 +41,20 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
-from mlx_lm.models.base import create_attention_mask, scaled_dot_product_attention
-from mlx_lm.models.cache import KVCache, make_prompt_cache
+from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
+
+from psilonet.model import forward
+from psilonet.model.loading import ModelError
+
+from psilonet import config
+from psilonet.config import ConfigError, option
 
 BLENDS = ("convex", "additive")
 SPARSITY = (None, "l1", "entropy")
@@ -51,7 +62,7 @@ WEIGHTS_FILE = "skip_weights.safetensors"
 CONFIG_FILE = "skip_config.json"
 
 
-class SkipConfigError(ValueError):
+class SkipConfigError(ConfigError):
     """A skip configuration that cannot be built; the message names the option."""
 
 
@@ -59,28 +70,32 @@ class SkipConfigError(ValueError):
 class SkipConfig:
     """Hyper-parameters of the skip adapter (all JSON-serialisable)."""
 
-    distances: list[int] = field(default_factory=lambda: [3])
-    skip_start: int = 3
-    alpha: float = 0.65
-    blend: str = "convex"
-    gates: bool = False
-    dial: float = 1.0
-    sparsity: str | None = None
-    sparsity_weight: float = 0.0
+    distances: list[int] = option(default_factory=lambda: [3], min=1,
+                                  help="skip distance(s); several = multi-tap")
+    skip_start: int = option(3, min=0, help="first block that gets a skip")
+    alpha: float = option(0.65, min=0.0, max=1.0, help="initial blend weight of the skip path")
+    blend: str = option("convex", choices=BLENDS, help="how the skip path mixes into the block input")
+    gates: bool = option(False, help="per-head adaptive gates")
+    dial: float = option(1.0, min=0.0, help="scales the gated skip contribution at inference")
+    sparsity: str | None = option(None, choices=SPARSITY, help="sparsity penalty on the tap weights")
+    sparsity_weight: float = option(0.0, min=0.0, help="weight of the sparsity penalty")
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> "SkipConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(params) - names
-        if unknown:
-            raise SkipConfigError(f"unknown skip option(s): {', '.join(sorted(unknown))}")
-        return cls(**params)
+        try:
+            return config.from_dict(cls, params)
+        except ConfigError as exc:
+            raise SkipConfigError(str(exc)) from exc
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def validate(self, num_layers: int) -> "SkipConfig":
         """Raise :class:`SkipConfigError` naming the first bad option."""
+        try:
+            config.check(self)
+        except ConfigError as exc:
+            raise SkipConfigError(str(exc)) from exc
         if not self.distances:
             raise SkipConfigError("distances: give at least one skip distance")
         if any(not isinstance(d, int) or d < 1 for d in self.distances):
@@ -120,48 +135,9 @@ class SkipConfig:
         return [l for l in range(num_layers) if self.taps(l)]
 
 
-def split_heads(x: mx.array, n_heads: int) -> mx.array:
-    """(B, T, n*hd) -> (B, n, T, hd)."""
-    b, t, _ = x.shape
-    return x.reshape(b, t, n_heads, -1).transpose(0, 2, 1, 3)
-
-
-def merge_heads(x: mx.array) -> mx.array:
-    """(B, n, T, hd) -> (B, T, n*hd)."""
-    b, n, t, hd = x.shape
-    return x.transpose(0, 2, 1, 3).reshape(b, t, n * hd)
-
-
-def attention_heads(attn, queries: mx.array, keys: mx.array, values: mx.array, mask, cache) -> mx.array:
-    """Per-head attention output before the o-projection, (B, H, T, hd), for projected
-    ``(B, H|KV, T, hd)`` queries/keys/values of an mlx-lm ``Attention``-like module."""
-    offset = cache.offset if cache is not None else 0
-    queries = attn.rope(queries, offset=offset)
-    keys = attn.rope(keys, offset=offset)
-    if cache is not None:
-        keys, values = cache.update_and_fetch(keys, values)
-    return scaled_dot_product_attention(queries, keys, values, cache=cache, scale=attn.scale, mask=mask)
-
-
-def base_attention_heads(attn, x: mx.array, mask, cache) -> mx.array:
-    """The frozen block's own attention heads, the same ops as mlx-lm's ``Attention.__call__``."""
-    q = split_heads(attn.q_proj(x), attn.n_heads)
-    k = split_heads(attn.k_proj(x), attn.n_kv_heads)
-    v = split_heads(attn.v_proj(x), attn.n_kv_heads)
-    return attention_heads(attn, q, k, v, mask, cache)
-
-
-def block_with_heads(layer, x: mx.array, mask, cache) -> tuple[mx.array, mx.array]:
-    """A frozen mlx-lm ``TransformerBlock`` step that also returns its attention heads
-    (B, H, T, hd) before the o-projection; the same ops as ``TransformerBlock.__call__``."""
-    attn = layer.self_attn
-    heads = base_attention_heads(attn, layer.input_layernorm(x), mask, cache)
-    h = x + attn.o_proj(merge_heads(heads))
-    return h + layer.mlp(layer.post_attention_layernorm(h)), heads
-
-
 class SkipAttention(nn.Module):
-    """Queries from the block's input, keys/values from a history state (GQA, RoPE, causal)."""
+    """Queries from the block's input, keys/values from a history state, in the base block's
+    attention layout (GQA, RoPE, the family's q/k norms and biases)."""
 
     def __init__(self, base_attn, *, zero_output: bool):
         super().__init__()
@@ -172,6 +148,9 @@ class SkipAttention(nn.Module):
         self.k_proj = _copy_linear(base_attn.k_proj)
         self.v_proj = _copy_linear(base_attn.v_proj)
         self.o_proj = _copy_linear(base_attn.o_proj, zero=zero_output)
+        for name in ("q_norm", "k_norm"):  # qwen3
+            if name in base_attn:
+                setattr(self, name, _copy_norm(base_attn[name]))
 
 
 def _copy_linear(src: nn.Linear, zero: bool = False) -> nn.Linear:
@@ -181,6 +160,12 @@ def _copy_linear(src: nn.Linear, zero: bool = False) -> nn.Linear:
     if "bias" in src:
         layer.bias = mx.zeros_like(src.bias) if zero else mx.array(src.bias)
     return layer
+
+
+def _copy_norm(src: nn.RMSNorm) -> nn.RMSNorm:
+    norm = nn.RMSNorm(src.weight.shape[0], eps=src.eps)
+    norm.weight = mx.array(src.weight)
+    return norm
 
 
 class SkipBlock(nn.Module):
@@ -210,16 +195,24 @@ class SkipBlock(nn.Module):
         return mx.array(cfg.alpha)
 
 
+def _cache_like(cache):
+    if isinstance(cache, RotatingKVCache):
+        return RotatingKVCache(max_size=cache.max_size, keep=cache.keep)
+    return KVCache()
+
+
 def _key(layer: int) -> str:
     # Not a bare number: mlx's tree_unflatten would turn "blocks.3" into a list index.
     return f"l{layer}"
 
 
 class SkipModel(nn.Module):
-    """A frozen mlx-lm llama-family model with skip attention, multi-tap kernels and gates.
+    """A frozen mlx-lm model (a family of :data:`psilonet.model.forward.FAMILIES`) with skip
+    attention, multi-tap kernels and gates.
 
-    ``__call__(inputs, mask=None, cache=None)`` returns logits like the base model; caches
-    come from :meth:`make_cache` (the base KV caches, then one per skip tap).
+    ``__call__(inputs, cache=None)`` returns logits like the base model; caches come from
+    :meth:`make_cache` (the base KV caches, then one per skip tap). The layer loop is
+    :func:`psilonet.model.forward.hidden_states`, which calls :meth:`block` at skip layers.
     """
 
     def __init__(self, base, cfg: SkipConfig):
@@ -252,91 +245,56 @@ class SkipModel(nn.Module):
 
     # ------------------------------------------------------------------ caches
     def make_cache(self) -> list:
+        """The base model's caches, then one per skip tap of the same kind as its layer's
+        (a rotating cache at sliding-window layers), so that both see the same mask."""
         base = make_prompt_cache(self.base)
-        return base + [KVCache() for l in self.skip_layers for _ in self.cfg.taps(l)]
+        return base + [_cache_like(base[l]) for l in self.skip_layers for _ in self.cfg.taps(l)]
 
-    def _skip_caches(self, cache) -> dict[int, list]:
+    def skip_caches(self, cache) -> dict[int, list]:
+        """{skip layer: its taps' caches (None without a cache)}."""
         if cache is None:
             return {l: [None] * len(self.cfg.taps(l)) for l in self._skip_layers}
         rest = iter(cache[len(self.layers):])
         return {l: [next(rest) for _ in self.cfg.taps(l)] for l in self._skip_layers}
 
     # ------------------------------------------------------------------ forward
-    def skip_attention_output(
-        self, l: int, x: mx.array, hist: list[mx.array], mask, cache, skip_cache, heads: dict | None = None
-    ) -> mx.array:
-        """The blended attention output ``a'`` of block ``l`` (before the residual add).
+    def block(self, l: int, h: mx.array, states: list[mx.array], mask, cache, skip_cache,
+              hooks: forward.Hooks = forward.NO_HOOKS) -> mx.array:
+        """Skip block ``l`` in :func:`psilonet.model.forward.hidden_states`: the base block with its
+        attention output blended with the skip attention over ``states[l - d]``."""
+        hist = [states[l - d] for d in self.cfg.taps(l)]
 
-        ``heads[l]`` receives the block's own attention heads (before blending), if given.
-        """
+        def run(x, *hist):
+            blend = lambda norm, heads: self.attention_output(l, norm, heads, hist, mask, skip_cache)
+            return forward.block(self.layers[l], l, x, mask, cache, hooks, blend)
+
+        if self.gradient_checkpointing and cache is None and hooks.empty:
+            run = nn.utils.checkpoint(self.blocks[_key(l)], run)
+        return run(h, *hist)
+
+    def attention_output(self, l: int, norm: mx.array, base_heads: mx.array, hist, mask, skip_cache) -> mx.array:
+        """The blended attention output ``a'`` of block ``l`` (before the residual add), from
+        the block's normalised input ``norm`` and its own heads ``base_heads`` (B, H, T, hd)."""
         layer = self.layers[l]
         block = self.blocks[_key(l)]
-        base_attn, skip = layer.self_attn, block.attn
-        norm = layer.input_layernorm(x)
-        base_heads = base_attention_heads(base_attn, norm, mask, cache)
-        if heads is not None:
-            heads[l] = base_heads
-        q = split_heads(skip.q_proj(norm), skip.n_heads)
+        skip = block.attn
+        q = forward.queries(skip, norm)
         weights = block.tap_weights(self.cfg.distances)
         skip_heads = None
         for t, (h_old, c) in enumerate(zip(hist, skip_cache)):
-            kv_in = layer.input_layernorm(h_old)
-            k = split_heads(skip.k_proj(kv_in), skip.n_kv_heads)
-            v = split_heads(skip.v_proj(kv_in), skip.n_kv_heads)
-            out = attention_heads(skip, q, k, v, mask, c) * weights[t]
+            k, v = forward.keys_values(skip, layer.input_layernorm(h_old))
+            out = forward.attend(skip, q, k, v, mask, c) * weights[t]
             skip_heads = out if skip_heads is None else skip_heads + out
         alpha = block.alphas(self.cfg, self.dial)
         if alpha.ndim:  # per-head gates: broadcast over (B, H, T, hd)
             alpha = alpha[None, :, None, None]
         if self.cfg.blend == "convex":
             base_heads = base_heads * (1 - alpha)
-        return base_attn.o_proj(merge_heads(base_heads)) + skip.o_proj(merge_heads(skip_heads * alpha))
+        merge = forward.merge_heads
+        return layer.self_attn.o_proj(merge(base_heads)) + skip.o_proj(merge(skip_heads * alpha))
 
-    def _block(self, l: int, x: mx.array, hist: list[mx.array], mask, cache, skip_cache, heads=None) -> mx.array:
-        layer = self.layers[l]
-        h = x + self.skip_attention_output(l, x, hist, mask, cache, skip_cache, heads)
-        return h + layer.mlp(layer.post_attention_layernorm(h))
-
-    def hidden_states(self, inputs: mx.array, mask=None, cache=None, after_block=None,
-                      heads: dict | None = None) -> list[mx.array]:
-        """``[h[0], ..., h[L]]`` (before the final norm).
-
-        ``after_block(l, h)`` may replace block ``l``'s output (doses perturb it there); the
-        replaced state is what later blocks and skip taps see. ``heads``, if given, receives
-        every block's own attention heads ``{l: (B, H, T, hd)}`` before the o-projection.
-        """
-        h = self.base.model.embed_tokens(inputs)
-        base_caches = cache[: len(self.layers)] if cache is not None else [None] * len(self.layers)
-        if mask is None:
-            mask = create_attention_mask(h, base_caches[0])
-        skip_caches = self._skip_caches(cache)
-        states = [h]
-        for l, layer in enumerate(self.layers):
-            if _key(l) not in self.blocks:
-                if heads is None:
-                    h = layer(h, mask, cache=base_caches[l])
-                else:
-                    h, heads[l] = block_with_heads(layer, h, mask, base_caches[l])
-            else:
-                hist = [states[l - d] for d in self.cfg.taps(l)]
-                if self.gradient_checkpointing and cache is None and heads is None:
-                    fn = nn.utils.checkpoint(self.blocks[_key(l)], lambda x, *hs, l=l: self._block(l, x, list(hs), mask, None, skip_caches[l]))
-                    h = fn(h, *hist)
-                else:
-                    h = self._block(l, h, hist, mask, base_caches[l], skip_caches[l], heads)
-            if after_block is not None:
-                h = after_block(l, h)
-            states.append(h)
-        return states
-
-    def logits(self, h_last: mx.array) -> mx.array:
-        out = self.base.model.norm(h_last)
-        if self.base.args.tie_word_embeddings:
-            return self.base.model.embed_tokens.as_linear(out)
-        return self.base.lm_head(out)
-
-    def __call__(self, inputs: mx.array, mask=None, cache=None) -> mx.array:
-        return self.logits(self.hidden_states(inputs, mask, cache)[-1])
+    def __call__(self, inputs: mx.array, cache=None) -> mx.array:
+        return forward.forward(self, inputs, cache)[0]
 
     # ------------------------------------------------------------------ introspection
     def tap_weights(self) -> dict[int, dict[int, float]]:
@@ -393,6 +351,19 @@ class SkipModel(nn.Module):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder} has no {name}: not a saved skip model")
         model = cls(base, SkipConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text())))
-        model.load_weights(str(folder / WEIGHTS_FILE), strict=False)
-        model.base.freeze()
+        model.load_skip_weights(folder / WEIGHTS_FILE)
         return model
+
+    def load_skip_weights(self, path: str | Path) -> None:
+        """Load exactly this model's skip parameters from ``path``: a missing, unexpected or
+        misshapen tensor raises :class:`~psilonet.model.loading.ModelError` naming the file."""
+        weights = mx.load(str(path))
+        expected = dict(tree_flatten(self.trainable_parameters()))
+        problems = [f"missing {k}" for k in sorted(set(expected) - set(weights))]
+        problems += [f"unexpected {k}" for k in sorted(set(weights) - set(expected))]
+        problems += [f"{k} has shape {weights[k].shape}, expected {v.shape}"
+                     for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
+        if problems:
+            shown = "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+            raise ModelError(f"{path} does not match this skip configuration: {shown}")
+        self.load_weights(list(weights.items()), strict=False)  # strict would demand the base's weights too

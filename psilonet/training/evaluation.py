@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -25,6 +24,14 @@ def lm_loss(model, batch: mx.array) -> mx.array:
     return nn.losses.cross_entropy(logits, batch[:, 1:], reduction="mean")
 
 
-def mean_token_loss(model, tokens) -> float:
-    """Mean next-token cross-entropy (nats) over windows ``(B, T)`` or one sequence ``(T,)``."""
-    return lm_loss(model, mx.array(np.atleast_2d(np.asarray(tokens)))).item()
+def mean_token_loss(model, tokens, batch_size: int | None = None) -> float:
+    """Mean next-token cross-entropy (nats) over windows ``(B, T)`` or one sequence ``(T,)``,
+    ``batch_size`` windows per forward pass (all at once by default). Windows have equal
+    lengths, so the mean of batch means weighted by their sizes is the mean over all tokens."""
+    windows = np.atleast_2d(np.asarray(tokens))
+    step = batch_size or len(windows)
+    total = 0.0
+    for start in range(0, len(windows), step):
+        batch = windows[start : start + step]
+        total += lm_loss(model, mx.array(batch)).item() * len(batch)
+    return total / len(windows)

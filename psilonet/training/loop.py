@@ -18,11 +18,10 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
@@ -30,17 +29,18 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 from tqdm import tqdm
 
-from psilonet import corpora
+from psilonet import config, corpora
+from psilonet.config import ConfigError, option
 from psilonet.model import loading as modeling
-from psilonet.model.skip import SkipConfig, SkipConfigError, SkipModel
+from psilonet.model.skip import WEIGHTS_FILE, SkipConfig, SkipConfigError, SkipModel
 from psilonet.store import Store
-from psilonet.training.evaluation import lm_loss
+from psilonet.training.evaluation import lm_loss, mean_token_loss
 
 CHECKPOINT_DIR = "checkpoint"
 TRAIN_CONFIG_FILE = "train_config.json"
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(ConfigError):
     """An option that cannot work; the message starts with the option's name."""
 
 
@@ -50,52 +50,48 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    model: str = modeling.DEFAULT_MODEL
-    dataset: str = "python-docs"
-    seq_len: int = 48
-    train_samples: int = 200
-    val_samples: int = 50
-    epochs: int = 1
-    batch_size: int = 4
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    seed: int = 0  # data order (and any random initialisation)
-    split_seed: int = 0  # train/val windows: fixed across seeds so runs are paired
-    eval_every: int = 0  # steps between evaluations; 0 = at the end of every epoch
-    checkpoint_every: int = 50
-    grad_checkpoint: bool = False
-    skip: SkipConfig = field(default_factory=SkipConfig)
+    model: str = option(modeling.DEFAULT_MODEL, help="'default', an mlx-lm hub name or a folder")
+    dataset: str = option("python-docs", help=f"corpus: {', '.join(corpora.OFFLINE_CORPORA)}, wikitext, "
+                                              "tinystories, owner/name or a .txt/.jsonl/.csv/.parquet file")
+    seq_len: int = option(48, min=2, help="tokens per training window")
+    train_samples: int = option(200, min=1, help="training windows")
+    val_samples: int = option(50, min=1, help="validation windows")
+    epochs: int = option(1, min=1)
+    batch_size: int = option(4, min=1)
+    lr: float = option(1e-4, above=0.0, help="AdamW learning rate")
+    weight_decay: float = option(0.0, min=0.0)
+    grad_clip: float = option(1.0, above=0.0, help="clip gradients to this global norm")
+    seed: int = option(0, min=0, help="data order and initialisation")
+    split_seed: int = option(0, min=0, help="train/val split (keep fixed to pair runs)")
+    eval_every: int = option(0, min=0, help="steps between evaluations (0: every epoch)")
+    checkpoint_every: int = option(50, min=1, help="steps between checkpoints")
+    grad_checkpoint: bool = option(False, help="recompute block activations in the backward pass")
+    skip: SkipConfig = option(default_factory=SkipConfig, flag=False)
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> "TrainConfig":
-        params = dict(params)
-        skip = params.pop("skip", {})
-        names = {f.name for f in fields(cls)}
-        unknown = set(params) - names
-        if unknown:
-            raise TrainConfigError(f"{sorted(unknown)[0]}: unknown option")
-        return cls(**params, skip=skip if isinstance(skip, SkipConfig) else SkipConfig.from_dict(skip))
+        try:
+            return config.from_dict(cls, params)
+        except ConfigError as exc:
+            raise TrainConfigError(str(exc)) from exc
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def run_hash(self) -> str:
+        """Identifies one run (every setting, seed included): a sweep skips completed ones."""
+        return config.stable_hash(self.to_dict())
+
+    def config_key(self) -> str:
+        """Identifies a configuration across seeds: a hash of every setting except the seed."""
+        return config.stable_hash({k: v for k, v in self.to_dict().items() if k != "seed"}, 12)
+
     def validate(self) -> "TrainConfig":
         """Checks that need no model or data; the rest happens in :func:`prepare`."""
-        positive = ("seq_len", "train_samples", "val_samples", "epochs", "batch_size", "checkpoint_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise TrainConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        if self.seq_len < 2:
-            raise TrainConfigError(f"seq_len: must be at least 2, got {self.seq_len}")
-        if not self.lr > 0:
-            raise TrainConfigError(f"lr: must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise TrainConfigError(f"weight_decay: must be >= 0, got {self.weight_decay}")
-        if not self.grad_clip > 0:
-            raise TrainConfigError(f"grad_clip: must be > 0, got {self.grad_clip}")
-        if self.eval_every < 0:
-            raise TrainConfigError(f"eval_every: must be >= 0, got {self.eval_every}")
+        try:
+            config.check(self)
+        except ConfigError as exc:
+            raise TrainConfigError(str(exc)) from exc
         corpora.check_name(self.dataset)
         try:  # layer-independent checks now; depth checks once the model is known
             self.skip.validate(num_layers=10**6)
@@ -137,15 +133,6 @@ def prepare(cfg: TrainConfig, *, base=None, data_dir=None) -> Prepared:
     return Prepared(cfg, model, tokenizer, windows)
 
 
-def evaluate(model, windows: np.ndarray, batch_size: int) -> float:
-    """Mean token loss over all windows (equal-length windows, so batch means average evenly)."""
-    total = 0.0
-    for start in range(0, len(windows), batch_size):
-        batch = mx.array(windows[start : start + batch_size])
-        total += lm_loss(model, batch).item() * len(batch)
-    return total / len(windows)
-
-
 def batches_per_epoch(cfg: TrainConfig) -> int:
     return math.ceil(cfg.train_samples / cfg.batch_size)
 
@@ -170,41 +157,54 @@ def save_checkpoint(folder: Path, model: SkipModel, opt: optim.Optimizer, step: 
     shutil.rmtree(old, ignore_errors=True)
 
 
+def has_checkpoint(folder: Path) -> bool:
+    return folder.exists() or (folder.parent / f".{folder.name}.old").exists()
+
+
 def load_checkpoint(folder: Path, model: SkipModel, opt: optim.Optimizer) -> int:
     """Restore weights and optimizer state; return the step it was taken at."""
     old = folder.parent / f".{folder.name}.old"
     if not folder.exists() and old.exists():  # killed between the two renames
         os.rename(old, folder)
-    model.load_weights(str(folder / "skip_weights.safetensors"), strict=False)
+    model.load_skip_weights(folder / WEIGHTS_FILE)
     opt.state = tree_unflatten(list(mx.load(str(folder / "optimizer.safetensors")).items()))
     return json.loads((folder / "state.json").read_text())["step"]
 
 
 # ---------------------------------------------------------------------- data parallel
 
-def distributed_group():
-    """The ``mlx.launch`` group when this process is one of several ranks, else None."""
-    group = mx.distributed.init()
-    return group if group.size() > 1 else None
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place under ``mlx.launch`` (one rank of one when launched alone).
 
+    Every rank trains on its shard of each global batch; only the lead rank (0) evaluates,
+    logs, checkpoints and publishes the run.
+    """
 
-class _OtherRank:
-    """What ranks other than 0 write: nothing (rank 0 logs, checkpoints and publishes)."""
+    group: Any = None
+    rank: int = 0
+    world: int = 1
 
-    run_id = None
-    flush_interval = 0.0
+    @classmethod
+    def current(cls) -> "Ranks":
+        group = mx.distributed.init()
+        return cls(group, group.rank(), group.size()) if group.size() > 1 else cls()
 
-    def __init__(self):
-        self.dir = None
+    @property
+    def lead(self) -> bool:
+        return self.rank == 0
 
-    def __enter__(self):
-        return self
+    def check(self, cfg: TrainConfig, resume: str | None) -> None:
+        if cfg.batch_size % self.world:
+            raise TrainConfigError(f"batch_size: {cfg.batch_size} does not split evenly over {self.world} ranks")
+        if resume and self.world > 1:
+            # Only the lead rank reads the checkpoint, so the others would restart from step 0.
+            raise TrainConfigError("resume: continue a run in one process (without mlx.launch); "
+                                   "it reaches the same weights as the ranks would")
 
-    def __exit__(self, *exc):
-        return False
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
+    def shard(self, rows: np.ndarray) -> np.ndarray:
+        size = len(rows) // self.world if self.world > 1 else len(rows)
+        return rows[self.rank * size : (self.rank + 1) * size]
 
 
 # ---------------------------------------------------------------------- the loop
@@ -238,106 +238,106 @@ def make_train_step(model: SkipModel, opt: optim.Optimizer, cfg: TrainConfig, gr
     return step
 
 
-def train(
-    prep: Prepared,
-    store: Store,
-    *,
-    resume: str | None = None,
-    parent: str | None = None,
-    progress: bool = True,
-    on_step: Callable[[int, dict], None] | None = None,
-) -> tuple[str, dict]:
-    """Train one configuration into a new run (or resume ``resume``); return (run_id, summary)."""
+def schedule(cfg: TrainConfig, train_windows: np.ndarray, ranks: Ranks, start: int = 0) -> Iterator[tuple[int, int, mx.array]]:
+    """``(step, epoch, batch)`` for the steps after ``start``: each epoch's seeded order in
+    batches of ``batch_size`` windows, this rank's shard of each."""
+    per_epoch = batches_per_epoch(cfg)
+    for epoch in range(start // per_epoch, cfg.epochs):
+        order = epoch_order(cfg, epoch)
+        for b in range(per_epoch):
+            step = epoch * per_epoch + b + 1
+            if step > start:  # earlier steps were trained before the checkpoint
+                rows = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                yield step, epoch, mx.array(train_windows[ranks.shard(rows)])
+
+
+def timed_step(train_step: Callable, batch: mx.array, step: int, world: int) -> dict[str, float]:
+    """One update and its train metrics; :class:`TrainingDiverged` on a non-finite loss."""
+    t0 = time.perf_counter()
+    loss, grad_norm = train_step(batch)
+    seconds = time.perf_counter() - t0
+    if not math.isfinite(loss.item()):
+        raise TrainingDiverged(f"loss is {loss.item()} at step {step}: lower --lr or --alpha")
+    return {"loss": loss.item(), "grad_norm": grad_norm.item(), "tokens_per_s": batch.size * world / seconds}
+
+
+def train(prep: Prepared, store: Store, *, resume: str | None = None, parent: str | None = None,
+          progress: bool = True) -> tuple[str | None, dict]:
+    """Train one configuration into a new run (or resume ``resume``); return (run_id, summary).
+
+    Ranks other than the lead take the same steps on their shards and return ``(None, {})``.
+    """
     cfg = prep.cfg
-    group = distributed_group()
-    rank, world = (group.rank(), group.size()) if group is not None else (0, 1)
-    if cfg.batch_size % world:
-        raise TrainConfigError(f"batch_size: {cfg.batch_size} does not split evenly over {world} ranks")
-    lead = rank == 0
+    ranks = Ranks.current()
+    ranks.check(cfg, resume)
     mx.random.seed(cfg.seed)  # the same on every rank: identical initialisation
     model = SkipModel.from_base(prep.base, cfg.skip)
     model.gradient_checkpointing = cfg.grad_checkpoint
     opt = optim.AdamW(learning_rate=cfg.lr, weight_decay=cfg.weight_decay)
-    if not lead:
-        writer = _OtherRank()
-    elif resume:
+    train_step = make_train_step(model, opt, cfg, ranks.group)
+    if not ranks.lead:
+        for step, _, batch in schedule(cfg, prep.windows.train, ranks):
+            timed_step(train_step, batch, step, ranks.world)
+        return None, {}
+    if resume:
         writer = store.resume_run(resume)
     else:
-        config = cfg.to_dict() if world == 1 else {**cfg.to_dict(), "ranks": world}
+        config = cfg.to_dict() if ranks.world == 1 else {**cfg.to_dict(), "ranks": ranks.world}
         writer = store.begin_run("train", config=config, model=cfg.model, dataset=cfg.dataset, parent=parent)
-
     with writer:
-        ckpt = writer.dir / CHECKPOINT_DIR if lead else None
-        start_step = 0
-        if lead and resume and (ckpt.exists() or (ckpt.parent / f".{ckpt.name}.old").exists()):
-            start_step = load_checkpoint(ckpt, model, opt)
-        writer.truncate_after(start_step if start_step else -1)  # replay from the checkpoint
-        writer.flush_interval = 2.0  # one transaction per ~2 s instead of several per step
-        if lead:
-            (writer.dir / TRAIN_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
+        return writer.run_id, _lead_run(prep, model, opt, train_step, writer, ranks, resume, progress)
 
-        windows, bs = prep.windows, cfg.batch_size
-        shard = bs // world
-        evaluate_val = (lambda m: evaluate(m, windows.val, bs)) if lead else (lambda m: float("nan"))
-        base_val = evaluate_val(model.base)
-        per_epoch = batches_per_epoch(cfg)
-        total_steps = per_epoch * cfg.epochs
-        eval_every = cfg.eval_every or per_epoch
 
-        train_step = make_train_step(model, opt, cfg, group)
+def _lead_run(prep: Prepared, model: SkipModel, opt, train_step, writer, ranks: Ranks, resume, progress) -> dict:
+    """The lead rank's run: restore, train with evaluations and checkpoints, publish."""
+    cfg = prep.cfg
+    ckpt = writer.dir / CHECKPOINT_DIR
+    start = load_checkpoint(ckpt, model, opt) if resume and has_checkpoint(ckpt) else 0
+    writer.truncate_after(start if start else -1)  # replay from the checkpoint
+    writer.flush_interval = 2.0  # one transaction per ~2 s instead of several per step
+    (writer.dir / TRAIN_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
 
-        def log_model_state(step):
-            writer.log_tap_weights(step, model.tap_weights())
-            if cfg.skip.gates:
-                writer.log_gate_alphas(step, model.gate_alphas())
+    def validate(step: int) -> float:
+        skip_val = mean_token_loss(model, prep.windows.val, cfg.batch_size)
+        writer.log_metrics(step, _val_metrics(base_val, skip_val), split="val")
+        return skip_val
 
-        if start_step == 0:
-            skip_val = evaluate_val(model)
-            writer.log_metrics(0, _val_metrics(base_val, skip_val), split="val")
-            log_model_state(0)
+    base_val = mean_token_loss(model.base, prep.windows.val, cfg.batch_size)
+    if start == 0:
+        validate(0)
+        _log_model_state(writer, model, 0)
+    total_steps = batches_per_epoch(cfg) * cfg.epochs
+    eval_every = cfg.eval_every or batches_per_epoch(cfg)
+    step, skip_val = start, None
+    bar = tqdm(total=total_steps, initial=start, desc="train", unit="step", disable=not progress)
+    for step, epoch, batch in schedule(cfg, prep.windows.train, ranks, start):
+        metrics = {**timed_step(train_step, batch, step, ranks.world), "epoch": epoch}
+        writer.log_metrics(step, metrics)
+        _log_model_state(writer, model, step)
+        if step % eval_every == 0 or step == total_steps:
+            skip_val = validate(step)
+        if step % cfg.checkpoint_every == 0 and step < total_steps:
+            writer.flush()  # rows up to the checkpoint must survive a kill
+            save_checkpoint(ckpt, model, opt, step)
+        writer.set_progress(step / total_steps)
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+    bar.close()
 
-        bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not (progress and lead))
-        step, skip_val = start_step, None
-        for epoch in range(start_step // per_epoch, cfg.epochs):
-            order = epoch_order(cfg, epoch)
-            for b in range(per_epoch):
-                if epoch * per_epoch + b < start_step:
-                    continue  # already trained before the checkpoint
-                rows = order[b * bs : (b + 1) * bs]
-                batch = mx.array(windows.train[rows[rank * shard : (rank + 1) * shard] if world > 1 else rows])
-                t0 = time.perf_counter()
-                loss, grad_norm = train_step(batch)
-                seconds = time.perf_counter() - t0
-                step += 1
-                if not math.isfinite(loss.item()):
-                    raise TrainingDiverged(f"loss is {loss.item()} at step {step}: lower --lr or --alpha")
-                metrics = {"loss": loss.item(), "grad_norm": grad_norm.item(),
-                           "tokens_per_s": batch.size * world / seconds, "epoch": epoch}
-                writer.log_metrics(step, metrics)
-                log_model_state(step)
-                if step % eval_every == 0 or step == total_steps:
-                    skip_val = evaluate_val(model)
-                    writer.log_metrics(step, _val_metrics(base_val, skip_val), split="val")
-                    metrics["val_loss"] = skip_val
-                if lead and step % cfg.checkpoint_every == 0 and step < total_steps:
-                    writer.flush()  # rows up to the checkpoint must survive a kill
-                    save_checkpoint(ckpt, model, opt, step)
-                writer.set_progress(step / total_steps)
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
-                if on_step:
-                    on_step(step, metrics)
-        bar.close()
+    if skip_val is None:
+        skip_val = mean_token_loss(model, prep.windows.val, cfg.batch_size)
+    model.save(writer.dir)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    summary = {**_val_metrics(base_val, skip_val), "steps": step,
+               "trainable_params": model.num_trainable(), "skip_layers": len(model.skip_layers)}
+    writer.finish(summary)
+    return summary
 
-        if skip_val is None:
-            skip_val = evaluate_val(model)
-        if lead:
-            model.save(writer.dir)
-            shutil.rmtree(ckpt, ignore_errors=True)
-        summary = {**_val_metrics(base_val, skip_val), "steps": step,
-                   "trainable_params": model.num_trainable(), "skip_layers": len(model.skip_layers)}
-        writer.finish(summary)
-    return writer.run_id, summary
+
+def _log_model_state(writer, model: SkipModel, step: int) -> None:
+    writer.log_tap_weights(step, model.tap_weights())
+    if model.cfg.gates:
+        writer.log_gate_alphas(step, model.gate_alphas())
 
 
 def _val_metrics(base: float, skip: float) -> dict[str, float]:
@@ -350,6 +350,15 @@ def load_trained(store: Store, run_id: str, *, base=None, data_dir=None) -> tupl
     cfg_path = folder / TRAIN_CONFIG_FILE
     if not cfg_path.is_file():
         raise FileNotFoundError(f"run {run_id} has no {TRAIN_CONFIG_FILE}: not a training run")
-    cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+    try:
+        cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+    except (ValueError, OSError) as exc:
+        raise modeling.ModelError(f"run {run_id}: cannot read {cfg_path}: {exc}") from exc
     model, tokenizer = base if base is not None else modeling.load_model(cfg.model, data_dir)
-    return SkipModel.load(model, folder), tokenizer, cfg
+    try:
+        return SkipModel.load(model, folder), tokenizer, cfg
+    except SkipConfigError:
+        raise
+    except Exception as exc:  # a truncated or foreign weights file: mlx raises several kinds
+        raise modeling.ModelError(f"run {run_id}: its skip weights in {folder} cannot be loaded "
+                                  f"({type(exc).__name__}: {exc})") from exc

@@ -51,7 +51,6 @@ def run_trials(configs: list, sweep_id: str, data_dir: Path, *, address: str | N
     import ray
     from ray import tune
 
-    from psilonet.training.sweep import run_hash
     from psilonet.training.loop import TrainConfig
 
     if not configs:
@@ -77,7 +76,7 @@ def run_trials(configs: list, sweep_id: str, data_dir: Path, *, address: str | N
         errors = {}
         for result in results:
             if result.error is not None:
-                errors[run_hash(TrainConfig.from_dict(result.config["train"]))] = f"{type(result.error).__name__}: {result.error}"
+                errors[TrainConfig.from_dict(result.config["train"]).run_hash()] = f"{type(result.error).__name__}: {result.error}"
         return errors
     finally:
         if started_here:

@@ -9,12 +9,12 @@ divergence) is recorded as failed with its error and the sweep goes on.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import pandas as pd
 
+from psilonet import config
+from psilonet.config import ConfigError
 from psilonet.model.skip import SkipConfig
 from psilonet.store import Store
 from psilonet.training import stats
@@ -32,14 +32,23 @@ class SweepSpec:
     variants: list[str] = field(default_factory=lambda: ["plain"])
 
     def validate(self) -> "SweepSpec":
-        for name in ("distance_sets", "alphas", "seeds", "variants"):
-            if not getattr(self, name):
-                raise ValueError(f"{name}: give at least one value")
-        bad = [v for v in self.variants if v not in VARIANTS]
-        if bad:
-            raise ValueError(f"variants: unknown {bad[0]!r} (use {', '.join(VARIANTS)})")
+        """Every grid value and every config it makes, checked without a model (ConfigError naming it)."""
+        skip_meta = {f.name: dict(f.metadata) for f in fields(SkipConfig)}
+        for name, hint, meta in (("distance_sets", list[list[int]], {}),
+                                 ("alphas", list[float], skip_meta["alpha"]),
+                                 ("seeds", list[int], {"min": 0}), ("variants", list[str], {"choices": VARIANTS})):
+            value = getattr(self, name)
+            if isinstance(value, list) and not value:
+                raise ConfigError(f"{name}: give at least one value")
+            config.check_value(name, value, hint, meta)
+        for distances in self.distance_sets:
+            config.check_value("distances", distances, list[int], skip_meta["distances"])
+            if not distances:
+                raise ConfigError("distances: a tap set needs at least one distance")
         if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds: repeated values in {self.seeds}")
+            raise ConfigError(f"seeds: repeated values in {self.seeds}")
+        for _, _, cfg in self.configs():
+            cfg.validate()
         return self
 
     def configs(self) -> list[tuple[str, str, TrainConfig]]:
@@ -52,14 +61,8 @@ class SweepSpec:
                     label = f"d={','.join(map(str, distances))} alpha={alpha:g}" + (" gated" if variant == "gated" else "")
                     for seed in self.seeds:
                         cfg = replace(self.base, seed=seed, skip=SkipConfig.from_dict(skip.to_dict()))
-                        out.append((config_key(cfg), label, cfg))
+                        out.append((cfg.config_key(), label, cfg))
         return out
-
-
-def config_key(cfg: TrainConfig) -> str:
-    """Identifies a configuration across seeds: a hash of every setting except the seed."""
-    settings = {k: v for k, v in cfg.to_dict().items() if k != "seed"}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _summary_tables(rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -75,18 +78,13 @@ def _summary_tables(rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return configs, runs
 
 
-def run_hash(cfg: TrainConfig) -> str:
-    """Identifies one run of a sweep (every setting, seed included): completed ones are skipped."""
-    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _catalog_results(store: Store, sweep_id: str) -> dict[str, dict]:
     """{run hash: catalog row} of training runs: complete ones anywhere, else this sweep's own
     failed or killed attempt (newest first, so the latest attempt wins)."""
     found: dict[str, dict] = {}
     for row in store.list_runs(kind="train").to_dict("records"):
         try:
-            h = run_hash(TrainConfig.from_dict({k: v for k, v in row["config"].items() if k != "ranks"}))
+            h = TrainConfig.from_dict({k: v for k, v in row["config"].items() if k != "ranks"}).run_hash()
         except (TypeError, ValueError):
             continue  # a run written by an older version: not comparable
         if row["state"] == "complete" and found.get(h, {}).get("state") != "complete":
@@ -115,7 +113,7 @@ def run_sweep(
     ``engine="local"`` trains one config after another in this process; ``engine="ray"`` runs
     each as a Ray Tune trial (see :mod:`psilonet.training.ray_engine`). Either way every run is written
     by the same store code, and the summary is computed from the catalog, so re-running a sweep
-    skips the configs that already completed (identified by :func:`run_hash`).
+    skips the configs that already completed (identified by :meth:`TrainConfig.run_hash`).
     """
     spec.validate()
     grid = spec.configs()
@@ -127,12 +125,12 @@ def run_sweep(
                     "seeds": spec.seeds, "variants": spec.variants, "engine": engine}
     with store.begin_run("sweep", config=sweep_config, model=spec.base.model, dataset=spec.base.dataset) as writer:
         done = _catalog_results(store, writer.run_id)
-        todo = [(key, label, cfg) for key, label, cfg in grid if done.get(run_hash(cfg), {}).get("state") != "complete"]
+        todo = [(key, label, cfg) for key, label, cfg in grid if done.get(cfg.run_hash(), {}).get("state") != "complete"]
         errors: dict[str, str] = {}
 
         def record(n_done: int) -> pd.DataFrame:
             results = _catalog_results(store, writer.run_id)
-            rows = [_row(key, label, cfg, results.get(run_hash(cfg)), errors.get(run_hash(cfg)))
+            rows = [_row(key, label, cfg, results.get(cfg.run_hash()), errors.get(cfg.run_hash()))
                     for key, label, cfg in grid]
             configs, runs = _summary_tables(rows)
             writer.write_sweep(configs, runs)
@@ -150,7 +148,7 @@ def run_sweep(
                     train(Prepared(cfg, first.base, first.tokenizer, first.windows), store,
                           parent=writer.run_id, progress=progress)
                 except Exception as exc:  # the train run is marked failed; the sweep goes on
-                    errors[run_hash(cfg)] = f"{type(exc).__name__}: {exc}"
+                    errors[cfg.run_hash()] = f"{type(exc).__name__}: {exc}"
                 record(i + 1)
         configs, rows = record(len(todo))
         best = configs[configs.best == True]  # noqa: E712  (pandas boolean mask)

@@ -1,0 +1,240 @@
+"""The catalog of runs (``catalog.duckdb``) and each run's lifecycle: begin, progress, publish, fail, resume.
+
+DuckDB holds an OS file lock on a database: while one process has it open read-write nobody
+else can open it at all, not even read-only. So the catalog is only ever touched through
+short-lived connections opened by :meth:`Store._catalog`, which retries while another
+process holds the lock.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+import pandas as pd
+
+from psilonet.store.db import connect, from_json, now, to_json
+from psilonet.store.errors import RunNotFoundError, StoreError
+from psilonet.store.runs import RUN_DB_FILE, RunReader, RunWriter
+from psilonet.store.tables import RUNS
+
+CATALOG_FILE = "catalog.duckdb"
+STAGING_NAME = ".staging"
+RUN_COLUMNS = list(RUNS.names)
+
+_SQL_SET_PROGRESS = "UPDATE runs SET progress = ? WHERE run_id = ?"
+_SQL_MARK_COMPLETE = """
+UPDATE runs SET status = 'complete', finished = ?, summary = ?, progress = 1.0
+WHERE run_id = ?"""
+_SQL_MARK_FAILED = "UPDATE runs SET status = 'failed', finished = ?, error = ? WHERE run_id = ?"
+_SQL_RESUME_RUN = "UPDATE runs SET status = 'running', error = NULL, finished = NULL, host = ?, pid = ? WHERE run_id = ?"
+_SQL_INSERT_RUN = RUNS.insert(("run_id", "kind", "status", "created", "model", "dataset", "config", "parent",
+                               "host", "pid"))
+
+_KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+# Run ids become directory names, so anything else is rejected before touching disk.
+_RUN_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}-\d{8}-\d{6}-[0-9a-f]{6}$")
+
+
+def _new_run_id(kind: str) -> str:
+    return f"{kind}-{now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Best-effort liveness check of a process on this host.
+
+    A recycled pid cannot be told apart from the original and counts as alive;
+    a zombie (killed but not yet reaped by its parent) counts as dead.
+    """
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    except OSError:
+        return False
+    try:
+        # /proc/<pid>/stat is "pid (comm) S ...": the state follows the last ')'.
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no procfs (macOS): trust os.kill
+
+
+def _run_state(status: str, host: str | None, pid: int | None) -> str:
+    if status == "running" and host == socket.gethostname() and pid is not None:
+        if not _pid_alive(pid):
+            return "killed"
+    return status
+
+
+def _row_to_run(columns: list[str], row: tuple) -> dict[str, Any]:
+    run = dict(zip(columns, row))
+    run["config"] = from_json(run["config"])
+    run["summary"] = from_json(run["summary"])
+    run["state"] = _run_state(run["status"], run["host"], run["pid"])
+    return run
+
+
+class Store:
+    """Catalog of runs plus per-run directories under ``data_dir``.
+
+    Nothing is created on disk until the first run is begun, so a Store over a
+    missing directory is valid and simply lists no runs.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, *, lock_timeout: float = 15.0) -> None:
+        """``lock_timeout``: seconds to keep retrying while another process holds a lock."""
+        self.data_dir = Path(data_dir)
+        self.catalog_path = self.data_dir / CATALOG_FILE
+        self.runs_dir = self.data_dir / "runs"
+        self.staging_dir = self.runs_dir / STAGING_NAME
+        self.lock_timeout = lock_timeout
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.data_dir)!r})"
+
+    # ---- the one way into the catalog
+
+    @contextmanager
+    def _catalog(self, *, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Short-lived catalog connection; keep the body to one statement or transaction.
+
+        Holding it longer blocks every other process, readers included.
+        """
+        if not read_only:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        con = connect(self.catalog_path, read_only=read_only, timeout=self.lock_timeout)
+        try:
+            if not read_only:
+                con.execute(RUNS.create())
+            yield con
+        except duckdb.Error as e:
+            raise StoreError(f"catalog operation on {self.catalog_path} failed: {e}") from e
+        finally:
+            con.close()
+
+    def _write_catalog(self, sql: str, params: list[Any]) -> None:
+        with self._catalog(read_only=False) as con:
+            con.execute(sql, params)
+
+    def _select_runs(self, **filters: Any) -> list[dict]:
+        """Catalog rows as dicts, filtered by ``column=value`` (see :func:`tables.where`)."""
+        if not self.catalog_path.exists():
+            return []  # readers never create the catalog
+        where_sql, params = RUNS.where(**filters)
+        with self._catalog(read_only=True) as con:
+            try:
+                rows = con.execute(RUNS.select(where_sql), params).fetchall()
+            except duckdb.CatalogException:
+                return []  # file exists but its creator died before making the table
+        return [_row_to_run(RUN_COLUMNS, row) for row in rows]
+
+    # ---- public API
+
+    def list_runs(self, kind: str | None = None, status: str | None = None) -> pd.DataFrame:
+        """All runs, newest first, optionally filtered by ``kind`` and/or ``status``.
+
+        Columns are :data:`RUN_COLUMNS` plus ``state``: the status, except that a
+        ``running`` row of a dead process on this host reads ``killed``.
+        """
+        runs = self._select_runs(kind=kind, status=status)
+        df = pd.DataFrame(runs, columns=RUN_COLUMNS + ["state"])
+        df["created"] = pd.to_datetime(df["created"])
+        df["finished"] = pd.to_datetime(df["finished"])
+        df["pid"] = df["pid"].astype("Int64")
+        df["progress"] = df["progress"].astype("float64")
+        return df
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """One catalog row as a dict (config/summary parsed, plus ``state``)."""
+        runs = self._select_runs(run_id=run_id)
+        if not runs:
+            raise RunNotFoundError(f"unknown run id {run_id!r} in {self.catalog_path}")
+        return runs[0]
+
+    def begin_run(
+        self,
+        kind: str,
+        *,
+        config: dict,
+        model: str | None = None,
+        dataset: str | None = None,
+        parent: str | None = None,
+    ) -> RunWriter:
+        """Register a new ``running`` run and open its staging directory for writing.
+
+        Use as ``with store.begin_run(...) as w:`` so that the run is finished or
+        marked failed however the block exits.
+        """
+        if not _KIND_RE.match(kind):
+            raise StoreError(f"invalid run kind {kind!r}: use lowercase letters, digits, '_'")
+        config_json = to_json(config, "config")
+        run_id = _new_run_id(kind)
+        created = now()
+        # Catalog row first: if anything later fails the row can say so, and if the
+        # process dies it shows up as 'killed' instead of leaving an orphan directory.
+        self._write_catalog(
+            _SQL_INSERT_RUN,
+            [run_id, kind, "running", created, model, dataset, config_json, parent,
+             socket.gethostname(), os.getpid()],
+        )  # fmt: skip
+        meta = {
+            "run_id": run_id, "kind": kind, "config": config_json, "model": model,
+            "dataset": dataset, "parent": parent, "created": created.isoformat(),
+        }  # fmt: skip
+        try:
+            return RunWriter(self, run_id, self.staging_dir / run_id, meta)
+        except BaseException as e:
+            self._write_catalog(_SQL_MARK_FAILED, [now(), f"{type(e).__name__}: {e}", run_id])
+            raise
+
+    def resume_run(self, run_id: str) -> RunWriter:
+        """Reopen a killed or failed run's staging directory to continue writing it."""
+        if not _RUN_ID_RE.match(run_id):
+            raise RunNotFoundError(f"unknown run id {run_id!r} (not a valid run id)")
+        run = self.get_run(run_id)
+        if run["state"] not in ("killed", "failed"):
+            raise StoreError(f"run {run_id!r} is {run['state']}: only killed or failed runs can be resumed")
+        staging = self.staging_dir / run_id
+        if not (staging / RUN_DB_FILE).exists():
+            raise RunNotFoundError(f"run {run_id!r} has no staging data left in {staging} to resume from")
+        self._write_catalog(_SQL_RESUME_RUN, [socket.gethostname(), os.getpid(), run_id])
+        return RunWriter(self, run_id, staging, None)
+
+    def open_run(self, run_id: str) -> RunReader:
+        """Read-only access to a published (complete) run."""
+        return RunReader(run_id, self.run_dir(run_id), self.lock_timeout)
+
+    def run_dir(self, run_id: str) -> Path:
+        """Directory of a published run; RunNotFoundError if not (yet) published."""
+        if not _RUN_ID_RE.match(run_id):
+            raise RunNotFoundError(f"unknown run id {run_id!r} (not a valid run id)")
+        run = self.get_run(run_id)
+        if run["status"] != "complete":
+            raise RunNotFoundError(f"run {run_id!r} is not published (state: {run['state']})")
+        path = self.runs_dir / run_id
+        if not (path / RUN_DB_FILE).exists():
+            raise RunNotFoundError(f"run {run_id!r} is complete but {path} is missing")
+        return path
+
+    # ---- used by RunWriter
+
+    def _set_progress(self, run_id: str, fraction: float) -> None:
+        self._write_catalog(_SQL_SET_PROGRESS, [fraction, run_id])
+
+    def _mark_complete(self, run_id: str, summary: dict | None) -> None:
+        summary_json = None if summary is None else to_json(summary, "summary")
+        self._write_catalog(_SQL_MARK_COMPLETE, [now(), summary_json, run_id])
+
+    def _mark_failed(self, run_id: str, error: str) -> None:
+        self._write_catalog(_SQL_MARK_FAILED, [now(), error, run_id])

@@ -1,0 +1,408 @@
+"""One run's own database: :class:`RunWriter` (staging, write buffer, publishing) and :class:`RunReader`.
+
+A run's ``run.duckdb`` is private to the job writing it, in a staging directory, and is
+published with one atomic ``os.rename`` when complete, so a killed job never leaves a
+half-written run visible. Readers only ever open published runs, read-only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from psilonet.store import matrices as _matrices
+from psilonet.store import tables as T
+from psilonet.store.db import connect, now, plain, to_json
+from psilonet.store.errors import StoreError
+
+if TYPE_CHECKING:
+    from psilonet.store.catalog import Store
+
+RUN_DB_FILE = "run.duckdb"
+_PROGRESS_MIN_INTERVAL_S = 1.0
+
+
+class RunWriter:
+    """Writes one run into its staging directory; publishes it on :meth:`finish`.
+
+    ``dir`` is where the job may put artifact files next to ``run.duckdb``; after
+    :meth:`finish` it points at the published directory.
+    """
+
+    def __init__(
+        self, store: Store, run_id: str, staging: Path, meta: dict[str, Any] | None
+    ) -> None:
+        """``meta=None`` reopens an existing staging directory (resume)."""
+        self.store = store
+        self.run_id = run_id
+        self.dir = staging
+        self._done = False
+        self._last_progress = float("-inf")
+        # Rows are written at once by default; a fast loop sets flush_interval (seconds) to
+        # batch them into one transaction, and calls flush() before it checkpoints.
+        self.flush_interval = 0.0
+        self._last_flush = float("-inf")
+        self._pending: dict[str, tuple[str, list[tuple]]] = {}
+        self._created: set[str] = set()
+        staging.mkdir(parents=True, exist_ok=meta is None)
+        # Nobody else ever opens a staging database, so one connection for the
+        # whole run is safe and avoids reopen cost on every metrics write.
+        self._con: duckdb.DuckDBPyConnection | None = connect(
+            staging / RUN_DB_FILE, read_only=False, timeout=store.lock_timeout
+        )
+        try:
+            for table in T.EVERY_RUN:
+                self._create(table)
+            if meta is not None:
+                rows = [(k, None if v is None else str(v)) for k, v in meta.items()]
+                self._con.executemany(T.RUN_META.insert(), rows)
+        except duckdb.Error as e:
+            self._con.close()
+            raise StoreError(f"cannot initialise {staging / RUN_DB_FILE}: {e}") from e
+
+    def __repr__(self) -> str:
+        return f"RunWriter({self.run_id!r})"
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if self._done:
+            return False
+        if exc is None:
+            self.finish()
+            return False
+        try:
+            self.fail(f"{exc_type.__name__}: {exc}")
+        except StoreError:
+            # Never mask the job's own exception; the row will read 'killed' once
+            # this process is gone.
+            pass
+        return False
+
+    def _require_open(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            raise StoreError(f"run {self.run_id!r} is already finished or failed")
+        return self._con
+
+    def _create(self, table: T.Table) -> None:
+        if table.name not in self._created:
+            self._require_open().execute(table.create())
+            self._created.add(table.name)
+
+    # ---- rows of declared tables
+
+    def write_rows(self, table: T.Table, rows: list[tuple]) -> None:
+        """Append ``rows`` (values in ``table.names`` order) to ``table``, creating it if needed.
+
+        NaN and numpy scalars are stored as NULL and plain values. Rows are buffered (see
+        ``flush_interval``) and written in one transaction with the other pending rows.
+        """
+        self._create(table)
+        self._insert(table, [tuple(plain(v) for v in r) for r in rows])
+
+    def log_metrics(self, step: int, metrics: dict[str, float], split: str = "train") -> None:
+        """Append one step's scalar metrics, atomically."""
+        when = now()
+        rows = [(int(step), split, str(name), float(value), when) for name, value in metrics.items()]
+        self._insert(T.METRICS, rows)
+
+    def log_tap_weights(self, step: int, weights: dict[int, dict[int, float]]) -> None:
+        """One step's tap weights: ``{layer: {distance: weight}}``."""
+        rows = [(int(step), int(l), int(d), float(w)) for l, taps in weights.items() for d, w in taps.items()]
+        self._insert(T.TAP_WEIGHTS, rows)
+
+    def log_gate_alphas(self, step: int, alphas: dict[int, list[float]]) -> None:
+        """One step's per-head gate alphas: ``{layer: [alpha per head]}``."""
+        rows = [(int(step), int(l), h, float(a)) for l, heads in alphas.items() for h, a in enumerate(heads)]
+        self._insert(T.GATE_ALPHAS, rows)
+
+    def log_generation(
+        self, gen_id: int, *, prompt_line: int, prompt: str, intensity: float, seed: int,
+        mechanisms: str, text: str, token_ids: list[int], token_texts: list[str],
+        entropy: list[float], layer_entropy: list[list[float]], stopped: bool,
+    ) -> None:
+        """One dosed continuation with its per-token and per-layer entropies (bits)."""
+        for table in (T.GENERATIONS, T.TOKEN_ENTROPY, T.LAYER_ENTROPY):
+            self._create(table)
+        mean = float(sum(entropy) / len(entropy)) if entropy else None
+        self._insert(T.GENERATIONS, [(gen_id, prompt_line, prompt, float(intensity), seed, mechanisms,
+                                      text, len(token_ids), mean, bool(stopped))])
+        self._insert(T.TOKEN_ENTROPY, [(gen_id, pos, int(t), s, float(e)) for pos, (t, s, e)
+                                       in enumerate(zip(token_ids, token_texts, entropy))])
+        self._insert(T.LAYER_ENTROPY, [(gen_id, pos, layer, float(e)) for pos, row in enumerate(layer_entropy)
+                                       for layer, e in enumerate(row)])
+
+    def write_matrices(self, filename: str, matrices) -> Path:
+        """Write ``(side, point, layer, head, array (n, d))`` records to a Parquet file in the run.
+
+        One row (and row group) per matrix, so that a reader fetches only the layers and heads
+        it asks for (:meth:`RunReader.matrices`).
+        """
+        self._require_open()
+        _matrices.check_name(filename)
+        return _matrices.write(self.dir / filename, matrices)
+
+    def write_capture_tokens(self, rows: list[tuple[int, int, int, int, str]]) -> None:
+        """(token_idx, seq, pos, token_id, token_text) of the captured tokens."""
+        self._create(T.CAPTURE_TOKENS)
+        self._insert(T.CAPTURE_TOKENS, rows)
+
+    def write_similarity(self, rows: list[tuple]) -> None:
+        """(source, dataset, view, metric, layer, layer_b, head, value) rows."""
+        self.write_rows(T.SIMILARITY, rows)
+
+    def write_trajectories(self, rows: list[tuple], variance: list[tuple]) -> None:
+        """PCA paths (source, side, unit, unit_id, label, layer, pc1, pc2) and (source, component, ratio)."""
+        self._create(T.TRAJECTORIES)
+        self._create(T.PCA_VARIANCE)
+        self.write_rows(T.TRAJECTORIES, rows)
+        self.write_rows(T.PCA_VARIANCE, variance)
+
+    def write_sweep(self, configs: pd.DataFrame, runs: pd.DataFrame) -> None:
+        """The sweep's per-config statistics and per-run results (replacing earlier ones)."""
+        con = self._require_open()
+        self.flush()
+        try:
+            con.begin()
+            for table, frame in ((T.SWEEP_CONFIGS, configs), (T.SWEEP_RUNS, runs)):
+                con.execute(table.create())
+                con.execute(table.delete_all())
+                rows = [tuple(plain(v) for v in row) for row in frame[list(table.names)].itertuples(index=False)]
+                if rows:
+                    con.executemany(table.insert(), rows)
+            con.commit()
+        except duckdb.Error as e:
+            con.rollback()
+            raise StoreError(f"cannot write the sweep summary of run {self.run_id!r}: {e}") from e
+
+    def truncate_after(self, step: int) -> None:
+        """Drop every step-indexed row after ``step`` (a resumed job replays from there)."""
+        self.flush()
+        con = self._require_open()
+        try:
+            con.begin()
+            for table in T.STEP_TABLES:
+                con.execute(f"DELETE FROM {table.name} WHERE step > ?", [int(step)])
+            con.commit()
+        except duckdb.Error as e:
+            con.rollback()
+            raise StoreError(f"cannot truncate run {self.run_id!r}: {e}") from e
+
+    # ---- the write buffer
+
+    def _insert(self, table: T.Table, rows: list[tuple]) -> None:
+        self._require_open()
+        if rows:
+            self._pending.setdefault(table.insert(), (table.label, []))[1].extend(rows)
+        if time.monotonic() - self._last_flush >= self.flush_interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every buffered row in one transaction (see ``flush_interval``)."""
+        con = self._require_open()
+        self._last_flush = time.monotonic()
+        if not self._pending:
+            return
+        what = ", ".join(w for w, _ in self._pending.values())
+        try:
+            con.begin()
+            for sql, (_, rows) in self._pending.items():
+                con.executemany(sql, rows)
+            con.commit()
+        except duckdb.Error as e:
+            con.rollback()
+            raise StoreError(f"cannot log {what} for run {self.run_id!r}: {e}") from e
+        finally:
+            self._pending = {}
+
+    # ---- lifecycle
+
+    def set_progress(self, fraction: float) -> None:
+        """Record progress in [0, 1] in the catalog, at most once per second.
+
+        Each update locks the catalog briefly, so calling this every step of a
+        fast loop is fine: extra calls are dropped.
+        """
+        self._require_open()
+        t = time.monotonic()
+        if t - self._last_progress < _PROGRESS_MIN_INTERVAL_S:
+            return
+        self._last_progress = t
+        self.store._set_progress(self.run_id, min(1.0, max(0.0, float(fraction))))
+
+    def _close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def finish(self, summary: dict | None = None) -> None:
+        """Close the run database, publish the directory and mark the run complete."""
+        self._require_open()
+        if summary is not None:
+            to_json(summary, "summary")  # fail before publishing, not after
+        self.flush()
+        self._close()
+        published = self.store.runs_dir / self.run_id
+        try:
+            # Atomic on one filesystem (staging lives inside runs/): readers see
+            # either no run directory or the whole one.
+            os.rename(self.dir, published)
+        except OSError as e:
+            self._done = True
+            self.store._mark_failed(self.run_id, f"publish failed: {e}")
+            raise StoreError(f"cannot publish run {self.run_id!r} to {published}: {e}") from e
+        self.dir = published
+        self._done = True
+        self.store._mark_complete(self.run_id, summary)
+
+    def fail(self, error: str) -> None:
+        """Mark the run failed; the staging directory stays for inspection or resume."""
+        try:
+            if self._con is not None:
+                self.flush()  # keep what was logged before the failure
+        except StoreError:
+            pass
+        self._close()
+        self._done = True
+        self.store._mark_failed(self.run_id, error)
+
+
+class RunReader:
+    """Read-only view of a published run's ``run.duckdb``; use as a context manager."""
+
+    def __init__(self, run_id: str, run_dir: Path, lock_timeout: float = 15.0) -> None:
+        self.run_id = run_id
+        self.dir = run_dir
+        self._con: duckdb.DuckDBPyConnection | None = connect(
+            run_dir / RUN_DB_FILE, read_only=True, timeout=lock_timeout
+        )
+
+    def __repr__(self) -> str:
+        return f"RunReader({self.run_id!r})"
+
+    def __enter__(self) -> RunReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the connection (and with it the file's shared lock)."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            raise StoreError(f"reader for run {self.run_id!r} is closed")
+        return self._con
+
+    def _query(self, sql: str, params: list[Any]) -> duckdb.DuckDBPyConnection:
+        con = self._open()
+        try:
+            return con.execute(sql, params)
+        except duckdb.Error as e:
+            raise StoreError(f"query on run {self.run_id!r} failed: {e}") from e
+
+    def rows(self, table: T.Table, **filters: Any) -> pd.DataFrame:
+        """Every row of ``table`` in its declared order, filtered by ``column=value`` (see ``where``)."""
+        where_sql, params = table.where(**filters)
+        return self._query(table.select(where_sql), params).fetchdf()
+
+    def meta(self) -> dict[str, str | None]:
+        """The run's self-description (run_id, kind, config json, ...)."""
+        return dict(self._query(T.RUN_META.select(), []).fetchall())
+
+    def metrics(self, names: list[str] | None = None, split: str | None = None) -> pd.DataFrame:
+        """Logged metrics (step, split, name, value, time), ordered by step then name."""
+        return self.rows(T.METRICS, name=names, split=split)
+
+    def tap_weights(self) -> pd.DataFrame:
+        """Tap weights over training: step, layer, distance, weight."""
+        return self.rows(T.TAP_WEIGHTS)
+
+    def gate_alphas(self) -> pd.DataFrame:
+        """Per-head gate alphas over training: step, layer, head, alpha."""
+        return self.rows(T.GATE_ALPHAS)
+
+    def sweep_configs(self) -> pd.DataFrame:
+        """Per-config statistics of a sweep run (mean, std, 95% CI, paired p vs the best)."""
+        return self.rows(T.SWEEP_CONFIGS)
+
+    def sweep_runs(self) -> pd.DataFrame:
+        """Every run of a sweep with its seed, state and losses."""
+        return self.rows(T.SWEEP_RUNS)
+
+    def generations(self) -> pd.DataFrame:
+        """Every continuation of a dose run (prompt, intensity, seed, text, mean entropy)."""
+        return self.rows(T.GENERATIONS)
+
+    def token_entropy(self, gen_ids: list[int] | None = None) -> pd.DataFrame:
+        """Next-token entropy (bits) per generated token: gen_id, pos, token_id, token_text, entropy."""
+        return self.rows(T.TOKEN_ENTROPY, gen_id=gen_ids)
+
+    def layer_entropy(self, gen_ids: list[int] | None = None) -> pd.DataFrame:
+        """Hidden-state entropy (bits) per token and layer: gen_id, pos, layer, entropy."""
+        return self.rows(T.LAYER_ENTROPY, gen_id=gen_ids)
+
+    def capture_tokens(self) -> pd.DataFrame:
+        """The captured tokens: token_idx (row in every matrix), seq, pos, token_id, token_text."""
+        return self.rows(T.CAPTURE_TOKENS)
+
+    def similarity(self, view: str | None = None, metric: str | None = None) -> pd.DataFrame:
+        """Similarity results: source, dataset, view, metric, layer, layer_b, head, value."""
+        return self.rows(T.SIMILARITY, view=view, metric=metric)
+
+    def trajectories(self) -> pd.DataFrame:
+        """PCA paths through the layers: source, side, unit, unit_id, label, layer, pc1, pc2."""
+        return self.rows(T.TRAJECTORIES)
+
+    def pca_variance(self) -> pd.DataFrame:
+        return self.rows(T.PCA_VARIANCE)
+
+    # ---- matrices (Parquet files next to run.duckdb)
+
+    def matrix_index(self, filename: str) -> pd.DataFrame:
+        """Which matrices a Parquet file of this run holds: side, point, layer, head, n, d."""
+        path = self._file(filename)
+        try:
+            return _matrices.index(self._open(), path)
+        except duckdb.Error as e:
+            raise StoreError(f"query on run {self.run_id!r} failed: {e}") from e
+
+    def matrix(self, filename: str, side: str, point: str, layer: int, head: int = -1) -> np.ndarray:
+        """One stored matrix (n, d) as float32, reading only its own row group."""
+        found = self._read_matrices(filename, side=side, point=point, layer=int(layer), head=int(head))
+        if len(found) != 1:
+            raise StoreError(f"run {self.run_id!r} has no {side} {point} matrix for layer {layer}, head {head}")
+        return next(iter(found.values()))
+
+    def matrices(self, filename: str, side: str, point: str) -> dict[tuple[int, int], np.ndarray]:
+        """Every ``{(layer, head): matrix}`` of one side and point, in one query."""
+        return self._read_matrices(filename, side=side, point=point)
+
+    def _read_matrices(self, filename: str, **filters: Any) -> dict[tuple[int, int], np.ndarray]:
+        path = self._file(filename)
+        try:
+            return _matrices.read(self._open(), path, **filters)
+        except duckdb.Error as e:
+            raise StoreError(f"query on run {self.run_id!r} failed: {e}") from e
+
+    def _file(self, filename: str) -> Path:
+        path = self.dir / filename
+        if not _matrices.valid_name(filename) or not path.is_file():
+            raise StoreError(f"run {self.run_id!r} has no {filename}")
+        return path

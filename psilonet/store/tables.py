@@ -1,0 +1,187 @@
+"""Every table the store writes, declared once: name, columns with DuckDB types, read order.
+
+CREATE, INSERT and SELECT statements are generated from these declarations, readers return
+exactly :attr:`Table.names` as columns, and the explorer's charts take their column lists from
+here. Identifiers in generated SQL therefore only ever come from this module (checked when the
+module loads); values always go through ``?``.
+
+To store a new kind of rows, add one :class:`Table` below (and, if every run must have it
+even when empty, list it in :data:`EVERY_RUN`); then write with
+``RunWriter.write_rows(TABLE, rows)`` and read with ``RunReader.rows(TABLE, column=value)``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+_IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
+_ORDER_TERM = re.compile(r"^([a-z][a-z0-9_]*)(?: (?:ASC|DESC))?(?: NULLS (?:FIRST|LAST))?$")
+_TYPE = re.compile(r"^[A-Z][A-Z0-9 ]*$")
+
+
+def where(columns: Iterable[str], **filters: Any) -> tuple[str, list]:
+    """A ``WHERE`` clause and its parameters for ``column=value`` filters, in keyword order.
+
+    ``None`` means no filter, a list or tuple means ``column IN (?, ...)`` (an empty one
+    matches nothing), anything else ``column = ?``. Column names must be among ``columns``
+    (declared identifiers), so no caller-supplied text ever reaches the SQL.
+    """
+    allowed = set(columns)
+    conditions, params = [], []
+    for column, value in filters.items():
+        if column not in allowed:
+            raise ValueError(f"cannot filter on {column!r}: not one of {sorted(allowed)}")
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            if not value:
+                conditions.append("FALSE")
+                continue
+            conditions.append(f"{column} IN ({', '.join('?' for _ in value)})")
+            params.extend(value)
+        else:
+            conditions.append(f"{column} = ?")
+            params.append(value)
+    return ("WHERE " + " AND ".join(conditions)) if conditions else "", params
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table: ``columns`` are ``(name, DuckDB type)`` pairs, ``order_by`` the read order."""
+
+    name: str
+    columns: tuple[tuple[str, str], ...]
+    order_by: str = ""
+    what: str = ""  # words for error messages ("tap weights"); defaults to the name
+
+    def __post_init__(self) -> None:
+        bad = [n for n in (self.name, *self.names) if not _IDENT.match(n)]
+        bad += [t for _, t in self.columns if not _TYPE.match(t)]
+        for term in filter(None, (t.strip() for t in self.order_by.split(","))):
+            m = _ORDER_TERM.match(term)
+            if not m or m.group(1) not in self.names:
+                bad.append(term)
+        if bad:
+            raise ValueError(f"table {self.name!r}: invalid identifiers or types {bad}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.columns)
+
+    @property
+    def label(self) -> str:
+        return self.what or self.name.replace("_", " ")
+
+    def pick(self, *names: str) -> tuple[str, ...]:
+        """``names``, checked to be columns of this table (for consumers such as charts)."""
+        missing = [n for n in names if n not in self.names]
+        if missing:
+            raise ValueError(f"table {self.name!r} has no column(s) {missing}")
+        return names
+
+    def create(self) -> str:
+        cols = ",\n    ".join(f"{name} {kind}" for name, kind in self.columns)
+        return f"CREATE TABLE IF NOT EXISTS {self.name} (\n    {cols}\n)"
+
+    def insert(self, names: Iterable[str] | None = None) -> str:
+        names = self.names if names is None else self.pick(*names)
+        return f"INSERT INTO {self.name} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
+
+    def select(self, where_sql: str = "") -> str:
+        """``where_sql`` must come from :func:`where` (or :meth:`where`)."""
+        order = f" ORDER BY {self.order_by}" if self.order_by else ""
+        return f"SELECT {', '.join(self.names)} FROM {self.name} {where_sql}".rstrip() + order
+
+    def delete_all(self) -> str:
+        return f"DELETE FROM {self.name}"
+
+    def where(self, **filters: Any) -> tuple[str, list]:
+        return where(self.names, **filters)
+
+
+# --------------------------------------------------------------------------- the catalog
+
+# config/summary are JSON text in VARCHAR columns rather than DuckDB's JSON type, so that
+# reading the catalog never depends on the json extension being loadable.
+RUNS = Table("runs", (
+    ("run_id", "VARCHAR PRIMARY KEY"), ("kind", "VARCHAR NOT NULL"), ("status", "VARCHAR NOT NULL"),
+    ("created", "TIMESTAMP NOT NULL"), ("finished", "TIMESTAMP"), ("model", "VARCHAR"),
+    ("dataset", "VARCHAR"), ("config", "VARCHAR"), ("summary", "VARCHAR"), ("error", "VARCHAR"),
+    ("parent", "VARCHAR"), ("host", "VARCHAR"), ("pid", "INTEGER"), ("progress", "DOUBLE"),
+), order_by="created DESC, run_id DESC")  # fmt: skip
+
+# --------------------------------------------------------------------------- every run
+
+RUN_META = Table("run_meta", (("key", "VARCHAR PRIMARY KEY"), ("value", "VARCHAR")))
+METRICS = Table("metrics", (
+    ("step", "INTEGER"), ("split", "VARCHAR"), ("name", "VARCHAR"), ("value", "DOUBLE"), ("time", "TIMESTAMP"),
+), order_by="step, name, split")  # fmt: skip
+# Training series: which skip distance each block prefers, and per-head gate alphas.
+TAP_WEIGHTS = Table("tap_weights", (
+    ("step", "INTEGER"), ("layer", "INTEGER"), ("distance", "INTEGER"), ("weight", "DOUBLE"),
+), order_by="step, layer, distance")  # fmt: skip
+GATE_ALPHAS = Table("gate_alphas", (
+    ("step", "INTEGER"), ("layer", "INTEGER"), ("head", "INTEGER"), ("alpha", "DOUBLE"),
+), order_by="step, layer, head")  # fmt: skip
+
+# --------------------------------------------------------------------------- sweep runs
+
+# One row per config (statistics over seeds) and one per trained run.
+SWEEP_CONFIGS = Table("sweep_configs", (
+    ("config_key", "VARCHAR"), ("label", "VARCHAR"), ("distances", "VARCHAR"), ("alpha", "DOUBLE"),
+    ("variant", "VARCHAR"), ("n", "INTEGER"), ("failed", "INTEGER"), ("mean", "DOUBLE"), ("std", "DOUBLE"),
+    ("ci_low", "DOUBLE"), ("ci_high", "DOUBLE"), ("best", "BOOLEAN"), ("n_paired", "INTEGER"),
+    ("p_vs_best", "DOUBLE"), ("mean_skip_loss", "DOUBLE"), ("mean_base_loss", "DOUBLE"),
+), order_by="mean DESC NULLS LAST")  # fmt: skip
+SWEEP_RUNS = Table("sweep_runs", (
+    ("run_id", "VARCHAR"), ("config_key", "VARCHAR"), ("label", "VARCHAR"), ("seed", "INTEGER"),
+    ("state", "VARCHAR"), ("error", "VARCHAR"), ("base_loss", "DOUBLE"), ("skip_loss", "DOUBLE"),
+    ("improvement_pct", "DOUBLE"),
+), order_by="label, seed")  # fmt: skip
+
+# --------------------------------------------------------------------------- dose runs
+
+# One row per continuation, plus per-token and per-layer entropies.
+GENERATIONS = Table("generations", (
+    ("gen_id", "INTEGER"), ("prompt_line", "INTEGER"), ("prompt", "VARCHAR"), ("intensity", "DOUBLE"),
+    ("seed", "INTEGER"), ("mechanisms", "VARCHAR"), ("text", "VARCHAR"), ("n_tokens", "INTEGER"),
+    ("mean_entropy", "DOUBLE"), ("stopped", "BOOLEAN"),
+), order_by="prompt_line, seed, intensity")  # fmt: skip
+TOKEN_ENTROPY = Table("token_entropy", (
+    ("gen_id", "INTEGER"), ("pos", "INTEGER"), ("token_id", "INTEGER"), ("token_text", "VARCHAR"),
+    ("entropy", "DOUBLE"),
+), order_by="gen_id, pos")  # fmt: skip
+LAYER_ENTROPY = Table("layer_entropy", (
+    ("gen_id", "INTEGER"), ("pos", "INTEGER"), ("layer", "INTEGER"), ("entropy", "DOUBLE"),
+), order_by="gen_id, pos, layer")  # fmt: skip
+
+# --------------------------------------------------------------------------- capture runs
+
+# Which tokens were kept; the activations themselves live in Parquet files (matrices.py).
+CAPTURE_TOKENS = Table("capture_tokens", (
+    ("token_idx", "INTEGER"), ("seq", "INTEGER"), ("pos", "INTEGER"), ("token_id", "INTEGER"),
+    ("token_text", "VARCHAR"),
+), order_by="token_idx")  # fmt: skip
+
+# --------------------------------------------------------------------------- analysis runs
+
+# Every similarity number keyed by source run, metric, layer(s) and head.
+SIMILARITY = Table("similarity", (
+    ("source", "VARCHAR"), ("dataset", "VARCHAR"), ("view", "VARCHAR"), ("metric", "VARCHAR"),
+    ("layer", "INTEGER"), ("layer_b", "INTEGER"), ("head", "INTEGER"), ("value", "DOUBLE"),
+), order_by="source, view, metric, layer, layer_b, head")  # fmt: skip
+TRAJECTORIES = Table("trajectories", (
+    ("source", "VARCHAR"), ("side", "VARCHAR"), ("unit", "VARCHAR"), ("unit_id", "INTEGER"),
+    ("label", "VARCHAR"), ("layer", "INTEGER"), ("pc1", "DOUBLE"), ("pc2", "DOUBLE"),
+), order_by="source, side, unit, unit_id, layer")  # fmt: skip
+PCA_VARIANCE = Table("pca_variance", (
+    ("source", "VARCHAR"), ("component", "INTEGER"), ("ratio", "DOUBLE"),
+), order_by="source, component", what="explained variance")  # fmt: skip
+
+#: Created in every run's database when it is begun, so reading them never fails on an old
+#: or foreign run; the others appear with their first write.
+EVERY_RUN = (RUN_META, METRICS, TAP_WEIGHTS, GATE_ALPHAS)
+#: Tables indexed by training step, cut back when a killed job resumes.
+STEP_TABLES = (METRICS, TAP_WEIGHTS, GATE_ALPHAS)
