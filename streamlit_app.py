@@ -15,6 +15,7 @@ page = st.navigation([
     st.Page("views/dose.py", title="Dosed generation", icon=":material/science:"),
 ], position=serving.nav_position())
 serving.gate()  # the shared password, if one is set: nothing below runs without it
+app.check_data_dir()
 app.sidebar()
 app.guarded(page.run)
 serving.sidebar(page)  # viewer-mode notice and the link to this view

@@ -23,7 +23,7 @@ from psilonet.generation.dosing import DoseConfig, generate_doses, save_dose_run
 from psilonet.generation.prompts import PromptFile, PromptFileError, context_check, parse_prompts
 from psilonet.model import loading as modeling
 from psilonet.model.skip import SkipConfig
-from psilonet.store import Store
+from psilonet.store import Store, StoreError
 from psilonet.training import loop as training
 
 
@@ -73,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.prompts_file and not Path(args.prompts_file).is_file():
         raise PromptFileError(f"--prompts-file: {args.prompts_file} does not exist")
     if args.run:
+        try:
+            kind = store.get_run(args.run)["kind"]
+        except StoreError as exc:
+            raise cli.JobError(f"--run: {exc}") from exc
+        if kind != "train":
+            raise cli.JobError(f"--run: {args.run} is a {kind} run, not a training run")
         model, tokenizer, train_cfg = training.load_trained(store, args.run, data_dir=store.data_dir)
         model_name = train_cfg.model
         if args.dial is not None:

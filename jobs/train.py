@@ -22,7 +22,7 @@ from jobs import cli
 from jobs.cli import JobParser, add_config_options, add_data_dir, read_config_file
 from psilonet import runtime
 from psilonet.model.skip import SkipConfig
-from psilonet.store import Store
+from psilonet.store import Store, StoreError
 from psilonet.training.loop import TrainConfig, prepare, train
 
 SKIP_FIELDS = {f.name for f in fields(SkipConfig)}
@@ -72,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         if args:
             raise cli.JobError(f"--resume: continues {resume} with its own options; "
                                f"drop {cli.flag_name(sorted(args)[0])}")
-        stored = store.get_run(resume)
+        try:
+            stored = store.get_run(resume)
+        except StoreError as exc:
+            raise cli.JobError(f"--resume: {exc}") from exc
         if stored["kind"] != "train":
             raise cli.JobError(f"--resume: {resume} is a {stored['kind']} run, not a training run")
         cfg = TrainConfig.from_dict({k: v for k, v in stored["config"].items() if k != "ranks"})

@@ -147,4 +147,9 @@ def compute_dtype():
 
 def data_dir() -> Path:
     """Root of the catalog, runs, models and corpora (``PSILONET_DATA`` or ./data)."""
-    return Path(os.environ.get("PSILONET_DATA", Path(__file__).resolve().parent.parent / "data"))
+    value = os.environ.get("PSILONET_DATA")
+    if value is None:
+        return Path(__file__).resolve().parent.parent / "data"
+    if not value.strip():  # an empty value would silently mean the current folder
+        raise ValueError("PSILONET_DATA: is set but empty; unset it (to use ./data) or name a folder")
+    return Path(value)

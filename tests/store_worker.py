@@ -6,6 +6,8 @@ Modes:
                       prints "STARTED <run_id>" then "DONE <run_id>"
   read-loop RUN_ID    for ~3 s, list runs and read RUN_ID's metrics; prints "OK <n>"
   hold-catalog SECS   open catalog.duckdb read-write, print "HOLDING", sleep SECS
+  publish-and-hang    write a run and finish it, but stop right after the folder is
+                      published, before the catalog is told; prints "PUBLISHED <run_id>"
 """
 
 from __future__ import annotations
@@ -63,6 +65,17 @@ def hold_catalog(store: Store, seconds: float) -> None:
     con.close()
 
 
+def publish_and_hang(store: Store) -> None:
+    def hang(run_id, summary, finished=None):  # the moment between publishing and the catalog
+        print(f"PUBLISHED {run_id}", flush=True)
+        time.sleep(600)
+
+    store._mark_complete = hang
+    with store.begin_run("train", config={"mode": "publish"}) as w:
+        w.log_metrics(1, {"loss": 0.5})
+        w.finish({"steps": 1, "loss": 0.5})
+
+
 def main(argv: list[str]) -> None:
     data_dir, mode, *rest = argv
     store = Store(data_dir)
@@ -72,6 +85,8 @@ def main(argv: list[str]) -> None:
         write_slow(store)
     elif mode == "read-loop":
         read_loop(store, rest[0])
+    elif mode == "publish-and-hang":
+        publish_and_hang(store)
     elif mode == "hold-catalog":
         hold_catalog(store, float(rest[0]) if rest else 10.0)
     else:

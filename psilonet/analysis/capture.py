@@ -120,11 +120,15 @@ def run_capture(store, cfg: CaptureConfig, *, train_run: str | None = None, mode
     publishes the run; returns (run_id, summary).
     """
     from psilonet.model import loading as modeling
+    from psilonet.store import StoreError
     from psilonet.training import loop as training
 
     cfg.validate()
     if train_run:
-        run = store.get_run(train_run)
+        try:
+            run = store.get_run(train_run)
+        except StoreError as exc:
+            raise CaptureError(f"run: {exc}") from exc
         if run["kind"] != "train":
             raise CaptureError(f"run: {train_run} is a {run['kind']} run, not a training run")
         trained, tokenizer, train_cfg = training.load_trained(store, train_run, data_dir=data_dir)

@@ -131,7 +131,12 @@ def trajectory_rows(source: Source, sides: dict[str, list[np.ndarray]], tokens, 
 
 def load_source(store, run_id: str) -> Source:
     """What a complete capture run holds; AnalysisError naming it otherwise."""
-    run = store.get_run(run_id)
+    from psilonet.store import StoreError
+
+    try:
+        run = store.get_run(run_id)
+    except StoreError as exc:
+        raise AnalysisError(f"captures: {exc}") from exc
     if run["kind"] != "capture":
         hint = f"; capture it first: python -m jobs.capture --run {run_id}" if run["kind"] == "train" else ""
         raise AnalysisError(f"captures: {run_id} is a {run['kind']} run, not a capture{hint}")

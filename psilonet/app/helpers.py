@@ -40,6 +40,18 @@ def data_dir() -> Path:
     return Path(runtime.data_dir())
 
 
+def check_data_dir() -> None:
+    """Stop the page with one message when the data folder setting cannot work."""
+    try:
+        path = data_dir()
+    except ValueError as exc:
+        st.error(str(exc))
+        st.stop()
+    if path.exists() and not path.is_dir():
+        st.error(f"PSILONET_DATA: {path} is a file, not a folder")
+        st.stop()
+
+
 def store() -> Store:
     return Store(data_dir())
 

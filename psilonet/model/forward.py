@@ -12,7 +12,10 @@ own ``models/llama.py`` step by step (embeddings; per block ``h + attn(norm(h))`
   hook may change per head and query row before the softmax, and ``blocks.{l}.attn.hook_pattern``,
   the probabilities after it;
 * after each block, ``after_block(l, h)`` may replace the block's output (doses do): the
-  replaced state is what later blocks, skip taps and the LM head see.
+  replaced state is what later blocks, skip taps and the LM head see;
+* ``attention(l, q, k, v, scale, mask, cache)`` may replace a block's attention core (after RoPE
+  and the cache update) and ``mlp(l, layer, h, cache)`` its MLP branch: interventions that keep
+  their own state from token to token (:mod:`psilonet.generation.bio`) plug in there.
 
 The plain path calls ``mx.fast.scaled_dot_product_attention`` like mlx-lm; the attention is
 computed explicitly (scores, softmax, weighted values) only while a score or pattern hook is set.
@@ -43,6 +46,8 @@ FAMILIES = {
 
 AfterBlock = Callable[[int, mx.array], mx.array]
 ScoresHook = Callable[[int, mx.array], mx.array]
+AttentionHook = Callable[..., mx.array]  # (l, q, k, v, scale, mask, cache) -> heads (B, H, Tq, hd)
+MlpHook = Callable[..., mx.array]  # (l, layer, h, cache) -> the MLP branch added to h
 
 
 @dataclass
@@ -59,6 +64,8 @@ class Hooks:
     z: dict[int, mx.array] | None = None
     attn_scores: ScoresHook | None = None
     pattern: dict[int, mx.array] | None = None
+    attention: AttentionHook | None = None
+    mlp: MlpHook | None = None
 
     @property
     def explicit_attention(self) -> bool:
@@ -66,7 +73,8 @@ class Hooks:
 
     @property
     def empty(self) -> bool:
-        return self.after_block is None and self.z is None and not self.explicit_attention
+        return (self.after_block is None and self.z is None and not self.explicit_attention
+                and self.attention is None and self.mlp is None)
 
 
 NO_HOOKS = Hooks()
@@ -108,6 +116,8 @@ def attend(attn, q: mx.array, k: mx.array, v: mx.array, mask, cache, layer: int 
     k = attn.rope(k, offset=offset)
     if cache is not None:
         k, v = cache.update_and_fetch(k, v)
+    if hooks.attention is not None:
+        return hooks.attention(layer, q, k, v, attn.scale, mask, cache)
     if not hooks.explicit_attention:
         return scaled_dot_product_attention(q, k, v, cache=cache, scale=attn.scale, mask=mask)
     return explicit_attention(q, k, v, attn.scale, mask, layer, hooks)
@@ -165,6 +175,8 @@ def block(layer, l: int, h: mx.array, mask, cache, hooks: Hooks = NO_HOOKS, blen
     if hooks.z is not None:
         hooks.z[l] = z
     h = h + (attn.o_proj(merge_heads(z)) if blend is None else blend(x, z))
+    if hooks.mlp is not None:
+        return h + hooks.mlp(l, layer, h, cache)
     return h + layer.mlp(layer.post_attention_layernorm(h))
 
 

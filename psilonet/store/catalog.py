@@ -4,6 +4,17 @@ DuckDB holds an OS file lock on a database: while one process has it open read-w
 else can open it at all, not even read-only. So the catalog is only ever touched through
 short-lived connections opened by :meth:`Store._catalog`, which retries while another
 process holds the lock.
+
+**A run is complete if and only if its folder is published** (``runs/<run_id>/run.duckdb``).
+Finishing writes the summary into the run's own database first, then publishes the folder
+with one atomic rename, then marks the catalog row complete. A crash or a locked catalog
+between the last two steps leaves a published run whose row still says ``running`` (or
+``killed``); every read of the catalog reconciles such a row from the run's own files, so it
+reads ``complete`` with its summary, and the repair is written back when the catalog is free.
+
+Writes differ in how long they wait for a locked catalog: progress updates give up at once
+and are retried with the next update (they never end a job); the start and the end of a run
+wait up to ``lifecycle_timeout`` seconds and then fail with a message saying what happened.
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ import re
 import secrets
 import socket
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,7 +32,7 @@ import duckdb
 import pandas as pd
 
 from psilonet.store.db import connect, from_json, now, to_json
-from psilonet.store.errors import RunNotFoundError, StoreError
+from psilonet.store.errors import RunNotFoundError, StoreError, StoreLockedError
 from psilonet.store.runs import RUN_DB_FILE, RunReader, RunWriter
 from psilonet.store.tables import RUNS
 
@@ -32,11 +44,15 @@ _SQL_SET_PROGRESS = "UPDATE runs SET progress = ? WHERE run_id = ?"
 _SQL_MARK_COMPLETE = """
 UPDATE runs SET status = 'complete', finished = ?, summary = ?, progress = 1.0
 WHERE run_id = ?"""
-_SQL_MARK_FAILED = "UPDATE runs SET status = 'failed', finished = ?, error = ? WHERE run_id = ?"
+_SQL_MARK_FAILED = "UPDATE runs SET status = ?, finished = ?, error = ? WHERE run_id = ?"
+_SQL_REPAIR_COMPLETE = """
+UPDATE runs SET status = 'complete', finished = ?, summary = ?, progress = 1.0
+WHERE run_id = ? AND status <> 'complete'"""
 _SQL_RESUME_RUN = "UPDATE runs SET status = 'running', error = NULL, finished = NULL, host = ?, pid = ? WHERE run_id = ?"
 _SQL_INSERT_RUN = RUNS.insert(("run_id", "kind", "status", "created", "model", "dataset", "config", "parent",
                                "host", "pid"))
 
+RESUMABLE = ("killed", "failed", "interrupted")
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 # Run ids become directory names, so anything else is rejected before touching disk.
 _RUN_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}-\d{8}-\d{6}-[0-9a-f]{6}$")
@@ -92,13 +108,18 @@ class Store:
     missing directory is valid and simply lists no runs.
     """
 
-    def __init__(self, data_dir: str | os.PathLike, *, lock_timeout: float = 15.0) -> None:
-        """``lock_timeout``: seconds to keep retrying while another process holds a lock."""
+    def __init__(self, data_dir: str | os.PathLike, *, lock_timeout: float = 15.0,
+                 lifecycle_timeout: float = 120.0, progress_timeout: float = 0.2) -> None:
+        """Seconds to keep retrying while another process holds a lock: ``lock_timeout`` for
+        reads and run data, ``lifecycle_timeout`` for a run's start and end (they must land),
+        ``progress_timeout`` for progress updates (skipped, and retried later, when locked)."""
         self.data_dir = Path(data_dir)
         self.catalog_path = self.data_dir / CATALOG_FILE
         self.runs_dir = self.data_dir / "runs"
         self.staging_dir = self.runs_dir / STAGING_NAME
         self.lock_timeout = lock_timeout
+        self.lifecycle_timeout = lifecycle_timeout
+        self.progress_timeout = progress_timeout
 
     def __repr__(self) -> str:
         return f"Store({str(self.data_dir)!r})"
@@ -106,14 +127,15 @@ class Store:
     # ---- the one way into the catalog
 
     @contextmanager
-    def _catalog(self, *, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _catalog(self, *, read_only: bool, timeout: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         """Short-lived catalog connection; keep the body to one statement or transaction.
 
         Holding it longer blocks every other process, readers included.
         """
         if not read_only:
             self.data_dir.mkdir(parents=True, exist_ok=True)
-        con = connect(self.catalog_path, read_only=read_only, timeout=self.lock_timeout)
+        con = connect(self.catalog_path, read_only=read_only,
+                      timeout=self.lock_timeout if timeout is None else timeout)
         try:
             if not read_only:
                 con.execute(RUNS.create())
@@ -123,9 +145,17 @@ class Store:
         finally:
             con.close()
 
-    def _write_catalog(self, sql: str, params: list[Any]) -> None:
-        with self._catalog(read_only=False) as con:
+    def _write_catalog(self, sql: str, params: list[Any], timeout: float | None = None) -> None:
+        with self._catalog(read_only=False, timeout=timeout) as con:
             con.execute(sql, params)
+
+    def _write_lifecycle(self, sql: str, params: list[Any], what: str) -> None:
+        """A run's start or end: wait up to ``lifecycle_timeout`` and say plainly if it cannot land."""
+        try:
+            self._write_catalog(sql, params, timeout=self.lifecycle_timeout)
+        except StoreLockedError as e:
+            raise StoreLockedError(f"{what}: the catalog {self.catalog_path} stayed locked by another "
+                                   f"process for {self.lifecycle_timeout:g} s") from e
 
     def _select_runs(self, **filters: Any) -> list[dict]:
         """Catalog rows as dicts, filtered by ``column=value`` (see :func:`tables.where`)."""
@@ -137,6 +167,48 @@ class Store:
                 rows = con.execute(RUNS.select(where_sql), params).fetchall()
             except duckdb.CatalogException:
                 return []  # file exists but its creator died before making the table
+        return [self._reconcile(_row_to_run(RUN_COLUMNS, row)) for row in rows]
+
+    def _reconcile(self, run: dict[str, Any]) -> dict[str, Any]:
+        """A published run whose row says otherwise is complete: repaired from its own files.
+
+        The row is fixed in memory at once and written back if the catalog is free right now
+        (otherwise on a later read).
+        """
+        if run["status"] == "complete" or not _RUN_ID_RE.match(run["run_id"]):
+            return run
+        folder = self.runs_dir / run["run_id"]
+        if not (folder / RUN_DB_FILE).is_file():
+            return run
+        try:
+            with RunReader(run["run_id"], folder, lock_timeout=1.0) as reader:
+                meta = reader.meta()
+        except StoreError:
+            return run  # being published this very moment or unreadable: leave the row as it is
+        summary = from_json(meta.get("summary"))
+        finished = meta.get("finished")
+        run.update(status="complete", state="complete", summary=summary, progress=1.0, error=None,
+                   finished=datetime.fromisoformat(finished) if finished else now())
+        try:
+            self._write_catalog(_SQL_REPAIR_COMPLETE, [run["finished"], meta.get("summary"), run["run_id"]],
+                                timeout=self.progress_timeout)
+        except StoreError:
+            pass
+        return run
+
+    def reconcile(self) -> list[str]:
+        """Repair every published run whose row is not complete; return their ids."""
+        before = {r["run_id"] for r in self._select_raw() if r["status"] != "complete"}
+        return [r["run_id"] for r in self._select_runs() if r["run_id"] in before and r["status"] == "complete"]
+
+    def _select_raw(self) -> list[dict]:
+        if not self.catalog_path.exists():
+            return []
+        with self._catalog(read_only=True) as con:
+            try:
+                rows = con.execute(RUNS.select(""), []).fetchall()
+            except duckdb.CatalogException:
+                return []
         return [_row_to_run(RUN_COLUMNS, row) for row in rows]
 
     # ---- public API
@@ -183,10 +255,10 @@ class Store:
         created = now()
         # Catalog row first: if anything later fails the row can say so, and if the
         # process dies it shows up as 'killed' instead of leaving an orphan directory.
-        self._write_catalog(
+        self._write_lifecycle(
             _SQL_INSERT_RUN,
             [run_id, kind, "running", created, model, dataset, config_json, parent,
-             socket.gethostname(), os.getpid()],
+             socket.gethostname(), os.getpid()], f"cannot start a {kind} run",
         )  # fmt: skip
         meta = {
             "run_id": run_id, "kind": kind, "config": config_json, "model": model,
@@ -195,20 +267,22 @@ class Store:
         try:
             return RunWriter(self, run_id, self.staging_dir / run_id, meta)
         except BaseException as e:
-            self._write_catalog(_SQL_MARK_FAILED, [now(), f"{type(e).__name__}: {e}", run_id])
+            self._write_catalog(_SQL_MARK_FAILED, ["failed", now(), f"{type(e).__name__}: {e}", run_id])
             raise
 
     def resume_run(self, run_id: str) -> RunWriter:
-        """Reopen a killed or failed run's staging directory to continue writing it."""
+        """Reopen a killed, failed or interrupted run's staging directory to continue writing it."""
         if not _RUN_ID_RE.match(run_id):
             raise RunNotFoundError(f"unknown run id {run_id!r} (not a valid run id)")
         run = self.get_run(run_id)
-        if run["state"] not in ("killed", "failed"):
-            raise StoreError(f"run {run_id!r} is {run['state']}: only killed or failed runs can be resumed")
+        if run["state"] not in RESUMABLE:
+            raise StoreError(f"run {run_id!r} is {run['state']}: only killed, failed or interrupted runs "
+                             "can be resumed")
         staging = self.staging_dir / run_id
         if not (staging / RUN_DB_FILE).exists():
             raise RunNotFoundError(f"run {run_id!r} has no staging data left in {staging} to resume from")
-        self._write_catalog(_SQL_RESUME_RUN, [socket.gethostname(), os.getpid(), run_id])
+        self._write_lifecycle(_SQL_RESUME_RUN, [socket.gethostname(), os.getpid(), run_id],
+                              f"cannot resume run {run_id}")
         return RunWriter(self, run_id, staging, None)
 
     def open_run(self, run_id: str) -> RunReader:
@@ -229,12 +303,20 @@ class Store:
 
     # ---- used by RunWriter
 
-    def _set_progress(self, run_id: str, fraction: float) -> None:
-        self._write_catalog(_SQL_SET_PROGRESS, [fraction, run_id])
+    def _set_progress(self, run_id: str, fraction: float) -> bool:
+        """Best effort: False (nothing written) while another process holds the catalog."""
+        try:
+            self._write_catalog(_SQL_SET_PROGRESS, [fraction, run_id], timeout=self.progress_timeout)
+        except StoreLockedError:
+            return False
+        return True
 
-    def _mark_complete(self, run_id: str, summary: dict | None) -> None:
+    def _mark_complete(self, run_id: str, summary: dict | None, finished=None) -> None:
         summary_json = None if summary is None else to_json(summary, "summary")
-        self._write_catalog(_SQL_MARK_COMPLETE, [now(), summary_json, run_id])
+        self._write_lifecycle(_SQL_MARK_COMPLETE, [finished or now(), summary_json, run_id],
+                              f"run {run_id} is published and complete, but the catalog could not be told "
+                              "(it reads complete on the next look, once the lock is gone)")
 
-    def _mark_failed(self, run_id: str, error: str) -> None:
-        self._write_catalog(_SQL_MARK_FAILED, [now(), error, run_id])
+    def _mark_failed(self, run_id: str, error: str, status: str = "failed") -> None:
+        self._write_lifecycle(_SQL_MARK_FAILED, [status, now(), error, run_id],
+                              f"run {run_id} could not be marked {status}")

@@ -85,7 +85,10 @@ class RunWriter:
             self.finish()
             return False
         try:
-            self.fail(f"{exc_type.__name__}: {exc}")
+            if isinstance(exc, KeyboardInterrupt):  # Ctrl-C: resumable, and not a failure
+                self.fail("interrupted (Ctrl-C)", status="interrupted")
+            else:
+                self.fail(f"{exc_type.__name__}: {exc}")
         except StoreError:
             # Never mask the job's own exception; the row will read 'killed' once
             # this process is gone.
@@ -241,6 +244,8 @@ class RunWriter:
         if t - self._last_progress < _PROGRESS_MIN_INTERVAL_S:
             return
         self._last_progress = t
+        # A locked catalog skips this update (the next one carries the newer value): progress
+        # is a display, and waiting for it would stall or end the job.
         self.store._set_progress(self.run_id, min(1.0, max(0.0, float(fraction))))
 
     def _close(self) -> None:
@@ -249,11 +254,24 @@ class RunWriter:
             self._con = None
 
     def finish(self, summary: dict | None = None) -> None:
-        """Close the run database, publish the directory and mark the run complete."""
-        self._require_open()
-        if summary is not None:
-            to_json(summary, "summary")  # fail before publishing, not after
+        """Record the summary in the run, publish the directory, then mark the catalog row complete.
+
+        The run's own database holds its summary before it is published, so a crash or a locked
+        catalog after the rename still leaves a run the catalog reconciles as complete.
+        """
+        con = self._require_open()
+        summary_json = to_json(summary, "summary")  # fail before publishing, not after
+        finished = now()
         self.flush()
+        try:
+            con.begin()
+            where_sql, params = T.RUN_META.where(key=["summary", "finished"])  # a resumed run may have them
+            con.execute(f"{T.RUN_META.delete_all()} {where_sql}", params)
+            con.executemany(T.RUN_META.insert(), [("summary", summary_json), ("finished", finished.isoformat())])
+            con.commit()
+        except duckdb.Error as e:
+            con.rollback()
+            raise StoreError(f"cannot record the summary of run {self.run_id!r}: {e}") from e
         self._close()
         published = self.store.runs_dir / self.run_id
         try:
@@ -266,10 +284,10 @@ class RunWriter:
             raise StoreError(f"cannot publish run {self.run_id!r} to {published}: {e}") from e
         self.dir = published
         self._done = True
-        self.store._mark_complete(self.run_id, summary)
+        self.store._mark_complete(self.run_id, summary, finished)
 
-    def fail(self, error: str) -> None:
-        """Mark the run failed; the staging directory stays for inspection or resume."""
+    def fail(self, error: str, status: str = "failed") -> None:
+        """Mark the run failed (or ``interrupted``); the staging directory stays for inspection or resume."""
         try:
             if self._con is not None:
                 self.flush()  # keep what was logged before the failure
@@ -277,7 +295,7 @@ class RunWriter:
             pass
         self._close()
         self._done = True
-        self.store._mark_failed(self.run_id, error)
+        self.store._mark_failed(self.run_id, error, status)
 
 
 class RunReader:
@@ -357,6 +375,31 @@ class RunReader:
     def layer_entropy(self, gen_ids: list[int] | None = None) -> pd.DataFrame:
         """Hidden-state entropy (bits) per token and layer: gen_id, pos, layer, entropy."""
         return self.rows(T.LAYER_ENTROPY, gen_id=gen_ids)
+
+    def _rows_if_stored(self, table: T.Table, **filters: Any) -> pd.DataFrame:
+        """Like :meth:`rows`, but an empty frame where the run never wrote ``table`` (older runs)."""
+        found = self._query("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                            [table.name]).fetchone()[0]
+        if not found:
+            return pd.DataFrame(columns=list(table.names))
+        return self.rows(table, **filters)
+
+    def bio_strengths(self) -> pd.DataFrame:
+        """Fatigue and Hebbian strengths per generation of a dose run (empty without any)."""
+        return self._rows_if_stored(T.BIO_STRENGTHS)
+
+    def bio_pool(self, gen_ids: list[int] | None = None) -> pd.DataFrame:
+        """Mean fatigue pool level per generation, layer and head: gen_id, layer, head, level."""
+        return self._rows_if_stored(T.BIO_POOL, gen_id=gen_ids)
+
+    def bio_fast_norm(self, gen_ids: list[int] | None = None) -> pd.DataFrame:
+        """Mean fast-weight norm per generation and layer: gen_id, layer, norm."""
+        return self._rows_if_stored(T.BIO_FAST_NORM, gen_id=gen_ids)
+
+    def bio_eval(self) -> pd.DataFrame:
+        """Per-window loss and entropy of a bio evaluation run: corpus, window_idx, mechanism,
+        strength, loss, entropy."""
+        return self._rows_if_stored(T.BIO_EVAL)
 
     def capture_tokens(self) -> pd.DataFrame:
         """The captured tokens: token_idx (row in every matrix), seq, pos, token_id, token_text."""

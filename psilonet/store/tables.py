@@ -157,6 +157,27 @@ LAYER_ENTROPY = Table("layer_entropy", (
     ("gen_id", "INTEGER"), ("pos", "INTEGER"), ("layer", "INTEGER"), ("entropy", "DOUBLE"),
 ), order_by="gen_id, pos, layer")  # fmt: skip
 
+# Bio-inspired interventions of a dose run (only where some row used one): each generation's
+# strengths, its mean fatigue pool level per layer and head and its mean fast-weight norm per
+# layer (both averaged over its generated tokens).
+BIO_STRENGTHS = Table("bio_strengths", (
+    ("gen_id", "INTEGER"), ("fatigue", "DOUBLE"), ("hebbian", "DOUBLE"),
+), order_by="gen_id", what="bio strengths")  # fmt: skip
+BIO_POOL = Table("bio_pool", (
+    ("gen_id", "INTEGER"), ("layer", "INTEGER"), ("head", "INTEGER"), ("level", "DOUBLE"),
+), order_by="gen_id, layer, head", what="fatigue pool levels")  # fmt: skip
+BIO_FAST_NORM = Table("bio_fast_norm", (
+    ("gen_id", "INTEGER"), ("layer", "INTEGER"), ("norm", "DOUBLE"),
+), order_by="gen_id, layer", what="fast-weight norms")  # fmt: skip
+
+# --------------------------------------------------------------------------- bio evaluation runs
+
+# Next-token loss (nats) and entropy (bits) per corpus window, sober and each mechanism/strength.
+BIO_EVAL = Table("bio_eval", (
+    ("corpus", "VARCHAR"), ("window_idx", "INTEGER"), ("mechanism", "VARCHAR"), ("strength", "DOUBLE"),
+    ("loss", "DOUBLE"), ("entropy", "DOUBLE"),
+), order_by="corpus, mechanism, strength, window_idx", what="bio evaluation")  # fmt: skip
+
 # --------------------------------------------------------------------------- capture runs
 
 # Which tokens were kept; the activations themselves live in Parquet files (matrices.py).
