@@ -16,8 +16,9 @@ import sys
 
 from tqdm import tqdm
 
-from jobs.cli import add_data_dir, fail
-from psilonet import corpora, runtime
+from jobs import cli
+from jobs.cli import JobParser, add_data_dir, fail
+from psilonet import corpora
 from psilonet.generation import bio, bio_eval
 from psilonet.model import loading as modeling
 from psilonet.store import Store, StoreError
@@ -27,8 +28,8 @@ DEFAULTS = bio_eval.BioEvalConfig()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.bio_eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = JobParser(prog="python -m jobs.bio_eval", description=__doc__,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=modeling.DEFAULT_MODEL, help="'default', an mlx-lm hub name or a folder")
     p.add_argument("--corpora", nargs="+", default=DEFAULTS.corpora,
                    help=f"corpora to read windows from (default: {' '.join(corpora.OFFLINE_CORPORA)})")
@@ -42,11 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli.job
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = bio_eval.BioEvalConfig(corpora=args.corpora, mechanisms=args.mechanisms, strengths=args.strengths,
                                  windows=args.windows, seq_len=args.seq_len, seed=args.seed, model=args.model)
-    store = Store(args.data_dir or runtime.data_dir())
+    store = Store(cli.data_dir(args.data_dir))
     try:
         cfg.check()
         model, tokenizer = modeling.load_model(args.model, args.data_dir)

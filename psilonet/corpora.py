@@ -20,6 +20,7 @@ a given (corpus, tokenizer, seq_len, seed) always yields the same split.
 
 from __future__ import annotations
 
+import codecs
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,14 +55,6 @@ def stories_path(data_dir: str | os.PathLike | None = None) -> Path:
     return local if local.is_file() else SHIPPED_DIR / STORIES_FILE
 
 
-def available_corpora(data_dir: str | os.PathLike | None = None) -> list[str]:
-    """Names that load without a network on this machine."""
-    names = ["python-docs"]
-    if stories_path(data_dir).is_file():
-        names.append("smol-stories")
-    return names
-
-
 def check_name(name: str) -> None:
     """Reject a corpus name that can never load, without loading anything."""
     path = Path(name)
@@ -70,6 +63,8 @@ def check_name(name: str) -> None:
     if path.suffix.lower() in LOCAL_BUILDERS:
         if not path.is_file():
             raise CorpusError(f"dataset: corpus file {path} does not exist")
+        if LOCAL_BUILDERS[path.suffix.lower()] != "parquet":
+            check_text_file(path)
         return
     if "/" not in name.split(":")[0]:
         raise CorpusError(
@@ -96,10 +91,27 @@ def _texts(dataset, source: str) -> list[str]:
     return texts
 
 
+CHECKED_BYTES = 1 << 20  # how much of a text corpus is checked before any model loads
+
+
+def check_available(name: str, data_dir: str | os.PathLike | None = None) -> None:
+    """:func:`check_name` plus the local story corpus's file, before any model loads."""
+    check_name(name)
+    if name == "smol-stories":
+        path = stories_path(data_dir)
+        if not path.is_file():
+            raise CorpusError(f"dataset: {path} is missing; run: python -m jobs.make_story_corpus")
+        check_text_file(path)
+
+
 def check_text_file(path: Path, what: str = "dataset") -> None:
-    """Refuse an empty, binary or non-UTF-8 text corpus file with a message naming it."""
+    """Refuse an empty, binary or non-UTF-8 text corpus file with a message naming it.
+
+    Reads at most the first MiB, so it is cheap enough to run before any model loads.
+    """
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(CHECKED_BYTES)
     except OSError as exc:
         raise CorpusError(f"{what}: cannot read {path}: {exc.strerror}") from exc
     if not data.strip():
@@ -107,7 +119,7 @@ def check_text_file(path: Path, what: str = "dataset") -> None:
     if b"\x00" in data[:8192]:
         raise CorpusError(f"{what}: corpus file {path} looks binary, not text")
     try:
-        data.decode("utf-8")
+        codecs.getincrementaldecoder("utf-8")().decode(data, final=len(data) < CHECKED_BYTES)
     except UnicodeDecodeError as exc:
         raise CorpusError(f"{what}: corpus file {path} is not UTF-8 (byte {data[exc.start]:#04x} at offset "
                           f"{exc.start}); convert it, e.g. iconv -f latin1 -t utf-8") from exc
@@ -137,8 +149,6 @@ def load_texts(name: str, split: str = "train", data_dir: str | os.PathLike | No
         check_name(name)
         builder = LOCAL_BUILDERS[path.suffix.lower()]
         kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
-        if builder != "parquet":
-            check_text_file(path)
         try:
             ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
         except Exception as exc:

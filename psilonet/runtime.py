@@ -138,13 +138,6 @@ def active_blas() -> BlasInfo:
     return setup()
 
 
-def compute_dtype():
-    """float32 on the CPU: half precision and quantized matmuls have no fast CPU path."""
-    import mlx.core as mx
-
-    return mx.float32 if mx.default_device() == mx.cpu else mx.bfloat16
-
-
 def data_dir() -> Path:
     """Root of the catalog, runs, models and corpora (``PSILONET_DATA`` or ./data)."""
     value = os.environ.get("PSILONET_DATA")

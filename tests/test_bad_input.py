@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from jobs import analyze, capture, check_model, dose, fetch_model, make_story_corpus, sweep, train
+from jobs import analyze, bio_eval, capture, check_model, dose, fetch_model, make_story_corpus, sweep, train
 from psilonet.store import Store
 
 JOBS = {"train": train, "sweep": sweep, "dose": dose, "capture": capture, "analyze": analyze,
-        "make_story_corpus": make_story_corpus, "check_model": check_model, "fetch_model": fetch_model}
+        "make_story_corpus": make_story_corpus, "check_model": check_model, "fetch_model": fetch_model,
+        "bio_eval": bio_eval}
 
 
 def run_job(name: str, argv: list[str], capsys) -> tuple[int, str]:
@@ -150,6 +151,9 @@ CASES = [
     ("check_model", ["--max-tokens", "0"], "--max-tokens: must be in [1, 512]"),
     ("check_model", ["--model", "/no/such/dir"], "--model: '/no/such/dir' is neither"),
     ("fetch_model", ["--data-dir", "{file}"], "is a file, not a folder"),
+    ("bio_eval", ["--windows", "-3"], "--windows: at least 2"),
+    ("bio_eval", ["--strengths", "9"], "--strengths: each must be in"),
+    ("bio_eval", ["--data-dir", "{file}"], "is a file, not a folder"),
 ]
 
 
@@ -179,21 +183,21 @@ def test_bad_data_folder_setting(job, value, message, tmp_path, capsys, monkeypa
 
 @pytest.mark.parametrize("name, message", [("empty", "is empty"), ("binary", "looks binary"),
                                            ("latin1", "is not UTF-8 (byte 0xe9")])
-def test_unreadable_corpus_files_are_named(name, message, tiny_model_dir, tmp_path, capsys):
-    path = files(tmp_path)[name]
-    code, err = run_job("train", ["--model", str(tiny_model_dir), "--dataset", path, "--data-dir",
-                                  str(tmp_path / "data")], capsys)
+@pytest.mark.parametrize("job", ["train", "capture"])
+def test_unreadable_corpus_files_are_named(job, name, message, tmp_path, capsys):
+    path = files(tmp_path)[name]  # refused before any model loads (there is none in this folder)
+    code, err = run_job(job, ["--dataset", path, "--data-dir", str(tmp_path / "data")], capsys)
     assert code == 2
     assert_one_line(err, f"--dataset: corpus file {path} {message}")
     assert Store(tmp_path / "data").list_runs().empty
 
 
-def test_empty_story_corpus_is_refused_by_training(tiny_model_dir, tmp_path, capsys):
+@pytest.mark.parametrize("job", ["train", "capture"])
+def test_empty_story_corpus_is_refused(job, tmp_path, capsys):
     corpus = tmp_path / "corpora" / "smol_stories.jsonl"
     corpus.parent.mkdir()
     corpus.write_text("")
-    code, err = run_job("train", ["--model", str(tiny_model_dir), "--dataset", "smol-stories",
-                                  "--data-dir", str(tmp_path)], capsys)
+    code, err = run_job(job, ["--dataset", "smol-stories", "--data-dir", str(tmp_path)], capsys)
     assert code == 2
     assert_one_line(err, f"--dataset: corpus file {corpus} is empty")
 
@@ -213,8 +217,15 @@ def test_story_corpus_is_never_replaced_by_an_incomplete_one(tmp_path):
 
 # ---------------------------------------------------------------------- faults on a tiny model
 
+STORY = ("The little fox ran across the snowy field to find her friends. They played by the river until "
+         "the sun went down, and then everyone walked home together, tired and happy.")
+
+
 def tiny_train(tiny_model_dir, data, *extra):
-    return ["--model", str(tiny_model_dir), "--seq-len", "16", "--train-samples", "8", "--val-samples", "4",
+    corpus = Path(data).parent / f"{Path(data).name}-corpus.txt"
+    corpus.write_text("\n\n".join(f"{i}. {STORY}" for i in range(40)))  # small: tokenised in milliseconds
+    return ["--model", str(tiny_model_dir), "--dataset", str(corpus), "--seq-len", "16", "--train-samples", "8",
+            "--val-samples", "4",
             "--skip-start", "1", "--distances", "1", "--checkpoint-every", "1", "--quiet",
             "--data-dir", str(data), *extra]
 
@@ -283,4 +294,30 @@ def test_ctrl_c_marks_the_run_interrupted_and_resumable(tiny_model_dir, tmp_path
     assert code == 0, err
     resumed = store.get_run(run.run_id)
     assert resumed["state"] == "complete" and resumed["summary"]["steps"] == 4
+    assert_consistent(tmp_path)
+
+
+def fake_captures(store: Store, models: list[str]) -> list[str]:
+    """Complete capture runs as the catalog sees them (analysis refuses them before reading data)."""
+    ids = []
+    for model in models:
+        with store.begin_run("capture", config={}, model=model, dataset="python-docs") as w:
+            w.finish({"sides": ["baseline", "trained"], "layers": 31, "heads": 9, "tokens": 64})
+        ids.append(w.run_id)
+    return ids
+
+
+@pytest.mark.parametrize("models, extra, message", [
+    (["m1", "m2"], [], "--captures: they come from different models (m1, m2)"),
+    (["m1"], ["--layers", "20-10"], "--layers: 20-10 is reversed; write the lower layer first (10-20)"),
+    (["m1"], ["--layers", "10-40"], "--layers: 10-40 is outside the model's layers 0-30"),
+    (["m1"], ["--layers", "ten"], "--layers: expected a range like 10-20, got 'ten'"),
+])
+def test_analyze_refuses_before_reading_any_capture(models, extra, message, tmp_path, capsys):
+    store = Store(tmp_path)
+    ids = fake_captures(store, models)
+    code, err = run_job("analyze", ["--captures", *ids, *extra, "--data-dir", str(tmp_path)], capsys)
+    assert code == 2
+    assert_one_line(err, message)
+    assert len(store.list_runs()) == len(models)
     assert_consistent(tmp_path)

@@ -35,13 +35,13 @@ def test_capture_records_every_point_once_and_lines_up(trained_store, capsys):
     cap = store.list_runs(kind="capture").iloc[0]
     assert cap.parent == run_id and cap.summary["tokens"] == 40
     with store.open_run(cap.run_id) as reader:
-        index = reader.matrix_index(capture.ACTIVATIONS_FILE)
         tokens = reader.capture_tokens()
-        base0 = reader.matrix(capture.ACTIVATIONS_FILE, "baseline", "resid", 0)
-        trained0 = reader.matrix(capture.ACTIVATIONS_FILE, "trained", "resid", 0)
-        trained_last = reader.matrix(capture.ACTIVATIONS_FILE, "trained", "resid", 6)
-        head = reader.matrix(capture.ACTIVATIONS_FILE, "trained", "head", 3, 1)
-    assert len(index) == 2 * (7 + 6 * 4) and set(index.n) == {40}
+        stored = {(side, point): reader.matrices(capture.ACTIVATIONS_FILE, side, point)
+                  for side in ("baseline", "trained") for point in ("resid", "head")}
+    assert {k: len(v) for k, v in stored.items()} == {(s, p): 7 if p == "resid" else 6 * 4 for s, p in stored}
+    assert {m.shape[0] for v in stored.values() for m in v.values()} == {40}
+    base0, trained0 = stored["baseline", "resid"][0, -1], stored["trained", "resid"][0, -1]
+    trained_last, head = stored["trained", "resid"][6, -1], stored["trained", "head"][3, 1]
     assert len(tokens) == 40 and tokens.pos.between(0, 15).all()
     np.testing.assert_array_equal(base0, trained0)  # the embeddings are shared
     # the stored rows are the states of one forward pass at the kept positions

@@ -50,9 +50,3 @@ def test_missing_library_warns_with_install_command():
     name, fast, _, stderr = probe("/nonexistent/libopenblas.so.0")
     assert (name, fast) == ("reference", False)
     assert runtime.INSTALL_HINT in stderr
-
-
-def test_this_process_runs_float32_on_cpu():
-    import mlx.core as mx
-
-    assert runtime.compute_dtype() == mx.float32

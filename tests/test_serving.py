@@ -212,12 +212,17 @@ def _wait_for(driver, check, what: str, timeout: float = 60):
     """Poll until ``check(driver)`` is truthy and Streamlit's running indicator has gone."""
     from selenium.webdriver.common.by import By
 
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.time() + timeout
     while time.time() < deadline:
-        value = check(driver)
-        if value and not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]'):
-            time.sleep(0.5)
-            return check(driver) or value
+        try:  # Streamlit redraws elements while a rerun lands: a stale one means look again
+            value = check(driver)
+            if value and not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]'):
+                time.sleep(0.5)
+                return check(driver) or value
+        except StaleElementReferenceException:
+            pass
         time.sleep(0.25)
     raise AssertionError(f"{what} not shown within {timeout} s")
 
@@ -268,8 +273,8 @@ def test_the_copied_link_reopens_the_same_view(server, browser):
     browser.get(f"{url}/similarity?metric=pwcca")
     _give_password(browser, password)
     _wait_for(browser, lambda d: "Similarity" in _h1(d), "the Similarity page")
-    radio = next(e for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stRadio"] label') if e.text == "SVCCA")
-    radio.click()
+    _wait_for(browser, lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, '[data-testid="stRadio"] label')
+                                  if e.text == "SVCCA"], "the SVCCA choice")[0].click()
 
     def shared_link(d):
         codes = d.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebar"] [data-testid="stCode"] code')

@@ -124,6 +124,7 @@ def run_capture(store, cfg: CaptureConfig, *, train_run: str | None = None, mode
     from psilonet.training import loop as training
 
     cfg.validate()
+    corpora.check_available(cfg.dataset, data_dir)
     if train_run:
         try:
             run = store.get_run(train_run)

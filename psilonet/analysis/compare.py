@@ -1,4 +1,4 @@
-"""Representation analyses of captured activations (DESIGN §5 "Similarity", "PCA trajectories").
+"""Representation analyses of captured activations: similarity per layer and PCA trajectories.
 
 For each capture run (a *source*) with a baseline and a trained side:
 

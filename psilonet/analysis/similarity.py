@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["linear_cka", "cka_matrix", "per_head_cka", "svcca", "svd_reduce", "pwcca"]
+__all__ = ["linear_cka", "cka_matrix", "per_head_cka", "svcca", "pwcca"]
 
 _EPS = np.finfo(np.float64).eps
 # A representation whose centred norm is below this fraction of its raw norm is constant up to
@@ -463,20 +463,10 @@ def _canonical(Qx: np.ndarray, Qy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(rho, 0.0, 1.0), Qx @ U
 
 
-def svd_reduce(X, k: int | None = None, var_threshold: float = 0.99) -> np.ndarray:
-    """The SV step of SVCCA: centre ``X`` and keep its top singular directions.
-
-    Returns ``U_k diag(s_k)`` (``n x k``), the data expressed in its top-``k`` principal
-    directions. ``k=None`` keeps the fewest directions whose squared singular values reach
-    ``var_threshold`` of the total (explained variance). ``k`` is capped at the numerical rank:
-    directions beyond it carry only rounding noise.
-    """
-    Xc, U, s = _centred_basis(X, "X")
-    k = _choose_k(s, k, var_threshold, "X", Xc.shape[1])
-    return U[:, :k] * s[:k]
-
-
 def _choose_k(s: np.ndarray, k, var_threshold: float, name: str, width: int) -> int:
+    """How many top singular directions SVCCA keeps: ``k`` (capped at the numerical rank:
+    directions beyond it carry only rounding noise), or for ``k=None`` the fewest whose squared
+    singular values reach ``var_threshold`` of the total (explained variance)."""
     if k is None:
         if not 0.0 < var_threshold <= 1.0:
             raise ValueError(f"var_threshold must be in (0, 1], got {var_threshold}")
@@ -496,7 +486,7 @@ def svcca(X, Y, k: int | tuple[int, int] | None = None,
 
     1. Centre each side; keep its top singular directions: ``k`` for both, ``(kx, ky)`` per
        side, or ``None`` for the fewest directions explaining ``var_threshold`` of the variance
-       (see :func:`svd_reduce`).
+       (``k`` is capped at the numerical rank).
     2. CCA between the reduced representations. Their column spaces are spanned by the kept
        left singular vectors ``Ux``, ``Uy``, so the canonical correlations are the singular
        values of ``Ux^T Uy`` (clipped to ``[0, 1]``); there are ``min(kx, ky)`` of them.

@@ -32,6 +32,7 @@ from psilonet.store import tables as T
 __all__ = [
     "MAX_ROWS",
     "cross_layer_heatmap",
+    "dose_overview",
     "entropy_heatmap",
     "gate_alpha_heatmap",
     "grad_norm_chart",
@@ -67,10 +68,17 @@ TOKEN_COLUMNS = (T.TOKEN_ENTROPY.pick("gen_id") + T.GENERATIONS.pick("intensity"
 LAYER_ENTROPY_COLUMNS = T.GENERATIONS.pick("intensity") + T.LAYER_ENTROPY.pick("layer", "entropy")
 
 BASELINE_LABEL = "baseline (frozen model)"
-TRAIN_LOSS_LABEL = "train loss"
-VAL_LOSS_LABEL = "val skip_loss"
+TRAIN_LOSS_LABEL = "training loss (skip model)"
+VAL_LOSS_LABEL = "validation loss (skip model)"
 SIDES = ("baseline", "trained")
 HEATMAP_SCHEME = "viridis"
+#: Plot-area width budget of a chart that must fit, with its axes and legend, the app's main
+#: column at a 1400 px window with the sidebar open (about 930 px).
+PAGE_WIDTH = 780
+#: Heatmap cells keep their size: the width and height given are the plot area's, axes, title
+#: and legend come on top (Streamlit's default "fit" squeezes the plot into the given size,
+#: which left a 4-row heatmap 3 px tall under its title and legend).
+NATURAL_SIZE = alt.AutoSizeParams(type="pad", contains="padding")
 
 # --------------------------------------------------------------------------- helpers
 
@@ -138,6 +146,11 @@ def _int_column(series: pd.Series) -> pd.Series:
 # --------------------------------------------------------------------------- training curves
 
 
+def _step_axis() -> alt.X:
+    """Optimizer steps are whole numbers: integer ticks only."""
+    return alt.X("step:Q", title="step", axis=alt.Axis(tickMinStep=1, format="d"))
+
+
 def _step_series(metrics: pd.DataFrame, split: str, name: str) -> pd.DataFrame:
     rows = metrics[(metrics["split"] == split) & (metrics["name"] == name)][["step", "value"]]
     rows = rows.dropna(subset=["value"])
@@ -150,7 +163,9 @@ def _step_series(metrics: pd.DataFrame, split: str, name: str) -> pd.DataFrame:
 
 def loss_curves(metrics: pd.DataFrame, base_loss: float | None = None) -> alt.LayerChart:
     """Train ``loss`` per step (line), val ``skip_loss`` per eval step (line with points) and a
-    horizontal rule at ``base_loss`` labelled "baseline (frozen model)" (when given and finite).
+    dashed horizontal rule at ``base_loss``, whose legend entry is "baseline (frozen model)"
+    (when given and finite).  Legend names are :data:`TRAIN_LOSS_LABEL`, :data:`VAL_LOSS_LABEL`
+    and :data:`BASELINE_LABEL`; steps get integer ticks.
 
     ``metrics`` is ``RunReader.metrics()``: step, split, name, value, time.  Each series is
     thinned to at most :data:`MAX_CURVE_POINTS` evenly spaced steps (first and last kept)."""
@@ -161,9 +176,9 @@ def loss_curves(metrics: pd.DataFrame, base_loss: float | None = None) -> alt.La
 
     domain = [TRAIN_LOSS_LABEL, VAL_LOSS_LABEL] + ([BASELINE_LABEL] if has_base else [])
     palette = ["#4c78a8", "#f58518", "#7f7f7f"][: len(domain)]
-    color = alt.Color("series:N", title="series", scale=alt.Scale(domain=domain, range=palette),
-                      legend=alt.Legend(orient="top"))
-    x = alt.X("step:Q", title="step")
+    color = alt.Color("series:N", title=None, scale=alt.Scale(domain=domain, range=palette),
+                      legend=alt.Legend(orient="top", labelLimit=0))
+    x = _step_axis()
     y = alt.Y("value:Q", title="loss (nats / token)", scale=alt.Scale(zero=False))
     tooltip = [alt.Tooltip("series:N"), alt.Tooltip("step:Q"), alt.Tooltip("value:Q", title="loss", format=".4f")]
 
@@ -171,20 +186,13 @@ def loss_curves(metrics: pd.DataFrame, base_loss: float | None = None) -> alt.La
         alt.Chart(train).mark_line(strokeWidth=1.5).encode(x=x, y=y, color=color, tooltip=tooltip),
         alt.Chart(val).mark_line(point=True, strokeWidth=2).encode(x=x, y=y, color=color, tooltip=tooltip),
     ]
-    subtitle = None
-    if has_base:
+    if has_base:  # shown once: its legend entry and the dashed rule (no second text label)
         base = pd.DataFrame({"series": [BASELINE_LABEL], "value": [float(base_loss)]})
         layers.append(alt.Chart(base).mark_rule(strokeDash=[6, 4], strokeWidth=1.5).encode(
             y=alt.Y("value:Q"), color=color,
             tooltip=[alt.Tooltip("series:N"), alt.Tooltip("value:Q", title="loss", format=".4f")]))
-        steps = pd.concat([train["step"], val["step"]])
-        if len(steps):
-            label = base.assign(step=int(steps.max()))
-            layers.append(alt.Chart(label).mark_text(align="right", baseline="bottom", dy=-4, color="#555").encode(
-                x=x, y=alt.Y("value:Q"), text=alt.Text("series:N")))
-        subtitle = f"{BASELINE_LABEL}: {float(base_loss):.4f}"
     return alt.layer(*layers).properties(
-        title=_title("Training loss", subtitle), width="container", height=320)
+        title=_title("Training loss"), width="container", height=320)
 
 
 def grad_norm_chart(metrics: pd.DataFrame) -> alt.Chart:
@@ -192,7 +200,7 @@ def grad_norm_chart(metrics: pd.DataFrame) -> alt.Chart:
     _require(metrics, METRICS_COLUMNS, "grad_norm_chart")
     data = _step_series(metrics, "train", "grad_norm")
     return alt.Chart(data).mark_line(strokeWidth=1.2, color="#54a24b").encode(
-        x=alt.X("step:Q", title="step"),
+        x=_step_axis(),
         y=alt.Y("value:Q", title="gradient norm", scale=alt.Scale(zero=False)),
         tooltip=[alt.Tooltip("step:Q"), alt.Tooltip("value:Q", title="grad norm", format=".4f")],
     ).properties(title=_title("Gradient norm (train)"), width="container", height=220)
@@ -442,29 +450,46 @@ def trajectory_chart(paths: pd.DataFrame, variance: pd.DataFrame, unit: str,
 # --------------------------------------------------------------------------- tap weights and gates
 
 
-def tap_weight_evolution(taps: pd.DataFrame) -> alt.Chart:
-    """Tap weight vs step, one small chart per layer (6 per row), colour = skip distance.
+#: Columns (logged steps) per tap-weight panel before steps are thinned.
+MAX_TAP_STEPS = 80
 
-    ``taps`` is ``RunReader.tap_weights()``.  With more than :data:`MAX_ROWS` rows the steps are
-    subsampled evenly (first and last kept) and the subtitle says so."""
+
+def tap_weight_evolution(taps: pd.DataFrame) -> alt.Chart:
+    """Tap weight over training as one layer x step heatmap per skip distance (side by side,
+    sized to fit :data:`PAGE_WIDTH` together), colour = weight on [0, 1].
+
+    A block's weights over its available distances sum to 1, so reading one column across the
+    panels shows how that block splits its mix at that step; cells are empty where a block has
+    no tap at that distance.  ``taps`` is ``RunReader.tap_weights()``.  Steps are thinned to at
+    most :data:`MAX_TAP_STEPS` evenly spaced ones (first and last kept; the subtitle says so).
+    A single-distance run has weight 1 everywhere: the page says so instead of drawing this."""
     _require(taps, TAP_COLUMNS, "tap_weight_evolution")
     data = taps[list(TAP_COLUMNS)].dropna().copy()
     for col in ("step", "layer", "distance"):
         data[col] = _int_column(data[col])
-    rows_per_step = max(1, data.groupby("step").size().max()) if len(data) else 1
-    data, kept, total = _thin_by_step(data, int(rows_per_step))
-    subtitle = "one panel per layer; colour = skip distance"
-    if kept < total:
-        subtitle = [subtitle, f"showing {kept} of {total} logged steps (evenly subsampled, first and last kept)"]
-    data = data.sort_values(["layer", "distance", "step"]).reset_index(drop=True)
-    return alt.Chart(data).mark_line().encode(
-        x=alt.X("step:Q", title="step"),
-        y=alt.Y("weight:Q", title="tap weight", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("distance:O", title="distance"),
-        facet=alt.Facet("layer:O", title="layer", columns=6),
+    total = int(data["step"].nunique())
+    keep = _even_steps(data["step"], MAX_TAP_STEPS) if total else np.array([], dtype=int)
+    data = data[data["step"].isin(keep)]
+    subtitle = ["x: training step; y: block (layer); one panel per skip distance"]
+    if len(keep) < total:
+        subtitle.append(f"showing {len(keep)} of {total} logged steps (evenly subsampled, first and last kept)")
+    distances = sorted(data["distance"].unique()) or [0]
+    n_layers = max(1, int(data["layer"].nunique()))
+    panel = int(max(100, min(420, (PAGE_WIDTH - 20 * (len(distances) - 1)) / len(distances))))
+    height = int(min(480, max(120, 14 * n_layers)))
+    data = data.sort_values(["distance", "layer", "step"]).reset_index(drop=True)
+    n_steps = max(1, len(keep))
+    label_every = max(1, int(np.ceil(n_steps / max(1, panel // 40))))
+    shown_steps = [int(v) for v in list(keep)[::label_every]]
+    return alt.Chart(data).mark_rect().encode(
+        x=alt.X("step:O", title="step", axis=alt.Axis(values=shown_steps, labelAngle=0)),
+        y=alt.Y("layer:O", title="layer", sort="ascending"),
+        color=alt.Color("weight:Q", title="tap weight", scale=alt.Scale(domain=[0, 1], scheme=HEATMAP_SCHEME)),
         tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("distance:O"), alt.Tooltip("step:Q"),
                  alt.Tooltip("weight:Q", format=".4f")],
-    ).properties(title=_title("Tap weight evolution", subtitle), width=140, height=100)
+    ).properties(width=panel, height=height).facet(
+        column=alt.Column("distance:O", title="skip distance", sort=distances),
+    ).properties(title=_title("Tap weights over training", subtitle))
 
 
 def _final_step(df: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
@@ -484,7 +509,7 @@ def tap_weight_heatmap(taps: pd.DataFrame) -> alt.Chart:
         data[col] = _int_column(data[col])
     sub = f"step {last}" if last is not None else "no tap weights logged"
     return _heatmap(data[["layer", "distance", "weight"]], "distance", "distance", "layer", "layer", "weight",
-                    "weight", (0.0, 1.0), _title("Final tap weights", sub))
+                    "weight", (0.0, 1.0), _title("Final tap weights", sub)).properties(autosize=NATURAL_SIZE)
 
 
 def gate_alpha_heatmap(gates: pd.DataFrame) -> alt.Chart:
@@ -498,10 +523,14 @@ def gate_alpha_heatmap(gates: pd.DataFrame) -> alt.Chart:
     hi = max(1.0, float(data["alpha"].max())) if len(data) else 1.0
     sub = f"step {last}" if last is not None else "no gate alphas logged"
     return _heatmap(data[["layer", "head", "alpha"]], "head", "head", "layer", "layer", "alpha", "alpha",
-                    (0.0, hi), _title("Final per-head gate alphas", sub))
+                    (0.0, hi), _title("Final per-head gate alphas", sub)).properties(autosize=NATURAL_SIZE)
 
 
 # --------------------------------------------------------------------------- dosing / entropy
+
+
+#: Height of one intensity row in the entropy heatmaps (readable, room for a label).
+ENTROPY_ROW_PX = 28
 
 
 def _intensity_label(x: float) -> str:
@@ -536,17 +565,55 @@ def entropy_heatmap(tokens: pd.DataFrame) -> alt.Chart:
         subtitle = [subtitle, f"showing positions up to {max_pos} of {n_pos} (row limit)"]
     data = data[["row", "gen_id", "intensity", "pos", "token_text", "entropy"]].sort_values(["row", "pos"])
 
-    width = int(min(960, max(240, 10 * data["pos"].nunique())))
-    height = int(min(640, max(80, 22 * len(order))))
+    width = int(min(PAGE_WIDTH + 60, max(300, 14 * data["pos"].nunique())))  # legend on top: room for 60 more
+    height = ENTROPY_ROW_PX * max(1, len(order))
     return alt.Chart(data.reset_index(drop=True)).mark_rect().encode(
         x=alt.X("pos:O", title="token position", sort="ascending",
                 axis=alt.Axis(labelOverlap=True, labelAngle=0)),
-        y=alt.Y("row:O", title="intensity", sort=order),
-        color=alt.Color("entropy:Q", title="entropy (bits)", scale=alt.Scale(scheme="inferno", zero=True)),
+        y=alt.Y("row:O", title="intensity", sort=order, axis=alt.Axis(labelLimit=0)),
+        color=alt.Color("entropy:Q", title="next-token entropy (bits)", scale=alt.Scale(scheme="inferno", zero=True),
+                        legend=alt.Legend(orient="top", direction="horizontal", gradientLength=220, titleLimit=0)),
         tooltip=[alt.Tooltip("token_text:N", title="token"), alt.Tooltip("entropy:Q", title="entropy (bits)", format=".3f"),
                  alt.Tooltip("intensity:Q", format="g"), alt.Tooltip("pos:Q", title="position"),
                  alt.Tooltip("gen_id:Q", title="generation")],
-    ).properties(title=_title("Per-token next-token entropy (bits)", subtitle), width=width, height=height)
+    ).properties(title=_title("Per-token next-token entropy (bits)", subtitle), width=width, height=height,
+                 autosize=NATURAL_SIZE)
+
+
+def dose_overview(gens: pd.DataFrame) -> alt.Chart:
+    """Mean next-token entropy (bits) of every prompt (row) at every intensity (column).
+
+    ``gens`` has one row per continuation: prompt_line, prompt, intensity, mean_entropy (as
+    ``RunReader.generations()``; several seeds of a prompt and intensity are averaged).  Row
+    labels are the prompt's first characters; the tooltip has the whole prompt."""
+    _require(gens, ("prompt_line", "prompt", "intensity", "mean_entropy"), "dose_overview")
+    data = gens[["prompt_line", "prompt", "intensity", "mean_entropy"]].copy()
+    data["prompt_line"] = _int_column(data["prompt_line"])
+    data["intensity"] = data["intensity"].astype(float)
+    data = data.groupby(["prompt_line", "prompt", "intensity"], as_index=False)["mean_entropy"].mean()
+    data["dose"] = data["intensity"].map(_intensity_label)
+    prompts = data[["prompt_line", "prompt"]].drop_duplicates().sort_values("prompt_line")
+    labels = {}
+    for k, (line, text) in enumerate(zip(prompts["prompt_line"], prompts["prompt"]), 1):
+        short = " ".join(str(text).split())
+        labels[(line, text)] = f"{k}. " + (short if len(short) <= 40 else short[:39] + "…")
+    data["row"] = [labels[(line, text)] for line, text in zip(data["prompt_line"], data["prompt"])]
+    doses = [_intensity_label(i) for i in sorted(data["intensity"].unique())]
+    finite = data["mean_entropy"].astype(float)
+    finite = finite[np.isfinite(finite)]
+    domain = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    if domain[0] == domain[1]:
+        domain = (domain[0], domain[0] + 1e-6)
+    return alt.Chart(data[["row", "prompt", "dose", "intensity", "mean_entropy"]]).mark_rect().encode(
+        x=alt.X("dose:O", title="intensity", sort=doses, axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("row:O", title="prompt", sort=list(labels.values()), axis=alt.Axis(labelLimit=320)),
+        color=alt.Color("mean_entropy:Q", title="mean entropy (bits)",
+                        scale=alt.Scale(domain=list(domain), scheme="inferno")),
+        tooltip=[alt.Tooltip("prompt:N"), alt.Tooltip("intensity:Q", format="g"),
+                 alt.Tooltip("mean_entropy:Q", title="mean entropy (bits)", format=".3f")],
+    ).properties(title=_title("Mean next-token entropy per prompt and intensity (bits)"),
+                 width=int(min(PAGE_WIDTH - 400, max(160, 60 * len(doses)))),
+                 height=ENTROPY_ROW_PX * max(1, len(labels)), autosize=NATURAL_SIZE)
 
 
 def layer_entropy_profile(layers: pd.DataFrame) -> alt.Chart:
@@ -561,8 +628,9 @@ def layer_entropy_profile(layers: pd.DataFrame) -> alt.Chart:
     data = data.sort_values(["intensity", "layer"]).reset_index(drop=True)
     return alt.Chart(data).mark_line(point=True).encode(
         x=alt.X("layer:Q", title="layer (0 = embeddings)", axis=alt.Axis(tickMinStep=1)),
-        y=alt.Y("entropy:Q", title="mean entropy (bits)"),
-        color=alt.Color("intensity:O", title="intensity", scale=alt.Scale(scheme="plasma")),
+        y=alt.Y("entropy:Q", title="mean entropy (bits)", scale=alt.Scale(zero=False)),
+        color=alt.Color("intensity:O", title="intensity", scale=alt.Scale(scheme="plasma"),
+                        legend=alt.Legend(orient="right")),
         tooltip=[alt.Tooltip("intensity:Q", format="g"), alt.Tooltip("layer:Q"),
                  alt.Tooltip("entropy:Q", title="mean entropy (bits)", format=".3f")],
     ).properties(title=_title("Hidden-state entropy through the layers (bits)",

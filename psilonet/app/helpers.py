@@ -13,10 +13,11 @@ Pages stay thin: they call these helpers, draw with :mod:`psilonet.app.charts` a
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 import streamlit as st
@@ -97,29 +98,66 @@ def read(run_id: str, what: str, *args) -> Any:
 
 # ---------------------------------------------------------------------- page state
 
-def param(name: str, default: Any, cast: Callable[[str], Any] = str, choices: list | None = None) -> Any:
-    """A query parameter parsed with ``cast``; a bad value warns and gives ``default``."""
+class BadParam(ValueError):
+    """A cast's own explanation of why a value is invalid (shown in the warning)."""
+
+
+def _warn_param(name: str, raw: str, why: str) -> None:
+    shown = raw if len(raw) <= 60 else raw[:57] + "..."
+    st.warning(f"Ignoring the link's `{name}` ({shown!r}): {why}. Using the default.")
+
+
+def param(name: str, default: Any, cast: Callable[[str], Any] = str, choices: list | None = None,
+          lo: float | None = None, hi: float | None = None, max_len: int | None = None) -> Any:
+    """A query parameter parsed with ``cast`` and checked against ``choices``, ``[lo, hi]`` (for
+    numbers, which must also be finite) and ``max_len`` (for text).  Anything else gives
+    ``default`` with exactly one warning naming the parameter: a link never breaks a page."""
     raw = st.query_params.get(name)
     if raw is None or raw == "":
         return default
+    if max_len is not None and len(raw) > max_len:
+        _warn_param(name, raw, f"longer than {max_len:,} characters")
+        return default
     try:
         value = cast(raw)
-    except (TypeError, ValueError):
-        st.warning(f"Ignoring the link's `{name}={raw}`: not a valid value.")
+    except (TypeError, ValueError, OverflowError) as exc:
+        _warn_param(name, raw, str(exc) if isinstance(exc, BadParam) else "not a valid value")
         return default
     if choices is not None and value not in choices:
-        st.warning(f"Ignoring the link's `{name}={raw}`: not one of the available choices.")
+        _warn_param(name, raw, "not one of " + ", ".join(map(str, choices[:8])) + ("..." if len(choices) > 8 else ""))
         return default
+    numbers = value if isinstance(value, (list, tuple)) else [value]
+    if lo is not None or hi is not None:
+        for v in numbers:
+            if isinstance(v, float) and not math.isfinite(v):
+                _warn_param(name, raw, "not a finite number")
+                return default
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                bounds = f"[{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}]"
+                _warn_param(name, raw, f"outside {bounds}")
+                return default
     return value
 
 
 def float_list(text: str) -> list[float]:
+    """Comma-separated numbers; any bad item makes the whole list invalid."""
     return [float(x) for x in text.split(",") if x.strip()]
 
 
 def int_pair(text: str) -> tuple[int, int]:
     a, b = (int(x) for x in text.split(","))
     return a, b
+
+
+def choice_list(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+    """A cast for comma-separated names that must all be in ``allowed`` (one bad name: invalid)."""
+    def cast(text: str) -> list[str]:
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        bad = [x for x in items if x not in allowed]
+        if bad or not items:
+            raise BadParam(f"unknown {', '.join(bad) or 'value'}; choose from {', '.join(allowed)}")
+        return items
+    return cast
 
 
 def set_params(**values: Any) -> None:
@@ -210,3 +248,17 @@ def generator(model_name: str, run_id: str | None, data_dir_str: str):
         model, tokenizer, _ = training.load_trained(Store(data_dir_str), run_id, data_dir=data_dir_str)
         return model, tokenizer
     return modeling.load_model(model_name, data_dir_str)
+
+
+def session_gone() -> Callable[[], bool]:
+    """A ``should_stop`` for long work: True once this browser session has disconnected (tab
+    closed), so that a generation never runs on for nobody.  Outside a served app (AppTest,
+    plain scripts) there is no session to lose and it is always False."""
+    from streamlit import runtime as st_runtime
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    if ctx is None or not st_runtime.exists():
+        return lambda: False
+    rt, session_id = st_runtime.get_instance(), ctx.session_id
+    return lambda: not rt.is_active_session(session_id)

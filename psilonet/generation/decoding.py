@@ -1,8 +1,7 @@
 """Our own decode loop over an mlx-lm model (or a skip model) and its KV cache.
 
-``mlx_lm.generate`` decodes at 2-3 tokens/s on the Linux CPU, while a plain loop over the same
-model with mlx-lm's KV cache is several times faster (DESIGN §3). This loop decodes ``B`` rows
-that share one prompt (several samples, or several doses, in one batched pass), samples
+Unlike ``mlx_lm.generate`` (one row, no hooks; about as fast as this loop on one row, see the
+README's performance section), this loop decodes ``B`` rows that share one prompt (several samples, or several doses, in one batched pass), samples
 greedily or with temperature and top-p, stops each row at an end token and yields one step at
 a time so that callers can stream.
 
@@ -19,9 +18,8 @@ energy is spread evenly over all dimensions).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
-import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
@@ -120,14 +118,14 @@ def decode(
     seeds: Sequence[int] | None = None,
     doser: Doser | None = None,
     track: bool = False,
-    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[Step]:
     """Yield :class:`Step` s for ``batch`` rows continuing the same prompt.
 
     ``seeds`` gives each row's sampling seed (default ``cfg.seed + row``); ``doser`` perturbs
     block outputs per row; ``track`` adds both entropies to every step. Rows that produced a
-    stop token keep decoding (the batch moves together) but are reported as done.
-    ``should_stop()`` ends the generation early (the app's stop button).
+    stop token keep decoding (the batch moves together) but are reported as done. A caller
+    ends the generation early by not asking for the next step (the app's Stop button raises
+    inside the streaming callback, at Streamlit's next call).
     """
     if not prompt_ids:
         raise ValueError("the prompt is empty")
@@ -143,8 +141,6 @@ def decode(
     done = [False] * batch
     plain = (doser is None or doser.sober) and not track
     for index in range(cfg.max_tokens):
-        if should_stop is not None and should_stop():
-            return
         if plain:
             logits, states = model(x, cache=cache)[:, -1, :], None
         else:

@@ -84,7 +84,6 @@ def generate_doses(
     spec: DoseSpec = DoseSpec(),
     chat: bool = True,
     on_token: Callable[[int, str], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
 ) -> list[DoseResult]:
     """Continue ``prompt`` at every intensity (one batch row each) with seed ``sampling.seed``.
 
@@ -101,7 +100,7 @@ def generate_doses(
     hidden = (model.args.hidden_size)
     doser = Doser(list(intensities), [sampling.seed] * len(intensities), forward.num_layers(model), hidden, spec)
     results = [DoseResult(i, sampling.seed) for i in intensities]
-    for step in decode(model, ids, sampling, stop=stops, doser=doser, track=True, should_stop=should_stop):
+    for step in decode(model, ids, sampling, stop=stops, doser=doser, track=True):
         for r, res in enumerate(results):
             if step.done[r]:
                 continue
@@ -147,3 +146,72 @@ def save_dose_run(store, config: dict, items: list[tuple[int, str, int, list[Dos
         summary.update(generations=gen_id, skipped_prompts=len(config.get("skipped", [])))
         run.finish(summary)
     return run.run_id, summary
+
+
+#: Hard bound on one request from the app: the token rows it may process, counted as
+#: sum over prompts of (prompt tokens + new tokens) x intensities.  Larger batches belong to
+#: ``python -m jobs.dose`` (which shows progress in the terminal and is not tied to a browser tab).
+MAX_REQUEST_WORK = 150_000
+
+
+def request_work(prompt_lengths: list[int], n_intensities: int, max_tokens: int) -> int:
+    """Token rows one request processes: every prompt is prefilled and continued per intensity."""
+    return sum(n + max_tokens for n in prompt_lengths) * n_intensities
+
+
+def check_request(prompt_lengths: list[int], n_intensities: int, max_tokens: int,
+                  limit: int | None = None) -> None:
+    """Raise ValueError (saying what to reduce) when a request exceeds ``limit`` token rows
+    (default :data:`MAX_REQUEST_WORK`)."""
+    limit = MAX_REQUEST_WORK if limit is None else limit
+    work = request_work(prompt_lengths, n_intensities, max_tokens)
+    if work > limit:
+        raise ValueError(
+            f"this request would process {work:,} token rows ({len(prompt_lengths)} prompt(s) x "
+            f"{n_intensities} intensities, prompt + {max_tokens} new tokens each); the app's limit is {limit:,}. "
+            "Use fewer prompts, intensities or tokens, or run `python -m jobs.dose --prompts-file FILE`.")
+
+
+def result_frames(items: list[tuple[int, str, int, list[DoseResult]]]):
+    """(generations, token_entropy, layer_entropy) frames of in-memory results, with the columns
+    of the stored tables (``RunReader.generations()`` etc.), so that live and stored runs are
+    shown by the same code."""
+    import pandas as pd
+
+    gens, tokens, layers = [], [], []
+    gen_id = 0
+    for line, prompt, seed, results in items:
+        for res in results:
+            gens.append(dict(gen_id=gen_id, prompt_line=line, prompt=prompt, intensity=res.intensity, seed=seed,
+                             text=res.text, n_tokens=len(res.token_ids), mean_entropy=res.mean_entropy,
+                             stopped=res.stopped))
+            tokens += [dict(gen_id=gen_id, pos=p, token_text=t, entropy=e)
+                       for p, (t, e) in enumerate(zip(res.token_texts, res.entropy))]
+            layers += [dict(gen_id=gen_id, pos=p, layer=l, entropy=e)
+                       for p, row in enumerate(res.layer_entropy) for l, e in enumerate(row)]
+            gen_id += 1
+    return (pd.DataFrame(gens, columns=["gen_id", "prompt_line", "prompt", "intensity", "seed", "text", "n_tokens",
+                                        "mean_entropy", "stopped"]),
+            pd.DataFrame(tokens, columns=["gen_id", "pos", "token_text", "entropy"]),
+            pd.DataFrame(layers, columns=["gen_id", "pos", "layer", "entropy"]))
+
+
+def plan_prompts(tokenizer, prompts: list[tuple[int, str]], *, max_tokens: int, chat: bool, context: int,
+                 n_intensities: int, limit: int | None = None) -> tuple[list[tuple[int, str]], list[str]]:
+    """Split (line, prompt) pairs into those to run and a reason per skipped one, before any work.
+
+    A prompt whose tokens plus ``max_tokens`` exceed ``context`` is skipped, named by its line.
+    Raises ValueError (:func:`check_request`) if the prompts that remain exceed ``limit``."""
+    from psilonet.generation.decoding import encode_prompt
+
+    runnable, lengths, skipped = [], [], []
+    for line, text in prompts:
+        n = len(encode_prompt(tokenizer, text, chat=chat))
+        if n + max_tokens > context:
+            skipped.append(f"line {line}: {n} tokens; with {max_tokens} new tokens it exceeds the model's "
+                           f"context of {context}")
+        else:
+            runnable.append((line, text))
+            lengths.append(n)
+    check_request(lengths, n_intensities, max_tokens, limit)
+    return runnable, skipped

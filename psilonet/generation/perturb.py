@@ -1,4 +1,4 @@
-"""Entropic "doses": perturbations of block outputs during generation (DESIGN §5).
+"""Entropic "doses": perturbations of block outputs during generation.
 
 At intensity ``i`` in [0, 1] (presets: sober 0.0, micro-dose 0.1, dose 0.2, double dose 0.3),
 with ``s(l) = exp(-((l/(L-1) - 0.5)^2 / 0.08))`` the layer sensitivity that peaks in the middle
@@ -13,8 +13,8 @@ layers and scales every effect, block ``l``'s output ``h`` (B, T, D) becomes, in
   (``dimension_shuffle = 0.08 i``) takes the values of the features ``SHUFFLE_SHIFT`` places
   further on (a roll of the hidden axis); the others keep their own.
 * **cross-dimension bleed**: ``(x + f x_left + f x_right) / (1 + 2f)`` with ``x_left``/``x_right``
-  the neighbouring features, ``f = bleed * s(l)``, ``bleed = 0.1 i`` (our choice: DESIGN gives no
-  preset for it).
+  the neighbouring features, ``f = bleed * s(l)``, ``bleed = 0.1 i`` (our choice: the original
+  research gives no preset for it).
 
 Each mechanism can be switched off. Every row of a batch has its own intensity; the random
 numbers depend only on the row's seed, the layer and the decode step, so the same dose gives
@@ -27,7 +27,6 @@ import functools
 import math
 from dataclasses import dataclass, field
 
-import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 
 PRESETS = {"sober": 0.0, "micro-dose": 0.1, "dose": 0.2, "double dose": 0.3}

@@ -418,29 +418,11 @@ class RunReader:
 
     # ---- matrices (Parquet files next to run.duckdb)
 
-    def matrix_index(self, filename: str) -> pd.DataFrame:
-        """Which matrices a Parquet file of this run holds: side, point, layer, head, n, d."""
-        path = self._file(filename)
-        try:
-            return _matrices.index(self._open(), path)
-        except duckdb.Error as e:
-            raise StoreError(f"query on run {self.run_id!r} failed: {e}") from e
-
-    def matrix(self, filename: str, side: str, point: str, layer: int, head: int = -1) -> np.ndarray:
-        """One stored matrix (n, d) as float32, reading only its own row group."""
-        found = self._read_matrices(filename, side=side, point=point, layer=int(layer), head=int(head))
-        if len(found) != 1:
-            raise StoreError(f"run {self.run_id!r} has no {side} {point} matrix for layer {layer}, head {head}")
-        return next(iter(found.values()))
-
     def matrices(self, filename: str, side: str, point: str) -> dict[tuple[int, int], np.ndarray]:
-        """Every ``{(layer, head): matrix}`` of one side and point, in one query."""
-        return self._read_matrices(filename, side=side, point=point)
-
-    def _read_matrices(self, filename: str, **filters: Any) -> dict[tuple[int, int], np.ndarray]:
+        """Every ``{(layer, head): float32 matrix (n, d)}`` of one side and point, in one query."""
         path = self._file(filename)
         try:
-            return _matrices.read(self._open(), path, **filters)
+            return _matrices.read(self._open(), path, side=side, point=point)
         except duckdb.Error as e:
             raise StoreError(f"query on run {self.run_id!r} failed: {e}") from e
 

@@ -1,4 +1,4 @@
-"""Train skip adapters on a frozen base model and record everything in one run (DESIGN §5).
+"""Train skip adapters on a frozen base model and record everything in one run.
 
 AdamW (lr 1e-4, weight decay 0 by default), gradient clipping by global norm, batches of
 fixed-length windows in a seeded order per epoch. Validation compares the frozen baseline
@@ -121,6 +121,7 @@ class Prepared:
 def prepare(cfg: TrainConfig, *, base=None, data_dir=None) -> Prepared:
     """Load (or reuse) the base model and the windows; check depth and context length."""
     cfg.validate()
+    corpora.check_available(cfg.dataset, data_dir)
     model, tokenizer = base if base is not None else modeling.load_model(cfg.model, data_dir)
     check_depth(cfg, len(model.model.layers))
     context = getattr(model.args, "max_position_embeddings", None)
