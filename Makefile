@@ -9,13 +9,16 @@ BASE   ?=
 SHARE_HOST ?= 0.0.0.0
 STREAMLIT := $(PY) -m streamlit run streamlit_app.py --server.port $(PORT) --server.headless true $(if $(BASE),--server.baseUrlPath $(BASE))
 
-.PHONY: run setup setup-scale model demo app share test bench bench-scale clean
+.PHONY: run setup setup-scale model demo app share test bench bench-scale llama-cpp clean
 
 ## run: install, fetch the default model, run a small batch job, start the app on localhost
 run: demo app
 
-## setup: virtual environment with the pinned requirements, plus system libraries (OpenBLAS)
-setup: $(VENV)/.installed
+## setup: virtual environment with the pinned requirements, plus system libraries (OpenBLAS, BLIS),
+## and the faster BLAS at the model's shapes measured and recorded (printed)
+setup: $(VENV)/.installed .blas-choice.json
+.blas-choice.json: $(VENV)/.installed
+	$(PY) -m jobs.choose_blas
 $(VENV)/.installed: requirements.txt scripts/system_deps.sh
 	bash scripts/system_deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,9 +63,18 @@ bench: model
 	$(PY) -m bench.decode
 	$(PY) -m bench.app_pages
 
+## llama-cpp: optional, llama-cpp-python compiled here into .llama-cpp/ (not in run/test); bench.decode
+## then adds llama.cpp on the same GGUF as a reference line, in its own process
+LLAMA_CPP_VERSION ?= 0.3.36
+llama-cpp: .llama-cpp/.installed
+.llama-cpp/.installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-binary llama-cpp-python \
+		--target .llama-cpp llama-cpp-python==$(LLAMA_CPP_VERSION)
+	touch $@
+
 ## bench-scale: sweeps local vs Ray, data-parallel training 2 ranks vs 1
 bench-scale: model setup-scale
 	$(PY) -m bench.scale
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .llama-cpp .blas-choice.json

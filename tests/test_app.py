@@ -210,7 +210,7 @@ def test_a_request_over_the_work_bound_is_refused_before_any_work(filled, monkey
 
 def test_a_generation_stops_when_its_browser_session_ends(monkeypatch):
     """``session_gone`` asks Streamlit's runtime whether this script's session is still connected;
-    the dose page passes it as ``should_stop`` to the decode loop, which then ends."""
+    the dose page's streaming callback stops the script when it turns True."""
     import types
 
     from streamlit import runtime as st_runtime
@@ -228,3 +228,43 @@ def test_a_generation_stops_when_its_browser_session_ends(monkeypatch):
     assert gone() is False
     active.clear()  # the tab closed
     assert gone() is True
+
+
+def test_a_refused_upload_blocks_generation_and_skipped_lines_are_listed(tmp_path, monkeypatch):
+    monkeypatch.setenv("PSILONET_DATA", str(tmp_path))
+    at = open_page("dose")
+    at.get("file_uploader")[0].set_value(("bad.txt", b"\x00\x01binary", "text/plain")).run()
+    assert at.error and "binary" in at.error[0].value
+    assert not [b for b in at.button if b.label in ("Generate",) or b.label.startswith("Run all")]
+    at.get("file_uploader")[0].set_value(("p.jsonl", b'{"prompt": "a"}\nnot json\n{"x": 1}\n', "application/json")).run()
+    warning = at.warning[0].value
+    assert "- line 2:" in warning and "\n- line 3:" in warning  # one list item per skipped line
+    assert [b.label for b in at.button if b.label.startswith("Run all")] == ["Run all 1 prompt"]
+
+
+def test_runs_page_bad_kinds_link_warns_once(filled, monkeypatch):
+    monkeypatch.setenv("PSILONET_DATA", str(filled[0]))
+    at = open_page("runs", {"kinds": "garbage,sweep"})
+    assert len(at.warning) == 1 and "`kinds`" in at.warning[0].value
+    assert len(set(at.dataframe[0].value.kind)) > 1  # every kind shown
+
+
+def test_the_page_ends_a_generation_whose_session_is_gone(filled, monkeypatch):
+    """When the tab closes mid-generation the streaming callback stops the script: no further
+    tokens are decoded and nothing is kept."""
+    from psilonet.app import helpers as app
+
+    data, train_id = filled
+    monkeypatch.setenv("PSILONET_DATA", str(data))
+    calls = []
+
+    def gone_after_three():
+        calls.append(1)
+        return len(calls) > 3
+
+    monkeypatch.setattr(app, "session_gone", lambda: gone_after_three)
+    at = open_page("dose", {"run": train_id, "doses": "0.0", "max": "40", "chat": "0"})
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(calls) == 4  # asked once per streamed token; the fourth answer ended the script
+    assert not at.get("vega_lite_chart")

@@ -149,7 +149,9 @@ def generate_view() -> None:
     elif not mechanisms:
         st.info("Choose at least one mechanism.")
     elif file_prompts is not None:
-        action = st.button(f"Run all {len(file_prompts.prompts)} prompts", type="primary")
+        n = len(file_prompts.prompts)
+        action = st.button(f"Run all {n} prompt{'s' if n != 1 else ''}", type="primary",
+                           help="Every prompt at every intensity; the results are saved together as one run.")
     elif serving.allows_generation(max_tokens, len(intensities)):
         action = st.button("Generate", type="primary")
 
@@ -209,7 +211,7 @@ def generate(model, tokenizer, runnable, intensities, last) -> None:
     gone = app.session_gone()
     live = st.empty()
     with live.container():
-        st.button("Stop", help="Stop generating; finished prompts are kept.")
+        st.button("Stop generating", help="Ends the generation now; the prompts already finished are kept and can be saved.")
         bar = st.progress(0.0, text=f"0 of {len(runnable)} prompt(s)")
         boxes = []
         for col, i in zip(st.columns(len(intensities)), intensities):
@@ -219,6 +221,8 @@ def generate(model, tokenizer, runnable, intensities, last) -> None:
         pieces = [""] * len(intensities)
 
         def stream(row: int, piece: str) -> None:
+            if gone():  # the tab closed: Streamlit keeps the script running, so end it here
+                st.stop()
             pieces[row] += piece
             boxes[row].code(pieces[row], language=None, wrap_lines=True)
 
@@ -227,9 +231,7 @@ def generate(model, tokenizer, runnable, intensities, last) -> None:
                 model, tokenizer, text, intensities, spec=perturb.DoseSpec.only(*cfg["mechanisms"]), chat=cfg["chat"],
                 sampling=SamplingConfig(temperature=cfg["temperature"], max_tokens=cfg["max_tokens"],
                                         seed=cfg["seeds"][0]),
-                on_token=stream, should_stop=gone)
-        if gone():
-            return
+                on_token=stream)
         last["items"].append((line, text, cfg["seeds"][0], results))
         bar.progress((k + 1) / len(runnable), text=f"{k + 1} of {len(runnable)} prompt(s)")
     live.empty()

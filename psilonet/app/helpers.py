@@ -251,9 +251,12 @@ def generator(model_name: str, run_id: str | None, data_dir_str: str):
 
 
 def session_gone() -> Callable[[], bool]:
-    """A ``should_stop`` for long work: True once this browser session has disconnected (tab
-    closed), so that a generation never runs on for nobody.  Outside a served app (AppTest,
-    plain scripts) there is no session to lose and it is always False."""
+    """A check for long work: True once this browser session has disconnected (tab closed).
+
+    Streamlit keeps a script running after its tab closes (the session only turns inactive), so
+    a generation's streaming callback asks this and calls ``st.stop()``: nothing runs on for
+    nobody.  Outside a served app (AppTest, plain scripts) there is no session to lose and it
+    is always False."""
     from streamlit import runtime as st_runtime
     from streamlit.runtime.scriptrunner import get_script_run_ctx
 

@@ -84,10 +84,12 @@ def generate_doses(
     spec: DoseSpec = DoseSpec(),
     chat: bool = True,
     on_token: Callable[[int, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[DoseResult]:
     """Continue ``prompt`` at every intensity (one batch row each) with seed ``sampling.seed``.
 
-    ``on_token(row, text)`` streams each new token's text as it is decoded.
+    ``on_token(row, text)`` streams each new token's text as it is decoded; ``should_stop()``
+    ends the generation early (the app's closed browser tab).
     """
     if not intensities:
         raise ValueError("intensities: give at least one")
@@ -100,7 +102,7 @@ def generate_doses(
     hidden = (model.args.hidden_size)
     doser = Doser(list(intensities), [sampling.seed] * len(intensities), forward.num_layers(model), hidden, spec)
     results = [DoseResult(i, sampling.seed) for i in intensities]
-    for step in decode(model, ids, sampling, stop=stops, doser=doser, track=True):
+    for step in decode(model, ids, sampling, stop=stops, doser=doser, track=True, should_stop=should_stop):
         for r, res in enumerate(results):
             if step.done[r]:
                 continue
