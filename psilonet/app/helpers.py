@@ -65,7 +65,7 @@ def catalog_version(s: Store) -> int:
         return 0
 
 
-@st.cache_data(show_spinner=False)
+@st.cache_data(show_spinner=False, max_entries=4)  # one catalog version is current; bounded for many viewers
 def _runs(data_dir_str: str, version: int) -> pd.DataFrame:
     return Store(data_dir_str).list_runs()
 
