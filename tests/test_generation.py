@@ -59,16 +59,3 @@ def test_empty_prompt_is_an_error(tiny_model):
     with pytest.raises(ValueError, match="empty"):
         next(generation.decode(tiny_model, [], SamplingConfig()))
 
-
-def test_decode_ends_when_should_stop_says_so(tiny_model):
-    """The app's Stop and a closed browser tab end a generation through ``should_stop``."""
-    from psilonet.generation.decoding import SamplingConfig, decode
-
-    asked = []
-
-    def should_stop() -> bool:
-        asked.append(1)
-        return len(asked) > 3
-
-    steps = list(decode(tiny_model, [1, 2, 3], SamplingConfig(max_tokens=50), should_stop=should_stop))
-    assert len(steps) == 3
