@@ -4,7 +4,7 @@ file as one run; stored dose runs reopened with their texts, entropies and chart
 import pandas as pd
 import streamlit as st
 
-from psilonet.app import bio_widgets, charts, helpers as app
+from psilonet.app import bio_widgets, charts, helpers as app, serving
 from psilonet.generation import dosing, perturb, prompts
 from psilonet.generation.decoding import SamplingConfig
 from psilonet.model import loading as modeling
@@ -104,7 +104,7 @@ def generate_view() -> None:
 
     left, right = st.columns([1, 1])
     with left:
-        upload = st.file_uploader(
+        upload = None if not serving.allows_upload() else st.file_uploader(
             f"Prompts file: .txt (one per line), .jsonl (\"prompt\" key) or .csv (prompt column); at most "
             f"{prompts.MAX_BYTES / 1e6:g} MB and {prompts.MAX_PROMPTS:,} prompts",
             type=["txt", "jsonl", "csv"], max_upload_size=1)
@@ -169,7 +169,7 @@ def generate_view() -> None:
         n = len(file_prompts.prompts)
         action = st.button(f"Run all {n} prompt{'s' if n != 1 else ''}", type="primary",
                            help="Every prompt at every intensity; the results are saved together as one run.")
-    else:
+    elif serving.allows_generation(max_tokens, len(intensities)):
         action = st.button("Generate", type="primary")
 
     if action:
@@ -208,7 +208,8 @@ def generate_view() -> None:
             st.success(f"Saved as run `{last['saved']}`.")
             st.page_link("views/dose.py", label="Open the saved run", icon=":material/open_in_new:",
                          query_params={"view": "stored", "dose_run": last["saved"]})
-        elif st.button("Save to the store", help="All prompts x intensities of this request as one dose run."):
+        elif serving.allows_save() and st.button("Save to the store",
+                                                 help="All prompts x intensities of this request as one dose run."):
             try:
                 saved, _ = dosing.save_dose_run(app.store(), last["config"], last["items"],
                                                 model=modeling.DEFAULT_MODEL, dataset=last["dataset"],
@@ -244,7 +245,7 @@ def generate(model, tokenizer, runnable, last) -> None:
             pieces[row] += piece
             boxes[row].code(pieces[row], language=None, wrap_lines=True)
 
-        with app.model_turn():  # one generation at a time on this server; others wait their turn
+        with serving.model_turn():  # app.model_turn (one generation at a time) plus viewer mode's limits
             results = dosing.generate_doses(
                 model, tokenizer, text, intensities, spec=perturb.DoseSpec.only(*cfg["mechanisms"]), chat=cfg["chat"],
                 sampling=SamplingConfig(temperature=cfg["temperature"], max_tokens=cfg["max_tokens"],
