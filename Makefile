@@ -36,10 +36,11 @@ $(VENV)/.installed-scale: requirements-scale.txt $(VENV)/.installed
 model: setup
 	$(PY) -m jobs.fetch_model
 
-## demo: small end-to-end batch jobs on the default model, each recorded as a run in data/
+## demo: the first run (about 5 minutes): train a multi-tap gated adapter, capture it on both offline
+## corpora, analyse both, save one dose run; every page of the app then has data
 demo: model
 	$(PY) -m jobs.check_model
-	$(PY) -m jobs.train --dataset smol-stories --train-samples 40 --val-samples 16 --epochs 1 --distances 3 --alpha 0.65
+	$(PY) -m jobs.demo
 
 ## app: the Streamlit explorer on http://$(HOST):$(PORT) (localhost only unless HOST is set: see README, Sharing)
 app: setup

@@ -13,6 +13,7 @@ page = st.navigation([
     st.Page("views/trajectories.py", title="Trajectories", icon=":material/timeline:"),
     st.Page("views/taps.py", title="Tap weights", icon=":material/tune:"),
     st.Page("views/dose.py", title="Dosed generation", icon=":material/science:"),
+    st.Page("views/bio.py", title="Bio interventions", icon=":material/neurology:"),
 ], position=serving.nav_position())
 serving.gate()  # the shared password, if one is set: nothing below runs without it
 app.check_data_dir()

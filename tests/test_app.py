@@ -64,11 +64,11 @@ def test_training_page_for_a_run_and_a_sweep(filled, monkeypatch):
 def test_similarity_page_and_its_permalink(filled, monkeypatch):
     monkeypatch.setenv("PSILONET_DATA", str(filled[0]))
     at = open_page("similarity", {"metric": "svcca", "layers": "1,4"})
-    assert at.radio[0].value == "svcca"
+    assert at.radio[1].value == "svcca"
     assert at.slider[0].value == (1, 4)
-    assert len(charts(at)) == 3  # layer curve, head heatmaps, cross-layer matrix
+    assert len(charts(at)) == 4  # layer curve, head heatmaps, cross-layer matrix, token norms
     assert at.query_params["metric"] == "svcca" and at.query_params["layers"] == "1,4"
-    at.radio[0].set_value("pwcca").run()
+    at.radio[1].set_value("pwcca").run()
     assert at.query_params["metric"] == "pwcca"
 
 
@@ -76,7 +76,7 @@ def test_malformed_query_parameters_warn_instead_of_failing(filled, monkeypatch)
     monkeypatch.setenv("PSILONET_DATA", str(filled[0]))
     at = open_page("similarity", {"metric": "nonsense", "layers": "x,y", "run": "analysis-19990101-000000-abcdef"})
     assert len(at.warning) >= 2
-    assert at.radio[0].value == "cka"
+    assert at.radio[1].value == "cka"
     at = open_page("dose", {"seed": "-5x", "doses": "a,b"})
     assert at.warning
 
@@ -85,7 +85,7 @@ def test_trajectories_and_taps_pages(filled, monkeypatch):
     data, train_id = filled
     monkeypatch.setenv("PSILONET_DATA", str(data))
     at = open_page("trajectories", {"unit": "sequence"})
-    assert at.radio[0].value == "sequence" and len(charts(at)) == 1
+    assert at.radio[1].value == "sequence" and len(charts(at)) == 1
     at = open_page("taps", {"run": train_id})
     assert len(charts(at)) == 3  # evolution, final heatmap, gate alphas
 
@@ -268,3 +268,42 @@ def test_the_page_ends_a_generation_whose_session_is_gone(filled, monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     assert len(calls) == 4  # asked once per streamed token; the fourth answer ended the script
     assert not at.get("vega_lite_chart")
+
+
+@pytest.mark.parametrize("page", ["runs", "training", "similarity", "trajectories", "taps"])
+def test_every_page_on_the_demo_data_shows_a_chart_and_no_empty_state(filled, monkeypatch, page):
+    monkeypatch.setenv("PSILONET_DATA", str(filled[0]))
+    at = open_page(page)
+    assert charts(at) or page == "runs", page  # the runs page is a table
+    assert not [i.value for i in at.info if i.value.startswith("No ")]
+
+
+def test_representation_round_trips_through_the_url_and_names_every_chart(filled, monkeypatch):
+    monkeypatch.setenv("PSILONET_DATA", str(filled[0]))
+    at = open_page("similarity")
+    assert at.radio[0].value == "rms" and at.query_params["rep"] == "rms"  # the default
+    at = open_page("similarity", {"rep": "raw"})
+    assert at.radio[0].value == "raw"
+    assert all("raw states" in c.proto.spec for c in charts(at) if "Token norms" not in c.proto.spec)
+    at.radio[0].set_value("no-sink").run()
+    assert at.query_params["rep"] == "no-sink"
+    assert "without the sink tokens" in charts(at)[0].proto.spec
+    at = open_page("trajectories", {"rep": "no-sink", "unit": "sequence"})
+    assert at.radio[0].value == "no-sink" and "without the sink tokens" in charts(at)[0].proto.spec
+    assert all(o.startswith("sequence") for o in at.multiselect[0].options)  # sequences, not token ids
+    at = open_page("similarity", {"rep": "centred"})
+    assert at.radio[0].value == "rms" and at.warning
+
+
+def test_empty_states_name_the_command_that_fills_them(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from psilonet.app import helpers
+
+    monkeypatch.setenv("PSILONET_DATA", str(tmp_path))
+    runs = pd.DataFrame({"run_id": ["capture-a", "train-b"], "kind": ["capture", "train"],
+                         "state": ["complete", "complete"]})
+    assert "jobs.analyze --captures capture-a" in helpers.fill_hint(("analysis",), runs)
+    assert "No runs" not in helpers.fill_hint(("analysis",), runs)
+    assert "jobs.capture --run train-b" in helpers.fill_hint(("analysis",), runs[runs.kind == "train"])
+    assert "make demo" in helpers.fill_hint(("analysis",), runs.iloc[0:0])

@@ -53,6 +53,32 @@ def test_capture_records_every_point_once_and_lines_up(trained_store, capsys):
     np.testing.assert_allclose(np.array(cache["blocks.3.attn.hook_z"])[rows, cols, 1], head, atol=1e-4)
 
 
+def test_capture_time_norm_statistics_equal_numpy_on_the_stored_matrices(trained_store, capsys):
+    data, run_id = trained_store
+    store = Store(data)
+    caps = store.list_runs(kind="capture")
+    if caps.empty:
+        assert capture_job.main(capture_args(data, "--run", run_id)) == 0
+        caps = store.list_runs(kind="capture")
+    with store.open_run(caps.run_id.iloc[0]) as reader:
+        stats, outliers, dims = reader.norm_stats(), reader.norm_outliers(), reader.outlier_dims()
+        for side in ("baseline", "trained"):
+            resid = reader.matrices(capture.ACTIVATIONS_FILE, side, "resid")
+            mine = stats[stats.side == side].set_index("layer")
+            assert len(mine) == 7
+            for layer in range(7):
+                norms = np.linalg.norm(resid[(layer, -1)].astype(np.float64), axis=1)
+                row = mine.loc[layer]
+                assert row["median"] == pytest.approx(np.median(norms), rel=1e-6)
+                assert row["p99"] == pytest.approx(np.percentile(norms, 99), rel=1e-6)
+                assert row["max"] == pytest.approx(norms.max(), rel=1e-6)
+                over = np.flatnonzero(norms > 10 * np.median(norms))
+                assert row["n_over"] == over.size
+                listed = outliers[(outliers.side == side) & (outliers.layer == layer)]
+                assert list(listed.token_idx) == list(over)
+                assert len(dims[(dims.side == side) & (dims.layer == layer)]) == (3 if over.size else 0)
+
+
 def test_analysis_fills_every_view(trained_store, tiny_model_dir, capsys):
     data, run_id = trained_store
     assert capture_job.main(capture_args(data, "--run", run_id)) == 0
@@ -64,7 +90,14 @@ def test_analysis_fills_every_view(trained_store, tiny_model_dir, capsys):
     assert analyze_job.main(["--captures", trained_cap, baseline_cap, "--layers", "2-4", "--data-dir", str(data)]) == 0
     run = store.list_runs(kind="analysis").iloc[0]
     with store.open_run(run.run_id) as reader:
-        sim, paths, var = reader.similarity(), reader.trajectories(), reader.pca_variance()
+        every = reader.similarity()
+        sim, paths, var = reader.similarity(representation="raw"), reader.trajectories("raw"), reader.pca_variance("raw")
+        sinks = reader.sink_tokens()
+    assert set(every.representation) == {"raw", "rms", "no-sink"}
+    for rep, part in every.groupby("representation"):  # every view under every representation
+        assert set(part[part.source == trained_cap].view) == {"layer", "head", "cross_layer", "novelty"}, rep
+        assert len(part) == len(sim)
+    assert set(sinks.columns) >= {"source", "token_idx", "first_layer", "max_ratio"}
     mine = sim[sim.source == trained_cap]
     assert set(mine.view) == {"layer", "head", "cross_layer", "novelty"}
     layer_cka = mine[(mine.view == "layer") & (mine.metric == "cka")].set_index("layer").value

@@ -274,9 +274,15 @@ def test_layer_similarity_curve():
     rows = rows_with(spec, "series")
     assert len(rows) == 2 * (N_LAYERS + 1)
     assert {r["series"] for r in rows} == {"run-a (wiki)", "run-b (code)"}
-    lo = min(0.0, min(r["value"] for r in rows))
-    assert [lo, 1.0] in find(spec, "domain")
-    assert spec["width"] == "container" and "svcca" in titles(spec) and has_tooltip(spec)
+    lo, hi = min(r["value"] for r in rows), 1.0
+    pad = 0.1 * (hi - lo)
+    domains = find(spec, "domain")
+    assert len(domains) == 2 and all(d == [pytest.approx(lo - pad), pytest.approx(hi + pad)] for d in domains)
+    assert {"value": 1.0} in rows_with(spec, "value")  # the reference line at 1.0
+    assert spec["width"] == "container" and spec["height"] >= 300 and has_tooltip(spec)
+    assert "SVCCA per layer" in json.dumps(spec["title"])
+    spec = spec_of(charts.layer_similarity_curve(sim, "cka", "rms"))
+    assert "Linear CKA per layer" in json.dumps(spec["title"]) and "RMS-normalised" in json.dumps(spec["title"])
 
 
 def test_head_heatmap_uses_domain():
@@ -358,7 +364,11 @@ def test_trajectory_chart():
     assert line["strokeDash"]["scale"]["domain"] == ["baseline", "trained"]
     assert line["strokeDash"]["scale"]["range"][0] == [1, 0]  # baseline solid
     points = spec["layer"][1]["encoding"]
-    assert points["color"]["field"] == "layer" and points["color"]["type"] == "quantitative"
+    assert points["color"]["field"] == "label" and points["color"]["type"] == "nominal"  # one colour per token
+    assert line["color"]["field"] == "label"
+    assert points["size"]["field"] == "layer" and points["size"]["type"] == "quantitative"
+    tags = {r["tag"] for r in rows_with(spec, "tag")}
+    assert tags == {"", "L0", "L6"}  # start and end labelled, by a filter on the path rows
 
 
 def test_trajectory_chart_filters_units_and_sources():

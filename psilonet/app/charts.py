@@ -46,6 +46,7 @@ __all__ = [
     "tap_weight_evolution",
     "tap_weight_heatmap",
     "therapeutic_window",
+    "token_norm_profile",
     "trajectory_chart",
 ]
 
@@ -58,9 +59,15 @@ MAX_CURVE_POINTS = 2000
 # if a table loses one). Token and layer entropies come joined with their generation's intensity.
 METRICS_COLUMNS = T.METRICS.pick("step", "split", "name", "value")
 SWEEP_COLUMNS = T.SWEEP_CONFIGS.pick("distances", "alpha", "variant", "n", "mean", "std", "ci_low", "ci_high")
-SIMILARITY_COLUMNS = T.SIMILARITY.names
-PATH_COLUMNS = T.TRAJECTORIES.names
-VARIANCE_COLUMNS = T.PCA_VARIANCE.names
+# The representation column is filtered by the page; charts only name it in their titles.
+SIMILARITY_COLUMNS = T.SIMILARITY.pick("source", "dataset", "view", "metric", "layer", "layer_b", "head", "value")
+PATH_COLUMNS = T.TRAJECTORIES.pick("source", "side", "unit", "unit_id", "label", "layer", "pc1", "pc2")
+VARIANCE_COLUMNS = T.PCA_VARIANCE.pick("source", "component", "ratio")
+NORM_COLUMNS = T.NORM_STATS.names
+#: Human names of the similarity metrics and of the representations, for titles and legends.
+METRIC_TITLES = {"cka": "Linear CKA", "cka_debiased": "Debiased CKA", "svcca": "SVCCA", "pwcca": "PWCCA"}
+REPRESENTATION_TITLES = {"rms": "RMS-normalised states", "raw": "raw states",
+                         "no-sink": "raw states without the sink tokens"}
 TAP_COLUMNS = T.TAP_WEIGHTS.names
 GATE_COLUMNS = T.GATE_ALPHAS.names
 TOKEN_COLUMNS = (T.TOKEN_ENTROPY.pick("gen_id") + T.GENERATIONS.pick("intensity")
@@ -289,25 +296,47 @@ def similarity_domain(sim: pd.DataFrame, view: str, metric: str) -> tuple[float,
     return (float(values.min()), float(values.max()))
 
 
-def layer_similarity_curve(sim: pd.DataFrame, metric: str) -> alt.Chart:
+def _metric_title(metric: str) -> str:
+    return METRIC_TITLES.get(metric, metric)
+
+
+def _with_representation(subtitle: str, representation: str | None) -> str:
+    if representation is None:
+        return subtitle
+    return f"{subtitle} · {REPRESENTATION_TITLES.get(representation, representation)}"
+
+
+def layer_similarity_curve(sim: pd.DataFrame, metric: str, representation: str | None = None) -> alt.LayerChart:
     """Per-layer similarity (baseline h[l] vs trained h[l]) under ``metric``, one line per source
-    labelled "source (dataset)".  The y domain is [min(0, min value), 1] (widened past 1 only if a
-    value exceeds it, so nothing is clipped)."""
+    labelled "source (dataset)", with a dashed reference line at 1.0 (unchanged).
+
+    The y axis spans the data's range padded by 10% (and always includes 1.0), so that 0.94 against
+    1.0 is visible; the title names the metric and ``representation``."""
     rows = _sim_rows(sim, "layer", metric, "layer_similarity_curve")
     data = rows[["source", "dataset", "layer", "value"]].dropna(subset=["layer", "value"]).copy()
     data["layer"] = _int_column(data["layer"])
     data["series"] = data["source"].astype(str) + " (" + data["dataset"].astype(str) + ")"
     data = data.sort_values(["series", "layer"]).reset_index(drop=True)
-    lo = min(0.0, float(data["value"].min())) if len(data) else 0.0
+    lo = min(1.0, float(data["value"].min())) if len(data) else 0.0
     hi = max(1.0, float(data["value"].max())) if len(data) else 1.0
-    return alt.Chart(data[["series", "layer", "value"]]).mark_line(point=True).encode(
-        x=alt.X("layer:Q", title="layer (0 = embeddings)", axis=alt.Axis(tickMinStep=1)),
-        y=alt.Y("value:Q", title=metric, scale=alt.Scale(domain=[lo, hi])),
-        color=alt.Color("series:N", title="source (dataset)", legend=alt.Legend(orient="bottom", columns=1)),
+    pad = max(0.1 * (hi - lo), 0.005)
+    domain = [lo - pad, hi + pad]
+    name = _metric_title(metric)
+    line = alt.Chart(data[["series", "layer", "value"]]).mark_line(point=True).encode(
+        x=alt.X("layer:Q", title="layer (0 = embeddings)", axis=alt.Axis(tickMinStep=1, format="d")),
+        y=alt.Y("value:Q", title=name, scale=alt.Scale(domain=domain, nice=False)),
+        color=alt.Color("series:N", title="source (dataset)",
+                        legend=alt.Legend(orient="bottom", columns=1, labelLimit=0, titleLimit=0)),
         tooltip=[alt.Tooltip("series:N", title="source (dataset)"), alt.Tooltip("layer:Q"),
-                 alt.Tooltip("value:Q", title=metric, format=".4f")],
-    ).properties(title=_title(f"Layer similarity: {metric}", "baseline vs trained residual stream, per layer"),
-                 width="container", height=300)
+                 alt.Tooltip("value:Q", title=name, format=".4f")],
+    )
+    # The same explicit domain on both layers: a layer without one would union in zero.
+    reference = alt.Chart(pd.DataFrame({"value": [1.0]})).mark_rule(strokeDash=[4, 4], color="#777").encode(
+        y=alt.Y("value:Q", scale=alt.Scale(domain=domain, nice=False)))
+    subtitle = _with_representation("baseline vs trained residual stream per layer; dashed line: 1.0 = unchanged",
+                                     representation)
+    return alt.layer(reference, line).properties(
+        title=_title(f"{name} per layer", subtitle), width="container", height=360)
 
 
 def _heatmap(data: pd.DataFrame, x: str, x_title: str, y: str, y_title: str, value: str, value_title: str,
@@ -326,7 +355,7 @@ def _heatmap(data: pd.DataFrame, x: str, x_title: str, y: str, y_title: str, val
 
 
 def _source_heatmap(sim: pd.DataFrame, view: str, metric: str, source: str, domain, x: str, x_title: str,
-                    y_title: str, title: str, caller: str) -> alt.Chart:
+                    y_title: str, title: str, caller: str, representation: str | None = None) -> alt.Chart:
     """One source's ``view`` rows as a heatmap of ``x`` against layer, on a shared colour domain."""
     rows = _sim_rows(sim, view, metric, caller)
     if domain is None:
@@ -336,24 +365,26 @@ def _source_heatmap(sim: pd.DataFrame, view: str, metric: str, source: str, doma
     data[x] = _int_column(data[x])
     dataset = rows.loc[rows["source"] == source, "dataset"]
     sub = f"{source} ({dataset.iloc[0]})" if len(dataset) else f"{source} (no data)"
-    return _heatmap(data, x, x_title, "layer", y_title, "value", metric, domain, _title(title, sub))
+    return _heatmap(data, x, x_title, "layer", y_title, "value", _metric_title(metric), domain,
+                    _title(title, _with_representation(sub, representation)))
 
 
 def head_heatmap(sim: pd.DataFrame, metric: str, source: str,
-                 domain: tuple[float, float] | None = None) -> alt.Chart:
+                 domain: tuple[float, float] | None = None, representation: str | None = None) -> alt.Chart:
     """Per-head similarity of one ``source``: x = head, y = layer (layer 0 at the top), colour =
     value on the scale ``domain`` (default: :func:`similarity_domain` over every source, so two
     heatmaps side by side are comparable)."""
     return _source_heatmap(sim, "head", metric, source, domain, "head", "head", "layer",
-                           f"Per-head {metric}", "head_heatmap")
+                           f"{_metric_title(metric)} per head", "head_heatmap", representation)
 
 
 def cross_layer_heatmap(sim: pd.DataFrame, source: str, domain: tuple[float, float] | None = None,
-                        metric: str = "cka") -> alt.Chart:
+                        metric: str = "cka", representation: str | None = None) -> alt.Chart:
     """CKA of every baseline layer (y) against every trained layer (x) for one ``source``; colour on
     the scale ``domain`` (default: :func:`similarity_domain` over every source)."""
     return _source_heatmap(sim, "cross_layer", metric, source, domain, "layer_b", "trained layer",
-                           "baseline layer", f"Cross-layer {metric}: baseline vs trained", "cross_layer_heatmap")
+                           "baseline layer", f"Cross-layer {_metric_title(metric)}: baseline vs trained",
+                           "cross_layer_heatmap", representation)
 
 
 def side_by_side(charts: Sequence[alt.TopLevelMixin]) -> alt.HConcatChart:
@@ -376,6 +407,37 @@ def novelty_stats(sim: pd.DataFrame, metric: str, start: int, end: int) -> pd.Da
     return out[["source", "dataset", "mean", "min", "max"]].sort_values("source").reset_index(drop=True)
 
 
+def token_norm_profile(stats: pd.DataFrame, source: str | None = None) -> alt.LayerChart:
+    """The outlier diagnostic of a capture: per layer the median, p99 and max token norm (log
+    scale; colour = statistic, baseline solid, trained dashed) and the outlier threshold (grey).
+
+    ``stats`` is ``RunReader.norm_stats()`` (side, layer, median, p99, max, threshold, n_over)."""
+    _require(stats, NORM_COLUMNS, "token_norm_profile")
+    long = stats.melt(id_vars=["side", "layer", "n_over"], value_vars=["median", "p99", "max"],
+                      var_name="statistic", value_name="norm").dropna(subset=["norm"])
+    long["layer"] = _int_column(long["layer"])
+    long["n_over"] = _int_column(long["n_over"])
+    x = alt.X("layer:Q", title="layer (0 = embeddings)", axis=alt.Axis(tickMinStep=1, format="d"))
+    y = alt.Y("norm:Q", title="token norm (log scale)", scale=alt.Scale(type="log"))
+    dash = alt.StrokeDash("side:N", title="side", scale=alt.Scale(domain=list(SIDES), range=[[1, 0], [5, 3]]))
+    lines = alt.Chart(long).mark_line(point=True).encode(
+        x=x, y=y, strokeDash=dash,
+        color=alt.Color("statistic:N", title="token norm", sort=["max", "p99", "median"],
+                        legend=alt.Legend(orient="bottom", labelLimit=0)),
+        tooltip=[alt.Tooltip("side:N"), alt.Tooltip("layer:Q"), alt.Tooltip("statistic:N"),
+                 alt.Tooltip("norm:Q", format=",.1f"), alt.Tooltip("n_over:Q", title="tokens over threshold")])
+    threshold = stats[["side", "layer", "threshold"]].dropna().copy()
+    threshold["layer"] = _int_column(threshold["layer"])
+    rule = alt.Chart(threshold).mark_line(color="#999", strokeWidth=1).encode(
+        x=x, y=alt.Y("threshold:Q", scale=alt.Scale(type="log")), strokeDash=dash,
+        tooltip=[alt.Tooltip("layer:Q"), alt.Tooltip("threshold:Q", format=",.1f", title="outlier threshold")])
+    return alt.layer(rule, lines).properties(
+        title=_title("Token norms per layer (outlier diagnostic)",
+                     ([source] if source else []) + ["median, 99th percentile and largest token norm; "
+                                                     "grey: the outlier threshold"]),
+        width="container", height=320)
+
+
 # --------------------------------------------------------------------------- trajectories
 
 
@@ -391,15 +453,18 @@ def _pc_titles(variance: pd.DataFrame, source: str) -> tuple[str, str]:
 
 
 def trajectory_chart(paths: pd.DataFrame, variance: pd.DataFrame, unit: str,
-                     unit_ids: list[int] | None = None, source: str | None = None) -> alt.LayerChart:
-    """PCA paths through the layers: one line per (side, unit_id) connecting layers in order
-    (baseline solid, trained dashed), points coloured by layer.  Axis titles carry the explained
-    variance of the source's PC1/PC2.
+                     unit_ids: list[int] | None = None, source: str | None = None,
+                     representation: str | None = None) -> alt.LayerChart:
+    """PCA paths through the layers: one colour per token (or sequence), one line per (side, unit)
+    connecting layers in order (baseline solid, trained dashed), points growing with the layer, and
+    each path's start (layer 0) and end (last layer) labelled "L0" / "L<n>".  Axis titles carry the
+    explained variance of the source's PC1/PC2; the subtitle names ``representation``.
 
     ``paths`` is ``RunReader.trajectories()``, ``variance`` ``RunReader.pca_variance()`` (component
-    0 = PC1).  Rows are filtered to ``unit`` ('token' / 'sequence') and ``unit_ids`` when given.  The
-    PCA basis is per source, so with several sources in ``paths`` pass ``source``.  If more than
-    :data:`MAX_ROWS` rows remain, only the first unit ids are drawn (the subtitle says so)."""
+    0 = PC1), both already filtered to one representation.  Rows are filtered to ``unit`` ('token' /
+    'sequence') and ``unit_ids`` when given.  The PCA basis is per source, so with several sources
+    in ``paths`` pass ``source``.  If more than :data:`MAX_ROWS` rows remain, only the first unit ids
+    are drawn (the subtitle says so)."""
     _require(paths, PATH_COLUMNS, "trajectory_chart")
     _require(variance, VARIANCE_COLUMNS, "trajectory_chart (variance)")
     data = paths[paths["unit"] == unit]
@@ -418,7 +483,8 @@ def trajectory_chart(paths: pd.DataFrame, variance: pd.DataFrame, unit: str,
     data["label"] = data["label"].fillna("").astype(str)
 
     ids = np.sort(data["unit_id"].unique())
-    subtitle = [f"{source} · {unit}s · baseline solid, trained dashed"]
+    subtitle = [_with_representation(f"{source} · {unit}s · baseline solid, trained dashed; "
+                                     "points grow with the layer", representation)]
     if len(data) > MAX_ROWS and len(ids):
         per_unit = max(1, len(data) // len(ids))
         keep = ids[: max(1, MAX_ROWS // per_unit)]
@@ -426,25 +492,33 @@ def trajectory_chart(paths: pd.DataFrame, variance: pd.DataFrame, unit: str,
         subtitle.append(f"showing the first {len(keep)} of {len(ids)} {unit}s (row limit)")
     data["path"] = data["side"].astype(str) + ":" + data["unit_id"].astype(str)
     data = data.sort_values(["path", "layer"]).reset_index(drop=True)
+    first = data.groupby("path")["layer"].transform("min")
+    last = data.groupby("path")["layer"].transform("max")
+    is_end = ((data["layer"] == first) & (data["side"] == SIDES[0])) | (data["layer"] == last)
+    data["tag"] = np.where(is_end, "L" + data["layer"].astype(str), "")
 
     x_title, y_title = _pc_titles(variance, source)
     x = alt.X("pc1:Q", title=x_title, scale=alt.Scale(zero=False))
     y = alt.Y("pc2:Q", title=y_title, scale=alt.Scale(zero=False))
+    colour = alt.Color("label:N", title=unit, sort=alt.SortField("unit_id"),
+                       legend=alt.Legend(orient="bottom", columns=2, labelLimit=0, symbolType="circle"))
     tooltip = [alt.Tooltip("label:N", title=unit), alt.Tooltip("unit_id:Q", title="id"), alt.Tooltip("side:N"),
                alt.Tooltip("layer:Q"), alt.Tooltip("pc1:Q", format=".3f"), alt.Tooltip("pc2:Q", format=".3f")]
     base = alt.Chart(data)
-    lines = base.mark_line(strokeWidth=1.2, opacity=0.6, color="#888").encode(
-        x=x, y=y, detail="path:N", order=alt.Order("layer:Q", sort="ascending"),
+    lines = base.mark_line(strokeWidth=1.6, opacity=0.8).encode(
+        x=x, y=y, color=colour, detail="path:N", order=alt.Order("layer:Q", sort="ascending"),
         strokeDash=alt.StrokeDash("side:N", title="side",
                                   scale=alt.Scale(domain=list(SIDES), range=[[1, 0], [5, 3]])),
         tooltip=tooltip)
-    points = base.mark_point(filled=True, size=40).encode(
-        x=x, y=y,
-        color=alt.Color("layer:Q", title="layer", scale=alt.Scale(scheme="viridis")),
+    points = base.mark_point(filled=True, opacity=0.9).encode(
+        x=x, y=y, color=colour,
+        size=alt.Size("layer:Q", title="layer", scale=alt.Scale(range=[10, 120])),
         shape=alt.Shape("side:N", title="side", scale=alt.Scale(domain=list(SIDES), range=["circle", "triangle"])),
         tooltip=tooltip)
-    return alt.layer(lines, points).properties(
-        title=_title("Trajectories through the layers (PCA)", subtitle), width="container", height=420)
+    labels = base.transform_filter("datum.tag != ''").mark_text(dx=7, dy=-7, fontSize=11, fontWeight="bold").encode(
+        x=x, y=y, text="tag:N", color=alt.Color("label:N", sort=alt.SortField("unit_id"), legend=None))
+    return alt.layer(lines, points, labels).properties(
+        title=_title("Trajectories through the layers (PCA)", subtitle), width="container", height=520)
 
 
 # --------------------------------------------------------------------------- tap weights and gates
@@ -540,20 +614,24 @@ def _intensity_label(x: float) -> str:
 def entropy_heatmap(tokens: pd.DataFrame) -> alt.Chart:
     """Per-token next-token entropy (bits): x = position, y = intensity, tooltip with the token.
 
-    ``tokens`` is ``RunReader.token_entropy()`` joined with ``generations()`` for ``intensity``.
+    ``tokens`` is ``RunReader.token_entropy()`` joined with ``generations()`` for ``intensity``
+    (and, where a run has bio rows, a ``label`` naming each row, used instead of the intensity).
     When several generations share an intensity each gets its own row ("intensity · #gen_id").
     Beyond :data:`MAX_ROWS` cells only the first positions are kept (the subtitle says so)."""
     _require(tokens, TOKEN_COLUMNS, "entropy_heatmap")
-    data = tokens[list(TOKEN_COLUMNS)].dropna(subset=["gen_id", "intensity", "pos"]).copy()
+    named = "label" in tokens.columns
+    data = tokens[list(TOKEN_COLUMNS) + (["label"] if named else [])].dropna(subset=["gen_id", "intensity", "pos"]).copy()
     data["gen_id"] = _int_column(data["gen_id"])
     data["pos"] = _int_column(data["pos"])
     data["intensity"] = data["intensity"].astype(float)
     data["token_text"] = data["token_text"].fillna("").astype(str)
+    if not named:
+        data["label"] = data["intensity"].map(_intensity_label)
 
-    gens = data[["intensity", "gen_id"]].drop_duplicates().sort_values(["intensity", "gen_id"])
-    shared = gens["intensity"].duplicated(keep=False)
-    labels = {(i, g): (_intensity_label(i) + (f" · #{g}" if s else ""))
-              for i, g, s in zip(gens["intensity"], gens["gen_id"], shared)}
+    gens = data[["intensity", "gen_id", "label"]].drop_duplicates(["gen_id"]).sort_values(["intensity", "gen_id"])
+    shared = gens["label"].duplicated(keep=False)
+    labels = {(i, g): (lab + (f" · #{g}" if s else ""))
+              for i, g, lab, s in zip(gens["intensity"], gens["gen_id"], gens["label"], shared)}
     order = [labels[(i, g)] for i, g in zip(gens["intensity"], gens["gen_id"])]
     data["row"] = [labels[(i, g)] for i, g in zip(data["intensity"], data["gen_id"])]
 
@@ -570,7 +648,7 @@ def entropy_heatmap(tokens: pd.DataFrame) -> alt.Chart:
     return alt.Chart(data.reset_index(drop=True)).mark_rect().encode(
         x=alt.X("pos:O", title="token position", sort="ascending",
                 axis=alt.Axis(labelOverlap=True, labelAngle=0)),
-        y=alt.Y("row:O", title="intensity", sort=order, axis=alt.Axis(labelLimit=0)),
+        y=alt.Y("row:O", title="row" if named else "intensity", sort=order, axis=alt.Axis(labelLimit=0)),
         color=alt.Color("entropy:Q", title="next-token entropy (bits)", scale=alt.Scale(scheme="inferno", zero=True),
                         legend=alt.Legend(orient="top", direction="horizontal", gradientLength=220, titleLimit=0)),
         tooltip=[alt.Tooltip("token_text:N", title="token"), alt.Tooltip("entropy:Q", title="entropy (bits)", format=".3f"),
@@ -585,27 +663,32 @@ def dose_overview(gens: pd.DataFrame) -> alt.Chart:
 
     ``gens`` has one row per continuation: prompt_line, prompt, intensity, mean_entropy (as
     ``RunReader.generations()``; several seeds of a prompt and intensity are averaged).  Row
-    labels are the prompt's first characters; the tooltip has the whole prompt."""
+    labels are the prompt's first characters; the tooltip has the whole prompt. Where a run has
+    bio rows, ``gens`` has a ``label`` per row and the columns are those rows."""
     _require(gens, ("prompt_line", "prompt", "intensity", "mean_entropy"), "dose_overview")
-    data = gens[["prompt_line", "prompt", "intensity", "mean_entropy"]].copy()
+    named = "label" in gens.columns
+    data = gens[["prompt_line", "prompt", "intensity", "mean_entropy"] + (["label"] if named else [])].copy()
     data["prompt_line"] = _int_column(data["prompt_line"])
     data["intensity"] = data["intensity"].astype(float)
-    data = data.groupby(["prompt_line", "prompt", "intensity"], as_index=False)["mean_entropy"].mean()
-    data["dose"] = data["intensity"].map(_intensity_label)
+    if not named:
+        data["label"] = data["intensity"].map(_intensity_label)
+    data = data.groupby(["prompt_line", "prompt", "intensity", "label"], as_index=False)["mean_entropy"].mean()
+    data["dose"] = data["label"]
     prompts = data[["prompt_line", "prompt"]].drop_duplicates().sort_values("prompt_line")
     labels = {}
     for k, (line, text) in enumerate(zip(prompts["prompt_line"], prompts["prompt"]), 1):
         short = " ".join(str(text).split())
         labels[(line, text)] = f"{k}. " + (short if len(short) <= 40 else short[:39] + "…")
     data["row"] = [labels[(line, text)] for line, text in zip(data["prompt_line"], data["prompt"])]
-    doses = [_intensity_label(i) for i in sorted(data["intensity"].unique())]
+    doses = list(dict.fromkeys(data.sort_values("intensity", kind="stable")["dose"]))
     finite = data["mean_entropy"].astype(float)
     finite = finite[np.isfinite(finite)]
     domain = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
     if domain[0] == domain[1]:
         domain = (domain[0], domain[0] + 1e-6)
     return alt.Chart(data[["row", "prompt", "dose", "intensity", "mean_entropy"]]).mark_rect().encode(
-        x=alt.X("dose:O", title="intensity", sort=doses, axis=alt.Axis(labelAngle=0)),
+        x=alt.X("dose:O", title="row" if named else "intensity", sort=doses,
+                axis=alt.Axis(labelAngle=-30 if named else 0, labelLimit=0)),
         y=alt.Y("row:O", title="prompt", sort=list(labels.values()), axis=alt.Axis(labelLimit=320)),
         color=alt.Color("mean_entropy:Q", title="mean entropy (bits)",
                         scale=alt.Scale(domain=list(domain), scheme="inferno")),
@@ -619,18 +702,22 @@ def dose_overview(gens: pd.DataFrame) -> alt.Chart:
 def layer_entropy_profile(layers: pd.DataFrame) -> alt.Chart:
     """Mean hidden-state entropy (bits) per layer, one line per intensity.  ``layers`` may be per token (e.g.
     ``RunReader.layer_entropy()`` joined with intensity) or already averaged: rows are averaged per
-    (intensity, layer) here either way."""
+    (intensity, layer) here either way (per ``label`` too where a run has bio rows)."""
     _require(layers, LAYER_ENTROPY_COLUMNS, "layer_entropy_profile")
-    data = layers[list(LAYER_ENTROPY_COLUMNS)].dropna()
-    data = data.groupby(["intensity", "layer"], as_index=False)["entropy"].mean()
+    named = "label" in layers.columns
+    keys = ["intensity"] + (["label"] if named else [])
+    data = layers[list(LAYER_ENTROPY_COLUMNS) + (["label"] if named else [])].dropna()
+    data = data.groupby(keys + ["layer"], as_index=False)["entropy"].mean()
     data["layer"] = _int_column(data["layer"])
     data["intensity"] = data["intensity"].astype(float)
-    data = data.sort_values(["intensity", "layer"]).reset_index(drop=True)
+    data = data.sort_values(keys + ["layer"]).reset_index(drop=True)
+    color = (alt.Color("label:N", title="row", sort=list(dict.fromkeys(data["label"])), legend=alt.Legend(orient="right"))
+             if named else alt.Color("intensity:O", title="intensity", scale=alt.Scale(scheme="plasma"),
+                                     legend=alt.Legend(orient="right")))
     return alt.Chart(data).mark_line(point=True).encode(
         x=alt.X("layer:Q", title="layer (0 = embeddings)", axis=alt.Axis(tickMinStep=1)),
         y=alt.Y("entropy:Q", title="mean entropy (bits)", scale=alt.Scale(zero=False)),
-        color=alt.Color("intensity:O", title="intensity", scale=alt.Scale(scheme="plasma"),
-                        legend=alt.Legend(orient="right")),
+        color=color,
         tooltip=[alt.Tooltip("intensity:Q", format="g"), alt.Tooltip("layer:Q"),
                  alt.Tooltip("entropy:Q", title="mean entropy (bits)", format=".3f")],
     ).properties(title=_title("Hidden-state entropy through the layers (bits)",

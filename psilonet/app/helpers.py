@@ -31,7 +31,7 @@ log = logging.getLogger("psilonet.app.helpers")
 
 EMPTY_STORE_HELP = (
     "No runs yet in `{data_dir}`. Create some from the repository folder with\n\n"
-    "```\nmake demo    # fetch the default model, check it, train a small skip adapter\n"
+    "```\nmake demo    # fetch the default model; train, capture, analyse and dose (about 5 minutes)\n"
     ".venv/bin/python -m jobs.check_model\n"
     ".venv/bin/python -m jobs.train --train-samples 40 --val-samples 16\n```"
 )
@@ -94,6 +94,21 @@ def read(run_id: str, what: str, *args) -> Any:
     except StoreError as exc:
         st.error(f"Cannot read {what.replace('_', ' ')} of run `{run_id}`: {exc}")
         return None
+
+
+def read_optional(run_id: str, what: str, *args) -> Any:
+    """Like :func:`read`, but None without a message when the run cannot give it (a table that
+    runs made by older versions lack)."""
+    try:
+        return run_data(str(data_dir()), run_id, what, *args)
+    except StoreError:
+        return None
+
+
+def config_of(run: pd.Series) -> dict:
+    """A catalog row's config as a dict (empty when it has none)."""
+    config = run.get("config")
+    return config if isinstance(config, dict) else {}
 
 
 # ---------------------------------------------------------------------- page state
@@ -171,6 +186,23 @@ def set_params(**values: Any) -> None:
                 st.query_params[key] = text
 
 
+def fill_hint(kinds: tuple[str, ...], all_runs: pd.DataFrame) -> str:
+    """Which command creates a run of ``kinds`` from the runs that exist (never "no runs" when some do)."""
+    complete = all_runs[all_runs.state == "complete"]
+    if complete.empty:
+        return EMPTY_STORE_HELP.format(data_dir=data_dir())
+    py = ".venv/bin/python -m"
+    captures, trains = complete[complete.kind == "capture"], complete[complete.kind == "train"]
+    if "analysis" in kinds and not captures.empty:
+        return (f"Analyse the existing captures:\n\n```\n{py} jobs.analyze --captures "
+                f"{' '.join(captures.run_id.head(2))}\n```")
+    if kinds in (("analysis",), ("capture",)) and not trains.empty:
+        train = trains.run_id.iloc[0]
+        return (f"Capture a training run, then analyse the capture:\n\n```\n{py} jobs.capture --run {train}\n"
+                f"{py} jobs.analyze --captures <the capture run it prints>\n```")
+    return f"`make demo` creates one run of every kind in `{data_dir()}`."
+
+
 def run_picker(label: str, kinds: tuple[str, ...], key: str = "run", help: str | None = None) -> pd.Series | None:
     """A select box over the complete runs of ``kinds``, synced with the ``key`` query param."""
     all_runs = runs()
@@ -178,7 +210,7 @@ def run_picker(label: str, kinds: tuple[str, ...], key: str = "run", help: str |
         return None
     choices = all_runs[(all_runs.kind.isin(kinds)) & (all_runs.state == "complete")]
     if choices.empty:
-        st.info(f"No complete {' or '.join(kinds)} run yet.\n\n" + EMPTY_STORE_HELP.format(data_dir=data_dir()))
+        st.info(f"No complete {' or '.join(kinds)} run yet.\n\n" + fill_hint(kinds, all_runs))
         return None
     ids = list(choices.run_id)
     wanted = param(key, ids[0])

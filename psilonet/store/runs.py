@@ -164,11 +164,12 @@ class RunWriter:
         self._insert(T.CAPTURE_TOKENS, rows)
 
     def write_similarity(self, rows: list[tuple]) -> None:
-        """(source, dataset, view, metric, layer, layer_b, head, value) rows."""
+        """(source, dataset, view, metric, layer, layer_b, head, value, representation) rows."""
         self.write_rows(T.SIMILARITY, rows)
 
     def write_trajectories(self, rows: list[tuple], variance: list[tuple]) -> None:
-        """PCA paths (source, side, unit, unit_id, label, layer, pc1, pc2) and (source, component, ratio)."""
+        """PCA paths (source, side, unit, unit_id, label, layer, pc1, pc2, representation) and
+        (source, component, ratio, representation)."""
         self._create(T.TRAJECTORIES)
         self._create(T.PCA_VARIANCE)
         self.write_rows(T.TRAJECTORIES, rows)
@@ -389,7 +390,8 @@ class RunReader:
         return self._rows_if_stored(T.BIO_STRENGTHS)
 
     def bio_pool(self, gen_ids: list[int] | None = None) -> pd.DataFrame:
-        """Mean fatigue pool level per generation, layer and head: gen_id, layer, head, level."""
+        """Fatigue pool per generation, layer and head: gen_id, layer, head, level (mean over
+        keys), attended (pool of the keys the head attends to)."""
         return self._rows_if_stored(T.BIO_POOL, gen_id=gen_ids)
 
     def bio_fast_norm(self, gen_ids: list[int] | None = None) -> pd.DataFrame:
@@ -405,16 +407,33 @@ class RunReader:
         """The captured tokens: token_idx (row in every matrix), seq, pos, token_id, token_text."""
         return self.rows(T.CAPTURE_TOKENS)
 
-    def similarity(self, view: str | None = None, metric: str | None = None) -> pd.DataFrame:
-        """Similarity results: source, dataset, view, metric, layer, layer_b, head, value."""
-        return self.rows(T.SIMILARITY, view=view, metric=metric)
+    def similarity(self, view: str | None = None, metric: str | None = None,
+                   representation: str | None = None) -> pd.DataFrame:
+        """Similarity results: source, dataset, view, metric, layer, layer_b, head, value, representation."""
+        return self.rows(T.SIMILARITY, view=view, metric=metric, representation=representation)
 
-    def trajectories(self) -> pd.DataFrame:
-        """PCA paths through the layers: source, side, unit, unit_id, label, layer, pc1, pc2."""
-        return self.rows(T.TRAJECTORIES)
+    def trajectories(self, representation: str | None = None) -> pd.DataFrame:
+        """PCA paths through the layers: source, side, unit, unit_id, label, layer, pc1, pc2, representation."""
+        return self.rows(T.TRAJECTORIES, representation=representation)
 
-    def pca_variance(self) -> pd.DataFrame:
-        return self.rows(T.PCA_VARIANCE)
+    def pca_variance(self, representation: str | None = None) -> pd.DataFrame:
+        return self.rows(T.PCA_VARIANCE, representation=representation)
+
+    def sink_tokens(self) -> pd.DataFrame:
+        """The tokens an analysis's no-sink representation dropped, per source."""
+        return self.rows(T.SINK_TOKENS)
+
+    def norm_stats(self) -> pd.DataFrame:
+        """A capture's token-norm distribution per side and layer (median, p99, max, threshold, n_over)."""
+        return self.rows(T.NORM_STATS)
+
+    def norm_outliers(self) -> pd.DataFrame:
+        """A capture's tokens above the outlier threshold: side, layer, token_idx, norm, ratio."""
+        return self.rows(T.NORM_OUTLIERS)
+
+    def outlier_dims(self) -> pd.DataFrame:
+        """The dimensions holding most of the outlier tokens' squared norm, per side and layer."""
+        return self.rows(T.OUTLIER_DIMS)
 
     # ---- matrices (Parquet files next to run.duckdb)
 
