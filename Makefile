@@ -3,8 +3,13 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8501
+HOST   ?= localhost
+# BASE: the path prefix behind a reverse proxy (https://host/BASE/), empty when served at /
+BASE   ?=
+SHARE_HOST ?= 0.0.0.0
+STREAMLIT := $(PY) -m streamlit run streamlit_app.py --server.port $(PORT) --server.headless true $(if $(BASE),--server.baseUrlPath $(BASE))
 
-.PHONY: run setup setup-scale model demo app test bench bench-scale llama-cpp clean
+.PHONY: run setup setup-scale model demo app share test bench bench-scale llama-cpp clean
 
 ## run: install, fetch the default model, run a small batch job, start the app on localhost
 run: demo app
@@ -37,9 +42,14 @@ demo: model
 	$(PY) -m jobs.check_model
 	$(PY) -m jobs.demo
 
-## app: the Streamlit explorer on http://localhost:$(PORT)
+## app: the Streamlit explorer on http://$(HOST):$(PORT) (localhost only unless HOST is set: see README, Sharing)
 app: setup
-	$(PY) -m streamlit run streamlit_app.py --server.address localhost --server.port $(PORT) --server.headless true
+	$(STREAMLIT) --server.address $(HOST)
+
+## share: the explorer for collaborators on every interface, in viewer mode, behind a password
+share: setup
+	@test -n "$${PSILONET_PASSWORD}$${PSILONET_PASSWORD_FILE}$(NO_PASSWORD)" || { echo "make share: set PSILONET_PASSWORD_FILE (or PSILONET_PASSWORD), or pass NO_PASSWORD=1 on a trusted network" >&2; exit 2; }
+	PSILONET_VIEWER=1 $(STREAMLIT) --server.address $(SHARE_HOST) --client.showErrorDetails type --client.toolbarMode viewer
 
 ## test: the whole test suite (unit tests on tiny models, integration tests on the default model)
 test: model setup-scale

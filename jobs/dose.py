@@ -4,22 +4,23 @@ All intensities of one prompt and seed decode together as one batch. Prompts com
 --prompt (repeatable) and/or --prompts-file (.txt one per line, .jsonl with "prompt", .csv
 with a "prompt" column); bad lines are skipped with a reason and the rest still run.
 
+Bio-inspired interventions (--fatigue, --hebbian strengths) run beside the doses: every
+combination of an intensity and a fatigue and a Hebbian strength is one row of the batch.
+
 Example: python -m jobs.dose --prompt "The nature of consciousness is" --intensities 0 0.1 0.2 0.3
+         python -m jobs.dose --prompt "Write a poem about the sea." --intensities 0 --fatigue 0 1 --hebbian 0 1
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
 from pathlib import Path
-
-from tqdm import tqdm
 
 from jobs import cli
 from jobs.cli import JobParser, add_config_options, add_data_dir
 from psilonet import config
-from psilonet.generation.dosing import DoseConfig, generate_doses, save_dose_run
+from psilonet.generation.dosing import DoseConfig, run_doses
 from psilonet.generation.prompts import PromptFile, PromptFileError, context_check, parse_prompts
 from psilonet.model import loading as modeling
 from psilonet.model.skip import SkipConfig
@@ -66,10 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     store = Store(cli.data_dir(args.data_dir))
     cfg = DoseConfig(args.intensities, args.seeds, args.mechanisms, args.max_tokens, args.temperature,
-                     args.top_p, chat=not args.no_chat).validate()
+                     args.top_p, chat=not args.no_chat, fatigue=args.fatigue, hebbian=args.hebbian).validate()
     if args.dial is not None:
-        dial = next(f for f in fields(SkipConfig) if f.name == "dial")
-        config.check_value("dial", args.dial, float, dict(dial.metadata))
+        config.check(SkipConfig(dial=args.dial))  # the dial's declared bounds
     if args.prompts_file and not Path(args.prompts_file).is_file():
         raise PromptFileError(f"--prompts-file: {args.prompts_file} does not exist")
     if args.run:
@@ -91,26 +91,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if prompts.skipped:
         print(prompts.report(), file=sys.stderr)
-    spec = cfg.spec()
-    run_config = {**cfg.to_dict(), "model": model_name, "skip_run": args.run, "dial": args.dial,
-              "prompts": len(prompts.prompts), "skipped": [f"line {n}: {why}" for n, why in prompts.skipped]}
-    jobs = [(line, prompt, seed) for line, prompt in prompts.prompts for seed in cfg.seeds]
-    bar = tqdm(total=len(jobs), desc="dose", unit="prompt")
-
-    def generated():
-        for line, prompt, seed in jobs:
-            results = generate_doses(model, tokenizer, prompt, cfg.intensities, sampling=cfg.sampling(seed),
-                                     spec=spec, chat=cfg.chat)
-            bar.write(f"\n[{prompt}] seed {seed}")
-            for res in results:
-                bar.write(f"  intensity {res.intensity:.2f} | mean entropy {res.mean_entropy:.2f} bits | "
-                          f"{res.text.strip()!r}")
-            yield line, prompt, seed, results
-
-    run_id, _ = save_dose_run(store, run_config, generated(), model=model_name,
-                              dataset=args.prompts_file or "command line", parent=args.run,
-                              progress=lambda k: bar.update(1))
-    bar.close()
+    run_config = {"model": model_name, "skip_run": args.run, "dial": args.dial, "prompts": len(prompts.prompts),
+                  "skipped": [f"line {n}: {why}" for n, why in prompts.skipped]}
+    run_id, _ = run_doses(store, model, tokenizer, prompts.prompts, cfg, run_config=run_config, model_name=model_name,
+                          dataset=args.prompts_file or "command line", parent=args.run)
     print(f"\nrun {run_id}")
     return 0
 

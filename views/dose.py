@@ -4,7 +4,7 @@ file as one run; stored dose runs reopened with their texts, entropies and chart
 import pandas as pd
 import streamlit as st
 
-from psilonet.app import charts, helpers as app
+from psilonet.app import bio_widgets, charts, helpers as app, serving
 from psilonet.generation import dosing, perturb, prompts
 from psilonet.generation.decoding import SamplingConfig
 from psilonet.model import loading as modeling
@@ -21,8 +21,14 @@ st.caption("Entropic perturbations of block outputs (noise, phase rotation, dime
            "dimensions, per layer, at the position that predicted the token.")
 
 
-def show_results(gens: pd.DataFrame, tokens: pd.DataFrame, layers: pd.DataFrame, state: dict) -> None:
-    """Texts, entropies and charts of a dose run (live or stored), one prompt at a time."""
+def show_results(gens: pd.DataFrame, tokens: pd.DataFrame, layers: pd.DataFrame, state: dict,
+                 bio_state: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> None:
+    """Texts, entropies and charts of a dose run (live or stored), one prompt at a time.
+
+    ``gens`` has a ``label`` per row where the run has bio rows (``dosing.label_rows``), and
+    ``bio_state`` the (pool, fast-weight norm) frames of its bio tables."""
+    named = "label" in gens.columns
+    keys = ["gen_id", "intensity"] + (["label"] if named else [])
     prompt_list = gens[["prompt_line", "prompt"]].drop_duplicates().reset_index(drop=True)
     exported = []
     if len(prompt_list) > 1:
@@ -39,24 +45,27 @@ def show_results(gens: pd.DataFrame, tokens: pd.DataFrame, layers: pd.DataFrame,
     mine = gens[(gens.prompt_line == line) & (gens.prompt == prompt)].sort_values(["seed", "intensity"])
     with st.expander("Prompt", expanded=len(prompt_list) == 1):
         st.code(prompt, language=None, wrap_lines=True)
-    st.dataframe(mine[["intensity", "seed", "mean_entropy", "n_tokens", "stopped"]].rename(
+    st.dataframe(mine[(["label"] if named else []) + ["intensity", "seed", "mean_entropy", "n_tokens", "stopped"]].rename(
         columns={"mean_entropy": "mean entropy (bits)", "n_tokens": "tokens", "stopped": "ended by the model"}),
         hide_index=True)
     cols = st.columns(min(len(mine), 4) or 1)
     for j, g in enumerate(mine.itertuples()):
         with cols[j % len(cols)]:
-            st.markdown(f"**intensity {g.intensity:g}**" + (f" · seed {g.seed}" if mine.seed.nunique() > 1 else ""))
+            st.markdown(f"**{g.label if named else f'intensity {g.intensity:g}'}**"
+                        + (f" · seed {g.seed}" if mine.seed.nunique() > 1 else ""))
             st.code(g.text, language=None, wrap_lines=True)  # literal: never Markdown
-    per_token = tokens[tokens.gen_id.isin(mine.gen_id)].merge(mine[["gen_id", "intensity"]], on="gen_id")
+    per_token = tokens[tokens.gen_id.isin(mine.gen_id)].merge(mine[keys], on="gen_id")
     if not per_token.empty:
         heat = charts.entropy_heatmap(per_token)
         st.altair_chart(heat, width="content")
         exported.append(("Next-token entropy", heat))
-    per_layer = layers[layers.gen_id.isin(mine.gen_id)].merge(mine[["gen_id", "intensity"]], on="gen_id")
+    per_layer = layers[layers.gen_id.isin(mine.gen_id)].merge(mine[keys], on="gen_id")
     if not per_layer.empty:
         profile = charts.layer_entropy_profile(per_layer)
         st.altair_chart(profile, width="stretch")
         exported.append(("Hidden-state entropy by layer", profile))
+    if bio_state is not None and named:
+        exported += bio_widgets.state_charts(*bio_state, dict(zip(mine.gen_id, mine.label)))
     app.export_button("Dosed generation", exported, {**state, "prompt": prompt})
 
 
@@ -72,13 +81,16 @@ def stored_view() -> None:
     if gens.empty:
         st.info(f"Run `{run.name}` holds no generation.")
         return
+    gens = dosing.label_rows(gens, app.read(run.name, "bio_strengths"))
+    bio_state = (app.read(run.name, "bio_pool"), app.read(run.name, "bio_fast_norm"))
     config = run.config or {}
     st.caption(f"{gens.prompt.nunique()} prompt(s) x {gens.intensity.nunique()} intensities, "
                f"mechanisms: {', '.join(config.get('mechanisms', [])) or 'n/a'}, "
                f"max tokens {config.get('max_tokens', 'n/a')}, temperature {config.get('temperature', 'n/a')}.")
     for note in config.get("skipped", []):
         st.warning(f"Skipped when the run was made: {note}")
-    show_results(gens, tokens, layers, {"run": run.name, "dataset": run.dataset})
+    show_results(gens, tokens, layers, {"run": run.name, "dataset": run.dataset},
+                 bio_state if all(f is not None for f in bio_state) else None)
 
 
 def generate_view() -> None:
@@ -92,7 +104,7 @@ def generate_view() -> None:
 
     left, right = st.columns([1, 1])
     with left:
-        upload = st.file_uploader(
+        upload = None if not serving.allows_upload() else st.file_uploader(
             f"Prompts file: .txt (one per line), .jsonl (\"prompt\" key) or .csv (prompt column); at most "
             f"{prompts.MAX_BYTES / 1e6:g} MB and {prompts.MAX_PROMPTS:,} prompts",
             type=["txt", "jsonl", "csv"], max_upload_size=1)
@@ -127,8 +139,10 @@ def generate_view() -> None:
         max_tokens = c2.number_input("Max tokens", 1, dosing.MAX_NEW_TOKENS,
                                      app.param("max", 48, int, lo=1, hi=dosing.MAX_NEW_TOKENS))
         temperature = c3.number_input("Temperature", 0.0, 2.0, app.param("temp", 0.0, float, lo=0.0, hi=2.0), 0.1)
+        fatigue, hebbian = bio_widgets.controls()
 
     intensities = sorted({PRESETS[p] for p in chosen_presets} | ({custom} if custom > 0 else set()))
+    n_rows = len(intensities) * len(fatigue) * len(hebbian)  # every intensity x bio combination
     app.set_params(run=run_id, prompt=prompt if file_prompts is None else None, chat="1" if chat else "0",
                    doses=intensities, custom=custom or None, mech=mechanisms, seed=seed, max=max_tokens,
                    temp=temperature or None)
@@ -148,11 +162,14 @@ def generate_view() -> None:
         st.info("Choose at least one intensity.")
     elif not mechanisms:
         st.info("Choose at least one mechanism.")
+    elif n_rows > bio_widgets.MAX_ROWS:
+        st.warning(f"{n_rows} rows (intensities x fatigue x Hebbian strengths); at most {bio_widgets.MAX_ROWS} "
+                   "here: choose fewer, or use `python -m jobs.dose`.")
     elif file_prompts is not None:
         n = len(file_prompts.prompts)
         action = st.button(f"Run all {n} prompt{'s' if n != 1 else ''}", type="primary",
                            help="Every prompt at every intensity; the results are saved together as one run.")
-    else:
+    elif serving.allows_generation(max_tokens, n_rows):
         action = st.button("Generate", type="primary")
 
     if action:
@@ -161,7 +178,7 @@ def generate_view() -> None:
         todo = file_prompts.prompts if file_prompts is not None else [(1, prompt.strip())]
         try:
             runnable, skipped = dosing.plan_prompts(tokenizer, todo, max_tokens=int(max_tokens), chat=chat,
-                                                    context=context, n_intensities=len(intensities))
+                                                    context=context, n_intensities=n_rows)
         except ValueError as exc:
             st.warning(str(exc))
             runnable, skipped = [], []
@@ -170,27 +187,29 @@ def generate_view() -> None:
                        + "\n".join(f"- {s}" for s in skipped))
         if runnable:
             dose = dosing.DoseConfig(intensities, [int(seed)], list(mechanisms), int(max_tokens), temperature,
-                                     chat=chat).validate()
+                                     chat=chat, fatigue=fatigue, hebbian=hebbian).validate()
             config = {**dose.to_dict(), "model": modeling.DEFAULT_MODEL, "skip_run": run_id, "source": "app",
                       "prompts": len(runnable), "skipped": skipped}
             last = {"config": config, "items": [], "total": len(runnable), "saved": None,
                     "dataset": upload.name if file_prompts is not None else "app"}
             st.session_state["dose_results"] = last
             st.session_state["dose_running"] = True
-            generate(model, tokenizer, runnable, intensities, last)
+            generate(model, tokenizer, runnable, last)
             st.session_state["dose_running"] = False
 
     last = st.session_state.get("dose_results")
     if last and last["items"]:
         st.subheader("Results")
         gens, tokens, layers = dosing.result_frames(last["items"])
-        show_results(gens, tokens, layers, {"seed": last["config"]["seeds"][0],
-                                            "intensities": last["config"]["intensities"]})
+        strengths, pool, norms = dosing.bio_frames(last["items"])
+        show_results(dosing.label_rows(gens, strengths), tokens, layers,
+                     {"seed": last["config"]["seeds"][0], "intensities": last["config"]["intensities"]}, (pool, norms))
         if last["saved"]:
             st.success(f"Saved as run `{last['saved']}`.")
             st.page_link("views/dose.py", label="Open the saved run", icon=":material/open_in_new:",
                          query_params={"view": "stored", "dose_run": last["saved"]})
-        elif st.button("Save to the store", help="All prompts x intensities of this request as one dose run."):
+        elif serving.allows_save() and st.button("Save to the store",
+                                                 help="All prompts x intensities of this request as one dose run."):
             try:
                 saved, _ = dosing.save_dose_run(app.store(), last["config"], last["items"],
                                                 model=modeling.DEFAULT_MODEL, dataset=last["dataset"],
@@ -203,18 +222,19 @@ def generate_view() -> None:
                 st.error(f"Could not save: {exc}")
 
 
-def generate(model, tokenizer, runnable, intensities, last) -> None:
-    """Run every prompt at every intensity, streaming the current prompt; Stop (or leaving the
-    page, or closing the tab) ends it and keeps the prompts already finished."""
+def generate(model, tokenizer, runnable, last) -> None:
+    """Run every prompt at every intensity (and bio strengths), streaming the current prompt; Stop
+    (or leaving the page, or closing the tab) ends it and keeps the prompts already finished."""
     cfg = last["config"]
+    intensities, fatigue, hebbian = dosing.combine_rows(cfg["intensities"], cfg["fatigue"], cfg["hebbian"])
     gone = app.session_gone()
     live = st.empty()
     with live.container():
         st.button("Stop generating", help="Ends the generation now; the prompts already finished are kept and can be saved.")
         bar = st.progress(0.0, text=f"0 of {len(runnable)} prompt(s)")
         boxes = []
-        for col, i in zip(st.columns(len(intensities)), intensities):
-            col.markdown(f"**intensity {i:g}**")
+        for col, i, f, h in zip(st.columns(len(intensities)), intensities, fatigue, hebbian):
+            col.markdown(f"**{dosing.DoseResult(i, 0, fatigue=f, hebbian=h).label}**")
             boxes.append(col.empty())
     for k, (line, text) in enumerate(runnable):
         pieces = [""] * len(intensities)
@@ -225,12 +245,12 @@ def generate(model, tokenizer, runnable, intensities, last) -> None:
             pieces[row] += piece
             boxes[row].code(pieces[row], language=None, wrap_lines=True)
 
-        with app.model_turn():  # one generation at a time on this server; others wait their turn
+        with serving.model_turn():  # app.model_turn (one generation at a time) plus viewer mode's limits
             results = dosing.generate_doses(
                 model, tokenizer, text, intensities, spec=perturb.DoseSpec.only(*cfg["mechanisms"]), chat=cfg["chat"],
                 sampling=SamplingConfig(temperature=cfg["temperature"], max_tokens=cfg["max_tokens"],
                                         seed=cfg["seeds"][0]),
-                on_token=stream)
+                on_token=stream, fatigue=fatigue, hebbian=hebbian)
         last["items"].append((line, text, cfg["seeds"][0], results))
         bar.progress((k + 1) / len(runnable), text=f"{k + 1} of {len(runnable)} prompt(s)")
     live.empty()

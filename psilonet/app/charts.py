@@ -614,20 +614,24 @@ def _intensity_label(x: float) -> str:
 def entropy_heatmap(tokens: pd.DataFrame) -> alt.Chart:
     """Per-token next-token entropy (bits): x = position, y = intensity, tooltip with the token.
 
-    ``tokens`` is ``RunReader.token_entropy()`` joined with ``generations()`` for ``intensity``.
+    ``tokens`` is ``RunReader.token_entropy()`` joined with ``generations()`` for ``intensity``
+    (and, where a run has bio rows, a ``label`` naming each row, used instead of the intensity).
     When several generations share an intensity each gets its own row ("intensity · #gen_id").
     Beyond :data:`MAX_ROWS` cells only the first positions are kept (the subtitle says so)."""
     _require(tokens, TOKEN_COLUMNS, "entropy_heatmap")
-    data = tokens[list(TOKEN_COLUMNS)].dropna(subset=["gen_id", "intensity", "pos"]).copy()
+    named = "label" in tokens.columns
+    data = tokens[list(TOKEN_COLUMNS) + (["label"] if named else [])].dropna(subset=["gen_id", "intensity", "pos"]).copy()
     data["gen_id"] = _int_column(data["gen_id"])
     data["pos"] = _int_column(data["pos"])
     data["intensity"] = data["intensity"].astype(float)
     data["token_text"] = data["token_text"].fillna("").astype(str)
+    if not named:
+        data["label"] = data["intensity"].map(_intensity_label)
 
-    gens = data[["intensity", "gen_id"]].drop_duplicates().sort_values(["intensity", "gen_id"])
-    shared = gens["intensity"].duplicated(keep=False)
-    labels = {(i, g): (_intensity_label(i) + (f" · #{g}" if s else ""))
-              for i, g, s in zip(gens["intensity"], gens["gen_id"], shared)}
+    gens = data[["intensity", "gen_id", "label"]].drop_duplicates(["gen_id"]).sort_values(["intensity", "gen_id"])
+    shared = gens["label"].duplicated(keep=False)
+    labels = {(i, g): (lab + (f" · #{g}" if s else ""))
+              for i, g, lab, s in zip(gens["intensity"], gens["gen_id"], gens["label"], shared)}
     order = [labels[(i, g)] for i, g in zip(gens["intensity"], gens["gen_id"])]
     data["row"] = [labels[(i, g)] for i, g in zip(data["intensity"], data["gen_id"])]
 
@@ -644,7 +648,7 @@ def entropy_heatmap(tokens: pd.DataFrame) -> alt.Chart:
     return alt.Chart(data.reset_index(drop=True)).mark_rect().encode(
         x=alt.X("pos:O", title="token position", sort="ascending",
                 axis=alt.Axis(labelOverlap=True, labelAngle=0)),
-        y=alt.Y("row:O", title="intensity", sort=order, axis=alt.Axis(labelLimit=0)),
+        y=alt.Y("row:O", title="row" if named else "intensity", sort=order, axis=alt.Axis(labelLimit=0)),
         color=alt.Color("entropy:Q", title="next-token entropy (bits)", scale=alt.Scale(scheme="inferno", zero=True),
                         legend=alt.Legend(orient="top", direction="horizontal", gradientLength=220, titleLimit=0)),
         tooltip=[alt.Tooltip("token_text:N", title="token"), alt.Tooltip("entropy:Q", title="entropy (bits)", format=".3f"),
@@ -659,27 +663,32 @@ def dose_overview(gens: pd.DataFrame) -> alt.Chart:
 
     ``gens`` has one row per continuation: prompt_line, prompt, intensity, mean_entropy (as
     ``RunReader.generations()``; several seeds of a prompt and intensity are averaged).  Row
-    labels are the prompt's first characters; the tooltip has the whole prompt."""
+    labels are the prompt's first characters; the tooltip has the whole prompt. Where a run has
+    bio rows, ``gens`` has a ``label`` per row and the columns are those rows."""
     _require(gens, ("prompt_line", "prompt", "intensity", "mean_entropy"), "dose_overview")
-    data = gens[["prompt_line", "prompt", "intensity", "mean_entropy"]].copy()
+    named = "label" in gens.columns
+    data = gens[["prompt_line", "prompt", "intensity", "mean_entropy"] + (["label"] if named else [])].copy()
     data["prompt_line"] = _int_column(data["prompt_line"])
     data["intensity"] = data["intensity"].astype(float)
-    data = data.groupby(["prompt_line", "prompt", "intensity"], as_index=False)["mean_entropy"].mean()
-    data["dose"] = data["intensity"].map(_intensity_label)
+    if not named:
+        data["label"] = data["intensity"].map(_intensity_label)
+    data = data.groupby(["prompt_line", "prompt", "intensity", "label"], as_index=False)["mean_entropy"].mean()
+    data["dose"] = data["label"]
     prompts = data[["prompt_line", "prompt"]].drop_duplicates().sort_values("prompt_line")
     labels = {}
     for k, (line, text) in enumerate(zip(prompts["prompt_line"], prompts["prompt"]), 1):
         short = " ".join(str(text).split())
         labels[(line, text)] = f"{k}. " + (short if len(short) <= 40 else short[:39] + "…")
     data["row"] = [labels[(line, text)] for line, text in zip(data["prompt_line"], data["prompt"])]
-    doses = [_intensity_label(i) for i in sorted(data["intensity"].unique())]
+    doses = list(dict.fromkeys(data.sort_values("intensity", kind="stable")["dose"]))
     finite = data["mean_entropy"].astype(float)
     finite = finite[np.isfinite(finite)]
     domain = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
     if domain[0] == domain[1]:
         domain = (domain[0], domain[0] + 1e-6)
     return alt.Chart(data[["row", "prompt", "dose", "intensity", "mean_entropy"]]).mark_rect().encode(
-        x=alt.X("dose:O", title="intensity", sort=doses, axis=alt.Axis(labelAngle=0)),
+        x=alt.X("dose:O", title="row" if named else "intensity", sort=doses,
+                axis=alt.Axis(labelAngle=-30 if named else 0, labelLimit=0)),
         y=alt.Y("row:O", title="prompt", sort=list(labels.values()), axis=alt.Axis(labelLimit=320)),
         color=alt.Color("mean_entropy:Q", title="mean entropy (bits)",
                         scale=alt.Scale(domain=list(domain), scheme="inferno")),
@@ -693,18 +702,22 @@ def dose_overview(gens: pd.DataFrame) -> alt.Chart:
 def layer_entropy_profile(layers: pd.DataFrame) -> alt.Chart:
     """Mean hidden-state entropy (bits) per layer, one line per intensity.  ``layers`` may be per token (e.g.
     ``RunReader.layer_entropy()`` joined with intensity) or already averaged: rows are averaged per
-    (intensity, layer) here either way."""
+    (intensity, layer) here either way (per ``label`` too where a run has bio rows)."""
     _require(layers, LAYER_ENTROPY_COLUMNS, "layer_entropy_profile")
-    data = layers[list(LAYER_ENTROPY_COLUMNS)].dropna()
-    data = data.groupby(["intensity", "layer"], as_index=False)["entropy"].mean()
+    named = "label" in layers.columns
+    keys = ["intensity"] + (["label"] if named else [])
+    data = layers[list(LAYER_ENTROPY_COLUMNS) + (["label"] if named else [])].dropna()
+    data = data.groupby(keys + ["layer"], as_index=False)["entropy"].mean()
     data["layer"] = _int_column(data["layer"])
     data["intensity"] = data["intensity"].astype(float)
-    data = data.sort_values(["intensity", "layer"]).reset_index(drop=True)
+    data = data.sort_values(keys + ["layer"]).reset_index(drop=True)
+    color = (alt.Color("label:N", title="row", sort=list(dict.fromkeys(data["label"])), legend=alt.Legend(orient="right"))
+             if named else alt.Color("intensity:O", title="intensity", scale=alt.Scale(scheme="plasma"),
+                                     legend=alt.Legend(orient="right")))
     return alt.Chart(data).mark_line(point=True).encode(
         x=alt.X("layer:Q", title="layer (0 = embeddings)", axis=alt.Axis(tickMinStep=1)),
         y=alt.Y("entropy:Q", title="mean entropy (bits)", scale=alt.Scale(zero=False)),
-        color=alt.Color("intensity:O", title="intensity", scale=alt.Scale(scheme="plasma"),
-                        legend=alt.Legend(orient="right")),
+        color=color,
         tooltip=[alt.Tooltip("intensity:Q", format="g"), alt.Tooltip("layer:Q"),
                  alt.Tooltip("entropy:Q", title="mean entropy (bits)", format=".3f")],
     ).properties(title=_title("Hidden-state entropy through the layers (bits)",

@@ -65,7 +65,7 @@ def catalog_version(s: Store) -> int:
         return 0
 
 
-@st.cache_data(show_spinner=False)
+@st.cache_data(show_spinner=False, max_entries=4)  # one catalog version is current; bounded for many viewers
 def _runs(data_dir_str: str, version: int) -> pd.DataFrame:
     return Store(data_dir_str).list_runs()
 
@@ -119,7 +119,7 @@ class BadParam(ValueError):
 
 def _warn_param(name: str, raw: str, why: str) -> None:
     shown = raw if len(raw) <= 60 else raw[:57] + "..."
-    st.warning(f"Ignoring the link's `{name}` ({shown!r}): {why}. Using the default.")
+    st.warning(f"Ignoring the link's `{name}={shown}`: {why}. Using the default.")
 
 
 def param(name: str, default: Any, cast: Callable[[str], Any] = str, choices: list | None = None,

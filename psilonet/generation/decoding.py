@@ -24,6 +24,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from psilonet.generation import decode_step
+from psilonet.generation.bio import Bio
 from psilonet.generation.perturb import Doser
 from psilonet.model import forward
 
@@ -121,6 +122,7 @@ def decode(
     track: bool = False,
     should_stop: Callable[[], bool] | None = None,
     compiled: bool | None = None,
+    bio: Bio | None = None,
 ) -> Iterator[Step]:
     """Yield :class:`Step` s for ``batch`` rows continuing the same prompt.
 
@@ -131,18 +133,29 @@ def decode(
     inside the streaming callback, at Streamlit's next call) or through ``should_stop()``,
     asked before every step (a closed browser tab, which no callback notices). ``compiled`` picks the compiled
     step over a fixed cache (:mod:`psilonet.generation.decode_step`; the default wherever the
-    model supports it) or the plain loop (``False``, also used for skip models).
+    model supports it) or the plain loop (``False``, also used for skip models). ``bio`` runs the
+    bio-inspired interventions per row (:mod:`psilonet.generation.bio`; its state starts fresh
+    with this generation's cache), before any dose; they run in the plain loop, since their
+    state grows with the sequence (a pool per key) and the compiled step's cache is fixed.
     """
     if not prompt_ids:
         raise ValueError("the prompt is empty")
     if doser is not None:
         batch = len(doser.intensities)
+    if bio is not None:
+        if doser is not None and bio.rows != batch:
+            raise ValueError(f"{bio.rows} bio rows for {batch} dose rows")
+        batch = bio.rows
+        bio.reset()
     seeds = list(seeds) if seeds is not None else [cfg.seed + r for r in range(batch)]
     if len(seeds) != batch:
         raise ValueError(f"{len(seeds)} seeds for {batch} rows")
     stop = set(stop)
+    bio_on = bio is not None and bio.active
     if compiled is None:
-        compiled = decode_step.supports(model)
+        compiled = decode_step.supports(model) and not bio_on
+    if compiled and bio_on:
+        raise ValueError("compiled: the bio interventions run in the plain loop (compiled=False)")
     if compiled:
         yield from _decode_compiled(model, prompt_ids, cfg, batch, stop, seeds, doser, track, should_stop)
         return
@@ -150,7 +163,7 @@ def decode(
     keys = [mx.random.key(s) for s in seeds]
     x = mx.array([list(prompt_ids)] * batch)
     done = [False] * batch
-    plain = (doser is None or doser.sober) and not track
+    plain = (doser is None or doser.sober) and not track and not bio_on
     for index in range(cfg.max_tokens):
         if should_stop is not None and should_stop():
             return
@@ -158,7 +171,8 @@ def decode(
             logits, states = model(x, cache=cache)[:, -1, :], None
         else:
             after = doser.at_step(index) if doser is not None and not doser.sober else None
-            full, states = forward.forward(model, x, cache=cache, hooks=forward.Hooks(after_block=after))
+            hooks = bio.hooks(after) if bio is not None else forward.Hooks(after_block=after)
+            full, states = forward.forward(model, x, cache=cache, hooks=hooks)
             logits = full[:, -1, :]
         if cfg.temperature == 0:
             tokens = sample(logits, cfg, None)

@@ -390,7 +390,8 @@ class RunReader:
         return self._rows_if_stored(T.BIO_STRENGTHS)
 
     def bio_pool(self, gen_ids: list[int] | None = None) -> pd.DataFrame:
-        """Mean fatigue pool level per generation, layer and head: gen_id, layer, head, level."""
+        """Fatigue pool per generation, layer and head: gen_id, layer, head, level (mean over
+        keys), attended (pool of the keys the head attends to)."""
         return self._rows_if_stored(T.BIO_POOL, gen_id=gen_ids)
 
     def bio_fast_norm(self, gen_ids: list[int] | None = None) -> pd.DataFrame:

@@ -158,13 +158,14 @@ LAYER_ENTROPY = Table("layer_entropy", (
 ), order_by="gen_id, pos, layer")  # fmt: skip
 
 # Bio-inspired interventions of a dose run (only where some row used one): each generation's
-# strengths, its mean fatigue pool level per layer and head and its mean fast-weight norm per
-# layer (both averaged over its generated tokens).
+# strengths, per layer and head its fatigue pool level (mean over keys) and the pool level of
+# the keys the head attends to, and per layer its fast-weight norm (all averaged over its
+# generated tokens).
 BIO_STRENGTHS = Table("bio_strengths", (
     ("gen_id", "INTEGER"), ("fatigue", "DOUBLE"), ("hebbian", "DOUBLE"),
 ), order_by="gen_id", what="bio strengths")  # fmt: skip
 BIO_POOL = Table("bio_pool", (
-    ("gen_id", "INTEGER"), ("layer", "INTEGER"), ("head", "INTEGER"), ("level", "DOUBLE"),
+    ("gen_id", "INTEGER"), ("layer", "INTEGER"), ("head", "INTEGER"), ("level", "DOUBLE"), ("attended", "DOUBLE"),
 ), order_by="gen_id, layer, head", what="fatigue pool levels")  # fmt: skip
 BIO_FAST_NORM = Table("bio_fast_norm", (
     ("gen_id", "INTEGER"), ("layer", "INTEGER"), ("norm", "DOUBLE"),
