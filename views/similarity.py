@@ -57,16 +57,20 @@ if run is not None:
                 st.caption("Head outputs are compared as captured: nothing normalises them in the model and they "
                            "carry no sink outlier, so this grid equals the raw one.")
             domain = charts.similarity_domain(heads, "head", head_metric)
-            grid = charts.side_by_side([charts.head_heatmap(heads, head_metric, s, domain, representation)
-                                        for s in shown if (heads.source == s).any()])
+            with_heads = [s for s in shown if (heads.source == s).any()]
+            grid = charts.side_by_side([charts.head_heatmap(heads, head_metric, s, domain, representation,
+                                                            charts.SIDE_BY_SIDE_WIDTH // len(with_heads))
+                                        for s in with_heads])
             st.altair_chart(grid)
             exported.append((f"{METRICS[head_metric]} per head ({representation})", grid))
         cross = sim[(sim.view == "cross_layer") & sim.source.isin(shown)]
         if not cross.empty:
             st.subheader("Cross-layer CKA")
             domain = charts.similarity_domain(cross, "cross_layer", "cka")
-            matrix = charts.side_by_side([charts.cross_layer_heatmap(cross, s, domain, representation=representation)
-                                          for s in shown if (cross.source == s).any()])
+            with_cross = [s for s in shown if (cross.source == s).any()]
+            matrix = charts.side_by_side([charts.cross_layer_heatmap(cross, s, domain, representation=representation,
+                                                                     max_width=charts.SIDE_BY_SIDE_WIDTH // len(with_cross))
+                                          for s in with_cross])
             st.altair_chart(matrix)
             exported.append((f"Cross-layer linear CKA ({representation})", matrix))
         st.caption("Look for layers where CKA drops below 1: that is where the skip pathways changed the "

@@ -64,6 +64,9 @@ SIMILARITY_COLUMNS = T.SIMILARITY.pick("source", "dataset", "view", "metric", "l
 PATH_COLUMNS = T.TRAJECTORIES.pick("source", "side", "unit", "unit_id", "label", "layer", "pc1", "pc2")
 VARIANCE_COLUMNS = T.PCA_VARIANCE.pick("source", "component", "ratio")
 NORM_COLUMNS = T.NORM_STATS.names
+#: Pixels of plot width that heatmaps side by side share on the Similarity page (its content column
+#: at a 1400 px window is about 1,100 px; axes, titles and the colour legend take the rest).
+SIDE_BY_SIDE_WIDTH = 760
 #: Human names of the similarity metrics and of the representations, for titles and legends.
 METRIC_TITLES = {"cka": "Linear CKA", "cka_debiased": "Debiased CKA", "svcca": "SVCCA", "pwcca": "PWCCA"}
 REPRESENTATION_TITLES = {"rms": "RMS-normalised states", "raw": "raw states",
@@ -296,6 +299,11 @@ def similarity_domain(sim: pd.DataFrame, view: str, metric: str) -> tuple[float,
     return (float(values.min()), float(values.max()))
 
 
+# Fit the container's width only: with Streamlit's default "fit" the legend, titles and axes
+# are taken out of the height too, which left the per-layer curve a strip of about 100 px.
+_FIT_WIDTH = alt.AutoSizeParams(type="fit-x", contains="padding")
+
+
 def _metric_title(metric: str) -> str:
     return METRIC_TITLES.get(metric, metric)
 
@@ -336,13 +344,15 @@ def layer_similarity_curve(sim: pd.DataFrame, metric: str, representation: str |
     subtitle = _with_representation("baseline vs trained residual stream per layer; dashed line: 1.0 = unchanged",
                                      representation)
     return alt.layer(reference, line).properties(
-        title=_title(f"{name} per layer", subtitle), width="container", height=360)
+        title=_title(f"{name} per layer", subtitle), width="container", height=360, autosize=_FIT_WIDTH)
 
 
 def _heatmap(data: pd.DataFrame, x: str, x_title: str, y: str, y_title: str, value: str, value_title: str,
              domain: Sequence[float], title: alt.TitleParams, scheme: str = HEATMAP_SCHEME,
-             extra_tooltip: list | None = None) -> alt.Chart:
-    width, height = _heatmap_size(data[x].nunique(), data[y].nunique())
+             extra_tooltip: list | None = None, max_width: int | None = None) -> alt.Chart:
+    n_x, n_y = data[x].nunique(), data[y].nunique()
+    cell = 22 if max_width is None else int(np.clip(max_width // max(n_x, 1), 8, 22))
+    width, height = _heatmap_size(n_x, n_y, cell)
     tooltip = [alt.Tooltip(f"{y}:O", title=y_title), alt.Tooltip(f"{x}:O", title=x_title),
                alt.Tooltip(f"{value}:Q", title=value_title, format=".4f")] + (extra_tooltip or [])
     return alt.Chart(data).mark_rect().encode(
@@ -355,7 +365,8 @@ def _heatmap(data: pd.DataFrame, x: str, x_title: str, y: str, y_title: str, val
 
 
 def _source_heatmap(sim: pd.DataFrame, view: str, metric: str, source: str, domain, x: str, x_title: str,
-                    y_title: str, title: str, caller: str, representation: str | None = None) -> alt.Chart:
+                    y_title: str, title: str, caller: str, representation: str | None = None,
+                    max_width: int | None = None) -> alt.Chart:
     """One source's ``view`` rows as a heatmap of ``x`` against layer, on a shared colour domain."""
     rows = _sim_rows(sim, view, metric, caller)
     if domain is None:
@@ -366,25 +377,29 @@ def _source_heatmap(sim: pd.DataFrame, view: str, metric: str, source: str, doma
     dataset = rows.loc[rows["source"] == source, "dataset"]
     sub = f"{source} ({dataset.iloc[0]})" if len(dataset) else f"{source} (no data)"
     return _heatmap(data, x, x_title, "layer", y_title, "value", _metric_title(metric), domain,
-                    _title(title, _with_representation(sub, representation)))
+                    _title(title, _with_representation(sub, representation)), max_width=max_width)
 
 
 def head_heatmap(sim: pd.DataFrame, metric: str, source: str,
-                 domain: tuple[float, float] | None = None, representation: str | None = None) -> alt.Chart:
+                 domain: tuple[float, float] | None = None, representation: str | None = None,
+                 max_width: int | None = None) -> alt.Chart:
     """Per-head similarity of one ``source``: x = head, y = layer (layer 0 at the top), colour =
     value on the scale ``domain`` (default: :func:`similarity_domain` over every source, so two
-    heatmaps side by side are comparable)."""
+    heatmaps side by side are comparable). ``max_width`` bounds the plot's width in pixels (square
+    cells shrink, down to 8 px) so that several fit side by side on the page."""
     return _source_heatmap(sim, "head", metric, source, domain, "head", "head", "layer",
-                           f"{_metric_title(metric)} per head", "head_heatmap", representation)
+                           f"{_metric_title(metric)} per head", "head_heatmap", representation, max_width)
 
 
 def cross_layer_heatmap(sim: pd.DataFrame, source: str, domain: tuple[float, float] | None = None,
-                        metric: str = "cka", representation: str | None = None) -> alt.Chart:
+                        metric: str = "cka", representation: str | None = None,
+                        max_width: int | None = None) -> alt.Chart:
     """CKA of every baseline layer (y) against every trained layer (x) for one ``source``; colour on
-    the scale ``domain`` (default: :func:`similarity_domain` over every source)."""
+    the scale ``domain`` (default: :func:`similarity_domain` over every source); ``max_width`` as
+    in :func:`head_heatmap`."""
     return _source_heatmap(sim, "cross_layer", metric, source, domain, "layer_b", "trained layer",
                            "baseline layer", f"Cross-layer {_metric_title(metric)}: baseline vs trained",
-                           "cross_layer_heatmap", representation)
+                           "cross_layer_heatmap", representation, max_width)
 
 
 def side_by_side(charts: Sequence[alt.TopLevelMixin]) -> alt.HConcatChart:
@@ -435,7 +450,7 @@ def token_norm_profile(stats: pd.DataFrame, source: str | None = None) -> alt.La
         title=_title("Token norms per layer (outlier diagnostic)",
                      ([source] if source else []) + ["median, 99th percentile and largest token norm; "
                                                      "grey: the outlier threshold"]),
-        width="container", height=320)
+        width="container", height=320, autosize=_FIT_WIDTH)
 
 
 # --------------------------------------------------------------------------- trajectories
@@ -500,7 +515,8 @@ def trajectory_chart(paths: pd.DataFrame, variance: pd.DataFrame, unit: str,
     x_title, y_title = _pc_titles(variance, source)
     x = alt.X("pc1:Q", title=x_title, scale=alt.Scale(zero=False))
     y = alt.Y("pc2:Q", title=y_title, scale=alt.Scale(zero=False))
-    colour = alt.Color("label:N", title=unit, sort=alt.SortField("unit_id"),
+    # tableau10: ten distinct hues (the theme's default pairs light and dark shades of one hue).
+    colour = alt.Color("label:N", title=unit, sort=alt.SortField("unit_id"), scale=alt.Scale(scheme="tableau10"),
                        legend=alt.Legend(orient="bottom", columns=2, labelLimit=0, symbolType="circle"))
     tooltip = [alt.Tooltip("label:N", title=unit), alt.Tooltip("unit_id:Q", title="id"), alt.Tooltip("side:N"),
                alt.Tooltip("layer:Q"), alt.Tooltip("pc1:Q", format=".3f"), alt.Tooltip("pc2:Q", format=".3f")]
@@ -516,9 +532,11 @@ def trajectory_chart(paths: pd.DataFrame, variance: pd.DataFrame, unit: str,
         shape=alt.Shape("side:N", title="side", scale=alt.Scale(domain=list(SIDES), range=["circle", "triangle"])),
         tooltip=tooltip)
     labels = base.transform_filter("datum.tag != ''").mark_text(dx=7, dy=-7, fontSize=11, fontWeight="bold").encode(
-        x=x, y=y, text="tag:N", color=alt.Color("label:N", sort=alt.SortField("unit_id"), legend=None))
+        x=x, y=y, text="tag:N",
+        color=alt.Color("label:N", sort=alt.SortField("unit_id"), scale=alt.Scale(scheme="tableau10"), legend=None))
     return alt.layer(lines, points, labels).properties(
-        title=_title("Trajectories through the layers (PCA)", subtitle), width="container", height=520)
+        title=_title("Trajectories through the layers (PCA)", subtitle), width="container", height=520,
+        autosize=_FIT_WIDTH)
 
 
 # --------------------------------------------------------------------------- tap weights and gates
