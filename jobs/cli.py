@@ -177,8 +177,8 @@ def job(main: Callable[..., int]) -> Callable[..., int]:
         except SystemExit as exc:  # argparse (--help, or a bad flag already reported)
             return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
         except KeyboardInterrupt:
-            print("interrupted: the run is marked interrupted; continue it with --resume RUN_ID "
-                  "(training) or run the job again", file=sys.stderr)
+            print("interrupted (Ctrl-C): a run already begun is marked interrupted; continue a training run "
+                  "with --resume RUN_ID, or run the job again", file=sys.stderr)
             return 130
         except Exception as exc:
             if os.environ.get("PSILONET_DEBUG"):

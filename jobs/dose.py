@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
 from pathlib import Path
-
-from tqdm import tqdm
 
 from jobs import cli
 from jobs.cli import JobParser, add_config_options, add_data_dir
 from psilonet import config
-from psilonet.generation.dosing import DoseConfig, generate_doses, save_dose_run
+from psilonet.generation.dosing import DoseConfig, run_doses
 from psilonet.generation.prompts import PromptFile, PromptFileError, context_check, parse_prompts
 from psilonet.model import loading as modeling
 from psilonet.model.skip import SkipConfig
@@ -72,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = DoseConfig(args.intensities, args.seeds, args.mechanisms, args.max_tokens, args.temperature,
                      args.top_p, chat=not args.no_chat, fatigue=args.fatigue, hebbian=args.hebbian).validate()
     if args.dial is not None:
-        dial = next(f for f in fields(SkipConfig) if f.name == "dial")
-        config.check_value("dial", args.dial, float, dict(dial.metadata))
+        config.check(SkipConfig(dial=args.dial))  # the dial's declared bounds
     if args.prompts_file and not Path(args.prompts_file).is_file():
         raise PromptFileError(f"--prompts-file: {args.prompts_file} does not exist")
     if args.run:
@@ -95,26 +91,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if prompts.skipped:
         print(prompts.report(), file=sys.stderr)
-    spec = cfg.spec()
-    intensities, fatigue, hebbian = cfg.rows()
-    run_config = {**cfg.to_dict(), "model": model_name, "skip_run": args.run, "dial": args.dial,
-              "prompts": len(prompts.prompts), "skipped": [f"line {n}: {why}" for n, why in prompts.skipped]}
-    jobs = [(line, prompt, seed) for line, prompt in prompts.prompts for seed in cfg.seeds]
-    bar = tqdm(total=len(jobs), desc="dose", unit="prompt")
-
-    def generated():
-        for line, prompt, seed in jobs:
-            results = generate_doses(model, tokenizer, prompt, intensities, sampling=cfg.sampling(seed),
-                                     spec=spec, chat=cfg.chat, fatigue=fatigue, hebbian=hebbian)
-            bar.write(f"\n[{prompt}] seed {seed}")
-            for res in results:
-                bar.write(f"  {res.label} | mean entropy {res.mean_entropy:.2f} bits | {res.text.strip()!r}")
-            yield line, prompt, seed, results
-
-    run_id, _ = save_dose_run(store, run_config, generated(), model=model_name,
-                              dataset=args.prompts_file or "command line", parent=args.run,
-                              progress=lambda k: bar.update(1))
-    bar.close()
+    run_config = {"model": model_name, "skip_run": args.run, "dial": args.dial, "prompts": len(prompts.prompts),
+                  "skipped": [f"line {n}: {why}" for n, why in prompts.skipped]}
+    run_id, _ = run_doses(store, model, tokenizer, prompts.prompts, cfg, run_config=run_config, model_name=model_name,
+                          dataset=args.prompts_file or "command line", parent=args.run)
     print(f"\nrun {run_id}")
     return 0
 

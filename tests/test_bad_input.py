@@ -151,8 +151,8 @@ CASES = [
     ("check_model", ["--max-tokens", "0"], "--max-tokens: must be in [1, 512]"),
     ("check_model", ["--model", "/no/such/dir"], "--model: '/no/such/dir' is neither"),
     ("fetch_model", ["--data-dir", "{file}"], "is a file, not a folder"),
-    ("bio_eval", ["--windows", "-3"], "--windows: at least 2"),
-    ("bio_eval", ["--strengths", "9"], "--strengths: each must be in"),
+    ("bio_eval", ["--windows", "-3"], "--windows: must be in [2,"),
+    ("bio_eval", ["--strengths", "9"], "--strengths: each must be at most 2"),
     ("bio_eval", ["--data-dir", "{file}"], "is a file, not a folder"),
 ]
 
@@ -285,7 +285,7 @@ def test_ctrl_c_marks_the_run_interrupted_and_resumable(tiny_model_dir, tmp_path
     monkeypatch.setattr(loop, "save_checkpoint", save_then_ctrl_c)
     code, err = run_job("train", tiny_train(tiny_model_dir, tmp_path, "--train-samples", "16"), capsys)
     assert code == 130
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and err.startswith("interrupted:")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and err.startswith("interrupted (Ctrl-C):")
     store = Store(tmp_path)
     run = store.list_runs().iloc[0]
     assert run.state == "interrupted" and run.error == "interrupted (Ctrl-C)"
