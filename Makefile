@@ -3,14 +3,22 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8501
+HOST   ?= localhost
+# BASE: the path prefix behind a reverse proxy (https://host/BASE/), empty when served at /
+BASE   ?=
+SHARE_HOST ?= 0.0.0.0
+STREAMLIT := $(PY) -m streamlit run streamlit_app.py --server.port $(PORT) --server.headless true $(if $(BASE),--server.baseUrlPath $(BASE))
 
-.PHONY: run setup setup-scale model demo app test bench bench-scale clean
+.PHONY: run setup setup-scale model demo app share test bench bench-scale llama-cpp clean
 
 ## run: install, fetch the default model, run a small batch job, start the app on localhost
 run: demo app
 
-## setup: virtual environment with the pinned requirements, plus system libraries (OpenBLAS)
-setup: $(VENV)/.installed
+## setup: virtual environment with the pinned requirements, plus system libraries (OpenBLAS, BLIS),
+## and the faster BLAS at the model's shapes measured and recorded (printed)
+setup: $(VENV)/.installed .blas-choice.json
+.blas-choice.json: $(VENV)/.installed
+	$(PY) -m jobs.choose_blas
 $(VENV)/.installed: requirements.txt scripts/system_deps.sh
 	bash scripts/system_deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,14 +36,20 @@ $(VENV)/.installed-scale: requirements-scale.txt $(VENV)/.installed
 model: setup
 	$(PY) -m jobs.fetch_model
 
-## demo: small end-to-end batch jobs on the default model, each recorded as a run in data/
+## demo: the first run (about 5 minutes): train a multi-tap gated adapter, capture it on both offline
+## corpora, analyse both, save one dose run; every page of the app then has data
 demo: model
 	$(PY) -m jobs.check_model
-	$(PY) -m jobs.train --dataset smol-stories --train-samples 40 --val-samples 16 --epochs 1 --distances 3 --alpha 0.65
+	$(PY) -m jobs.demo
 
-## app: the Streamlit explorer on http://localhost:$(PORT)
+## app: the Streamlit explorer on http://$(HOST):$(PORT) (localhost only unless HOST is set: see README, Sharing)
 app: setup
-	$(PY) -m streamlit run streamlit_app.py --server.address localhost --server.port $(PORT) --server.headless true
+	$(STREAMLIT) --server.address $(HOST)
+
+## share: the explorer for collaborators on every interface, in viewer mode, behind a password
+share: setup
+	@test -n "$${PSILONET_PASSWORD}$${PSILONET_PASSWORD_FILE}$(NO_PASSWORD)" || { echo "make share: set PSILONET_PASSWORD_FILE (or PSILONET_PASSWORD), or pass NO_PASSWORD=1 on a trusted network" >&2; exit 2; }
+	PSILONET_VIEWER=1 $(STREAMLIT) --server.address $(SHARE_HOST) --client.showErrorDetails type --client.toolbarMode viewer
 
 ## test: the whole test suite (unit tests on tiny models, integration tests on the default model)
 test: model setup-scale
@@ -50,9 +64,18 @@ bench: model
 	$(PY) -m bench.decode
 	$(PY) -m bench.app_pages
 
+## llama-cpp: optional, llama-cpp-python compiled here into .llama-cpp/ (not in run/test); bench.decode
+## then adds llama.cpp on the same GGUF as a reference line, in its own process
+LLAMA_CPP_VERSION ?= 0.3.36
+llama-cpp: .llama-cpp/.installed
+.llama-cpp/.installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-binary llama-cpp-python \
+		--target .llama-cpp llama-cpp-python==$(LLAMA_CPP_VERSION)
+	touch $@
+
 ## bench-scale: sweeps local vs Ray, data-parallel training 2 ranks vs 1
 bench-scale: model setup-scale
 	$(PY) -m bench.scale
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .llama-cpp .blas-choice.json

@@ -3,11 +3,9 @@
 import psilonet  # noqa: F401  (fast BLAS before anything imports mlx)
 import streamlit as st
 
-from psilonet.app import helpers as app
+from psilonet.app import helpers as app, serving
 
 st.set_page_config(page_title="psilonet", layout="wide")
-app.check_data_dir()
-app.sidebar()
 page = st.navigation([
     st.Page("views/runs.py", title="Runs", icon=":material/list:", default=True),
     st.Page("views/training.py", title="Training", icon=":material/trending_down:"),
@@ -15,5 +13,10 @@ page = st.navigation([
     st.Page("views/trajectories.py", title="Trajectories", icon=":material/timeline:"),
     st.Page("views/taps.py", title="Tap weights", icon=":material/tune:"),
     st.Page("views/dose.py", title="Dosed generation", icon=":material/science:"),
-])
+    st.Page("views/bio.py", title="Bio interventions", icon=":material/neurology:"),
+], position=serving.nav_position())
+serving.gate()  # the shared password, if one is set: nothing below runs without it
+app.check_data_dir()
+app.sidebar()
 app.guarded(page.run)
+serving.sidebar(page)  # viewer-mode notice and the link to this view

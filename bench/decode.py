@@ -1,27 +1,43 @@
-"""Decode speed of our loop against mlx_lm.generate, sober vs dosed, batched doses vs sequential.
+"""Decode speed on the default model: every goal as a ratio measured in one run, with its spread.
 
-All in one process on the default model and one prompt (raw text, no chat template, so no
-early stop): tokens/s of
-  1. ``mlx_lm.stream_generate`` (the baseline),
-  2. our loop, sober (greedy, no entropy tracking),
-  3. our loop at dose 0.3 with entropy tracking (what jobs.dose and the app run),
-  4. four doses (0, 0.1, 0.2, 0.3) as one batch of four rows, aggregate tokens/s,
-  5. the same four doses one after the other.
-Each variant runs ``--repeats`` times and the median is used; ratios are printed at the end.
-If llama-cpp-python is installed, llama.cpp on the original GGUF (2 threads) is added.
+One process, one prompt (raw text, no chat template, so no early stop), greedy, ``--tokens`` new
+tokens. The variants run interleaved: every round runs each of them once, in an order rotated
+from round to round, so that the load of this shared machine hits all of them alike. Each ratio
+is taken within a round (paired) and reported as the median over rounds with its min-max.
 
-    python -m bench.decode [--tokens 64] [--repeats 3]
+Variants (tokens/s, prompt included in the time):
+  * ``mlx_lm.generate``: ``mlx_lm.stream_generate``, the baseline;
+  * ours, sober: our decode loop (compiled step over a fixed KV cache);
+  * ours, sober, plain loop: the same loop rebuilding the graph per token (what compile wins);
+  * ours, dose 0.3 + entropies: one dosed row with both entropies (what jobs.dose runs);
+  * 8 doses in one batch: intensities 0 .. 0.35 as the rows of one batch, aggregate tokens/s;
+  * llama.cpp (only when installed, ``make llama-cpp``): the same model's Q4_1 GGUF in its own
+    process (it crashes when loaded beside MLX with OpenBLAS), 2 threads.
+
+Ceilings measured in the same run: the memory bandwidth of a stream over a buffer the size of
+the weights (float32 weights are read once per token, so bandwidth / weight bytes bounds
+single-stream tokens/s), and a chain of just the model's weight matrix-vector products.
+
+The output ends with one line per goal: ``goal NAME: VALUE (target T) met`` or ``missed``.
+
+    python -m bench.decode [--tokens 64] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psilonet  # noqa: F401  (fast BLAS before mlx)
+import mlx.core as mx
 import mlx_lm
+from mlx.utils import tree_flatten
 
 from psilonet import runtime
 from psilonet.generation.decoding import SamplingConfig, decode
@@ -29,25 +45,112 @@ from psilonet.generation.dosing import generate_doses
 from psilonet.model import loading as modeling
 
 PROMPT = "The history of the city begins in the early middle ages, when"
-DOSES = [0.0, 0.1, 0.2, 0.3]
+EIGHT_DOSES = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35]
+LLAMA_DIR = Path(__file__).resolve().parent.parent / ".llama-cpp"  # where `make llama-cpp` installs
+
+# The llama.cpp child: loads the GGUF once, then generates once per line read on stdin and
+# prints tokens/s, so its rounds interleave with ours. n_batch=1: multi-token prompt
+# evaluation crashed here with larger batches.
+LLAMA_CHILD = r"""
+import json, sys, time
+from llama_cpp import Llama
+path, prompt, tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
+llm = Llama(path, n_threads=2, n_batch=1, n_ctx=512, verbose=False)
+def run():
+    start = time.perf_counter()
+    out = llm(prompt, max_tokens=tokens, temperature=0)
+    return out["usage"]["completion_tokens"] / (time.perf_counter() - start)
+run()
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    print(json.dumps({"rate": run()}), flush=True)
+"""
 
 
-def rate(fn, repeats: int) -> float:
-    """Median tokens/s of ``fn() -> tokens generated``."""
-    fn()  # warm-up
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        n = fn()
-        rates.append(n / (time.perf_counter() - start))
-    return statistics.median(rates)
+class LlamaChild:
+    """llama.cpp in its own process, driven one generation per round."""
+
+    def __init__(self, gguf: Path, tokens: int):
+        env = dict(os.environ)
+        if LLAMA_DIR.is_dir():
+            env["PYTHONPATH"] = os.pathsep.join([str(LLAMA_DIR), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        self.proc = subprocess.Popen([sys.executable, "-c", LLAMA_CHILD, str(gguf), PROMPT, str(tokens)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env)
+        self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(self.proc.stderr.read().strip().splitlines()[-1:] or "llama.cpp child exited")
+        return json.loads(line)
+
+    def __call__(self) -> float:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        return self._read()["rate"]
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def llama_available() -> bool:
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('llama_cpp') is None)"
+    env = dict(os.environ, PYTHONPATH=str(LLAMA_DIR)) if LLAMA_DIR.is_dir() else None
+    return subprocess.run([sys.executable, "-c", probe], env=env).returncode == 0
+
+
+def weight_bytes(model) -> int:
+    return sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+
+
+def stream_rate(nbytes: int, repeats: int = 3) -> float:
+    """Best GB/s of reading a float32 buffer of ``nbytes``: a sum, and a matrix-vector product
+    through the BLAS (multi-threaded); the faster is the bandwidth this process can reach."""
+    cols = 1024
+    buf = mx.random.uniform(shape=(nbytes // 4 // cols, cols))
+    v = mx.ones((cols,))
+    mx.eval(buf, v)
+    best = 0.0
+    for op in (lambda: buf.sum(), lambda: buf @ v):
+        mx.eval(op())
+        for _ in range(repeats):
+            start = time.perf_counter()
+            mx.eval(op())
+            best = max(best, buf.nbytes / (time.perf_counter() - start) / 1e9)
+    del buf
+    return best
+
+
+def matmul_chain_rate(model, tokens: int) -> float:
+    """Tokens/s of a chain of just the model's weight matrix-vector products (one row)."""
+    mats = [w for name, w in tree_flatten(model.parameters()) if w.ndim == 2 and "embed" not in name]
+    embed = model.model.embed_tokens.weight
+    vecs = {w.shape[1]: mx.ones((1, w.shape[1])) for w in mats}
+    mx.eval(list(vecs.values()))
+    start = time.perf_counter()
+    for _ in range(tokens):
+        for w in mats:  # each product feeds the next one of its size: a dependent chain
+            y = vecs[w.shape[1]] @ w.T
+            if w.shape[0] in vecs:
+                vecs[w.shape[0]] = y
+        mx.eval(vecs[embed.shape[1]] @ embed.T)
+    return tokens / (time.perf_counter() - start)
+
+
+def spread(values: list[float], fmt: str = "{:.1f}") -> str:
+    return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
+    if args.tokens < 1 or args.rounds < 1:
+        print("error: --tokens and --rounds must be >= 1", file=sys.stderr)
+        return 2
     model, tokenizer = modeling.load_model()
     print(f"BLAS: {runtime.active_blas().describe()}")
     ids = tokenizer.encode(PROMPT)
@@ -56,40 +159,93 @@ def main(argv=None) -> int:
     def mlx_lm_generate():
         return sum(1 for _ in mlx_lm.stream_generate(model, tokenizer, PROMPT, max_tokens=args.tokens))
 
-    def ours_sober():
-        return sum(1 for _ in decode(model, ids, cfg))
+    def ours(compiled):
+        return lambda: sum(1 for _ in decode(model, ids, cfg, compiled=compiled))
 
-    def ours_dosed(intensities):
+    def dosed(intensities):
         def run():
             res = generate_doses(model, tokenizer, PROMPT, intensities, sampling=cfg, chat=False)
             return sum(len(r.token_ids) for r in res)
         return run
 
-    def sequential():
-        return sum(ours_dosed([i])() for i in DOSES)
+    def timed(fn):
+        def run():
+            start = time.perf_counter()
+            n = fn()
+            return n / (time.perf_counter() - start)
+        return run
 
-    r = {
-        "mlx_lm.generate": rate(mlx_lm_generate, args.repeats),
-        "ours, sober": rate(ours_sober, args.repeats),
-        "ours, dose 0.3 + entropies": rate(ours_dosed([0.3]), args.repeats),
-        "ours, 4 doses in one batch": rate(ours_dosed(DOSES), args.repeats),
-        "ours, 4 doses one by one": rate(sequential, args.repeats),
+    variants = {
+        "mlx_lm.generate": timed(mlx_lm_generate),
+        "ours, sober": timed(ours(True)),
+        "ours, sober, plain loop": timed(ours(False)),
+        "ours, dose 0.3 + entropies": timed(dosed([0.3])),
+        "8 doses in one batch (aggregate)": timed(dosed(EIGHT_DOSES)),
     }
-    try:
-        from llama_cpp import Llama
+    llama = None
+    gguf = modeling.default_gguf_path()
+    if llama_available() and Path(gguf).exists():
+        llama = LlamaChild(Path(gguf), args.tokens)
+        variants["llama.cpp, Q4_1 GGUF, own process"] = llama
+    else:
+        print("llama.cpp: not installed (make llama-cpp builds it), skipped")
+    nbytes = weight_bytes(model)
+    variants["bandwidth ceiling"] = lambda: stream_rate(nbytes) * 1e9 / nbytes
+    variants["weight matmuls only (1 row)"] = lambda: matmul_chain_rate(model, min(args.tokens, 32))
+    for fn in variants.values():  # warm-up: compiled graphs, caches, first allocations
+        fn()
 
-        llm = Llama(str(modeling.default_gguf_path()), n_threads=2, verbose=False)
-        r["llama.cpp (GGUF, 2 threads)"] = rate(
-            lambda: llm(PROMPT, max_tokens=args.tokens, temperature=0)["usage"]["completion_tokens"], args.repeats)
-    except ImportError:
-        pass
-    for name, value in r.items():
-        print(f"{name:32s} {value:7.1f} tokens/s")
-    print(f"our loop vs mlx_lm.generate:          x{r['ours, sober'] / r['mlx_lm.generate']:.2f} (target >= 3)")
-    print(f"dose 0.3 overhead over sober:         {100 * (r['ours, sober'] / r['ours, dose 0.3 + entropies'] - 1):+.0f}% (target <= 10%)")
-    print(f"4-dose batch vs 4 sequential:         x{r['ours, 4 doses in one batch'] / r['ours, 4 doses one by one']:.2f} (target >= 2.5)")
-    if "llama.cpp (GGUF, 2 threads)" in r:
-        print(f"our loop vs llama.cpp:                x{r['ours, sober'] / r['llama.cpp (GGUF, 2 threads)']:.2f}")
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            rates[name].append(variants[name]())
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{rates[n][-1]:.1f}" for n in names), flush=True)
+    if llama is not None:
+        llama.close()
+
+    ceiling = statistics.median(rates["bandwidth ceiling"])
+
+    print(f"\ntokens/s, median [min-max] over {args.rounds} interleaved rounds, {args.tokens} new tokens:")
+    for name in names:
+        print(f"  {name:36s} {spread(rates[name])}")
+    print(f"  (bandwidth ceiling: {ceiling * nbytes / 1e9:.1f} GB/s over {nbytes / 1e6:.0f} MB of float32 weights)")
+
+    def paired(a: str, b: str) -> list[float]:
+        return [x / y for x, y in zip(rates[a], rates[b])]
+
+    base = "mlx_lm.generate"
+    sober_vs = paired("ours, sober", base)
+    compile_gain = paired("ours, sober", "ours, sober, plain loop")
+    overhead = [100 * (x - 1) for x in paired("ours, sober", "ours, dose 0.3 + entropies")]
+    batch_vs = paired("8 doses in one batch (aggregate)", base)
+    of_ceiling = paired("ours, sober", "bandwidth ceiling")
+    print("\nratios, median [min-max] of the per-round ratios:")
+    print(f"  ours sober / mlx_lm.generate          x{spread(sober_vs, '{:.2f}')}")
+    print(f"  compiled step / plain loop            x{spread(compile_gain, '{:.2f}')}")
+    print(f"  ours sober / bandwidth ceiling        {spread(of_ceiling, '{:.2f}')}")
+    print(f"  dose 0.3 + entropies overhead         {spread(overhead, '{:+.1f}')} %")
+    print(f"  8-dose batch / mlx_lm.generate        x{spread(batch_vs, '{:.2f}')}")
+    if llama is not None:
+        name = "llama.cpp, Q4_1 GGUF, own process"
+        print(f"  ours sober / llama.cpp                x{spread(paired('ours, sober', name), '{:.3f}')}")
+    print()
+
+    def goal(name: str, value: str, target: str, met: bool):
+        print(f"goal {name}: {value} (target {target}) {'met' if met else 'missed'}")
+
+    m = statistics.median
+    goal("single stream vs mlx_lm.generate", f"x{m(sober_vs):.2f}", ">= x2", m(sober_vs) >= 2)
+    goal("single stream vs bandwidth ceiling", f"{m(of_ceiling):.2f} of {ceiling:.1f} tokens/s",
+         "reported", True)
+    goal("dose + both entropies overhead", f"{m(overhead):+.1f}% [{min(overhead):+.1f}..{max(overhead):+.1f}]",
+         "<= 10%", m(overhead) <= 10)
+    goal("8 doses in one batch vs mlx_lm.generate", f"x{m(batch_vs):.2f}", ">= x9", m(batch_vs) >= 9)
+    if llama is not None:
+        goal("llama.cpp reference", f"{m(rates['llama.cpp, Q4_1 GGUF, own process']):.1f} tokens/s",
+             "measured in its own process", True)
+    else:
+        goal("llama.cpp reference", "not installed", "measured in its own process", False)
     return 0
 
 

@@ -13,6 +13,9 @@ near-orthogonal map plus noise, so the CKA values are far from 0 and 1):
    models), with the automatic route and the per-pair feature-space route, against the naive
    pairwise loop of the Gram version on a ``--matrix-pairs`` x ``--matrix-pairs`` corner,
    again extrapolated to all 961 pairs.
+3. One capture's analysis (``--analysis-tokens``): every representation (rms, raw, no-sink) as
+   ``jobs.analyze`` computes it now, against the single raw choice computed the way it was
+   before (each per-layer metric by its own function), interleaved over rounds.
 
 Everything runs in one process on the same data; each line says what was measured and what
 was extrapolated, and the largest absolute difference between the two results.
@@ -26,7 +29,9 @@ import time
 
 import numpy as np
 
-from psilonet.analysis.similarity import _choose_matrix_method, cka_matrix, per_head_cka
+from psilonet.analysis import compare
+from psilonet.analysis.similarity import (_choose_matrix_method, cka_matrix, linear_cka, per_head_cka, pwcca,
+                                          svcca)
 
 TOKENS = 3000
 
@@ -114,6 +119,54 @@ def bench_matrix(pairs: int, skip_features: bool) -> None:
         f"(CKA range {ours.min():.3f}..{ours.max():.3f})")
 
 
+def single_choice_analysis(source, base, trained, tokens, window, seed):
+    """The analysis as it was before representations: one choice (raw), every per-layer metric
+    by its own function (four SVD-based CCA calls and two CKA calls per layer)."""
+    (b, bh), (t, th) = base, trained
+    rows = []
+    for l in range(source.layers):
+        rows.append((linear_cka(b[l], t[l]), linear_cka(b[l], t[l], debiased=True), svcca(b[l], t[l]),
+                     pwcca(b[l], t[l])))
+    grids = [per_head_cka(bh, th), per_head_cka(bh, th, debiased=True)]
+    matrix = cka_matrix(b, t)
+    paths = compare.trajectory_rows(source, {"baseline": b, "trained": t}, tokens, seed)
+    return rows, grids, matrix, paths
+
+
+def bench_analysis(tokens: int, rounds: int) -> None:
+    """One capture's analysis: every representation (rms, raw, no-sink) against the single raw
+    choice of before, interleaved over ``rounds``."""
+    import pandas as pd
+
+    layers, width, heads, head_dim = 31, 576, 9, 64
+    g = np.random.default_rng(2)
+    A, B = related_pair((layers,), width, seed=3)
+    A, B = A[:, :tokens], B[:, :tokens]
+    sinks = g.choice(tokens, size=max(1, tokens // 60), replace=False)
+    for M in (A, B):
+        M[12:29, sinks, 507] = 2.5e4   # planted attention sinks, as SmolLM2's block 11 writes them
+    HA, HB = related_pair((layers - 1, heads), head_dim, seed=4)
+    HA, HB = HA[:, :, :tokens], HB[:, :, :tokens]
+    toks = pd.DataFrame({"token_idx": np.arange(tokens), "seq": np.arange(tokens) // 64,
+                         "pos": np.arange(tokens) % 64, "token_text": ["t"] * tokens})
+    source = compare.Source("bench", "synthetic", ["baseline", "trained"], layers, heads)
+    base, trained = (list(A), HA), (list(B), HB)
+    print(f"\nanalysis of one capture: {layers} layers x {width} features, {layers - 1} x {heads} heads, "
+          f"{tokens} tokens, {len(sinks)} planted sinks; {rounds} interleaved rounds")
+    single, every = [], []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        single_choice_analysis(source, base, trained, toks, (10, 20), 0)
+        single.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        compare.analyse_source(source, base, trained, toks, (10, 20), 0)
+        every.append(time.perf_counter() - t)
+    ratios = np.array(every) / np.array(single)
+    row("single choice (raw, before)", "  ".join(f"{x:6.1f} s" for x in single))
+    row("every representation (now)", "  ".join(f"{x:6.1f} s" for x in every))
+    row("ratio now / before", f"median {np.median(ratios):.2f}x   (range {ratios.min():.2f}..{ratios.max():.2f})")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,11 +176,17 @@ def main(argv=None) -> int:
                         help="corner of the layer matrix the naive pairwise loop runs on")
     parser.add_argument("--skip-features", action="store_true",
                         help="do not time cka_matrix(method='features') (~30 s on 2 cores)")
+    parser.add_argument("--analysis-tokens", type=int, default=2000,
+                        help="tokens of the synthetic capture in the analysis workload (the capture default)")
+    parser.add_argument("--analysis-rounds", type=int, default=3)
+    parser.add_argument("--only-analysis", action="store_true", help="run the analysis workload only")
     args = parser.parse_args(argv)
     # Timings on a shared machine: the load average says whether other work competed for cores.
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start\n")
-    bench_per_head(args.baseline_layers)
-    bench_matrix(args.matrix_pairs, args.skip_features)
+    if not args.only_analysis:
+        bench_per_head(args.baseline_layers)
+        bench_matrix(args.matrix_pairs, args.skip_features)
+    bench_analysis(args.analysis_tokens, args.analysis_rounds)
     print(f"\nload average {os.getloadavg()[0]:.1f} at end")
     return 0
 

@@ -1,15 +1,16 @@
 """Skip-adapter training throughput on the default model, and its model FLOPs utilisation.
 
-Measured in one process: the machine's float32 matmul rate (GFLOP/s, a GEMM of the sizes the
-model uses), then tokens/s of real training steps (d=3, batch 4, seq_len 48 by default), with
-and without per-block gradient checkpointing, and the memory peak of each.
+Measured in one process: the machine's float32 matmul rate (GFLOP/s) both for a GEMM of the
+sizes the model uses and for large square GEMMs (the machine's practical peak), then tokens/s
+of real training steps (d=3, batch 4, seq_len 48 by default), with and without per-block
+gradient checkpointing, and the memory peak of each; then a larger batch (``--large-batch``).
 
 MFU = model FLOPs per step / step time / measured matmul rate, counting (as 2 FLOPs per
 multiply-add per token) the frozen forward, the skip forward, the backward to activations
 through everything after the first skip block, and the skip weight gradients. Attention
 score FLOPs are included; norms and element-wise ops are not.
 
-    python -m bench.train_throughput [--steps 6] [--distances 3]
+    python -m bench.train_throughput [--steps 6] [--distances 3] [--large-batch 16]
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=48)
     parser.add_argument("--distances", type=int, nargs="+", default=[3])
+    parser.add_argument("--large-batch", type=int, default=16,
+                        help="also measure this batch size (without checkpointing); 0 skips it")
     args = parser.parse_args(argv)
 
     base, _ = modeling.load_model()
@@ -88,8 +91,9 @@ def main(argv=None) -> int:
     batches = [mx.array(rng.integers(0, base.args.vocab_size, (args.batch_size, args.seq_len))) for _ in range(4)]
     d = base.args.hidden_size
     rate = matmul_rate(args.batch_size * (args.seq_len - 1), d, 4 * d)
-    big = matmul_rate(1024, 1024, 1024)
-    print(f"float32 matmul rate: {rate:.1f} GFLOP/s at the model's shapes, {big:.1f} GFLOP/s at 1024^3")
+    big = max(matmul_rate(1024, 1024, 1024), matmul_rate(2048, 2048, 2048))
+    print(f"float32 matmul rate: {rate:.1f} GFLOP/s at the model's shapes, "
+          f"{big:.1f} GFLOP/s for large matmuls (best of 1024^3 and 2048^3)")
 
     results = {}
     for ckpt in (False, True):
@@ -103,9 +107,22 @@ def main(argv=None) -> int:
         print(f"{'with' if ckpt else 'without'} gradient checkpointing: {seconds:.2f} s/step, "
               f"{tokens / seconds:.0f} tokens/s, {flops / 1e9:.0f} GFLOP/step, "
               f"MFU {flops / seconds / 1e9 / rate:.0%} of the model-shape rate "
-              f"({flops / seconds / 1e9 / big:.0%} of the 1024^3 rate), peak memory {peak:.2f} GB")
+              f"({flops / seconds / 1e9 / big:.0%} of the large-matmul rate), peak memory {peak:.2f} GB")
     print(f"checkpointing: time x{results[True][0] / results[False][0]:.2f}, "
           f"memory x{results[True][1] / results[False][1]:.2f}")
+    if args.large_batch > 0:
+        n = args.large_batch
+        large = [mx.array(rng.integers(0, base.args.vocab_size, (n, args.seq_len))) for _ in range(2)]
+        cfg = TrainConfig(batch_size=n, seq_len=args.seq_len, skip=SkipConfig(distances=args.distances, skip_start=3))
+        seconds, peak = measure(base, cfg, max(2, args.steps // 2), large)
+        flops = step_flops(base, SkipModel.from_base(base, cfg.skip), n, args.seq_len - 1)
+        shape_rate = matmul_rate(n * (args.seq_len - 1), d, 4 * d)
+        tokens = n * (args.seq_len - 1)
+        print(f"batch {n}, without checkpointing: {seconds:.2f} s/step, {tokens / seconds:.0f} tokens/s "
+              f"(x{tokens / seconds / (args.batch_size * (args.seq_len - 1) / results[False][0]):.2f} batch "
+              f"{args.batch_size}), MFU {flops / seconds / 1e9 / shape_rate:.0%} of the model-shape rate "
+              f"({shape_rate:.1f} GFLOP/s), {flops / seconds / 1e9 / big:.0%} of the large-matmul rate, "
+              f"peak memory {peak:.2f} GB")
     return 0
 
 

@@ -17,28 +17,18 @@ import sys
 from tqdm import tqdm
 
 from jobs import cli
-from jobs.cli import JobParser, add_data_dir, fail
-from psilonet import corpora
+from jobs.cli import JobParser, add_config_options, add_data_dir
 from psilonet.generation import bio, bio_eval
 from psilonet.model import loading as modeling
-from psilonet.store import Store, StoreError
+from psilonet.store import Store
 from psilonet.store import tables as T
-
-DEFAULTS = bio_eval.BioEvalConfig()
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = JobParser(prog="python -m jobs.bio_eval", description=__doc__,
                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_options(p, bio_eval.BioEvalConfig)
     p.add_argument("--model", default=modeling.DEFAULT_MODEL, help="'default', an mlx-lm hub name or a folder")
-    p.add_argument("--corpora", nargs="+", default=DEFAULTS.corpora,
-                   help=f"corpora to read windows from (default: {' '.join(corpora.OFFLINE_CORPORA)})")
-    p.add_argument("--mechanisms", nargs="+", default=DEFAULTS.mechanisms, help=" or ".join(bio.MECHANISMS))
-    p.add_argument("--strengths", type=float, nargs="+", default=DEFAULTS.strengths,
-                   help=f"each in (0, {bio.MAX_STRENGTH:g}]; sober (0) is always measured")
-    p.add_argument("--windows", type=int, default=DEFAULTS.windows, help="token windows per corpus")
-    p.add_argument("--seq-len", type=int, default=DEFAULTS.seq_len, help="predicted tokens per window")
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="which windows are drawn")
     add_data_dir(p)
     return p
 
@@ -47,33 +37,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = bio_eval.BioEvalConfig(corpora=args.corpora, mechanisms=args.mechanisms, strengths=args.strengths,
-                                 windows=args.windows, seq_len=args.seq_len, seed=args.seed, model=args.model)
+                                 windows=args.windows, seq_len=args.seq_len, seed=args.seed).check()
     store = Store(cli.data_dir(args.data_dir))
-    try:
-        cfg.check()
-        model, tokenizer = modeling.load_model(args.model, args.data_dir)
-        bio.check_family(model)
-    except (ValueError, modeling.ModelError) as exc:
-        return fail(str(exc))
+    model, tokenizer = modeling.load_model(args.model, store.data_dir)
+    bio.check_family(model)
 
-    config = {**cfg.to_dict(), "fatigue_params": vars(bio.FatigueParams()),
+    config = {**cfg.to_dict(), "model": args.model, "fatigue_params": vars(bio.FatigueParams()),
               "hebbian_params": vars(bio.HebbianParams())}
     bar = tqdm(total=len(cfg.corpora) * cfg.windows, desc="bio eval", unit="window")
-    try:
-        with store.begin_run("bio_eval", config=config, model=args.model, dataset=",".join(cfg.corpora)) as run:
-            def progress(done: int, total: int) -> None:
-                bar.update(1)
-                run.set_progress(done / total)
+    with store.begin_run("bio_eval", config=config, model=args.model, dataset=",".join(cfg.corpora)) as run:
+        def progress(done: int, total: int) -> None:
+            bar.update(1)
+            run.set_progress(done / total)
 
-            results = bio_eval.evaluate(
-                model, tokenizer, cfg, data_dir=args.data_dir, progress=progress,
-                on_window=lambda rows: run.write_rows(T.BIO_EVAL, list(rows.itertuples(index=False, name=None))))
-            summary = bio_eval.summarize(results)
-            run.finish({f"{r.corpus}/{r.mechanism}@{r.strength:g}/loss_diff": r.loss_diff
-                        for r in summary.itertuples() if r.mechanism != "sober"})
-    except (ValueError, StoreError) as exc:  # a corpus that cannot be read, a store problem
-        bar.close()
-        return fail(str(exc))
+        results = bio_eval.evaluate(
+            model, tokenizer, cfg, data_dir=store.data_dir, progress=progress,
+            on_window=lambda rows: run.write_rows(T.BIO_EVAL, list(rows.itertuples(index=False, name=None))))
+        summary = bio_eval.summarize(results)
+        run.finish({f"{r.corpus}/{r.mechanism}@{r.strength:g}/loss_diff": r.loss_diff
+                    for r in summary.itertuples() if r.mechanism != "sober"})
     bar.close()
     print(summary.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     print(f"\nrun {run.run_id}")

@@ -4,7 +4,11 @@ All intensities of one prompt and seed decode together as one batch. Prompts com
 --prompt (repeatable) and/or --prompts-file (.txt one per line, .jsonl with "prompt", .csv
 with a "prompt" column); bad lines are skipped with a reason and the rest still run.
 
+Bio-inspired interventions (--fatigue, --hebbian strengths) run beside the doses: every
+combination of an intensity and a fatigue and a Hebbian strength is one row of the batch.
+
 Example: python -m jobs.dose --prompt "The nature of consciousness is" --intensities 0 0.1 0.2 0.3
+         python -m jobs.dose --prompt "Write a poem about the sea." --intensities 0 --fatigue 0 1 --hebbian 0 1
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     store = Store(cli.data_dir(args.data_dir))
     cfg = DoseConfig(args.intensities, args.seeds, args.mechanisms, args.max_tokens, args.temperature,
-                     args.top_p, chat=not args.no_chat).validate()
+                     args.top_p, chat=not args.no_chat, fatigue=args.fatigue, hebbian=args.hebbian).validate()
     if args.dial is not None:
         config.check(SkipConfig(dial=args.dial))  # the dial's declared bounds
     if args.prompts_file and not Path(args.prompts_file).is_file():

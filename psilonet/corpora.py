@@ -55,14 +55,6 @@ def stories_path(data_dir: str | os.PathLike | None = None) -> Path:
     return local if local.is_file() else SHIPPED_DIR / STORIES_FILE
 
 
-def available_corpora(data_dir: str | os.PathLike | None = None) -> list[str]:
-    """Names that load without a network on this machine."""
-    names = ["python-docs"]
-    if stories_path(data_dir).is_file():
-        names.append("smol-stories")
-    return names
-
-
 def check_name(name: str) -> None:
     """Reject a corpus name that can never load, without loading anything."""
     path = Path(name)

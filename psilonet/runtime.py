@@ -8,8 +8,11 @@ with OpenBLAS on two cores). This module must therefore run before the first ``i
 is enough.
 
 Which library is loaded is chosen by ``PSILONET_BLAS``:
-``auto`` (default: OpenBLAS, else BLIS), ``openblas``, ``blis``, ``reference`` (load nothing,
-useful for benchmarks) or an absolute path to a shared library exporting CBLAS.
+``auto`` (default: the library that ``python -m jobs.choose_blas`` measured fastest at the
+model's shapes during ``make setup``, recorded in ``.blas-choice.json``; without that record
+OpenBLAS, else BLIS), ``openblas``, ``blis``, ``reference`` (load nothing, useful for
+benchmarks) or an absolute path to a shared library exporting CBLAS. ``PSILONET_BLAS_CHOICE``
+names another record file.
 On macOS nothing is loaded: MLX uses Accelerate and Metal there.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import logging
 import os
 import platform
@@ -78,6 +82,21 @@ def find_blas(name: str) -> str | None:
     return ctypes.util.find_library(_FIND_LIBRARY_NAMES[name])
 
 
+def choice_file() -> Path:
+    """Where ``jobs.choose_blas`` records the measured choice (``PSILONET_BLAS_CHOICE``)."""
+    default = Path(__file__).resolve().parent.parent / ".blas-choice.json"
+    return Path(os.environ.get("PSILONET_BLAS_CHOICE") or default)
+
+
+def recorded_choice() -> str | None:
+    """``openblas`` or ``blis`` as measured at setup, or None when there is no usable record."""
+    try:
+        name = json.loads(choice_file().read_text())["choice"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return name if name in _CANDIDATES else None
+
+
 def _load_global(path: str) -> None:
     ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
 
@@ -102,7 +121,9 @@ def setup() -> BlasInfo:
     path: str | None = None
     name = "reference"
     if choice == "auto":
-        for candidate in ("openblas", "blis"):
+        recorded = recorded_choice()
+        order = [recorded] + [c for c in ("openblas", "blis") if c != recorded] if recorded else ["openblas", "blis"]
+        for candidate in order:
             path = find_blas(candidate)
             if path:
                 name = candidate
@@ -136,13 +157,6 @@ def setup() -> BlasInfo:
 def active_blas() -> BlasInfo:
     """The BLAS chosen by :func:`setup` (runs it if needed)."""
     return setup()
-
-
-def compute_dtype():
-    """float32 on the CPU: half precision and quantized matmuls have no fast CPU path."""
-    import mlx.core as mx
-
-    return mx.float32 if mx.default_device() == mx.cpu else mx.bfloat16
 
 
 def data_dir() -> Path:

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# System packages psilonet needs outside Python. On Linux: an optimised BLAS that MLX binds
-# to at start-up (DESIGN §3; without it float32 matmuls are ~35x slower), and Chromium with its
+# System packages psilonet needs outside Python. On Linux: optimised BLAS libraries that MLX binds
+# to at start-up (without one float32 matmuls are ~35x slower; OpenBLAS and BLIS are both
+# installed and `python -m jobs.choose_blas` keeps the faster at the model's shapes), and Chromium with its
 # driver for the browser test of the app. macOS needs nothing (Metal; the browser test skips).
 set -euo pipefail
 [ "$(uname -s)" = "Linux" ] || exit 0
-have_blas() {
-  for f in /usr/lib/*-linux-gnu/libopenblas.so.0 /usr/lib*/libopenblas.so.0; do [ -e "$f" ] && return 0; done
+have_lib() {
+  for f in /usr/lib/*-linux-gnu/$1 /usr/lib/*-linux-gnu/*/$1 /usr/lib*/$1; do [ -e "$f" ] && return 0; done
   return 1
 }
 missing=""
-have_blas || missing="libopenblas0-pthread"
+have_lib libopenblas.so.0 || missing="libopenblas0-pthread"
+have_lib libblis.so.4 || missing="$missing libblis4-pthread"
 command -v chromium >/dev/null || missing="$missing chromium"
 command -v chromedriver >/dev/null || missing="$missing chromium-driver"
 [ -z "$missing" ] && exit 0
@@ -17,7 +19,7 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
   echo "installing$missing"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 elif command -v apt-get >/dev/null; then
-  echo "psilonet needs these Debian packages: OpenBLAS for fast MLX, Chromium for the browser test." >&2
+  echo "psilonet needs these Debian packages: OpenBLAS/BLIS for fast MLX, Chromium for the browser test." >&2
   echo "Run this once, then rerun:" >&2
   echo "  sudo apt-get install -y$missing" >&2
   echo "(continuing: without OpenBLAS MLX uses the slow reference BLAS; without Chromium the browser test skips)" >&2

@@ -94,6 +94,17 @@ def test_fatigue_drains_repeated_keys_then_recovers_at_tau_rrp():
     np.testing.assert_allclose(deficit_end, deficit_start * (1 - 1 / params.tau_rrp) ** hidden, rtol=1e-4)
 
 
+def test_every_head_spends_the_same_total_pool():
+    """Why the page shows the attended pool: without empty pools, the summed deficit after t
+    queries is k_use * tau * (1 - (1 - 1/tau)^t) in every head, whatever it attends to."""
+    params = bio.FatigueParams()
+    rng = np.random.default_rng(4)
+    scores = mx.array(rng.normal(size=(1, 3, 50, 60)).astype(np.float32))
+    _, pool = bio.fatigue_scan(scores, mx.ones((50, 60), dtype=mx.bool_), mx.ones((1, 3, 60)), mx.array([0.5]), params)
+    expected = params.k_use * params.tau_rrp * (1 - (1 - 1 / params.tau_rrp) ** 50)
+    np.testing.assert_allclose((1 - np.array(pool)).sum(-1), expected, rtol=1e-4)
+
+
 def test_fatigue_in_a_model_drains_the_repeated_phrase_over_decode_steps():
     """Layer 0 sees the same queries with and without fatigue (its input is the embedding), so
     the fatigued/sober attention on the prompt's repeated phrase isolates the pool: it falls
@@ -239,3 +250,49 @@ def test_bad_strengths_and_models_fail_with_one_line():
         bio.Bio([0.0, 0.1], [0.0], 6)
     with pytest.raises(ValueError, match="tau_rrp"):
         bio.FatigueParams(tau_rrp=0.5)
+
+
+# ------------------------------------------------------------------ beside the doses
+
+
+def test_bio_rows_batch_with_doses_and_keep_their_state(tiny_model_dir):
+    from psilonet.generation.decoding import SamplingConfig
+    from psilonet.generation.dosing import generate_doses
+    from psilonet.model import loading
+
+    model, tokenizer = loading.load_model(str(tiny_model_dir))
+    sampling = SamplingConfig(max_tokens=6, temperature=0.8, seed=3)
+    rows = dict(intensities=[0.0, 0.3, 0.0, 0.3], fatigue=[0.0, 0.0, 1.0, 1.0], hebbian=[0.0, 0.0, 0.5, 0.5])
+    batch = generate_doses(model, tokenizer, "Once upon a time", rows["intensities"], sampling=sampling,
+                           fatigue=rows["fatigue"], hebbian=rows["hebbian"], chat=False)
+    for r in (0, 3):
+        alone = generate_doses(model, tokenizer, "Once upon a time", [rows["intensities"][r]], sampling=sampling,
+                               fatigue=[rows["fatigue"][r]], hebbian=[rows["hebbian"][r]], chat=False)[0]
+        assert alone.token_ids == batch[r].token_ids
+        np.testing.assert_allclose(alone.entropy, batch[r].entropy, atol=1e-4)
+    assert batch[2].label == "intensity 0 + fatigue 1 + hebbian 0.5"
+    assert batch[0].pool is None and batch[1].fast_norm is None  # state only where the mechanism is on
+    assert np.array(batch[3].pool).shape == np.array(batch[3].pool_attended).shape == (6, 4)
+    assert len(batch[3].fast_norm) == 6 and min(batch[3].fast_norm) > 0
+    assert 0 < np.min(batch[3].pool) < 1 and 0 < np.min(batch[3].pool_attended) < 1
+
+
+def test_dose_job_records_bio_strengths_and_state(tiny_model_dir, tmp_path, capsys):
+    from jobs import dose as dose_job
+    from psilonet.store import Store
+
+    assert dose_job.main(["--model", str(tiny_model_dir), "--prompt", "Hello", "--intensities", "0", "--fatigue", "0",
+                          "1", "--hebbian", "0.5", "--max-tokens", "4", "--no-chat", "--data-dir", str(tmp_path)]) == 0
+    assert "intensity 0 + fatigue 1 + hebbian 0.5 |" in capsys.readouterr().out
+    store = Store(tmp_path)
+    run = store.list_runs(kind="dose").iloc[0]
+    assert set(run.summary) >= {"mean_entropy@0+hebbian0.5", "mean_entropy@0+fatigue1+hebbian0.5"}
+    assert run.config["fatigue"] == [0.0, 1.0] and run.config["hebbian"] == [0.5]
+    with store.open_run(run.run_id) as reader:
+        strengths, pool, norms = reader.bio_strengths(), reader.bio_pool(), reader.bio_fast_norm()
+    assert strengths.values.tolist() == [[0, 0.0, 0.5], [1, 1.0, 0.5]]
+    assert len(pool) == 6 * 4 and set(pool.gen_id) == {1}
+    assert len(norms) == 2 * 6 and pool.level.between(0, 1).all()
+    assert dose_job.main(["--model", str(tiny_model_dir), "--prompt", "Hello", "--fatigue", "3",
+                          "--data-dir", str(tmp_path)]) == 2
+    assert "--fatigue: each must be in [0, 2]" in capsys.readouterr().err

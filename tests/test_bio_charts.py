@@ -15,12 +15,13 @@ def _values(chart) -> list[dict]:
 
 
 def test_pool_heatmap_holds_one_generation_per_layer_and_head():
-    pool = pd.DataFrame([dict(label=lab, layer=l, head=h, level=0.5 + 0.01 * l)
+    pool = pd.DataFrame([dict(label=lab, layer=l, head=h, level=0.9, attended=0.5 + 0.01 * l)
                          for lab in ("sober", "fatigue 1") for l in range(3) for h in range(2)])
     chart = bio_charts.pool_heatmap(pool, "fatigue 1")
     rows = _values(chart)
     assert len(rows) == 6 and {r["layer"] for r in rows} == {0, 1, 2}
     assert chart.to_dict()["encoding"]["color"]["scale"]["domain"] == [0.5, 1.0]
+    assert bio_charts.pool_heatmap(pool, "sober", "level").to_dict()["encoding"]["color"]["scale"]["domain"] == [0.9, 1.0]
     with pytest.raises(ValueError, match="level"):
         bio_charts.pool_heatmap(pool.drop(columns="level"), "sober")
 
@@ -41,8 +42,3 @@ def test_eval_chart_shows_each_mechanism_against_sober_with_its_interval():
     assert heb["diff"] == pytest.approx(0.5) and heb["low"] <= heb["diff"] <= heb["high"]
     with pytest.raises(ValueError, match="value"):
         bio_charts.bio_eval_chart(summary, "perplexity")
-
-
-def test_condition_labels():
-    assert bio_charts.condition_label(0, 0, 0) == "sober"
-    assert bio_charts.condition_label(0.2, 0.5, 0) == "dose 0.2 + fatigue 0.5"

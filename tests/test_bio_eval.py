@@ -50,10 +50,11 @@ def test_evaluate_on_both_offline_corpora(tiny_model_dir):
 
 @pytest.mark.parametrize("change, message", [
     (dict(strengths=[0.0]), "strengths: 0 is the sober baseline"),
-    (dict(strengths=[3.0]), "strengths: each must be in"),
-    (dict(mechanisms=["noise"]), "mechanisms: use one or more of"),
-    (dict(windows=1), "windows: at least 2"),
-    (dict(corpora=["no-such-corpus"]), "unknown corpus"),
+    (dict(strengths=[3.0]), "strengths: each must be at most 2"),
+    (dict(strengths=[]), "strengths: give at least one"),
+    (dict(mechanisms=["noise"]), "mechanisms: must be one of"),
+    (dict(windows=1), "windows: must be in"),
+    (dict(corpora=["no-such-corpus"]), "corpora: unknown corpus"),
 ])
 def test_bad_config_fails_before_any_model(change, message):
     with pytest.raises(ValueError, match=message):

@@ -1,6 +1,8 @@
 """The app in a real browser: start it on localhost, open every page in headless Chromium
-(Debian's chromium and chromium-driver, installed by `make setup` as root), assert that no
-error element appears, and save a screenshot of each page.
+(Debian's chromium and chromium-driver, installed by `make setup` as root) at 1400 px, assert
+that no error element appears and no chart is cut or overflows the page, check the rendered
+height of the dose heatmap's rows, and save a full-page screenshot of each page (the Dosed
+generation page showing the newest stored dose run).
 
 Screenshots go to $PSILONET_SCREENSHOTS (the README's come from a run with the default model's
 data: PSILONET_BROWSER_DATA=data PSILONET_SCREENSHOTS=docs/screenshots), else to a temp folder.
@@ -22,7 +24,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 PAGES = {"": "Runs", "training": "Training", "similarity": "Similarity", "trajectories": "Trajectories",
-         "taps": "Tap weights", "dose": "Dosed generation"}
+         "taps": "Tap weights", "dose": "Dosed generation", "dose?view=stored": "Dosed generation"}
+SHOT_NAMES = {"": "runs", "dose": "dose_form", "dose?view=stored": "dose"}
+CHARTS = '[data-testid="stVegaLiteChart"]'
+WIDTH = 1400
 ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
@@ -36,8 +41,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(filled):
-    data = os.environ.get("PSILONET_BROWSER_DATA") or str(filled[0])
+def browser_data(request) -> str:
+    """$PSILONET_BROWSER_DATA (e.g. a folder from scripts/demo_data.sh), else the tiny-model runs."""
+    return os.environ.get("PSILONET_BROWSER_DATA") or str(request.getfixturevalue("filled")[0])
+
+
+@pytest.fixture(scope="module")
+def server(browser_data):
+    data = browser_data
     port = free_port()
     env = {**os.environ, "PSILONET_DATA": data}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.address",
@@ -69,7 +80,7 @@ def browser():
     opts.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1400,1600"):
+                "--disable-dev-shm-usage", f"--window-size={WIDTH},1600"):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     yield driver
@@ -95,17 +106,79 @@ def settle(driver, title: str, timeout: float = 60) -> None:
     raise AssertionError(f"page {title!r} did not finish rendering in {timeout} s")
 
 
+def chart_boxes(driver) -> list[dict]:
+    """Every chart's drawn size (its canvas or svg) against the room its element has."""
+    return driver.execute_script("""
+        const main = document.querySelector('[data-testid="stMainBlockContainer"]').getBoundingClientRect();
+        return [...document.querySelectorAll(arguments[0])].map(el => {
+            const drawn = el.querySelector('canvas, svg');
+            const r = drawn ? drawn.getBoundingClientRect() : {width: 0, height: 0, right: 0};
+            return {width: r.width, height: r.height, right: r.right, room: el.getBoundingClientRect().right,
+                    page: main.right, text: el.innerText.slice(0, 60)};
+        });""", CHARTS)
+
+
+def full_page_screenshot(driver, path: Path) -> None:
+    height = driver.execute_script(
+        "return document.querySelector('[data-testid=\"stMainBlockContainer\"]').scrollHeight")
+    driver.set_window_size(WIDTH, max(900, int(height) + 120))
+    time.sleep(1.0)  # charts re-lay out
+    assert driver.save_screenshot(str(path))
+    driver.set_window_size(WIDTH, 1600)
+
+
+def multi_tap_run(data: str) -> str | None:
+    """The newest training run with several skip distances (its tap weights evolve)."""
+    from psilonet.store import Store
+
+    runs = Store(data).list_runs(kind="train")
+    for run in runs.itertuples():
+        if len((run.config or {}).get("skip", {}).get("distances", [])) > 1:
+            return run.run_id
+    return None
+
+
+def largest_dose_run(data: str) -> str:
+    """The complete dose run with the most generations (several prompts: every chart of the page)."""
+    from psilonet.store import Store
+
+    runs = Store(data).list_runs(kind="dose").query("state == 'complete'")
+    return max(runs.itertuples(), key=lambda r: (r.summary or {}).get("generations", 0)).run_id
+
+
 @pytest.mark.parametrize("path", list(PAGES))
-def test_page_renders_without_errors(server, browser, path, tmp_path_factory):
+def test_page_renders_without_errors(server, browser, browser_data, path, tmp_path_factory):
     from selenium.webdriver.common.by import By
 
-    browser.get(f"{server}/{path}")
+    query = f"?run={multi_tap_run(browser_data)}" if path == "taps" and multi_tap_run(browser_data) else ""
+    query = f"&dose_run={largest_dose_run(browser_data)}" if path == "dose?view=stored" else query
+    browser.get(f"{server}/{path}{query}")
     settle(browser, PAGES[path])
     errors = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ERRORS)]
     assert not errors, errors
+    boxes = chart_boxes(browser)
+    for box in boxes:  # drawn, and inside the page: nothing cut on the right
+        assert box["width"] > 0 and box["height"] > 0, box
+        assert box["right"] <= min(box["room"], box["page"]) + 1, box
     out = Path(os.environ.get("PSILONET_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
     out.mkdir(parents=True, exist_ok=True)
-    assert browser.save_screenshot(str(out / f"{path or 'runs'}.png"))
+    full_page_screenshot(browser, out / f"{SHOT_NAMES.get(path, path)}.png")
+
+
+def test_dose_heatmap_rows_are_readable(server, browser, browser_data):
+    """The stored dose run's per-token heatmap: at least 20 px per intensity row, plus its axes."""
+    from psilonet.store import Store
+
+    run_id = largest_dose_run(browser_data)
+    with Store(browser_data).open_run(run_id) as reader:
+        gens = reader.generations()
+    rows = len(gens[(gens.prompt_line == gens.prompt_line.iloc[0]) & (gens.prompt == gens.prompt.iloc[0])])
+    browser.get(f"{server}/dose?view=stored&dose_run={run_id}")
+    settle(browser, "Dosed generation")
+    boxes = chart_boxes(browser)
+    assert len(boxes) >= 2
+    heatmap = boxes[-2]  # the page draws the token heatmap, then the layer profile
+    assert heatmap["height"] >= 20 * rows + 60, (heatmap, rows)  # the rows, plus title, legend and axis
 
 
 def test_a_permalink_reopens_the_same_view(server, browser):

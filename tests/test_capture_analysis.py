@@ -35,13 +35,13 @@ def test_capture_records_every_point_once_and_lines_up(trained_store, capsys):
     cap = store.list_runs(kind="capture").iloc[0]
     assert cap.parent == run_id and cap.summary["tokens"] == 40
     with store.open_run(cap.run_id) as reader:
-        index = reader.matrix_index(capture.ACTIVATIONS_FILE)
         tokens = reader.capture_tokens()
-        base0 = reader.matrix(capture.ACTIVATIONS_FILE, "baseline", "resid", 0)
-        trained0 = reader.matrix(capture.ACTIVATIONS_FILE, "trained", "resid", 0)
-        trained_last = reader.matrix(capture.ACTIVATIONS_FILE, "trained", "resid", 6)
-        head = reader.matrix(capture.ACTIVATIONS_FILE, "trained", "head", 3, 1)
-    assert len(index) == 2 * (7 + 6 * 4) and set(index.n) == {40}
+        stored = {(side, point): reader.matrices(capture.ACTIVATIONS_FILE, side, point)
+                  for side in ("baseline", "trained") for point in ("resid", "head")}
+    assert {k: len(v) for k, v in stored.items()} == {(s, p): 7 if p == "resid" else 6 * 4 for s, p in stored}
+    assert {m.shape[0] for v in stored.values() for m in v.values()} == {40}
+    base0, trained0 = stored["baseline", "resid"][0, -1], stored["trained", "resid"][0, -1]
+    trained_last, head = stored["trained", "resid"][6, -1], stored["trained", "head"][3, 1]
     assert len(tokens) == 40 and tokens.pos.between(0, 15).all()
     np.testing.assert_array_equal(base0, trained0)  # the embeddings are shared
     # the stored rows are the states of one forward pass at the kept positions
@@ -51,6 +51,32 @@ def test_capture_records_every_point_once_and_lines_up(trained_store, capsys):
     rows, cols = tokens.seq.to_numpy(), tokens.pos.to_numpy()
     np.testing.assert_allclose(np.array(cache["blocks.5.hook_resid_post"])[rows, cols], trained_last, atol=1e-4)
     np.testing.assert_allclose(np.array(cache["blocks.3.attn.hook_z"])[rows, cols, 1], head, atol=1e-4)
+
+
+def test_capture_time_norm_statistics_equal_numpy_on_the_stored_matrices(trained_store, capsys):
+    data, run_id = trained_store
+    store = Store(data)
+    caps = store.list_runs(kind="capture")
+    if caps.empty:
+        assert capture_job.main(capture_args(data, "--run", run_id)) == 0
+        caps = store.list_runs(kind="capture")
+    with store.open_run(caps.run_id.iloc[0]) as reader:
+        stats, outliers, dims = reader.norm_stats(), reader.norm_outliers(), reader.outlier_dims()
+        for side in ("baseline", "trained"):
+            resid = reader.matrices(capture.ACTIVATIONS_FILE, side, "resid")
+            mine = stats[stats.side == side].set_index("layer")
+            assert len(mine) == 7
+            for layer in range(7):
+                norms = np.linalg.norm(resid[(layer, -1)].astype(np.float64), axis=1)
+                row = mine.loc[layer]
+                assert row["median"] == pytest.approx(np.median(norms), rel=1e-6)
+                assert row["p99"] == pytest.approx(np.percentile(norms, 99), rel=1e-6)
+                assert row["max"] == pytest.approx(norms.max(), rel=1e-6)
+                over = np.flatnonzero(norms > 10 * np.median(norms))
+                assert row["n_over"] == over.size
+                listed = outliers[(outliers.side == side) & (outliers.layer == layer)]
+                assert list(listed.token_idx) == list(over)
+                assert len(dims[(dims.side == side) & (dims.layer == layer)]) == (3 if over.size else 0)
 
 
 def test_analysis_fills_every_view(trained_store, tiny_model_dir, capsys):
@@ -64,7 +90,14 @@ def test_analysis_fills_every_view(trained_store, tiny_model_dir, capsys):
     assert analyze_job.main(["--captures", trained_cap, baseline_cap, "--layers", "2-4", "--data-dir", str(data)]) == 0
     run = store.list_runs(kind="analysis").iloc[0]
     with store.open_run(run.run_id) as reader:
-        sim, paths, var = reader.similarity(), reader.trajectories(), reader.pca_variance()
+        every = reader.similarity()
+        sim, paths, var = reader.similarity(representation="raw"), reader.trajectories("raw"), reader.pca_variance("raw")
+        sinks = reader.sink_tokens()
+    assert set(every.representation) == {"raw", "rms", "no-sink"}
+    for rep, part in every.groupby("representation"):  # every view under every representation
+        assert set(part[part.source == trained_cap].view) == {"layer", "head", "cross_layer", "novelty"}, rep
+        assert len(part) == len(sim)
+    assert set(sinks.columns) >= {"source", "token_idx", "first_layer", "max_ratio"}
     mine = sim[sim.source == trained_cap]
     assert set(mine.view) == {"layer", "head", "cross_layer", "novelty"}
     layer_cka = mine[(mine.view == "layer") & (mine.metric == "cka")].set_index("layer").value

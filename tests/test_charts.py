@@ -12,7 +12,7 @@ import pytest
 
 from psilonet.app import charts
 
-CHART_TYPES = (alt.Chart, alt.LayerChart, alt.HConcatChart)
+CHART_TYPES = (alt.Chart, alt.LayerChart, alt.HConcatChart, alt.FacetChart)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -189,6 +189,10 @@ def test_loss_curves_series_and_baseline():
     assert spec["width"] == "container" and title_text(spec)
     assert "step" in titles(spec) and has_tooltip(spec)
     assert charts.BASELINE_LABEL in find(spec, "domain")[0]
+    assert "_" not in charts.VAL_LOSS_LABEL + charts.TRAIN_LOSS_LABEL  # human names, not column names
+    marks = [m["type"] if isinstance(m, dict) else m for m in find(spec, "mark")]
+    assert "text" not in marks and marks.count("rule") == 1  # the baseline is shown once: rule + legend entry
+    assert find(spec, "tickMinStep")[0] == 1
     # no time column, no other metrics in the spec
     assert not any("time" in r for r in all_rows(spec))
     assert not any(r.get("value") == 1e-3 for r in all_rows(spec))
@@ -270,9 +274,15 @@ def test_layer_similarity_curve():
     rows = rows_with(spec, "series")
     assert len(rows) == 2 * (N_LAYERS + 1)
     assert {r["series"] for r in rows} == {"run-a (wiki)", "run-b (code)"}
-    lo = min(0.0, min(r["value"] for r in rows))
-    assert [lo, 1.0] in find(spec, "domain")
-    assert spec["width"] == "container" and "svcca" in titles(spec) and has_tooltip(spec)
+    lo, hi = min(r["value"] for r in rows), 1.0
+    pad = 0.1 * (hi - lo)
+    domains = find(spec, "domain")
+    assert len(domains) == 2 and all(d == [pytest.approx(lo - pad), pytest.approx(hi + pad)] for d in domains)
+    assert {"value": 1.0} in rows_with(spec, "value")  # the reference line at 1.0
+    assert spec["width"] == "container" and spec["height"] >= 300 and has_tooltip(spec)
+    assert "SVCCA per layer" in json.dumps(spec["title"])
+    spec = spec_of(charts.layer_similarity_curve(sim, "cka", "rms"))
+    assert "Linear CKA per layer" in json.dumps(spec["title"]) and "RMS-normalised" in json.dumps(spec["title"])
 
 
 def test_head_heatmap_uses_domain():
@@ -354,7 +364,11 @@ def test_trajectory_chart():
     assert line["strokeDash"]["scale"]["domain"] == ["baseline", "trained"]
     assert line["strokeDash"]["scale"]["range"][0] == [1, 0]  # baseline solid
     points = spec["layer"][1]["encoding"]
-    assert points["color"]["field"] == "layer" and points["color"]["type"] == "quantitative"
+    assert points["color"]["field"] == "label" and points["color"]["type"] == "nominal"  # one colour per token
+    assert line["color"]["field"] == "label"
+    assert points["size"]["field"] == "layer" and points["size"]["type"] == "quantitative"
+    tags = {r["tag"] for r in rows_with(spec, "tag")}
+    assert tags == {"", "L0", "L6"}  # start and end labelled, by a filter on the path rows
 
 
 def test_trajectory_chart_filters_units_and_sources():
@@ -388,8 +402,13 @@ def test_trajectory_missing_columns():
 def test_tap_weight_evolution_small():
     spec = spec_of(charts.tap_weight_evolution(taps_frame(20)))
     assert len(rows_with(spec, "weight")) == 20 * 6 * 3
-    assert spec["encoding"]["facet"]["field"] == "layer" and spec["encoding"]["facet"]["columns"] == 6
-    assert spec["encoding"]["color"]["field"] == "distance"
+    assert spec["facet"]["column"]["field"] == "distance"
+    inner = spec["spec"]
+    assert inner["mark"]["type"] == "rect" if isinstance(inner["mark"], dict) else inner["mark"] == "rect"
+    assert inner["encoding"]["x"]["field"] == "step" and inner["encoding"]["y"]["field"] == "layer"
+    assert inner["encoding"]["color"]["scale"]["domain"] == [0, 1]
+    n_distances = len({r["distance"] for r in rows_with(spec, "weight")})
+    assert n_distances * inner["width"] + 20 * (n_distances - 1) <= charts.PAGE_WIDTH  # the panels fit the page together
     assert "subsampled" not in subtitle_text(spec)
 
 
@@ -397,9 +416,8 @@ def test_tap_weight_evolution_subsamples():
     taps = taps_frame(1000)  # 18 000 rows
     spec = spec_of(charts.tap_weight_evolution(taps))
     rows = rows_with(spec, "weight")
-    assert len(rows) <= charts.MAX_ROWS
     steps = sorted({r["step"] for r in rows})
-    assert steps[0] == 0 and steps[-1] == 999
+    assert len(steps) <= charts.MAX_TAP_STEPS and steps[0] == 0 and steps[-1] == 999
     assert len(rows) == len(steps) * 18  # whole steps kept
     assert "subsampled" in subtitle_text(spec) and "of 1000" in subtitle_text(spec)
 
@@ -445,6 +463,19 @@ def test_entropy_heatmap():
     assert spec["encoding"]["y"]["type"] == "ordinal" and spec["encoding"]["y"]["sort"] == ["0", "0.5", "1"]
     assert {t["field"] for t in spec["encoding"]["tooltip"]} >= {"token_text", "entropy"}
     assert isinstance(spec["width"], int)
+    assert spec["height"] >= 20 * 3  # rows tall enough to read
+    assert spec["encoding"]["color"]["legend"]["orient"] == "top"
+
+
+def test_dose_overview_one_row_per_prompt():
+    gens = pd.DataFrame([(line, f"prompt <{line}> " + "x" * 60, i, 1.0 + i + line)
+                         for line in (1, 2, 3) for i in (0.0, 0.2) for _ in range(2)],
+                        columns=["prompt_line", "prompt", "intensity", "mean_entropy"])
+    spec = spec_of(charts.dose_overview(gens))
+    rows = rows_with(spec, "mean_entropy")
+    assert len(rows) == 6  # seeds averaged
+    assert spec["encoding"]["y"]["sort"][0].startswith("1. prompt <1>") and spec["height"] >= 3 * 20
+    assert spec["encoding"]["x"]["sort"] == ["0", "0.2"]
 
 
 def test_entropy_heatmap_shared_intensity_and_limit():

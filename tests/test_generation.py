@@ -58,3 +58,4 @@ def test_bad_sampling_config(kwargs):
 def test_empty_prompt_is_an_error(tiny_model):
     with pytest.raises(ValueError, match="empty"):
         next(generation.decode(tiny_model, [], SamplingConfig()))
+

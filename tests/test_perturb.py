@@ -1,4 +1,4 @@
-"""Doses and entropies on a tiny random model (DESIGN §5)."""
+"""Doses and entropies on a tiny random model (psilonet.generation.perturb)."""
 
 from __future__ import annotations
 

@@ -46,8 +46,12 @@ def test_ray_engine_gives_the_local_results(tiny_model_dir, tmp_path):
         ray.shutdown()
     a, b = per_config(local_store, local_id), per_config(ray_store, ray_id)
     assert list(a.index) == list(b.index) and set(b.state) == {"complete"}
-    for column in ("base_loss", "skip_loss", "improvement_pct"):
+    # Ray trials run BLAS with one thread, the local sweep with two: float32 sums in another order
+    # move the losses by ~1e-6 relative, and improvement % (a difference of two close losses,
+    # in percentage points) by up to 100 * 2e-5; compare it on that absolute scale.
+    for column in ("base_loss", "skip_loss"):
         assert a[column].to_numpy() == pytest.approx(b[column].to_numpy(), rel=1e-5)
+    assert a["improvement_pct"].to_numpy() == pytest.approx(b["improvement_pct"].to_numpy(), abs=2e-3)
     ra, rb = local_store.list_runs(), ray_store.list_runs()
     assert sorted(ra.kind) == sorted(rb.kind) and len(rb[rb.parent == ray_id]) == 4
     assert ray_store.get_run(ray_id)["config"]["engine"] == "ray"

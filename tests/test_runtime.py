@@ -20,10 +20,10 @@ PROBE = (
 )
 
 
-def probe(env_value: str):
+def probe(env_value: str, choice_file: str = "/nonexistent/.blas-choice.json"):
     import os
 
-    env = {**os.environ, "PSILONET_BLAS": env_value}
+    env = {**os.environ, "PSILONET_BLAS": env_value, "PSILONET_BLAS_CHOICE": choice_file}
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, check=True)
     name, fast, err = out.stdout.split()
     return name, fast == "True", float(err), out.stderr
@@ -39,6 +39,20 @@ def test_openblas_is_bound_and_correct_when_installed():
 
 
 @pytest.mark.skipif(_sys.platform != "linux", reason="the BLAS fix is for Linux")
+@pytest.mark.parametrize("recorded", ["blis", "openblas"])
+def test_auto_loads_the_choice_recorded_at_setup(tmp_path, recorded):
+    if runtime.find_blas("openblas") is None or runtime.find_blas("blis") is None:
+        pytest.skip("needs both libopenblas0-pthread and libblis4-pthread")
+    record = tmp_path / "choice.json"
+    record.write_text('{"choice": "%s"}' % recorded)
+    name, fast, err, _ = probe("auto", str(record))
+    assert (name, fast) == (recorded, True)
+    assert err < 1e-3
+    record.write_text("not json")  # a broken record falls back to the default order
+    assert probe("auto", str(record))[0] == "openblas"
+
+
+@pytest.mark.skipif(_sys.platform != "linux", reason="the BLAS fix is for Linux")
 def test_reference_blas_is_reported():
     name, fast, err, _ = probe("reference")
     assert (name, fast) == ("reference", False)
@@ -50,9 +64,3 @@ def test_missing_library_warns_with_install_command():
     name, fast, _, stderr = probe("/nonexistent/libopenblas.so.0")
     assert (name, fast) == ("reference", False)
     assert runtime.INSTALL_HINT in stderr
-
-
-def test_this_process_runs_float32_on_cpu():
-    import mlx.core as mx
-
-    assert runtime.compute_dtype() == mx.float32

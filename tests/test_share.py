@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import time
+
 import altair as alt
 import pandas as pd
 import pytest
@@ -23,3 +26,64 @@ def test_export_is_standalone_and_escapes_the_state():
     assert "&lt;script&gt;x&lt;/script&gt;" in page and "<script>x</script>" not in page
     with pytest.raises(ValueError, match="nothing to export"):
         share.export_html("Empty", [], {})
+
+
+HOSTILE = ["`", "${document.title=7*7}", "</script><script>document.title='pwned'</script>",
+           "<img src=x onerror=\"document.title='img'\">", "<b>bold</b> & \u2028 line"]
+
+
+def test_hostile_content_is_escaped_in_the_file():
+    chart = alt.Chart(pd.DataFrame({"x": range(len(HOSTILE)), "t": HOSTILE})).mark_bar().encode(x="x:O", y="x:Q",
+                                                                                              tooltip="t:N")
+    page = share.export_html("Dosed <generation>", [(HOSTILE[2], chart)], {"prompt": HOSTILE[2], "file": HOSTILE[3]},
+                             notes=[HOSTILE[1]])
+    body = page[page.index("<body>\n<header>"):]  # the inlined Vega bundle above holds its own "<body>"
+    assert "<script>document.title" not in body and "<img src=x" not in body
+    assert body.count("</script>") == 2  # the JSON block and our loader, nothing from the data
+    assert "&lt;/script&gt;&lt;script&gt;" in body  # the header shows the prompt as text
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
+                    reason="needs Debian's chromium and chromium-driver")
+def test_export_renders_offline_and_runs_nothing_from_hostile_prompts(tmp_path):
+    """Opened from disk in headless Chromium with no network: every chart draws, the header is
+    visible, the page title is untouched (no injected code ran) and charts keep their full width."""
+    from psilonet.app import charts
+
+    tokens = pd.DataFrame([dict(gen_id=g, intensity=i, pos=p, token_text=HOSTILE[(p + g) % len(HOSTILE)],
+                                entropy=0.1 * p + i) for g, i in enumerate([0.0, 0.1, 0.2, 0.3]) for p in range(24)])
+    layers = pd.DataFrame([dict(intensity=i, layer=l, entropy=5 + 0.01 * l + i) for i in [0.0, 0.3] for l in range(31)])
+    exported = [(HOSTILE[0], charts.entropy_heatmap(tokens)), (HOSTILE[1], charts.layer_entropy_profile(layers))]
+    path = tmp_path / "export.html"
+    path.write_text(share.export_html("Dosed generation", exported, {"prompt": " ".join(HOSTILE)},
+                                      notes=[f"Permalink: dose?prompt={HOSTILE[1]}"]), encoding="utf-8")
+    driver = _chromium()
+    try:
+        driver.get(path.as_uri())
+        deadline = time.time() + 30
+        while time.time() < deadline and len(driver.find_elements("css selector", "main svg, main canvas")) < 2:
+            time.sleep(0.2)
+        assert driver.title == "Dosed generation"
+        assert driver.find_element("css selector", "header h1").is_displayed()
+        assert "${document.title=7*7}" in driver.find_element("css selector", "header").text
+        assert not driver.find_elements("css selector", ".psilonet-error, main img")
+        drawn = driver.find_elements("css selector", "main section > div svg, main section > div canvas")
+        assert len(drawn) == 2
+        assert drawn[1].size["width"] >= share.EXPORT_WIDTH  # the layer profile is not cut
+        logs = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not logs, logs
+    finally:
+        driver.quit()
+
+
+def _chromium():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-background-networking", "--proxy-server=http://127.0.0.1:9", "--window-size=1400,1400"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)

@@ -1,4 +1,4 @@
-"""Skip attention, multi-tap kernels and gates on tiny random llama models (DESIGN §5)."""
+"""Skip attention, multi-tap kernels and gates on tiny random llama models (psilonet.model.skip)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,18 @@
-"""Dosed generation: live, token by token, at several intensities side by side."""
+"""Dosed generation: live, token by token, at several intensities side by side; a whole prompts
+file as one run; stored dose runs reopened with their texts, entropies and charts."""
 
 import pandas as pd
 import streamlit as st
 
-from psilonet.app import charts, helpers as app
+from psilonet.app import bio_widgets, charts, helpers as app, serving
 from psilonet.generation import dosing, perturb, prompts
 from psilonet.generation.decoding import SamplingConfig
 from psilonet.model import loading as modeling
 from psilonet.store import StoreError
 
 PRESETS = perturb.PRESETS
+MAX_PROMPT_CHARS = 4000
+VIEWS = {"generate": "New generation", "stored": "Stored runs"}
 
 st.title("Dosed generation")
 st.caption("Entropic perturbations of block outputs (noise, phase rotation, dimension shuffle, cross-dimension "
@@ -17,98 +20,248 @@ st.caption("Entropic perturbations of block outputs (noise, phase rotation, dime
            "vocabulary for each generated token. **Hidden-state entropy**: bits of p = h²/Σh² over the hidden "
            "dimensions, per layer, at the position that predicted the token.")
 
-all_runs = app.runs()
-trained = [] if all_runs is None else list(all_runs[(all_runs.kind == "train") & (all_runs.state == "complete")].run_id)
-source = st.selectbox("Model", ["base model"] + trained,
-                      index=(["base model"] + trained).index(app.param("run", "base model", str, ["base model"] + trained)),
-                      help="The default base model, or a trained skip run on it.")
-run_id = None if source == "base model" else source
 
-left, right = st.columns([3, 2])
-with left:
-    upload = st.file_uploader("Prompts file (.txt one per line, .jsonl with \"prompt\", .csv with a prompt column)",
-                              type=["txt", "jsonl", "csv"])
-    file_prompts = None
-    if upload is not None:
-        try:
-            file_prompts = prompts.parse_prompts(upload.getvalue(), upload.name)
-            if file_prompts.skipped:
-                st.warning(file_prompts.report())
-        except prompts.PromptFileError as exc:
-            st.error(str(exc))
-    if file_prompts is not None:
-        prompt = st.selectbox("Prompt from the file", [p for _, p in file_prompts.prompts])
-    else:
-        prompt = st.text_area("Prompt", app.param("prompt", "The nature of consciousness is"), max_chars=4000)
-    chat = st.toggle("Chat template", value=app.param("chat", "1", str, ["0", "1"]) == "1")
-with right:
-    linked_doses = app.param("doses", list(PRESETS.values()), app.float_list)  # read once: one warning at most
-    chosen_presets = st.multiselect("Intensities", list(PRESETS), default=[
-        k for k, v in PRESETS.items() if v in linked_doses] or list(PRESETS))
-    custom = st.slider("Custom intensity (added when > 0)", 0.0, 1.0, float(app.param("custom", 0.0, float)), 0.05)
-    mechanisms = st.multiselect("Mechanisms", perturb.MECHANISMS, default=[
-        m for m in app.param("mech", ",".join(perturb.MECHANISMS)).split(",") if m in perturb.MECHANISMS])
-    c1, c2, c3 = st.columns(3)
-    seed = c1.number_input("Seed", 0, 2**31 - 1, app.param("seed", 0, int))
-    max_tokens = c2.number_input("Max tokens", 1, dosing.MAX_NEW_TOKENS, min(app.param("max", 48, int), dosing.MAX_NEW_TOKENS))
-    temperature = c3.number_input("Temperature", 0.0, 2.0, app.param("temp", 0.0, float), 0.1)
+def show_results(gens: pd.DataFrame, tokens: pd.DataFrame, layers: pd.DataFrame, state: dict,
+                 bio_state: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> None:
+    """Texts, entropies and charts of a dose run (live or stored), one prompt at a time.
 
-intensities = sorted({PRESETS[p] for p in chosen_presets} | ({custom} if custom > 0 else set()))
-app.set_params(run=run_id, prompt=prompt if file_prompts is None else None, chat="1" if chat else "0",
-               doses=intensities, custom=custom or None, mech=mechanisms, seed=seed, max=max_tokens,
-               temp=temperature or None)
-
-if not prompt.strip():
-    st.info("Type a prompt or upload a prompts file.")
-elif not intensities:
-    st.info("Choose at least one intensity.")
-elif st.button("Generate", type="primary"):
-    model, tokenizer = app.generator(modeling.DEFAULT_MODEL, run_id, str(app.data_dir()))
-    st.caption("Press Stop (top right) to interrupt a generation.")
-    columns = st.columns(len(intensities))
-    boxes, texts = [], [""] * len(intensities)
-    for col, i in zip(columns, intensities):
-        col.markdown(f"**intensity {i:g}**")
-        boxes.append(col.empty())
-
-    def stream(row: int, piece: str) -> None:
-        texts[row] += piece
-        boxes[row].markdown(texts[row])
-
-    with app.model_turn():  # one generation at a time on this server; others wait their turn
-        results = dosing.generate_doses(
-            model, tokenizer, prompt, intensities, spec=perturb.DoseSpec.only(*mechanisms), chat=chat,
-            sampling=SamplingConfig(temperature=temperature, max_tokens=int(max_tokens), seed=int(seed)), on_token=stream)
-    st.session_state["dose_results"] = {"prompt": prompt, "seed": int(seed), "run": run_id, "chat": chat,
-                                        "mechanisms": mechanisms, "results": results,
-                                        "temperature": temperature, "max_tokens": int(max_tokens)}
-
-last = st.session_state.get("dose_results")
-if last:
-    results = last["results"]
-    tokens = pd.DataFrame([dict(gen_id=g, intensity=r.intensity, pos=p, token_text=t, entropy=e)
-                           for g, r in enumerate(results) for p, (t, e) in enumerate(zip(r.token_texts, r.entropy))])
-    layers = pd.DataFrame([dict(intensity=r.intensity, layer=l, entropy=e)
-                           for r in results for per_token in r.layer_entropy for l, e in enumerate(per_token)])
-    st.subheader("Results")
-    st.dataframe(pd.DataFrame([dict(intensity=r.intensity, mean_entropy_bits=r.mean_entropy, tokens=len(r.token_ids),
-                                    text=r.text) for r in results]), hide_index=True, width="stretch")
+    ``gens`` has a ``label`` per row where the run has bio rows (``dosing.label_rows``), and
+    ``bio_state`` the (pool, fast-weight norm) frames of its bio tables."""
+    named = "label" in gens.columns
+    keys = ["gen_id", "intensity"] + (["label"] if named else [])
+    prompt_list = gens[["prompt_line", "prompt"]].drop_duplicates().reset_index(drop=True)
     exported = []
-    if not tokens.empty:
-        heat = charts.entropy_heatmap(tokens)
-        profile = charts.layer_entropy_profile(layers)
-        st.altair_chart(heat, width="stretch")
+    if len(prompt_list) > 1:
+        overview = charts.dose_overview(gens)
+        st.altair_chart(overview, width="content")
+        exported.append(("Mean entropy per prompt and intensity", overview))
+        labels = [f"{k + 1}. {' '.join(str(p).split())[:90]}" for k, p in enumerate(prompt_list.prompt)]
+        k = app.param("p", 1, int, lo=1, hi=len(prompt_list)) - 1
+        k = st.selectbox("Prompt", range(len(prompt_list)), index=k, format_func=lambda i: labels[i])
+        app.set_params(p=k + 1 if k else None)
+    else:
+        k = 0
+    line, prompt = prompt_list.prompt_line[k], prompt_list.prompt[k]
+    mine = gens[(gens.prompt_line == line) & (gens.prompt == prompt)].sort_values(["seed", "intensity"])
+    with st.expander("Prompt", expanded=len(prompt_list) == 1):
+        st.code(prompt, language=None, wrap_lines=True)
+    st.dataframe(mine[(["label"] if named else []) + ["intensity", "seed", "mean_entropy", "n_tokens", "stopped"]].rename(
+        columns={"mean_entropy": "mean entropy (bits)", "n_tokens": "tokens", "stopped": "ended by the model"}),
+        hide_index=True)
+    cols = st.columns(min(len(mine), 4) or 1)
+    for j, g in enumerate(mine.itertuples()):
+        with cols[j % len(cols)]:
+            st.markdown(f"**{g.label if named else f'intensity {g.intensity:g}'}**"
+                        + (f" · seed {g.seed}" if mine.seed.nunique() > 1 else ""))
+            st.code(g.text, language=None, wrap_lines=True)  # literal: never Markdown
+    per_token = tokens[tokens.gen_id.isin(mine.gen_id)].merge(mine[keys], on="gen_id")
+    if not per_token.empty:
+        heat = charts.entropy_heatmap(per_token)
+        st.altair_chart(heat, width="content")
+        exported.append(("Next-token entropy", heat))
+    per_layer = layers[layers.gen_id.isin(mine.gen_id)].merge(mine[keys], on="gen_id")
+    if not per_layer.empty:
+        profile = charts.layer_entropy_profile(per_layer)
         st.altair_chart(profile, width="stretch")
-        exported = [("Next-token entropy", heat), ("Hidden-state entropy by layer", profile)]
-    if st.button("Save to the store"):
-        dose = dosing.DoseConfig([r.intensity for r in results], [last["seed"]], last["mechanisms"],
-                                 last["max_tokens"], last["temperature"], chat=last["chat"])
-        config = {**dose.to_dict(), "model": modeling.DEFAULT_MODEL, "skip_run": last["run"], "source": "app"}
+        exported.append(("Hidden-state entropy by layer", profile))
+    if bio_state is not None and named:
+        exported += bio_widgets.state_charts(*bio_state, dict(zip(mine.gen_id, mine.label)))
+    app.export_button("Dosed generation", exported, {**state, "prompt": prompt})
+
+
+def stored_view() -> None:
+    run = app.run_picker("Dose run", ("dose",), key="dose_run")
+    if run is None:
+        return
+    gens = app.read(run.name, "generations")
+    tokens = app.read(run.name, "token_entropy")
+    layers = app.read(run.name, "layer_entropy")
+    if gens is None or tokens is None or layers is None:
+        return
+    if gens.empty:
+        st.info(f"Run `{run.name}` holds no generation.")
+        return
+    gens = dosing.label_rows(gens, app.read(run.name, "bio_strengths"))
+    bio_state = (app.read(run.name, "bio_pool"), app.read(run.name, "bio_fast_norm"))
+    config = run.config or {}
+    st.caption(f"{gens.prompt.nunique()} prompt(s) x {gens.intensity.nunique()} intensities, "
+               f"mechanisms: {', '.join(config.get('mechanisms', [])) or 'n/a'}, "
+               f"max tokens {config.get('max_tokens', 'n/a')}, temperature {config.get('temperature', 'n/a')}.")
+    for note in config.get("skipped", []):
+        st.warning(f"Skipped when the run was made: {note}")
+    show_results(gens, tokens, layers, {"run": run.name, "dataset": run.dataset},
+                 bio_state if all(f is not None for f in bio_state) else None)
+
+
+def generate_view() -> None:
+    all_runs = app.runs()
+    trained = [] if all_runs is None else list(
+        all_runs[(all_runs.kind == "train") & (all_runs.state == "complete")].run_id)
+    sources = ["base model"] + trained
+    source = st.selectbox("Model", sources, index=sources.index(app.param("run", "base model", str, sources)),
+                          help="The default base model, or a trained skip run on it.")
+    run_id = None if source == "base model" else source
+
+    left, right = st.columns([1, 1])
+    with left:
+        upload = None if not serving.allows_upload() else st.file_uploader(
+            f"Prompts file: .txt (one per line), .jsonl (\"prompt\" key) or .csv (prompt column); at most "
+            f"{prompts.MAX_BYTES / 1e6:g} MB and {prompts.MAX_PROMPTS:,} prompts",
+            type=["txt", "jsonl", "csv"], max_upload_size=1)
+        file_prompts, file_failed = None, False
+        if upload is not None:
+            try:
+                file_prompts = prompts.parse_prompts(upload.getvalue(), upload.name)
+                if file_prompts.skipped:
+                    st.warning(f"{len(file_prompts.skipped)} line(s) skipped:\n\n"
+                               + "\n".join(f"- line {n}: {why}" for n, why in file_prompts.skipped))
+            except prompts.PromptFileError as exc:
+                file_failed = True
+                st.error(f"This file cannot be used, so nothing will run until it is fixed or removed: {exc}")
+        if file_prompts is not None:
+            st.caption(f"{len(file_prompts.prompts)} prompt(s) from `{upload.name}`: "
+                       "all of them run at every intensity and are saved as one run.")
+            prompt = None
+        else:
+            prompt = st.text_area("Prompt", app.param("prompt", "The nature of consciousness is",
+                                                      max_len=MAX_PROMPT_CHARS), max_chars=MAX_PROMPT_CHARS)
+        chat = st.toggle("Chat template", value=app.param("chat", "1", str, ["0", "1"]) == "1")
+    with right:
+        doses = app.param("doses", list(PRESETS.values()), app.float_list, lo=0.0, hi=1.0)
+        chosen_presets = st.multiselect("Intensities", list(PRESETS),
+                                        default=[k for k, v in PRESETS.items() if v in doses] or list(PRESETS))
+        custom = st.slider("Custom intensity (added when > 0)", 0.0, 1.0,
+                           float(app.param("custom", 0.0, float, lo=0.0, hi=1.0)), 0.05)
+        mechanisms = st.multiselect("Mechanisms", perturb.MECHANISMS, default=app.param(
+            "mech", list(perturb.MECHANISMS), app.choice_list(perturb.MECHANISMS)))
+        c1, c2, c3 = st.columns(3)
+        seed = c1.number_input("Seed", 0, dosing.MAX_SEED, app.param("seed", 0, int, lo=0, hi=dosing.MAX_SEED))
+        max_tokens = c2.number_input("Max tokens", 1, dosing.MAX_NEW_TOKENS,
+                                     app.param("max", 48, int, lo=1, hi=dosing.MAX_NEW_TOKENS))
+        temperature = c3.number_input("Temperature", 0.0, 2.0, app.param("temp", 0.0, float, lo=0.0, hi=2.0), 0.1)
+        fatigue, hebbian = bio_widgets.controls()
+
+    intensities = sorted({PRESETS[p] for p in chosen_presets} | ({custom} if custom > 0 else set()))
+    n_rows = len(intensities) * len(fatigue) * len(hebbian)  # every intensity x bio combination
+    app.set_params(run=run_id, prompt=prompt if file_prompts is None else None, chat="1" if chat else "0",
+                   doses=intensities, custom=custom or None, mech=mechanisms, seed=seed, max=max_tokens,
+                   temp=temperature or None)
+
+    if st.session_state.pop("dose_running", False):
+        last = st.session_state.get("dose_results")
+        done = len(last["items"]) if last else 0
+        st.info(f"Generation stopped after {done} of {last['total'] if last else '?'} prompt(s); "
+                "the finished prompts are below and can be saved.")
+
+    action = None
+    if file_failed:
+        st.info("Remove or fix the prompts file to generate.")
+    elif file_prompts is None and not prompt.strip():
+        st.info("Type a prompt or upload a prompts file.")
+    elif not intensities:
+        st.info("Choose at least one intensity.")
+    elif not mechanisms:
+        st.info("Choose at least one mechanism.")
+    elif n_rows > bio_widgets.MAX_ROWS:
+        st.warning(f"{n_rows} rows (intensities x fatigue x Hebbian strengths); at most {bio_widgets.MAX_ROWS} "
+                   "here: choose fewer, or use `python -m jobs.dose`.")
+    elif file_prompts is not None:
+        n = len(file_prompts.prompts)
+        action = st.button(f"Run all {n} prompt{'s' if n != 1 else ''}", type="primary",
+                           help="Every prompt at every intensity; the results are saved together as one run.")
+    elif serving.allows_generation(max_tokens, len(intensities)):
+        action = st.button("Generate", type="primary")
+
+    if action:
+        model, tokenizer = app.generator(modeling.DEFAULT_MODEL, run_id, str(app.data_dir()))
+        context = getattr(model.args, "max_position_embeddings", None) or 2048
+        todo = file_prompts.prompts if file_prompts is not None else [(1, prompt.strip())]
         try:
-            saved, _ = dosing.save_dose_run(app.store(), config, [(1, last["prompt"], last["seed"], results)],
-                                            model=modeling.DEFAULT_MODEL, dataset="app", parent=last["run"])
-            st.success(f"Saved as run `{saved}`; it is listed on the Runs page.")
-        except StoreError as exc:
-            st.error(f"Could not save: {exc}")
-    app.export_button("Dosed generation", exported, {"prompt": last["prompt"], "seed": last["seed"],
-                                                      "intensities": [r.intensity for r in results]})
+            runnable, skipped = dosing.plan_prompts(tokenizer, todo, max_tokens=int(max_tokens), chat=chat,
+                                                    context=context, n_intensities=n_rows)
+        except ValueError as exc:
+            st.warning(str(exc))
+            runnable, skipped = [], []
+        if skipped:
+            st.warning(f"{len(skipped)} prompt(s) skipped before generating (nothing else ran for them):\n\n"
+                       + "\n".join(f"- {s}" for s in skipped))
+        if runnable:
+            dose = dosing.DoseConfig(intensities, [int(seed)], list(mechanisms), int(max_tokens), temperature,
+                                     chat=chat, fatigue=fatigue, hebbian=hebbian).validate()
+            config = {**dose.to_dict(), "model": modeling.DEFAULT_MODEL, "skip_run": run_id, "source": "app",
+                      "prompts": len(runnable), "skipped": skipped}
+            last = {"config": config, "items": [], "total": len(runnable), "saved": None,
+                    "dataset": upload.name if file_prompts is not None else "app"}
+            st.session_state["dose_results"] = last
+            st.session_state["dose_running"] = True
+            generate(model, tokenizer, runnable, last)
+            st.session_state["dose_running"] = False
+
+    last = st.session_state.get("dose_results")
+    if last and last["items"]:
+        st.subheader("Results")
+        gens, tokens, layers = dosing.result_frames(last["items"])
+        strengths, pool, norms = dosing.bio_frames(last["items"])
+        show_results(dosing.label_rows(gens, strengths), tokens, layers,
+                     {"seed": last["config"]["seeds"][0], "intensities": last["config"]["intensities"]}, (pool, norms))
+        if last["saved"]:
+            st.success(f"Saved as run `{last['saved']}`.")
+            st.page_link("views/dose.py", label="Open the saved run", icon=":material/open_in_new:",
+                         query_params={"view": "stored", "dose_run": last["saved"]})
+        elif serving.allows_save() and st.button("Save to the store",
+                                                 help="All prompts x intensities of this request as one dose run."):
+            try:
+                saved, _ = dosing.save_dose_run(app.store(), last["config"], last["items"],
+                                                model=modeling.DEFAULT_MODEL, dataset=last["dataset"],
+                                                parent=last["config"]["skip_run"])
+                last["saved"] = saved
+                st.success(f"Saved as run `{saved}`; it is listed on the Runs page.")
+                st.page_link("views/dose.py", label="Open the saved run", icon=":material/open_in_new:",
+                             query_params={"view": "stored", "dose_run": saved})
+            except StoreError as exc:
+                st.error(f"Could not save: {exc}")
+
+
+def generate(model, tokenizer, runnable, last) -> None:
+    """Run every prompt at every intensity (and bio strengths), streaming the current prompt; Stop
+    (or leaving the page, or closing the tab) ends it and keeps the prompts already finished."""
+    cfg = last["config"]
+    intensities, fatigue, hebbian = dosing.combine_rows(cfg["intensities"], cfg["fatigue"], cfg["hebbian"])
+    gone = app.session_gone()
+    live = st.empty()
+    with live.container():
+        st.button("Stop generating", help="Ends the generation now; the prompts already finished are kept and can be saved.")
+        bar = st.progress(0.0, text=f"0 of {len(runnable)} prompt(s)")
+        boxes = []
+        for col, i, f, h in zip(st.columns(len(intensities)), intensities, fatigue, hebbian):
+            col.markdown(f"**{dosing.DoseResult(i, 0, fatigue=f, hebbian=h).label}**")
+            boxes.append(col.empty())
+    for k, (line, text) in enumerate(runnable):
+        pieces = [""] * len(intensities)
+
+        def stream(row: int, piece: str) -> None:
+            if gone():  # the tab closed: Streamlit keeps the script running, so end it here
+                st.stop()
+            pieces[row] += piece
+            boxes[row].code(pieces[row], language=None, wrap_lines=True)
+
+        with serving.model_turn():  # app.model_turn (one generation at a time) plus viewer mode's limits
+            results = dosing.generate_doses(
+                model, tokenizer, text, intensities, spec=perturb.DoseSpec.only(*cfg["mechanisms"]), chat=cfg["chat"],
+                sampling=SamplingConfig(temperature=cfg["temperature"], max_tokens=cfg["max_tokens"],
+                                        seed=cfg["seeds"][0]),
+                on_token=stream, fatigue=fatigue, hebbian=hebbian)
+        last["items"].append((line, text, cfg["seeds"][0], results))
+        bar.progress((k + 1) / len(runnable), text=f"{k + 1} of {len(runnable)} prompt(s)")
+    live.empty()
+
+
+view = st.segmented_control("Show", list(VIEWS), format_func=VIEWS.get, required=True,
+                            default=app.param("view", "generate", str, list(VIEWS)), key="dose_view")
+app.set_params(view=None if view == "generate" else view)
+if view == "stored":
+    app.set_params(run=None, prompt=None)
+    stored_view()
+else:
+    app.set_params(dose_run=None)
+    generate_view()

@@ -2,9 +2,11 @@
 
 import streamlit as st
 
-from psilonet.app import charts, helpers as app
+from psilonet.analysis import representation as rep
+from psilonet.app import charts
+from psilonet.app import helpers as app
 
-METRICS = {"cka": "linear CKA", "cka_debiased": "debiased CKA", "svcca": "SVCCA", "pwcca": "PWCCA"}
+METRICS = charts.METRIC_TITLES
 
 st.title("Similarity")
 st.caption("CKA compares the token-by-token similarity structure of two representations (1 = the same "
@@ -13,9 +15,17 @@ st.caption("CKA compares the token-by-token similarity structure of two represen
            "PWCCA weights canonical correlations by how much of the baseline's neurons they explain.")
 run = app.run_picker("Analysis run", ("analysis",))
 if run is not None:
-    sim = app.read(run.name, "similarity")
+    representation = st.radio(
+        "Representation", list(rep.REPRESENTATIONS), format_func=rep.LABELS.get, horizontal=True,
+        index=list(rep.REPRESENTATIONS).index(app.param("rep", rep.DEFAULT, str, list(rep.REPRESENTATIONS))),
+        help="rms: each token's state divided by its root-mean-square (what the next block's RMSNorm reads); "
+             "raw: as captured, dominated by a few attention-sink tokens of huge norm; no-sink: raw without "
+             f"the tokens whose norm exceeds {rep.SINK_RATIO:g}x the layer's median at any layer.")
+    sim = app.read(run.name, "similarity", None, None, representation)
     if sim is not None and sim.empty:
-        st.info("This analysis has no similarity results.")
+        st.info(f"This analysis has no results under the {representation} representation; analyses made before "
+                "representations existed hold none. Re-analyse its captures with "
+                f"`.venv/bin/python -m jobs.analyze --captures {' '.join(app.config_of(run).get('captures', []))}`.")
     elif sim is not None:
         sources = list(dict.fromkeys(sim.source))
         names = {s: f"{s} · {sim[sim.source == s].dataset.iloc[0]}" for s in sources}
@@ -29,33 +39,63 @@ if run is not None:
         lo, hi = app.param("layers", (n_layers // 3, 2 * n_layers // 3), app.int_pair)
         lo, hi = max(0, min(lo, n_layers - 1)), max(0, min(hi, n_layers - 1))
         window = st.slider("Novelty window (layers, 0 = embeddings)", 0, max(n_layers - 1, 1), (lo, min(max(hi, lo), n_layers - 1)))
-        app.set_params(metric=metric, sources=shown if set(shown) != set(sources) else None, layers=list(window))
+        app.set_params(rep=representation, metric=metric, sources=shown if set(shown) != set(sources) else None,
+                       layers=list(window))
         exported = []
         if not per_layer.empty:
-            curve = charts.layer_similarity_curve(per_layer, metric)
+            curve = charts.layer_similarity_curve(per_layer, metric, representation)
             st.altair_chart(curve, width="stretch")
             st.dataframe(charts.novelty_stats(per_layer, metric, *window), hide_index=True)
-            exported.append((f"Per-layer {METRICS[metric]}", curve))
+            exported.append((f"{METRICS[metric]} per layer ({representation})", curve))
         else:
             st.caption("Baseline-only captures have no baseline-vs-trained curve; see the cross-layer matrix.")
         head_metric = metric if metric in ("cka", "cka_debiased") else "cka"
         heads = sim[(sim.view == "head") & (sim.metric == head_metric) & sim.source.isin(shown)]
         if not heads.empty:
             st.subheader(f"Per head ({METRICS[head_metric]})")
+            if representation == "rms":
+                st.caption("Head outputs are compared as captured: nothing normalises them in the model and they "
+                           "carry no sink outlier, so this grid equals the raw one.")
             domain = charts.similarity_domain(heads, "head", head_metric)
-            grid = charts.side_by_side([charts.head_heatmap(heads, head_metric, s, domain)
+            grid = charts.side_by_side([charts.head_heatmap(heads, head_metric, s, domain, representation)
                                         for s in shown if (heads.source == s).any()])
             st.altair_chart(grid)
-            exported.append(("Per-head CKA", grid))
+            exported.append((f"{METRICS[head_metric]} per head ({representation})", grid))
         cross = sim[(sim.view == "cross_layer") & sim.source.isin(shown)]
         if not cross.empty:
             st.subheader("Cross-layer CKA")
             domain = charts.similarity_domain(cross, "cross_layer", "cka")
-            matrix = charts.side_by_side([charts.cross_layer_heatmap(cross, s, domain)
+            matrix = charts.side_by_side([charts.cross_layer_heatmap(cross, s, domain, representation=representation)
                                           for s in shown if (cross.source == s).any()])
             st.altair_chart(matrix)
-            exported.append(("Cross-layer CKA", matrix))
+            exported.append((f"Cross-layer linear CKA ({representation})", matrix))
         st.caption("Look for layers where CKA drops below 1: that is where the skip pathways changed the "
                    "representation. In the heatmaps, a bright diagonal means layers still correspond one to one; "
                    "off-diagonal brightness means a trained layer resembles an earlier or later baseline layer.")
-        app.export_button("Similarity", exported, {"run": run.name, "metric": metric, "layers": f"{window[0]}-{window[1]}"})
+
+        st.subheader("Outlier tokens (attention sinks)")
+        st.caption(f"Per layer, the distribution of token norms in each capture; a token is an outlier above "
+                   f"{rep.SINK_RATIO:g}x the layer's median norm. The no-sink representation drops every token "
+                   "that is an outlier at any layer.")
+        sinks = app.read(run.name, "sink_tokens")
+        for source in shown:
+            stats = app.read_optional(source, "norm_stats")
+            if stats is None or stats.empty:
+                st.caption(f"`{source}` was captured before the outlier diagnostic existed; capture it again "
+                           "to see its token norms.")
+                continue
+            profile = charts.token_norm_profile(stats, names[source])
+            st.altair_chart(profile, width="stretch")
+            exported.append((f"Token norms per layer: {names[source]}", profile))
+            table = rep.outlier_summary(stats, app.read(source, "norm_outliers"), app.read(source, "outlier_dims"),
+                                        app.read(source, "capture_tokens"))
+            st.dataframe(table, hide_index=True, column_config={
+                "median norm": st.column_config.NumberColumn(format="%.1f"),
+                "p99 norm": st.column_config.NumberColumn(format="%.1f"),
+                "max norm": st.column_config.NumberColumn(format="%.0f")})
+            if sinks is not None and not sinks.empty:
+                dropped = sinks[sinks.source == source]
+                st.caption(f"no-sink dropped {len(dropped)} tokens of `{source}` "
+                           f"(window positions: {', '.join(map(str, sorted(set(dropped.pos))[:8]))}).")
+        app.export_button("Similarity", exported, {"run": run.name, "representation": representation,
+                                                   "metric": metric, "layers": f"{window[0]}-{window[1]}"})

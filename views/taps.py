@@ -6,22 +6,29 @@ from psilonet.app import charts, helpers as app
 
 st.title("Tap weights")
 st.caption("Each block mixes its skip taps (history distances) with a softmax over the distances available "
-           "at its depth; single-distance runs have one tap per block with weight 1.")
+           "at its depth.")
 run = app.run_picker("Training run", ("train",))
 if run is not None:
     taps, gates = app.read(run.name, "tap_weights"), app.read(run.name, "gate_alphas")
     exported = []
-    if taps is not None and not taps.empty:
+    distances = sorted(taps["distance"].dropna().unique()) if taps is not None and not taps.empty else []
+    if len(distances) == 1:
+        st.info(f"This run has a single skip distance ({int(distances[0])}): every block's only tap has weight 1 "
+                "at every step, so there is nothing to evolve." + (" Its per-head gates are below." if
+                                                                   gates is not None and not gates.empty else ""))
+    elif distances:
         evolution = charts.tap_weight_evolution(taps)
-        st.altair_chart(evolution)
+        st.altair_chart(evolution, width="content")
         final = charts.tap_weight_heatmap(taps)
-        st.altair_chart(final)
-        exported += [("Tap-weight evolution", evolution), ("Final tap weights", final)]
+        st.altair_chart(final, width="content")
+        exported += [("Tap weights over training", evolution), ("Final tap weights", final)]
+    else:
+        st.info("This run logged no tap weights.")
     if gates is not None and not gates.empty:
         st.subheader("Per-head gate alphas")
         st.caption("alpha_h = sigmoid(gate logit) x dial, at the final step and dial 1.")
         gate_chart = charts.gate_alpha_heatmap(gates)
-        st.altair_chart(gate_chart)
+        st.altair_chart(gate_chart, width="content")
         exported.append(("Gate alphas", gate_chart))
     elif run.config.get("skip", {}).get("gates"):
         st.info("This run has gates but logged no alphas.")

@@ -2,29 +2,47 @@
 
 import streamlit as st
 
-from psilonet.app import charts, helpers as app
+from psilonet.analysis import representation as rep
+from psilonet.app import charts
+from psilonet.app import helpers as app
+
+UNITS = ["token", "sequence"]
+# Each unit keeps its own selection in the URL, so that switching unit never reuses token ids.
+ID_PARAMS = {"token": "tokens", "sequence": "seqs"}
 
 st.title("Trajectories")
-st.caption("One PCA is fitted on hidden states pooled over all layers and both models; each path shows how "
-           "a token's (or a sequence's mean) state moves from the embeddings (layer 0) to the last layer.")
+st.caption("One PCA per representation is fitted on hidden states pooled over all layers and both models; each "
+           "path shows how a token's (or a sequence's mean) state moves from the embeddings (L0) to the last "
+           "layer. On raw states the first principal component is the attention-sink direction, so paths "
+           "collapse onto a line; the RMS-normalised states show the structure.")
 run = app.run_picker("Analysis run", ("analysis",))
 if run is not None:
-    paths, variance = app.read(run.name, "trajectories"), app.read(run.name, "pca_variance")
-    if paths is not None and variance is not None and not paths.empty:
+    representation = st.radio(
+        "Representation", list(rep.REPRESENTATIONS), format_func=rep.LABELS.get, horizontal=True,
+        index=list(rep.REPRESENTATIONS).index(app.param("rep", rep.DEFAULT, str, list(rep.REPRESENTATIONS))))
+    paths = app.read(run.name, "trajectories", representation)
+    variance = app.read(run.name, "pca_variance", representation)
+    if paths is not None and variance is not None and paths.empty:
+        st.info(f"This analysis has no trajectories under the {representation} representation; analyses made "
+                "before representations existed hold none. Re-analyse its captures with "
+                f"`.venv/bin/python -m jobs.analyze --captures {' '.join(app.config_of(run).get('captures', []))}`.")
+    elif paths is not None and variance is not None:
         sources = list(dict.fromkeys(paths.source))
         source = st.selectbox("Capture", sources, index=sources.index(app.param("source", sources[0], str, sources)))
-        unit = st.radio("Unit", ["token", "sequence"], horizontal=True,
-                        index=["token", "sequence"].index(app.param("unit", "token", str, ["token", "sequence"])))
+        unit = st.radio("Unit", UNITS, horizontal=True, index=UNITS.index(app.param("unit", "token", str, UNITS)))
         mine = paths[(paths.source == source) & (paths.unit == unit)]
         labels = mine.drop_duplicates("unit_id").set_index("unit_id").label
-        wanted = [int(x) for x in app.param("ids", "", str).split(",") if x.strip().isdigit() and int(x) in labels.index]
-        ids = st.multiselect(f"{unit.title()}s", list(labels.index), default=wanted or list(labels.index[:4]),
-                             format_func=lambda i: labels[i])
-        app.set_params(source=source, unit=unit, ids=ids)
-        chart = charts.trajectory_chart(paths[paths.source == source], variance[variance.source == source], unit, ids)
+        key = ID_PARAMS[unit]
+        wanted = [int(x) for x in app.param(key, "", str).split(",") if x.strip().isdigit() and int(x) in labels.index]
+        ids = st.multiselect(f"{unit.title()}s", list(labels.index), default=wanted or list(labels.index[:6]),
+                             format_func=lambda i: labels[i], key=f"ids_{unit}")
+        app.set_params(rep=representation, source=source, unit=unit, **{key: ids})
+        chart = charts.trajectory_chart(paths[paths.source == source], variance[variance.source == source], unit,
+                                        ids, representation=representation)
         st.altair_chart(chart, width="stretch")
         ratio = variance[variance.source == source].ratio
-        st.caption(f"Explained variance: PC1 {ratio.iloc[0]:.1%}, PC2 {ratio.iloc[1]:.1%} "
-                   f"(first {len(ratio)} components: {ratio.sum():.1%}).")
-        app.export_button("Trajectories", [("PCA trajectories", chart)],
-                          {"run": run.name, "source": source, "unit": unit, "ids": ids})
+        st.caption(f"Explained variance ({rep.LABELS[representation]}): PC1 {ratio.iloc[0]:.1%}, "
+                   f"PC2 {ratio.iloc[1]:.1%} (first {len(ratio)} components: {ratio.sum():.1%}).")
+        app.export_button("Trajectories", [(f"PCA trajectories ({representation})", chart)],
+                          {"run": run.name, "representation": representation, "source": source, "unit": unit,
+                           key: ids})

@@ -10,6 +10,10 @@ for every layer, head and model, so that rows line up for similarity analyses.
 
 Sides: ``baseline`` is the frozen base model; ``trained`` is the skip model of a training run
 (its block attention heads are the base block's own heads computed on the skip model's stream).
+
+The outlier diagnostic (:func:`psilonet.analysis.representation.norm_stat_rows`: token-norm
+distribution per layer, the tokens above the outlier threshold and their top dimensions) is
+computed from the captured residual states of each side and stored with the run.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from tqdm import tqdm
 
 from psilonet import config, corpora
 from psilonet.config import ConfigError, option
+from psilonet.analysis import representation
 from psilonet.model import forward
+from psilonet.store import tables
 
 ACTIVATIONS_FILE = "activations.parquet"
 
@@ -149,11 +155,17 @@ def run_capture(store, cfg: CaptureConfig, *, train_run: str | None = None, mode
                 resid, heads = capture_model(m, windows, keep, cfg.batch_size, progress=progress,
                                              desc=f"capture {side}")
                 shapes[side] = (resid.shape, heads.shape)
+                diagnostic.append(representation.norm_stat_rows(side, resid))
                 writer.set_progress((i + 1) / len(sides))
                 yield from matrix_records(side, resid, heads)
 
+        diagnostic: list = []
         writer.write_matrices(ACTIVATIONS_FILE, records())
         writer.write_capture_tokens(token_rows(tokenizer, windows, keep))
+        for stats, outliers, dims in diagnostic:  # the outlier diagnostic: norms cost nothing here
+            writer.write_rows(tables.NORM_STATS, stats)
+            writer.write_rows(tables.NORM_OUTLIERS, outliers)
+            writer.write_rows(tables.OUTLIER_DIMS, dims)
         resid_shape, head_shape = shapes["baseline"]
         summary = {"sides": [s for s, _ in sides], "tokens": int(len(keep)), "layers": resid_shape[0],
                    "heads": head_shape[1], "hidden": resid_shape[2], "head_dim": head_shape[3]}

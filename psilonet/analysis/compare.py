@@ -1,4 +1,4 @@
-"""Representation analyses of captured activations (DESIGN §5 "Similarity", "PCA trajectories").
+"""Representation analyses of captured activations: similarity per layer and PCA trajectories.
 
 For each capture run (a *source*) with a baseline and a trained side:
 
@@ -12,6 +12,9 @@ For each capture run (a *source*) with a baseline and a trained side:
   (the "novelty window");
 * PCA trajectories: one PCA (scikit-learn) fit on residual states pooled over all layers and
   both sides; each token's, and each sequence's mean-pooled, path through layers 0..L in 2-D.
+
+Everything is computed and stored once per representation (``raw``, ``rms``, ``no-sink``: see
+:mod:`psilonet.analysis.representation`), with the tokens ``no-sink`` dropped.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.decomposition import PCA
 
-from psilonet.analysis import similarity
+from psilonet.analysis import representation, similarity
 from psilonet.analysis.capture import ACTIVATIONS_FILE
+from psilonet.store import tables
 
 LAYER_METRICS = ("cka", "cka_debiased", "svcca", "pwcca")
 HEAD_METRICS = ("cka", "cka_debiased")
@@ -62,16 +66,6 @@ def parse_layer_range(text: str | None, num_states: int) -> tuple[int, int]:
     return a, b
 
 
-def _layer_metric(metric: str, x: np.ndarray, y: np.ndarray) -> float:
-    if metric == "cka":
-        return similarity.linear_cka(x, y)
-    if metric == "cka_debiased":
-        return similarity.linear_cka(x, y, debiased=True)
-    if metric == "svcca":
-        return similarity.svcca(x, y)
-    return similarity.pwcca(x, y)
-
-
 def load_side(reader, side: str, source: Source) -> tuple[list[np.ndarray], np.ndarray]:
     """Residual states [h[0..L]] (n, D) each and heads (L, H, n, hd) of one side of a capture."""
     resid = reader.matrices(ACTIVATIONS_FILE, side, "resid")
@@ -80,53 +74,112 @@ def load_side(reader, side: str, source: Source) -> tuple[list[np.ndarray], np.n
             np.stack([np.stack([heads[(l, h)] for h in range(source.heads)]) for l in range(source.layers - 1)]))
 
 
-def similarity_rows(source: Source, base_resid, base_heads, trained_resid, trained_heads, window) -> list[tuple]:
-    """Every similarity number of one source as store rows."""
+def similarity_rows(source: Source, base_resid, base_heads, trained_resid, trained_heads, window,
+                    representation_name: str = "raw", head_grids: dict | None = None) -> list[tuple]:
+    """Every similarity number of one source, already in one representation, as store rows.
+
+    ``head_grids`` (optional) caches per-head results by the identity of the head arrays, so
+    that representations sharing their head outputs (``raw`` and ``rms``) compute them once.
+    """
     rows = []
     tag = (source.run_id, source.dataset)
+
+    def row(view, metric, layer, layer_b, head, value):
+        return (*tag, view, metric, layer, layer_b, head, value, representation_name)
+
     if trained_resid is None:  # a baseline-only capture: how layers relate to each other
         matrix = similarity.cka_matrix(base_resid, base_resid)
-        rows += [(*tag, "cross_layer", "cka", i, j, None, v) for (i, j), v in np.ndenumerate(matrix)]
-        return rows
-    per_metric = {}
-    for metric in LAYER_METRICS:
-        values = [_layer_metric(metric, base_resid[l], trained_resid[l]) for l in range(source.layers)]
-        per_metric[metric] = values
-        rows += [(*tag, "layer", metric, l, None, None, v) for l, v in enumerate(values)]
-    for metric in HEAD_METRICS:
-        grid = similarity.per_head_cka(base_heads, trained_heads, debiased=metric == "cka_debiased")
-        rows += [(*tag, "head", metric, l, None, h, v) for (l, h), v in np.ndenumerate(grid)]
+        return [row("cross_layer", "cka", i, j, None, v) for (i, j), v in np.ndenumerate(matrix)]
+    per_metric = {m: [] for m in LAYER_METRICS}
+    # Many mid-sized products and d x d eigendecompositions: one BLAS thread is steadier than
+    # two on a shared machine (see similarity._numpy_blas_single_thread).
+    with similarity._numpy_blas_single_thread():
+        for l in range(source.layers):
+            for metric, value in similarity.paired_metrics(base_resid[l], trained_resid[l]).items():
+                per_metric[metric].append(value)
+    for metric, values in per_metric.items():
+        rows += [row("layer", metric, l, None, None, v) for l, v in enumerate(values)]
+    key = (id(base_heads), id(trained_heads))
+    grids = head_grids.get(key) if head_grids is not None else None
+    if grids is None:
+        grids = {m: similarity.per_head_cka(base_heads, trained_heads, debiased=m == "cka_debiased")
+                 for m in HEAD_METRICS}
+        if head_grids is not None:
+            head_grids[key] = grids
+    for metric, grid in grids.items():
+        rows += [row("head", metric, l, None, h, v) for (l, h), v in np.ndenumerate(grid)]
     matrix = similarity.cka_matrix(base_resid, trained_resid)
-    rows += [(*tag, "cross_layer", "cka", i, j, None, v) for (i, j), v in np.ndenumerate(matrix)]
+    rows += [row("cross_layer", "cka", i, j, None, v) for (i, j), v in np.ndenumerate(matrix)]
     a, b = window
     for metric, values in per_metric.items():
         part = np.asarray(values[a : b + 1])
         for stat, v in (("mean", part.mean()), ("min", part.min()), ("max", part.max())):
-            rows.append((*tag, "novelty", f"{metric}:{stat}", a, b, None, float(v)))
+            rows.append(row("novelty", f"{metric}:{stat}", a, b, None, float(v)))
     return rows
 
 
-def trajectory_rows(source: Source, sides: dict[str, list[np.ndarray]], tokens, seed: int = 0):
-    """PCA fit on states pooled over layers and sides; token and sequence paths in 2-D."""
+def trajectory_rows(source: Source, sides: dict[str, list[np.ndarray]], tokens, seed: int = 0,
+                    representation_name: str = "raw"):
+    """PCA fit on states pooled over layers and sides; token and sequence paths in 2-D.
+
+    ``tokens`` are the capture tokens of the rows in ``sides`` (under ``no-sink``: without the
+    dropped ones); paths keep the capture's token index as their id.
+    """
     rng = np.random.default_rng(seed)
     pooled = np.concatenate([np.concatenate(states) for states in sides.values()]).astype(np.float64)
     fit_rows = pooled[rng.choice(len(pooled), size=min(PCA_FIT_ROWS, len(pooled)), replace=False)]
     pca = PCA(n_components=min(PCA_COMPONENTS, *fit_rows.shape), random_state=seed).fit(fit_rows)
-    variance = [(source.run_id, c, float(r)) for c, r in enumerate(pca.explained_variance_ratio_)]
+    rep = representation_name
+    variance = [(source.run_id, c, float(r), rep) for c, r in enumerate(pca.explained_variance_ratio_)]
+    tokens = tokens.reset_index(drop=True)
     n = len(tokens)
     shown = np.sort(rng.choice(n, size=min(TRAJECTORY_TOKENS, n), replace=False))
     seqs = sorted(tokens.seq.unique())
+    openings = {s: "".join(tokens[tokens.seq == s].sort_values("pos").token_text.head(8))[:32] for s in seqs}
     rows = []
     for side, states in sides.items():
         for l, x in enumerate(states):
             xy = pca.transform(x[shown].astype(np.float64))[:, :2]
             for t, (p1, p2) in zip(shown, xy):
                 label = f"{tokens.token_text.iloc[t]!r} (seq {tokens.seq.iloc[t]}, pos {tokens.pos.iloc[t]})"
-                rows.append((source.run_id, side, "token", int(t), label, l, p1, p2))
+                rows.append((source.run_id, side, "token", int(tokens.token_idx.iloc[t]), label, l, p1, p2, rep))
             means = np.stack([x[(tokens.seq == s).to_numpy()].mean(axis=0) for s in seqs]).astype(np.float64)
             for s, (p1, p2) in zip(seqs, pca.transform(means)[:, :2]):
-                rows.append((source.run_id, side, "sequence", int(s), f"sequence {s}", l, p1, p2))
+                rows.append((source.run_id, side, "sequence", int(s), f"sequence {s}: {openings[s]!r}…", l, p1, p2, rep))
     return rows, variance
+
+
+def sink_token_rows(source: Source, drop: np.ndarray, tokens, *resid_sides) -> list[tuple]:
+    """Store rows describing the tokens the no-sink representation dropped from ``source``."""
+    norms = [representation.token_norms(r) for r in resid_sides if r is not None]
+    ratios = np.max([n / np.median(n, axis=1, keepdims=True) for n in norms], axis=0)  # (layers, n)
+    rows = []
+    for t in drop:
+        over = np.flatnonzero(ratios[:, t] > representation.SINK_RATIO)
+        tok = tokens.iloc[int(t)]
+        rows.append((source.run_id, int(t), int(tok.seq), int(tok.pos), str(tok.token_text), int(over.min()),
+                     int(over.max()), int(over.size), float(ratios[:, t].max())))
+    return rows
+
+
+def analyse_source(source: Source, base, trained, tokens, window, seed: int = 0):
+    """Similarity rows, trajectory rows, variance rows and sink-token rows of one source under
+    every representation (:data:`representation.REPRESENTATIONS`)."""
+    base_resid, base_heads = base
+    trained_resid, trained_heads = trained
+    drop = representation.sink_tokens(base_resid, trained_resid)
+    kept_tokens = tokens.drop(index=tokens.index[drop])
+    sim, paths, variance, head_grids = [], [], [], {}
+    for name in representation.REPRESENTATIONS:
+        b_resid, b_heads = representation.transform(name, base_resid, base_heads, drop)
+        t_resid, t_heads = (representation.transform(name, trained_resid, trained_heads, drop)
+                            if trained_resid is not None else (None, None))
+        sim += similarity_rows(source, b_resid, b_heads, t_resid, t_heads, window, name, head_grids)
+        sides = {"baseline": b_resid, **({"trained": t_resid} if t_resid is not None else {})}
+        p, v = trajectory_rows(source, sides, kept_tokens if name == "no-sink" else tokens, seed, name)
+        paths += p
+        variance += v
+    return sim, paths, variance, sink_token_rows(source, drop, tokens, base_resid, trained_resid)
 
 
 def load_source(store, run_id: str) -> Source:
@@ -177,18 +230,22 @@ def run_analysis(store, captures: list[str], *, layers: str | None = None, seed:
                 base_resid, base_heads = load_side(reader, "baseline", source)
                 trained = load_side(reader, "trained", source) if "trained" in source.sides else (None, None)
                 tokens = reader.capture_tokens()
-            rows = similarity_rows(source, base_resid, base_heads, *trained, windows[source.run_id])
+            rows, paths, variance, sinks = analyse_source(source, (base_resid, base_heads), trained, tokens,
+                                                          windows[source.run_id], seed)
             writer.write_similarity(rows)
-            sides = {"baseline": base_resid, **({"trained": trained[0]} if trained[0] is not None else {})}
-            paths, variance = trajectory_rows(source, sides, tokens, seed)
             writer.write_trajectories(paths, variance)
-            novelty = {r[3]: r[7] for r in rows if r[2] == "novelty"}
-            summary[source.run_id] = {"dataset": source.dataset, "window": list(windows[source.run_id]),
-                                      **{k: round(v, 4) for k, v in novelty.items() if k.startswith("cka")}}
+            writer.write_rows(tables.SINK_TOKENS, sinks)
+            novelty = {(r[8], r[3]): r[7] for r in rows if r[2] == "novelty"}
+            summary[source.run_id] = {
+                "dataset": source.dataset, "window": list(windows[source.run_id]), "sink_tokens": len(sinks),
+                **{f"{rep}:{k}": round(v, 4) for (rep, k), v in novelty.items() if k.startswith("cka")}}
             writer.set_progress((i + 1) / len(sources))
             a, b = windows[source.run_id]
-            if novelty:
-                report(f"{source.run_id} ({source.dataset}): CKA baseline vs trained over layers {a}-{b}: "
-                       f"mean {novelty['cka:mean']:.3f}, min {novelty['cka:min']:.3f}, max {novelty['cka:max']:.3f}")
+            for rep in representation.REPRESENTATIONS:
+                if (rep, "cka:mean") in novelty:
+                    report(f"{source.run_id} ({source.dataset}, {rep}): CKA baseline vs trained over layers "
+                           f"{a}-{b}: mean {novelty[rep, 'cka:mean']:.3f}, min {novelty[rep, 'cka:min']:.3f}, "
+                           f"max {novelty[rep, 'cka:max']:.3f}")
+            report(f"{source.run_id}: no-sink dropped {len(sinks)} of {len(tokens)} tokens")
         writer.finish(summary)
     return writer.run_id, summary

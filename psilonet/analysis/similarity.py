@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["linear_cka", "cka_matrix", "per_head_cka", "svcca", "svd_reduce", "pwcca"]
+__all__ = ["linear_cka", "cka_matrix", "per_head_cka", "svcca", "pwcca", "paired_metrics"]
 
 _EPS = np.finfo(np.float64).eps
 # A representation whose centred norm is below this fraction of its raw norm is constant up to
@@ -463,20 +463,10 @@ def _canonical(Qx: np.ndarray, Qy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(rho, 0.0, 1.0), Qx @ U
 
 
-def svd_reduce(X, k: int | None = None, var_threshold: float = 0.99) -> np.ndarray:
-    """The SV step of SVCCA: centre ``X`` and keep its top singular directions.
-
-    Returns ``U_k diag(s_k)`` (``n x k``), the data expressed in its top-``k`` principal
-    directions. ``k=None`` keeps the fewest directions whose squared singular values reach
-    ``var_threshold`` of the total (explained variance). ``k`` is capped at the numerical rank:
-    directions beyond it carry only rounding noise.
-    """
-    Xc, U, s = _centred_basis(X, "X")
-    k = _choose_k(s, k, var_threshold, "X", Xc.shape[1])
-    return U[:, :k] * s[:k]
-
-
 def _choose_k(s: np.ndarray, k, var_threshold: float, name: str, width: int) -> int:
+    """How many top singular directions SVCCA keeps: ``k`` (capped at the numerical rank:
+    directions beyond it carry only rounding noise), or for ``k=None`` the fewest whose squared
+    singular values reach ``var_threshold`` of the total (explained variance)."""
     if k is None:
         if not 0.0 < var_threshold <= 1.0:
             raise ValueError(f"var_threshold must be in (0, 1], got {var_threshold}")
@@ -496,7 +486,7 @@ def svcca(X, Y, k: int | tuple[int, int] | None = None,
 
     1. Centre each side; keep its top singular directions: ``k`` for both, ``(kx, ky)`` per
        side, or ``None`` for the fewest directions explaining ``var_threshold`` of the variance
-       (see :func:`svd_reduce`).
+       (``k`` is capped at the numerical rank).
     2. CCA between the reduced representations. Their column spaces are spanned by the kept
        left singular vectors ``Ux``, ``Uy``, so the canonical correlations are the singular
        values of ``Ux^T Uy`` (clipped to ``[0, 1]``); there are ``min(kx, ky)`` of them.
@@ -541,3 +531,66 @@ def pwcca(X, Y) -> float:
     rho, H = _canonical(Qx, Qy)
     alpha = np.abs(H.T @ Xc).sum(axis=1)
     return float(alpha @ rho / alpha.sum())
+
+
+# --------------------------------------------------------------------------------------------
+# All four per-layer metrics of one pair from shared covariance products
+
+# The covariance route resolves singular values only down to about sqrt(eps) of the largest
+# (eigenvalues of X^T X carry absolute errors near eps * s_max^2): weaker directions are dropped.
+_COVARIANCE_RTOL = 1e-6
+
+
+def paired_metrics(X, Y, var_threshold: float = 0.99) -> dict[str, float]:
+    """``cka``, ``cka_debiased``, ``svcca`` and ``pwcca`` of one pair, from three products.
+
+    Equal (to rounding) to :func:`linear_cka` (biased and debiased), :func:`svcca` with
+    ``var_threshold`` and :func:`pwcca`, but every number comes from the centred ``Cxx = X^T X``,
+    ``Cyy = Y^T Y`` and ``Cxy = X^T Y`` (``d x d``, never ``n x n``): CKA from their Frobenius
+    norms; the CCA family from the eigendecompositions ``Cxx = Vx Sx^2 Vx^T``, since the
+    orthonormal basis ``Qx = X Vx Sx^-1`` gives ``Qx^T Qy = Sx^-1 Vx^T Cxy Vy Sy^-1`` and the
+    PWCCA weights ``|H^T X| = |U^T Sx Vx^T|`` without forming ``Qx``. That replaces four
+    ``n x d`` SVDs per pair with two ``d x d`` eigendecompositions, which is what makes
+    analysing every representation affordable.
+
+    Directions are dropped below ``max(max(n, d) * eps_input, 1e-6)`` of the largest singular
+    value: the same rank rule as :func:`pwcca` for float32 inputs (captures are float32), and
+    the limit of what the covariance route resolves for float64 ones. Needs ``n >= 4``.
+    """
+    X = _as_matrix(X, "X", 4)
+    Y = _as_matrix(Y, "Y", 4)
+    _check_same_rows(X.shape[0], Y.shape[0])
+    if not 0.0 < var_threshold <= 1.0:
+        raise ValueError(f"var_threshold must be in (0, 1], got {var_threshold}")
+    n = X.shape[0]
+    x, y = _centre(X, _named("X")), _centre(Y, _named("Y"))
+    cxx, cyy, cxy = x.data.T @ x.data, y.data.T @ y.data, x.data.T @ y.data
+    inner_xx, inner_yy, inner_xy = (np.einsum("ij,ij->", c, c) for c in (cxx, cyy, cxy))
+    out = {"cka": float(inner_xy / np.sqrt(inner_xx * inner_yy))}
+    rr = float(x.row_sq @ y.row_sq)
+    h_xx = _self_hsic(x, inner_xx, n, True, _named("X"))
+    h_yy = _self_hsic(y, inner_yy, n, True, _named("Y"))
+    h_xy = _hsic(inner_xy, rr, x.total, y.total, n, True)
+    out["cka_debiased"] = float(h_xy / np.sqrt(h_xx * h_yy))
+
+    sx, vx = _covariance_basis(cxx, max(n, X.shape[1]) * _input_eps(X))
+    sy, vy = _covariance_basis(cyy, max(n, Y.shape[1]) * _input_eps(Y))
+    m = (vx.T @ cxy @ vy) / sx[:, None] / sy[None, :]   # Qx^T Qy
+    kx = _choose_k(sx, None, var_threshold, "X", X.shape[1])
+    ky = _choose_k(sy, None, var_threshold, "Y", Y.shape[1])
+    rho_k = np.linalg.svd(m[:kx, :ky], compute_uv=False)
+    out["svcca"] = float(np.clip(rho_k, 0.0, 1.0).mean())
+    u, rho, _ = np.linalg.svd(m, full_matrices=False)
+    alpha = np.abs((u.T * sx[None, :]) @ vx.T).sum(axis=1)
+    out["pwcca"] = float(alpha @ np.clip(rho, 0.0, 1.0) / alpha.sum())
+    return out
+
+
+def _covariance_basis(c: np.ndarray, rtol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Singular values (descending) and right singular vectors of ``X`` from ``c = X^T X``,
+    directions below ``max(rtol, 1e-6)`` of the largest dropped."""
+    lam, v = np.linalg.eigh(c)
+    lam, v = lam[::-1], v[:, ::-1]
+    s = np.sqrt(np.clip(lam, 0.0, None))
+    keep = s > s[0] * max(rtol, _COVARIANCE_RTOL)
+    return s[keep], v[:, keep]

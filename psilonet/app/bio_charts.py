@@ -9,30 +9,27 @@ import pandas as pd
 
 from psilonet.app.charts import _heatmap, _int_column, _require, _title
 
-POOL_COLUMNS = ("label", "layer", "head", "level")
+POOL_COLUMNS = ("label", "layer", "head", "level", "attended")
 FAST_NORM_COLUMNS = ("label", "layer", "norm")
 EVAL_COLUMNS = ("corpus", "mechanism", "strength", "n", "loss_diff", "loss_ci_low", "loss_ci_high",
                 "entropy_diff", "entropy_ci_low", "entropy_ci_high")
 
 
-def condition_label(intensity: float, fatigue: float, hebbian: float) -> str:
-    """How a generation row is named on charts: its dose and its bio strengths."""
-    parts = [f"dose {intensity:g}"] if intensity else []
-    parts += [f"fatigue {fatigue:g}"] if fatigue else []
-    parts += [f"hebbian {hebbian:g}"] if hebbian else []
-    return " + ".join(parts) or "sober"
-
-
-def pool_heatmap(pool: pd.DataFrame, label: str) -> alt.Chart:
-    """Synaptic fatigue of one generation: mean pool level over its keys, averaged over the
-    generated tokens, per layer (y) and head (x). 1 = rested, 0 = empty."""
+def pool_heatmap(pool: pd.DataFrame, label: str, value: str = "attended") -> alt.Chart:
+    """Synaptic fatigue of one generation per layer (y) and head (x), averaged over its generated
+    tokens: ``attended``, the pool level of the keys the head attends to (1 = it reads rested
+    keys), or ``level``, the mean pool level over all keys (nearly the same in every head, since
+    each query spends the same total; see :class:`psilonet.generation.bio.Bio`)."""
+    if value not in ("attended", "level"):
+        raise ValueError(f"value: 'attended' or 'level', got {value!r}")
     _require(pool, POOL_COLUMNS, "pool_heatmap")
-    data = pool[pool["label"] == label][["layer", "head", "level"]].dropna().copy()
+    data = pool[pool["label"] == label][["layer", "head", value]].dropna().copy()
     data["layer"], data["head"] = _int_column(data["layer"]), _int_column(data["head"])
-    low = float(data["level"].min()) if len(data) else 0.0
+    low = float(data[value].min()) if len(data) else 0.0
     domain = (min(low, 0.999), 1.0)
-    return _heatmap(data, "head", "head", "layer", "layer", "level", "pool level", domain,
-                    _title(f"Readily-releasable pool: {label}", "mean over keys and generated tokens"),
+    what = "pool of the attended keys" if value == "attended" else "mean pool over keys"
+    return _heatmap(data, "head", "head", "layer", "layer", value, "pool level", domain,
+                    _title(f"Readily-releasable pool: {label}", f"{what}, mean over generated tokens"),
                     scheme="magma")
 
 

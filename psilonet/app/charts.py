@@ -32,6 +32,7 @@ from psilonet.store import tables as T
 __all__ = [
     "MAX_ROWS",
     "cross_layer_heatmap",
+    "dose_overview",
     "entropy_heatmap",
     "gate_alpha_heatmap",
     "grad_norm_chart",
@@ -45,6 +46,7 @@ __all__ = [
     "tap_weight_evolution",
     "tap_weight_heatmap",
     "therapeutic_window",
+    "token_norm_profile",
     "trajectory_chart",
 ]
 
@@ -57,9 +59,15 @@ MAX_CURVE_POINTS = 2000
 # if a table loses one). Token and layer entropies come joined with their generation's intensity.
 METRICS_COLUMNS = T.METRICS.pick("step", "split", "name", "value")
 SWEEP_COLUMNS = T.SWEEP_CONFIGS.pick("distances", "alpha", "variant", "n", "mean", "std", "ci_low", "ci_high")
-SIMILARITY_COLUMNS = T.SIMILARITY.names
-PATH_COLUMNS = T.TRAJECTORIES.names
-VARIANCE_COLUMNS = T.PCA_VARIANCE.names
+# The representation column is filtered by the page; charts only name it in their titles.
+SIMILARITY_COLUMNS = T.SIMILARITY.pick("source", "dataset", "view", "metric", "layer", "layer_b", "head", "value")
+PATH_COLUMNS = T.TRAJECTORIES.pick("source", "side", "unit", "unit_id", "label", "layer", "pc1", "pc2")
+VARIANCE_COLUMNS = T.PCA_VARIANCE.pick("source", "component", "ratio")
+NORM_COLUMNS = T.NORM_STATS.names
+#: Human names of the similarity metrics and of the representations, for titles and legends.
+METRIC_TITLES = {"cka": "Linear CKA", "cka_debiased": "Debiased CKA", "svcca": "SVCCA", "pwcca": "PWCCA"}
+REPRESENTATION_TITLES = {"rms": "RMS-normalised states", "raw": "raw states",
+                         "no-sink": "raw states without the sink tokens"}
 TAP_COLUMNS = T.TAP_WEIGHTS.names
 GATE_COLUMNS = T.GATE_ALPHAS.names
 TOKEN_COLUMNS = (T.TOKEN_ENTROPY.pick("gen_id") + T.GENERATIONS.pick("intensity")
@@ -67,10 +75,17 @@ TOKEN_COLUMNS = (T.TOKEN_ENTROPY.pick("gen_id") + T.GENERATIONS.pick("intensity"
 LAYER_ENTROPY_COLUMNS = T.GENERATIONS.pick("intensity") + T.LAYER_ENTROPY.pick("layer", "entropy")
 
 BASELINE_LABEL = "baseline (frozen model)"
-TRAIN_LOSS_LABEL = "train loss"
-VAL_LOSS_LABEL = "val skip_loss"
+TRAIN_LOSS_LABEL = "training loss (skip model)"
+VAL_LOSS_LABEL = "validation loss (skip model)"
 SIDES = ("baseline", "trained")
 HEATMAP_SCHEME = "viridis"
+#: Plot-area width budget of a chart that must fit, with its axes and legend, the app's main
+#: column at a 1400 px window with the sidebar open (about 930 px).
+PAGE_WIDTH = 780
+#: Heatmap cells keep their size: the width and height given are the plot area's, axes, title
+#: and legend come on top (Streamlit's default "fit" squeezes the plot into the given size,
+#: which left a 4-row heatmap 3 px tall under its title and legend).
+NATURAL_SIZE = alt.AutoSizeParams(type="pad", contains="padding")
 
 # --------------------------------------------------------------------------- helpers
 
@@ -138,6 +153,11 @@ def _int_column(series: pd.Series) -> pd.Series:
 # --------------------------------------------------------------------------- training curves
 
 
+def _step_axis() -> alt.X:
+    """Optimizer steps are whole numbers: integer ticks only."""
+    return alt.X("step:Q", title="step", axis=alt.Axis(tickMinStep=1, format="d"))
+
+
 def _step_series(metrics: pd.DataFrame, split: str, name: str) -> pd.DataFrame:
     rows = metrics[(metrics["split"] == split) & (metrics["name"] == name)][["step", "value"]]
     rows = rows.dropna(subset=["value"])
@@ -150,7 +170,9 @@ def _step_series(metrics: pd.DataFrame, split: str, name: str) -> pd.DataFrame:
 
 def loss_curves(metrics: pd.DataFrame, base_loss: float | None = None) -> alt.LayerChart:
     """Train ``loss`` per step (line), val ``skip_loss`` per eval step (line with points) and a
-    horizontal rule at ``base_loss`` labelled "baseline (frozen model)" (when given and finite).
+    dashed horizontal rule at ``base_loss``, whose legend entry is "baseline (frozen model)"
+    (when given and finite).  Legend names are :data:`TRAIN_LOSS_LABEL`, :data:`VAL_LOSS_LABEL`
+    and :data:`BASELINE_LABEL`; steps get integer ticks.
 
     ``metrics`` is ``RunReader.metrics()``: step, split, name, value, time.  Each series is
     thinned to at most :data:`MAX_CURVE_POINTS` evenly spaced steps (first and last kept)."""
@@ -161,9 +183,9 @@ def loss_curves(metrics: pd.DataFrame, base_loss: float | None = None) -> alt.La
 
     domain = [TRAIN_LOSS_LABEL, VAL_LOSS_LABEL] + ([BASELINE_LABEL] if has_base else [])
     palette = ["#4c78a8", "#f58518", "#7f7f7f"][: len(domain)]
-    color = alt.Color("series:N", title="series", scale=alt.Scale(domain=domain, range=palette),
-                      legend=alt.Legend(orient="top"))
-    x = alt.X("step:Q", title="step")
+    color = alt.Color("series:N", title=None, scale=alt.Scale(domain=domain, range=palette),
+                      legend=alt.Legend(orient="top", labelLimit=0))
+    x = _step_axis()
     y = alt.Y("value:Q", title="loss (nats / token)", scale=alt.Scale(zero=False))
     tooltip = [alt.Tooltip("series:N"), alt.Tooltip("step:Q"), alt.Tooltip("value:Q", title="loss", format=".4f")]
 
@@ -171,20 +193,13 @@ def loss_curves(metrics: pd.DataFrame, base_loss: float | None = None) -> alt.La
         alt.Chart(train).mark_line(strokeWidth=1.5).encode(x=x, y=y, color=color, tooltip=tooltip),
         alt.Chart(val).mark_line(point=True, strokeWidth=2).encode(x=x, y=y, color=color, tooltip=tooltip),
     ]
-    subtitle = None
-    if has_base:
+    if has_base:  # shown once: its legend entry and the dashed rule (no second text label)
         base = pd.DataFrame({"series": [BASELINE_LABEL], "value": [float(base_loss)]})
         layers.append(alt.Chart(base).mark_rule(strokeDash=[6, 4], strokeWidth=1.5).encode(
             y=alt.Y("value:Q"), color=color,
             tooltip=[alt.Tooltip("series:N"), alt.Tooltip("value:Q", title="loss", format=".4f")]))
-        steps = pd.concat([train["step"], val["step"]])
-        if len(steps):
-            label = base.assign(step=int(steps.max()))
-            layers.append(alt.Chart(label).mark_text(align="right", baseline="bottom", dy=-4, color="#555").encode(
-                x=x, y=alt.Y("value:Q"), text=alt.Text("series:N")))
-        subtitle = f"{BASELINE_LABEL}: {float(base_loss):.4f}"
     return alt.layer(*layers).properties(
-        title=_title("Training loss", subtitle), width="container", height=320)
+        title=_title("Training loss"), width="container", height=320)
 
 
 def grad_norm_chart(metrics: pd.DataFrame) -> alt.Chart:
@@ -192,7 +207,7 @@ def grad_norm_chart(metrics: pd.DataFrame) -> alt.Chart:
     _require(metrics, METRICS_COLUMNS, "grad_norm_chart")
     data = _step_series(metrics, "train", "grad_norm")
     return alt.Chart(data).mark_line(strokeWidth=1.2, color="#54a24b").encode(
-        x=alt.X("step:Q", title="step"),
+        x=_step_axis(),
         y=alt.Y("value:Q", title="gradient norm", scale=alt.Scale(zero=False)),
         tooltip=[alt.Tooltip("step:Q"), alt.Tooltip("value:Q", title="grad norm", format=".4f")],
     ).properties(title=_title("Gradient norm (train)"), width="container", height=220)
@@ -281,25 +296,47 @@ def similarity_domain(sim: pd.DataFrame, view: str, metric: str) -> tuple[float,
     return (float(values.min()), float(values.max()))
 
 
-def layer_similarity_curve(sim: pd.DataFrame, metric: str) -> alt.Chart:
+def _metric_title(metric: str) -> str:
+    return METRIC_TITLES.get(metric, metric)
+
+
+def _with_representation(subtitle: str, representation: str | None) -> str:
+    if representation is None:
+        return subtitle
+    return f"{subtitle} · {REPRESENTATION_TITLES.get(representation, representation)}"
+
+
+def layer_similarity_curve(sim: pd.DataFrame, metric: str, representation: str | None = None) -> alt.LayerChart:
     """Per-layer similarity (baseline h[l] vs trained h[l]) under ``metric``, one line per source
-    labelled "source (dataset)".  The y domain is [min(0, min value), 1] (widened past 1 only if a
-    value exceeds it, so nothing is clipped)."""
+    labelled "source (dataset)", with a dashed reference line at 1.0 (unchanged).
+
+    The y axis spans the data's range padded by 10% (and always includes 1.0), so that 0.94 against
+    1.0 is visible; the title names the metric and ``representation``."""
     rows = _sim_rows(sim, "layer", metric, "layer_similarity_curve")
     data = rows[["source", "dataset", "layer", "value"]].dropna(subset=["layer", "value"]).copy()
     data["layer"] = _int_column(data["layer"])
     data["series"] = data["source"].astype(str) + " (" + data["dataset"].astype(str) + ")"
     data = data.sort_values(["series", "layer"]).reset_index(drop=True)
-    lo = min(0.0, float(data["value"].min())) if len(data) else 0.0
+    lo = min(1.0, float(data["value"].min())) if len(data) else 0.0
     hi = max(1.0, float(data["value"].max())) if len(data) else 1.0
-    return alt.Chart(data[["series", "layer", "value"]]).mark_line(point=True).encode(
-        x=alt.X("layer:Q", title="layer (0 = embeddings)", axis=alt.Axis(tickMinStep=1)),
-        y=alt.Y("value:Q", title=metric, scale=alt.Scale(domain=[lo, hi])),
-        color=alt.Color("series:N", title="source (dataset)", legend=alt.Legend(orient="bottom", columns=1)),
+    pad = max(0.1 * (hi - lo), 0.005)
+    domain = [lo - pad, hi + pad]
+    name = _metric_title(metric)
+    line = alt.Chart(data[["series", "layer", "value"]]).mark_line(point=True).encode(
+        x=alt.X("layer:Q", title="layer (0 = embeddings)", axis=alt.Axis(tickMinStep=1, format="d")),
+        y=alt.Y("value:Q", title=name, scale=alt.Scale(domain=domain, nice=False)),
+        color=alt.Color("series:N", title="source (dataset)",
+                        legend=alt.Legend(orient="bottom", columns=1, labelLimit=0, titleLimit=0)),
         tooltip=[alt.Tooltip("series:N", title="source (dataset)"), alt.Tooltip("layer:Q"),
-                 alt.Tooltip("value:Q", title=metric, format=".4f")],
-    ).properties(title=_title(f"Layer similarity: {metric}", "baseline vs trained residual stream, per layer"),
-                 width="container", height=300)
+                 alt.Tooltip("value:Q", title=name, format=".4f")],
+    )
+    # The same explicit domain on both layers: a layer without one would union in zero.
+    reference = alt.Chart(pd.DataFrame({"value": [1.0]})).mark_rule(strokeDash=[4, 4], color="#777").encode(
+        y=alt.Y("value:Q", scale=alt.Scale(domain=domain, nice=False)))
+    subtitle = _with_representation("baseline vs trained residual stream per layer; dashed line: 1.0 = unchanged",
+                                     representation)
+    return alt.layer(reference, line).properties(
+        title=_title(f"{name} per layer", subtitle), width="container", height=360)
 
 
 def _heatmap(data: pd.DataFrame, x: str, x_title: str, y: str, y_title: str, value: str, value_title: str,
@@ -318,7 +355,7 @@ def _heatmap(data: pd.DataFrame, x: str, x_title: str, y: str, y_title: str, val
 
 
 def _source_heatmap(sim: pd.DataFrame, view: str, metric: str, source: str, domain, x: str, x_title: str,
-                    y_title: str, title: str, caller: str) -> alt.Chart:
+                    y_title: str, title: str, caller: str, representation: str | None = None) -> alt.Chart:
     """One source's ``view`` rows as a heatmap of ``x`` against layer, on a shared colour domain."""
     rows = _sim_rows(sim, view, metric, caller)
     if domain is None:
@@ -328,24 +365,26 @@ def _source_heatmap(sim: pd.DataFrame, view: str, metric: str, source: str, doma
     data[x] = _int_column(data[x])
     dataset = rows.loc[rows["source"] == source, "dataset"]
     sub = f"{source} ({dataset.iloc[0]})" if len(dataset) else f"{source} (no data)"
-    return _heatmap(data, x, x_title, "layer", y_title, "value", metric, domain, _title(title, sub))
+    return _heatmap(data, x, x_title, "layer", y_title, "value", _metric_title(metric), domain,
+                    _title(title, _with_representation(sub, representation)))
 
 
 def head_heatmap(sim: pd.DataFrame, metric: str, source: str,
-                 domain: tuple[float, float] | None = None) -> alt.Chart:
+                 domain: tuple[float, float] | None = None, representation: str | None = None) -> alt.Chart:
     """Per-head similarity of one ``source``: x = head, y = layer (layer 0 at the top), colour =
     value on the scale ``domain`` (default: :func:`similarity_domain` over every source, so two
     heatmaps side by side are comparable)."""
     return _source_heatmap(sim, "head", metric, source, domain, "head", "head", "layer",
-                           f"Per-head {metric}", "head_heatmap")
+                           f"{_metric_title(metric)} per head", "head_heatmap", representation)
 
 
 def cross_layer_heatmap(sim: pd.DataFrame, source: str, domain: tuple[float, float] | None = None,
-                        metric: str = "cka") -> alt.Chart:
+                        metric: str = "cka", representation: str | None = None) -> alt.Chart:
     """CKA of every baseline layer (y) against every trained layer (x) for one ``source``; colour on
     the scale ``domain`` (default: :func:`similarity_domain` over every source)."""
     return _source_heatmap(sim, "cross_layer", metric, source, domain, "layer_b", "trained layer",
-                           "baseline layer", f"Cross-layer {metric}: baseline vs trained", "cross_layer_heatmap")
+                           "baseline layer", f"Cross-layer {_metric_title(metric)}: baseline vs trained",
+                           "cross_layer_heatmap", representation)
 
 
 def side_by_side(charts: Sequence[alt.TopLevelMixin]) -> alt.HConcatChart:
@@ -368,6 +407,37 @@ def novelty_stats(sim: pd.DataFrame, metric: str, start: int, end: int) -> pd.Da
     return out[["source", "dataset", "mean", "min", "max"]].sort_values("source").reset_index(drop=True)
 
 
+def token_norm_profile(stats: pd.DataFrame, source: str | None = None) -> alt.LayerChart:
+    """The outlier diagnostic of a capture: per layer the median, p99 and max token norm (log
+    scale; colour = statistic, baseline solid, trained dashed) and the outlier threshold (grey).
+
+    ``stats`` is ``RunReader.norm_stats()`` (side, layer, median, p99, max, threshold, n_over)."""
+    _require(stats, NORM_COLUMNS, "token_norm_profile")
+    long = stats.melt(id_vars=["side", "layer", "n_over"], value_vars=["median", "p99", "max"],
+                      var_name="statistic", value_name="norm").dropna(subset=["norm"])
+    long["layer"] = _int_column(long["layer"])
+    long["n_over"] = _int_column(long["n_over"])
+    x = alt.X("layer:Q", title="layer (0 = embeddings)", axis=alt.Axis(tickMinStep=1, format="d"))
+    y = alt.Y("norm:Q", title="token norm (log scale)", scale=alt.Scale(type="log"))
+    dash = alt.StrokeDash("side:N", title="side", scale=alt.Scale(domain=list(SIDES), range=[[1, 0], [5, 3]]))
+    lines = alt.Chart(long).mark_line(point=True).encode(
+        x=x, y=y, strokeDash=dash,
+        color=alt.Color("statistic:N", title="token norm", sort=["max", "p99", "median"],
+                        legend=alt.Legend(orient="bottom", labelLimit=0)),
+        tooltip=[alt.Tooltip("side:N"), alt.Tooltip("layer:Q"), alt.Tooltip("statistic:N"),
+                 alt.Tooltip("norm:Q", format=",.1f"), alt.Tooltip("n_over:Q", title="tokens over threshold")])
+    threshold = stats[["side", "layer", "threshold"]].dropna().copy()
+    threshold["layer"] = _int_column(threshold["layer"])
+    rule = alt.Chart(threshold).mark_line(color="#999", strokeWidth=1).encode(
+        x=x, y=alt.Y("threshold:Q", scale=alt.Scale(type="log")), strokeDash=dash,
+        tooltip=[alt.Tooltip("layer:Q"), alt.Tooltip("threshold:Q", format=",.1f", title="outlier threshold")])
+    return alt.layer(rule, lines).properties(
+        title=_title("Token norms per layer (outlier diagnostic)",
+                     ([source] if source else []) + ["median, 99th percentile and largest token norm; "
+                                                     "grey: the outlier threshold"]),
+        width="container", height=320)
+
+
 # --------------------------------------------------------------------------- trajectories
 
 
@@ -383,15 +453,18 @@ def _pc_titles(variance: pd.DataFrame, source: str) -> tuple[str, str]:
 
 
 def trajectory_chart(paths: pd.DataFrame, variance: pd.DataFrame, unit: str,
-                     unit_ids: list[int] | None = None, source: str | None = None) -> alt.LayerChart:
-    """PCA paths through the layers: one line per (side, unit_id) connecting layers in order
-    (baseline solid, trained dashed), points coloured by layer.  Axis titles carry the explained
-    variance of the source's PC1/PC2.
+                     unit_ids: list[int] | None = None, source: str | None = None,
+                     representation: str | None = None) -> alt.LayerChart:
+    """PCA paths through the layers: one colour per token (or sequence), one line per (side, unit)
+    connecting layers in order (baseline solid, trained dashed), points growing with the layer, and
+    each path's start (layer 0) and end (last layer) labelled "L0" / "L<n>".  Axis titles carry the
+    explained variance of the source's PC1/PC2; the subtitle names ``representation``.
 
     ``paths`` is ``RunReader.trajectories()``, ``variance`` ``RunReader.pca_variance()`` (component
-    0 = PC1).  Rows are filtered to ``unit`` ('token' / 'sequence') and ``unit_ids`` when given.  The
-    PCA basis is per source, so with several sources in ``paths`` pass ``source``.  If more than
-    :data:`MAX_ROWS` rows remain, only the first unit ids are drawn (the subtitle says so)."""
+    0 = PC1), both already filtered to one representation.  Rows are filtered to ``unit`` ('token' /
+    'sequence') and ``unit_ids`` when given.  The PCA basis is per source, so with several sources
+    in ``paths`` pass ``source``.  If more than :data:`MAX_ROWS` rows remain, only the first unit ids
+    are drawn (the subtitle says so)."""
     _require(paths, PATH_COLUMNS, "trajectory_chart")
     _require(variance, VARIANCE_COLUMNS, "trajectory_chart (variance)")
     data = paths[paths["unit"] == unit]
@@ -410,7 +483,8 @@ def trajectory_chart(paths: pd.DataFrame, variance: pd.DataFrame, unit: str,
     data["label"] = data["label"].fillna("").astype(str)
 
     ids = np.sort(data["unit_id"].unique())
-    subtitle = [f"{source} · {unit}s · baseline solid, trained dashed"]
+    subtitle = [_with_representation(f"{source} · {unit}s · baseline solid, trained dashed; "
+                                     "points grow with the layer", representation)]
     if len(data) > MAX_ROWS and len(ids):
         per_unit = max(1, len(data) // len(ids))
         keep = ids[: max(1, MAX_ROWS // per_unit)]
@@ -418,53 +492,78 @@ def trajectory_chart(paths: pd.DataFrame, variance: pd.DataFrame, unit: str,
         subtitle.append(f"showing the first {len(keep)} of {len(ids)} {unit}s (row limit)")
     data["path"] = data["side"].astype(str) + ":" + data["unit_id"].astype(str)
     data = data.sort_values(["path", "layer"]).reset_index(drop=True)
+    first = data.groupby("path")["layer"].transform("min")
+    last = data.groupby("path")["layer"].transform("max")
+    is_end = ((data["layer"] == first) & (data["side"] == SIDES[0])) | (data["layer"] == last)
+    data["tag"] = np.where(is_end, "L" + data["layer"].astype(str), "")
 
     x_title, y_title = _pc_titles(variance, source)
     x = alt.X("pc1:Q", title=x_title, scale=alt.Scale(zero=False))
     y = alt.Y("pc2:Q", title=y_title, scale=alt.Scale(zero=False))
+    colour = alt.Color("label:N", title=unit, sort=alt.SortField("unit_id"),
+                       legend=alt.Legend(orient="bottom", columns=2, labelLimit=0, symbolType="circle"))
     tooltip = [alt.Tooltip("label:N", title=unit), alt.Tooltip("unit_id:Q", title="id"), alt.Tooltip("side:N"),
                alt.Tooltip("layer:Q"), alt.Tooltip("pc1:Q", format=".3f"), alt.Tooltip("pc2:Q", format=".3f")]
     base = alt.Chart(data)
-    lines = base.mark_line(strokeWidth=1.2, opacity=0.6, color="#888").encode(
-        x=x, y=y, detail="path:N", order=alt.Order("layer:Q", sort="ascending"),
+    lines = base.mark_line(strokeWidth=1.6, opacity=0.8).encode(
+        x=x, y=y, color=colour, detail="path:N", order=alt.Order("layer:Q", sort="ascending"),
         strokeDash=alt.StrokeDash("side:N", title="side",
                                   scale=alt.Scale(domain=list(SIDES), range=[[1, 0], [5, 3]])),
         tooltip=tooltip)
-    points = base.mark_point(filled=True, size=40).encode(
-        x=x, y=y,
-        color=alt.Color("layer:Q", title="layer", scale=alt.Scale(scheme="viridis")),
+    points = base.mark_point(filled=True, opacity=0.9).encode(
+        x=x, y=y, color=colour,
+        size=alt.Size("layer:Q", title="layer", scale=alt.Scale(range=[10, 120])),
         shape=alt.Shape("side:N", title="side", scale=alt.Scale(domain=list(SIDES), range=["circle", "triangle"])),
         tooltip=tooltip)
-    return alt.layer(lines, points).properties(
-        title=_title("Trajectories through the layers (PCA)", subtitle), width="container", height=420)
+    labels = base.transform_filter("datum.tag != ''").mark_text(dx=7, dy=-7, fontSize=11, fontWeight="bold").encode(
+        x=x, y=y, text="tag:N", color=alt.Color("label:N", sort=alt.SortField("unit_id"), legend=None))
+    return alt.layer(lines, points, labels).properties(
+        title=_title("Trajectories through the layers (PCA)", subtitle), width="container", height=520)
 
 
 # --------------------------------------------------------------------------- tap weights and gates
 
 
-def tap_weight_evolution(taps: pd.DataFrame) -> alt.Chart:
-    """Tap weight vs step, one small chart per layer (6 per row), colour = skip distance.
+#: Columns (logged steps) per tap-weight panel before steps are thinned.
+MAX_TAP_STEPS = 80
 
-    ``taps`` is ``RunReader.tap_weights()``.  With more than :data:`MAX_ROWS` rows the steps are
-    subsampled evenly (first and last kept) and the subtitle says so."""
+
+def tap_weight_evolution(taps: pd.DataFrame) -> alt.Chart:
+    """Tap weight over training as one layer x step heatmap per skip distance (side by side,
+    sized to fit :data:`PAGE_WIDTH` together), colour = weight on [0, 1].
+
+    A block's weights over its available distances sum to 1, so reading one column across the
+    panels shows how that block splits its mix at that step; cells are empty where a block has
+    no tap at that distance.  ``taps`` is ``RunReader.tap_weights()``.  Steps are thinned to at
+    most :data:`MAX_TAP_STEPS` evenly spaced ones (first and last kept; the subtitle says so).
+    A single-distance run has weight 1 everywhere: the page says so instead of drawing this."""
     _require(taps, TAP_COLUMNS, "tap_weight_evolution")
     data = taps[list(TAP_COLUMNS)].dropna().copy()
     for col in ("step", "layer", "distance"):
         data[col] = _int_column(data[col])
-    rows_per_step = max(1, data.groupby("step").size().max()) if len(data) else 1
-    data, kept, total = _thin_by_step(data, int(rows_per_step))
-    subtitle = "one panel per layer; colour = skip distance"
-    if kept < total:
-        subtitle = [subtitle, f"showing {kept} of {total} logged steps (evenly subsampled, first and last kept)"]
-    data = data.sort_values(["layer", "distance", "step"]).reset_index(drop=True)
-    return alt.Chart(data).mark_line().encode(
-        x=alt.X("step:Q", title="step"),
-        y=alt.Y("weight:Q", title="tap weight", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("distance:O", title="distance"),
-        facet=alt.Facet("layer:O", title="layer", columns=6),
+    total = int(data["step"].nunique())
+    keep = _even_steps(data["step"], MAX_TAP_STEPS) if total else np.array([], dtype=int)
+    data = data[data["step"].isin(keep)]
+    subtitle = ["x: training step; y: block (layer); one panel per skip distance"]
+    if len(keep) < total:
+        subtitle.append(f"showing {len(keep)} of {total} logged steps (evenly subsampled, first and last kept)")
+    distances = sorted(data["distance"].unique()) or [0]
+    n_layers = max(1, int(data["layer"].nunique()))
+    panel = int(max(100, min(420, (PAGE_WIDTH - 20 * (len(distances) - 1)) / len(distances))))
+    height = int(min(480, max(120, 14 * n_layers)))
+    data = data.sort_values(["distance", "layer", "step"]).reset_index(drop=True)
+    n_steps = max(1, len(keep))
+    label_every = max(1, int(np.ceil(n_steps / max(1, panel // 40))))
+    shown_steps = [int(v) for v in list(keep)[::label_every]]
+    return alt.Chart(data).mark_rect().encode(
+        x=alt.X("step:O", title="step", axis=alt.Axis(values=shown_steps, labelAngle=0)),
+        y=alt.Y("layer:O", title="layer", sort="ascending"),
+        color=alt.Color("weight:Q", title="tap weight", scale=alt.Scale(domain=[0, 1], scheme=HEATMAP_SCHEME)),
         tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("distance:O"), alt.Tooltip("step:Q"),
                  alt.Tooltip("weight:Q", format=".4f")],
-    ).properties(title=_title("Tap weight evolution", subtitle), width=140, height=100)
+    ).properties(width=panel, height=height).facet(
+        column=alt.Column("distance:O", title="skip distance", sort=distances),
+    ).properties(title=_title("Tap weights over training", subtitle))
 
 
 def _final_step(df: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
@@ -484,7 +583,7 @@ def tap_weight_heatmap(taps: pd.DataFrame) -> alt.Chart:
         data[col] = _int_column(data[col])
     sub = f"step {last}" if last is not None else "no tap weights logged"
     return _heatmap(data[["layer", "distance", "weight"]], "distance", "distance", "layer", "layer", "weight",
-                    "weight", (0.0, 1.0), _title("Final tap weights", sub))
+                    "weight", (0.0, 1.0), _title("Final tap weights", sub)).properties(autosize=NATURAL_SIZE)
 
 
 def gate_alpha_heatmap(gates: pd.DataFrame) -> alt.Chart:
@@ -498,10 +597,14 @@ def gate_alpha_heatmap(gates: pd.DataFrame) -> alt.Chart:
     hi = max(1.0, float(data["alpha"].max())) if len(data) else 1.0
     sub = f"step {last}" if last is not None else "no gate alphas logged"
     return _heatmap(data[["layer", "head", "alpha"]], "head", "head", "layer", "layer", "alpha", "alpha",
-                    (0.0, hi), _title("Final per-head gate alphas", sub))
+                    (0.0, hi), _title("Final per-head gate alphas", sub)).properties(autosize=NATURAL_SIZE)
 
 
 # --------------------------------------------------------------------------- dosing / entropy
+
+
+#: Height of one intensity row in the entropy heatmaps (readable, room for a label).
+ENTROPY_ROW_PX = 28
 
 
 def _intensity_label(x: float) -> str:
@@ -511,20 +614,24 @@ def _intensity_label(x: float) -> str:
 def entropy_heatmap(tokens: pd.DataFrame) -> alt.Chart:
     """Per-token next-token entropy (bits): x = position, y = intensity, tooltip with the token.
 
-    ``tokens`` is ``RunReader.token_entropy()`` joined with ``generations()`` for ``intensity``.
+    ``tokens`` is ``RunReader.token_entropy()`` joined with ``generations()`` for ``intensity``
+    (and, where a run has bio rows, a ``label`` naming each row, used instead of the intensity).
     When several generations share an intensity each gets its own row ("intensity · #gen_id").
     Beyond :data:`MAX_ROWS` cells only the first positions are kept (the subtitle says so)."""
     _require(tokens, TOKEN_COLUMNS, "entropy_heatmap")
-    data = tokens[list(TOKEN_COLUMNS)].dropna(subset=["gen_id", "intensity", "pos"]).copy()
+    named = "label" in tokens.columns
+    data = tokens[list(TOKEN_COLUMNS) + (["label"] if named else [])].dropna(subset=["gen_id", "intensity", "pos"]).copy()
     data["gen_id"] = _int_column(data["gen_id"])
     data["pos"] = _int_column(data["pos"])
     data["intensity"] = data["intensity"].astype(float)
     data["token_text"] = data["token_text"].fillna("").astype(str)
+    if not named:
+        data["label"] = data["intensity"].map(_intensity_label)
 
-    gens = data[["intensity", "gen_id"]].drop_duplicates().sort_values(["intensity", "gen_id"])
-    shared = gens["intensity"].duplicated(keep=False)
-    labels = {(i, g): (_intensity_label(i) + (f" · #{g}" if s else ""))
-              for i, g, s in zip(gens["intensity"], gens["gen_id"], shared)}
+    gens = data[["intensity", "gen_id", "label"]].drop_duplicates(["gen_id"]).sort_values(["intensity", "gen_id"])
+    shared = gens["label"].duplicated(keep=False)
+    labels = {(i, g): (lab + (f" · #{g}" if s else ""))
+              for i, g, lab, s in zip(gens["intensity"], gens["gen_id"], gens["label"], shared)}
     order = [labels[(i, g)] for i, g in zip(gens["intensity"], gens["gen_id"])]
     data["row"] = [labels[(i, g)] for i, g in zip(data["intensity"], data["gen_id"])]
 
@@ -536,33 +643,81 @@ def entropy_heatmap(tokens: pd.DataFrame) -> alt.Chart:
         subtitle = [subtitle, f"showing positions up to {max_pos} of {n_pos} (row limit)"]
     data = data[["row", "gen_id", "intensity", "pos", "token_text", "entropy"]].sort_values(["row", "pos"])
 
-    width = int(min(960, max(240, 10 * data["pos"].nunique())))
-    height = int(min(640, max(80, 22 * len(order))))
+    width = int(min(PAGE_WIDTH + 60, max(300, 14 * data["pos"].nunique())))  # legend on top: room for 60 more
+    height = ENTROPY_ROW_PX * max(1, len(order))
     return alt.Chart(data.reset_index(drop=True)).mark_rect().encode(
         x=alt.X("pos:O", title="token position", sort="ascending",
                 axis=alt.Axis(labelOverlap=True, labelAngle=0)),
-        y=alt.Y("row:O", title="intensity", sort=order),
-        color=alt.Color("entropy:Q", title="entropy (bits)", scale=alt.Scale(scheme="inferno", zero=True)),
+        y=alt.Y("row:O", title="row" if named else "intensity", sort=order, axis=alt.Axis(labelLimit=0)),
+        color=alt.Color("entropy:Q", title="next-token entropy (bits)", scale=alt.Scale(scheme="inferno", zero=True),
+                        legend=alt.Legend(orient="top", direction="horizontal", gradientLength=220, titleLimit=0)),
         tooltip=[alt.Tooltip("token_text:N", title="token"), alt.Tooltip("entropy:Q", title="entropy (bits)", format=".3f"),
                  alt.Tooltip("intensity:Q", format="g"), alt.Tooltip("pos:Q", title="position"),
                  alt.Tooltip("gen_id:Q", title="generation")],
-    ).properties(title=_title("Per-token next-token entropy (bits)", subtitle), width=width, height=height)
+    ).properties(title=_title("Per-token next-token entropy (bits)", subtitle), width=width, height=height,
+                 autosize=NATURAL_SIZE)
+
+
+def dose_overview(gens: pd.DataFrame) -> alt.Chart:
+    """Mean next-token entropy (bits) of every prompt (row) at every intensity (column).
+
+    ``gens`` has one row per continuation: prompt_line, prompt, intensity, mean_entropy (as
+    ``RunReader.generations()``; several seeds of a prompt and intensity are averaged).  Row
+    labels are the prompt's first characters; the tooltip has the whole prompt. Where a run has
+    bio rows, ``gens`` has a ``label`` per row and the columns are those rows."""
+    _require(gens, ("prompt_line", "prompt", "intensity", "mean_entropy"), "dose_overview")
+    named = "label" in gens.columns
+    data = gens[["prompt_line", "prompt", "intensity", "mean_entropy"] + (["label"] if named else [])].copy()
+    data["prompt_line"] = _int_column(data["prompt_line"])
+    data["intensity"] = data["intensity"].astype(float)
+    if not named:
+        data["label"] = data["intensity"].map(_intensity_label)
+    data = data.groupby(["prompt_line", "prompt", "intensity", "label"], as_index=False)["mean_entropy"].mean()
+    data["dose"] = data["label"]
+    prompts = data[["prompt_line", "prompt"]].drop_duplicates().sort_values("prompt_line")
+    labels = {}
+    for k, (line, text) in enumerate(zip(prompts["prompt_line"], prompts["prompt"]), 1):
+        short = " ".join(str(text).split())
+        labels[(line, text)] = f"{k}. " + (short if len(short) <= 40 else short[:39] + "…")
+    data["row"] = [labels[(line, text)] for line, text in zip(data["prompt_line"], data["prompt"])]
+    doses = list(dict.fromkeys(data.sort_values("intensity", kind="stable")["dose"]))
+    finite = data["mean_entropy"].astype(float)
+    finite = finite[np.isfinite(finite)]
+    domain = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    if domain[0] == domain[1]:
+        domain = (domain[0], domain[0] + 1e-6)
+    return alt.Chart(data[["row", "prompt", "dose", "intensity", "mean_entropy"]]).mark_rect().encode(
+        x=alt.X("dose:O", title="row" if named else "intensity", sort=doses,
+                axis=alt.Axis(labelAngle=-30 if named else 0, labelLimit=0)),
+        y=alt.Y("row:O", title="prompt", sort=list(labels.values()), axis=alt.Axis(labelLimit=320)),
+        color=alt.Color("mean_entropy:Q", title="mean entropy (bits)",
+                        scale=alt.Scale(domain=list(domain), scheme="inferno")),
+        tooltip=[alt.Tooltip("prompt:N"), alt.Tooltip("intensity:Q", format="g"),
+                 alt.Tooltip("mean_entropy:Q", title="mean entropy (bits)", format=".3f")],
+    ).properties(title=_title("Mean next-token entropy per prompt and intensity (bits)"),
+                 width=int(min(PAGE_WIDTH - 400, max(160, 60 * len(doses)))),
+                 height=ENTROPY_ROW_PX * max(1, len(labels)), autosize=NATURAL_SIZE)
 
 
 def layer_entropy_profile(layers: pd.DataFrame) -> alt.Chart:
     """Mean hidden-state entropy (bits) per layer, one line per intensity.  ``layers`` may be per token (e.g.
     ``RunReader.layer_entropy()`` joined with intensity) or already averaged: rows are averaged per
-    (intensity, layer) here either way."""
+    (intensity, layer) here either way (per ``label`` too where a run has bio rows)."""
     _require(layers, LAYER_ENTROPY_COLUMNS, "layer_entropy_profile")
-    data = layers[list(LAYER_ENTROPY_COLUMNS)].dropna()
-    data = data.groupby(["intensity", "layer"], as_index=False)["entropy"].mean()
+    named = "label" in layers.columns
+    keys = ["intensity"] + (["label"] if named else [])
+    data = layers[list(LAYER_ENTROPY_COLUMNS) + (["label"] if named else [])].dropna()
+    data = data.groupby(keys + ["layer"], as_index=False)["entropy"].mean()
     data["layer"] = _int_column(data["layer"])
     data["intensity"] = data["intensity"].astype(float)
-    data = data.sort_values(["intensity", "layer"]).reset_index(drop=True)
+    data = data.sort_values(keys + ["layer"]).reset_index(drop=True)
+    color = (alt.Color("label:N", title="row", sort=list(dict.fromkeys(data["label"])), legend=alt.Legend(orient="right"))
+             if named else alt.Color("intensity:O", title="intensity", scale=alt.Scale(scheme="plasma"),
+                                     legend=alt.Legend(orient="right")))
     return alt.Chart(data).mark_line(point=True).encode(
         x=alt.X("layer:Q", title="layer (0 = embeddings)", axis=alt.Axis(tickMinStep=1)),
-        y=alt.Y("entropy:Q", title="mean entropy (bits)"),
-        color=alt.Color("intensity:O", title="intensity", scale=alt.Scale(scheme="plasma")),
+        y=alt.Y("entropy:Q", title="mean entropy (bits)", scale=alt.Scale(zero=False)),
+        color=color,
         tooltip=[alt.Tooltip("intensity:Q", format="g"), alt.Tooltip("layer:Q"),
                  alt.Tooltip("entropy:Q", title="mean entropy (bits)", format=".3f")],
     ).properties(title=_title("Hidden-state entropy through the layers (bits)",

@@ -13,10 +13,11 @@ Pages stay thin: they call these helpers, draw with :mod:`psilonet.app.charts` a
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
 import streamlit as st
@@ -30,7 +31,7 @@ log = logging.getLogger("psilonet.app.helpers")
 
 EMPTY_STORE_HELP = (
     "No runs yet in `{data_dir}`. Create some from the repository folder with\n\n"
-    "```\nmake demo    # fetch the default model, check it, train a small skip adapter\n"
+    "```\nmake demo    # fetch the default model; train, capture, analyse and dose (about 5 minutes)\n"
     ".venv/bin/python -m jobs.check_model\n"
     ".venv/bin/python -m jobs.train --train-samples 40 --val-samples 16\n```"
 )
@@ -64,7 +65,7 @@ def catalog_version(s: Store) -> int:
         return 0
 
 
-@st.cache_data(show_spinner=False)
+@st.cache_data(show_spinner=False, max_entries=4)  # one catalog version is current; bounded for many viewers
 def _runs(data_dir_str: str, version: int) -> pd.DataFrame:
     return Store(data_dir_str).list_runs()
 
@@ -95,31 +96,83 @@ def read(run_id: str, what: str, *args) -> Any:
         return None
 
 
+def read_optional(run_id: str, what: str, *args) -> Any:
+    """Like :func:`read`, but None without a message when the run cannot give it (a table that
+    runs made by older versions lack)."""
+    try:
+        return run_data(str(data_dir()), run_id, what, *args)
+    except StoreError:
+        return None
+
+
+def config_of(run: pd.Series) -> dict:
+    """A catalog row's config as a dict (empty when it has none)."""
+    config = run.get("config")
+    return config if isinstance(config, dict) else {}
+
+
 # ---------------------------------------------------------------------- page state
 
-def param(name: str, default: Any, cast: Callable[[str], Any] = str, choices: list | None = None) -> Any:
-    """A query parameter parsed with ``cast``; a bad value warns and gives ``default``."""
+class BadParam(ValueError):
+    """A cast's own explanation of why a value is invalid (shown in the warning)."""
+
+
+def _warn_param(name: str, raw: str, why: str) -> None:
+    shown = raw if len(raw) <= 60 else raw[:57] + "..."
+    st.warning(f"Ignoring the link's `{name}` ({shown!r}): {why}. Using the default.")
+
+
+def param(name: str, default: Any, cast: Callable[[str], Any] = str, choices: list | None = None,
+          lo: float | None = None, hi: float | None = None, max_len: int | None = None) -> Any:
+    """A query parameter parsed with ``cast`` and checked against ``choices``, ``[lo, hi]`` (for
+    numbers, which must also be finite) and ``max_len`` (for text).  Anything else gives
+    ``default`` with exactly one warning naming the parameter: a link never breaks a page."""
     raw = st.query_params.get(name)
     if raw is None or raw == "":
         return default
+    if max_len is not None and len(raw) > max_len:
+        _warn_param(name, raw, f"longer than {max_len:,} characters")
+        return default
     try:
         value = cast(raw)
-    except (TypeError, ValueError):
-        st.warning(f"Ignoring the link's `{name}={raw}`: not a valid value.")
+    except (TypeError, ValueError, OverflowError) as exc:
+        _warn_param(name, raw, str(exc) if isinstance(exc, BadParam) else "not a valid value")
         return default
     if choices is not None and value not in choices:
-        st.warning(f"Ignoring the link's `{name}={raw}`: not one of the available choices.")
+        _warn_param(name, raw, "not one of " + ", ".join(map(str, choices[:8])) + ("..." if len(choices) > 8 else ""))
         return default
+    numbers = value if isinstance(value, (list, tuple)) else [value]
+    if lo is not None or hi is not None:
+        for v in numbers:
+            if isinstance(v, float) and not math.isfinite(v):
+                _warn_param(name, raw, "not a finite number")
+                return default
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                bounds = f"[{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}]"
+                _warn_param(name, raw, f"outside {bounds}")
+                return default
     return value
 
 
 def float_list(text: str) -> list[float]:
+    """Comma-separated numbers; any bad item makes the whole list invalid."""
     return [float(x) for x in text.split(",") if x.strip()]
 
 
 def int_pair(text: str) -> tuple[int, int]:
     a, b = (int(x) for x in text.split(","))
     return a, b
+
+
+def choice_list(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+    """A cast for comma-separated names that must all be in ``allowed`` (one bad name: invalid)."""
+    def cast(text: str) -> list[str]:
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        bad = [x for x in items if x not in allowed]
+        if bad or not items:
+            raise BadParam(f"unknown {', '.join(bad) or 'value'}; choose from {', '.join(allowed)}")
+        return items
+    return cast
 
 
 def set_params(**values: Any) -> None:
@@ -133,6 +186,23 @@ def set_params(**values: Any) -> None:
                 st.query_params[key] = text
 
 
+def fill_hint(kinds: tuple[str, ...], all_runs: pd.DataFrame) -> str:
+    """Which command creates a run of ``kinds`` from the runs that exist (never "no runs" when some do)."""
+    complete = all_runs[all_runs.state == "complete"]
+    if complete.empty:
+        return EMPTY_STORE_HELP.format(data_dir=data_dir())
+    py = ".venv/bin/python -m"
+    captures, trains = complete[complete.kind == "capture"], complete[complete.kind == "train"]
+    if "analysis" in kinds and not captures.empty:
+        return (f"Analyse the existing captures:\n\n```\n{py} jobs.analyze --captures "
+                f"{' '.join(captures.run_id.head(2))}\n```")
+    if kinds in (("analysis",), ("capture",)) and not trains.empty:
+        train = trains.run_id.iloc[0]
+        return (f"Capture a training run, then analyse the capture:\n\n```\n{py} jobs.capture --run {train}\n"
+                f"{py} jobs.analyze --captures <the capture run it prints>\n```")
+    return f"`make demo` creates one run of every kind in `{data_dir()}`."
+
+
 def run_picker(label: str, kinds: tuple[str, ...], key: str = "run", help: str | None = None) -> pd.Series | None:
     """A select box over the complete runs of ``kinds``, synced with the ``key`` query param."""
     all_runs = runs()
@@ -140,7 +210,7 @@ def run_picker(label: str, kinds: tuple[str, ...], key: str = "run", help: str |
         return None
     choices = all_runs[(all_runs.kind.isin(kinds)) & (all_runs.state == "complete")]
     if choices.empty:
-        st.info(f"No complete {' or '.join(kinds)} run yet.\n\n" + EMPTY_STORE_HELP.format(data_dir=data_dir()))
+        st.info(f"No complete {' or '.join(kinds)} run yet.\n\n" + fill_hint(kinds, all_runs))
         return None
     ids = list(choices.run_id)
     wanted = param(key, ids[0])
@@ -210,3 +280,20 @@ def generator(model_name: str, run_id: str | None, data_dir_str: str):
         model, tokenizer, _ = training.load_trained(Store(data_dir_str), run_id, data_dir=data_dir_str)
         return model, tokenizer
     return modeling.load_model(model_name, data_dir_str)
+
+
+def session_gone() -> Callable[[], bool]:
+    """A check for long work: True once this browser session has disconnected (tab closed).
+
+    Streamlit keeps a script running after its tab closes (the session only turns inactive), so
+    a generation's streaming callback asks this and calls ``st.stop()``: nothing runs on for
+    nobody.  Outside a served app (AppTest, plain scripts) there is no session to lose and it
+    is always False."""
+    from streamlit import runtime as st_runtime
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    if ctx is None or not st_runtime.exists():
+        return lambda: False
+    rt, session_id = st_runtime.get_instance(), ctx.session_id
+    return lambda: not rt.is_active_session(session_id)

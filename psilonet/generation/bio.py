@@ -273,8 +273,16 @@ class Bio:
     KV cache: a pass that starts at position 0 starts a fresh sequence, later passes continue
     it (:meth:`reset` also clears it).
 
-    ``trace`` collects, after every forward pass, the mean pool level per row, layer and head
-    ``(B, L, H)`` and the fast-weight norm per row and layer ``(B, L)`` (lazy arrays).
+    ``trace`` collects, after every forward pass, per row, layer and head ``(B, L, H)`` the mean
+    pool level over the keys (``pool``) and the pool level of the keys the pass's last query
+    attends to, ``sum_j p_j r_j`` after its use (``pool_attended``), and per row and layer
+    ``(B, L)`` the fast-weight norm (``fast_norm``), as lazy arrays.
+
+    Why both pool numbers: every query spends ``k_use`` of pool in total (its probabilities sum
+    to 1) and a deficit refills at ``1/tau_rrp``, so the summed deficit over keys tends to
+    ``k_use * tau_rrp`` (4) in every head, and the mean over ``T`` keys to ``1 - 4/T``, whatever
+    the head attends to; heads differ only where pools empty (clipped at 0). The attended level
+    says how tired the keys a head actually reads are.
     """
 
     fatigue: list[float]
@@ -312,6 +320,7 @@ class Bio:
         self.rings: list[Ring | None] = [None] * self.num_layers
         self.trace: list[dict[str, mx.array]] = []
         self._pool_means: list[mx.array] = []
+        self._pool_attended: list[mx.array] = []
         self._norms: list[mx.array] = []
         return self
 
@@ -327,9 +336,10 @@ class Bio:
         entry = {}
         if self._pool_means:
             entry["pool"] = mx.stack(self._pool_means, axis=1)  # (B, L, H)
+            entry["pool_attended"] = mx.stack(self._pool_attended, axis=1)
         if self._norms:
             entry["fast_norm"] = mx.stack(self._norms, axis=1)  # (B, L)
-        self._pool_means, self._norms = [], []
+        self._pool_means, self._pool_attended, self._norms = [], [], []
         if entry:
             self.trace.append(entry)
 
@@ -351,6 +361,7 @@ class Bio:
         probs, pool = fatigue_scan(scores, causal_allowed(tq, tk - tq, mask), pool, self._sf, self.fatigue_params)
         self.pools[l] = pool
         self._pool_means.append(pool.mean(axis=-1))
+        self._pool_attended.append((probs[:, :, -1, :] * pool).sum(axis=-1))
         if self.patterns is not None:
             self.patterns[l] = probs
         out = (probs @ repeat_kv(v, h).astype(mx.float32)).astype(v.dtype)
@@ -379,9 +390,10 @@ class Bio:
         return mx.where((self._sh == 0)[:, None, None], y, y_post.astype(y.dtype))
 
     def summary(self) -> dict[str, mx.array]:
-        """Per row: mean pool level over passes ``(B, L, H)`` and mean fast-weight norm ``(B, L)``."""
+        """Per row, the mean over passes of each ``trace`` entry (``pool``, ``pool_attended``
+        ``(B, L, H)``, ``fast_norm`` ``(B, L)``)."""
         out = {}
-        for key in ("pool", "fast_norm"):
+        for key in ("pool", "pool_attended", "fast_norm"):
             values = [e[key] for e in self.trace if key in e]
             if values:
                 out[key] = mx.stack(values).mean(axis=0)

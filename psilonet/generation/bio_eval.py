@@ -10,7 +10,7 @@ paired difference with sober and its Student-t 95% confidence interval over wind
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
@@ -20,7 +20,8 @@ import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 import mlx.nn as nn
 
-from psilonet import corpora
+from psilonet import config, corpora
+from psilonet.config import option
 from psilonet.generation import bio
 from psilonet.generation.decoding import token_entropy_bits
 from psilonet.store import tables as T
@@ -33,34 +34,30 @@ SUMMARY_COLUMNS = ["corpus", "mechanism", "strength", "n", "loss", "entropy", "l
 
 @dataclass
 class BioEvalConfig:
-    """What one evaluation run measures."""
+    """What one evaluation run measures (the flags of ``jobs.bio_eval``)."""
 
-    corpora: list[str] = field(default_factory=lambda: list(corpora.OFFLINE_CORPORA))
-    mechanisms: list[str] = field(default_factory=lambda: list(bio.MECHANISMS))
-    strengths: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
-    windows: int = 16  # per corpus
-    seq_len: int = 128
-    seed: int = 0  # which windows
-    model: str = "default"
+    corpora: list[str] = option(default_factory=lambda: list(corpora.OFFLINE_CORPORA),
+                                help="corpora to read windows from")
+    mechanisms: list[str] = option(default_factory=lambda: list(bio.MECHANISMS), choices=bio.MECHANISMS,
+                                   help="mechanisms to measure")
+    strengths: list[float] = option(default_factory=lambda: [0.25, 0.5, 1.0], above=0.0, max=bio.MAX_STRENGTH,
+                                    help="strengths of each mechanism; sober (0) is always measured")
+    windows: int = option(16, min=2, max=10_000, help="token windows per corpus")
+    seq_len: int = option(128, min=8, max=4096, help="predicted tokens per window")
+    seed: int = option(0, min=0, help="which windows are drawn")
 
     def check(self) -> "BioEvalConfig":
-        if not self.corpora:
-            raise ValueError("corpora: give at least one")
+        for name in ("corpora", "mechanisms", "strengths"):
+            if not getattr(self, name):
+                raise config.ConfigError(f"{name}: give at least one value")
+        if 0 in self.strengths:
+            raise config.ConfigError("strengths: 0 is the sober baseline, always measured; give strengths > 0")
+        config.check(self)
         for name in self.corpora:
-            corpora.check_name(name)
-        unknown = set(self.mechanisms) - set(bio.MECHANISMS)
-        if unknown or not self.mechanisms:
-            raise ValueError(f"mechanisms: use one or more of {', '.join(bio.MECHANISMS)}, got {self.mechanisms}")
-        if not self.strengths:
-            raise ValueError("strengths: give at least one")
-        for s in self.strengths:
-            bio.check_strength(s, "strengths")
-            if s == 0:
-                raise ValueError("strengths: 0 is the sober baseline, always measured; give strengths > 0")
-        if self.windows < 2:
-            raise ValueError(f"windows: at least 2 for a confidence interval, got {self.windows}")
-        if self.seq_len < 8:
-            raise ValueError(f"seq_len: at least 8, got {self.seq_len}")
+            try:
+                corpora.check_name(name)
+            except corpora.CorpusError as exc:
+                raise config.ConfigError(f"corpora: {str(exc).removeprefix('dataset: ')}") from exc
         return self
 
     def rows(self) -> list[tuple[str, float]]:

@@ -1,8 +1,7 @@
 """Our own decode loop over an mlx-lm model (or a skip model) and its KV cache.
 
-``mlx_lm.generate`` decodes at 2-3 tokens/s on the Linux CPU, while a plain loop over the same
-model with mlx-lm's KV cache is several times faster (DESIGN §3). This loop decodes ``B`` rows
-that share one prompt (several samples, or several doses, in one batched pass), samples
+Unlike ``mlx_lm.generate`` (one row, no hooks; about as fast as this loop on one row, see the
+README's performance section), this loop decodes ``B`` rows that share one prompt (several samples, or several doses, in one batched pass), samples
 greedily or with temperature and top-p, stops each row at an end token and yields one step at
 a time so that callers can stream.
 
@@ -21,10 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
-import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
+from psilonet.generation import decode_step
+from psilonet.generation.bio import Bio
 from psilonet.generation.perturb import Doser
 from psilonet.model import forward
 
@@ -121,27 +121,49 @@ def decode(
     doser: Doser | None = None,
     track: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    compiled: bool | None = None,
+    bio: Bio | None = None,
 ) -> Iterator[Step]:
     """Yield :class:`Step` s for ``batch`` rows continuing the same prompt.
 
     ``seeds`` gives each row's sampling seed (default ``cfg.seed + row``); ``doser`` perturbs
     block outputs per row; ``track`` adds both entropies to every step. Rows that produced a
-    stop token keep decoding (the batch moves together) but are reported as done.
-    ``should_stop()`` ends the generation early (the app's stop button).
+    stop token keep decoding (the batch moves together) but are reported as done. A caller
+    ends the generation early by not asking for the next step (the app's Stop button raises
+    inside the streaming callback, at Streamlit's next call) or through ``should_stop()``,
+    asked before every step (a closed browser tab, which no callback notices). ``compiled`` picks the compiled
+    step over a fixed cache (:mod:`psilonet.generation.decode_step`; the default wherever the
+    model supports it) or the plain loop (``False``, also used for skip models). ``bio`` runs the
+    bio-inspired interventions per row (:mod:`psilonet.generation.bio`; its state starts fresh
+    with this generation's cache), before any dose; they run in the plain loop, since their
+    state grows with the sequence (a pool per key) and the compiled step's cache is fixed.
     """
     if not prompt_ids:
         raise ValueError("the prompt is empty")
     if doser is not None:
         batch = len(doser.intensities)
+    if bio is not None:
+        if doser is not None and bio.rows != batch:
+            raise ValueError(f"{bio.rows} bio rows for {batch} dose rows")
+        batch = bio.rows
+        bio.reset()
     seeds = list(seeds) if seeds is not None else [cfg.seed + r for r in range(batch)]
     if len(seeds) != batch:
         raise ValueError(f"{len(seeds)} seeds for {batch} rows")
     stop = set(stop)
+    bio_on = bio is not None and bio.active
+    if compiled is None:
+        compiled = decode_step.supports(model) and not bio_on
+    if compiled and bio_on:
+        raise ValueError("compiled: the bio interventions run in the plain loop (compiled=False)")
+    if compiled:
+        yield from _decode_compiled(model, prompt_ids, cfg, batch, stop, seeds, doser, track, should_stop)
+        return
     cache = make_prompt_cache(model)
     keys = [mx.random.key(s) for s in seeds]
     x = mx.array([list(prompt_ids)] * batch)
     done = [False] * batch
-    plain = (doser is None or doser.sober) and not track
+    plain = (doser is None or doser.sober) and not track and not bio_on
     for index in range(cfg.max_tokens):
         if should_stop is not None and should_stop():
             return
@@ -149,7 +171,8 @@ def decode(
             logits, states = model(x, cache=cache)[:, -1, :], None
         else:
             after = doser.at_step(index) if doser is not None and not doser.sober else None
-            full, states = forward.forward(model, x, cache=cache, hooks=forward.Hooks(after_block=after))
+            hooks = bio.hooks(after) if bio is not None else forward.Hooks(after_block=after)
+            full, states = forward.forward(model, x, cache=cache, hooks=hooks)
             logits = full[:, -1, :]
         if cfg.temperature == 0:
             tokens = sample(logits, cfg, None)
@@ -173,6 +196,51 @@ def decode(
         if all(done):
             return
         x = tokens[:, None]
+
+
+def _decode_compiled(model, prompt_ids, cfg, batch, stop, seeds, doser, track, should_stop) -> Iterator[Step]:
+    """The same steps as the plain loop, from the compiled step; each step's graph is queued
+    (``mx.async_eval``) before the previous step's tokens are read back, so building and
+    computing overlap."""
+    greedy = cfg.temperature == 0
+    hook = doser.hook() if doser is not None and not doser.sober else None
+    dec = decode_step.Decoder(model, batch, decode_step.capacity_for(len(prompt_ids) + cfg.max_tokens),
+                              hook=hook, track=track, greedy=greedy)
+    keys = [mx.random.key(s) for s in seeds]
+
+    def choose(out):
+        nonlocal keys
+        if greedy:
+            return out["tokens"]
+        splits = [mx.random.split(k) for k in keys]
+        keys = [s[0] for s in splits]
+        return mx.concatenate([sample(out["logits"][r : r + 1], cfg, splits[r][1]) for r in range(batch)])
+
+    def outputs(out, tokens):
+        return [tokens] + ([out["entropy"], out["layer_entropy"]] if track else [])
+
+    out = dec.prefill(prompt_ids)
+    current = outputs(out, choose(out))
+    mx.async_eval(*current)
+    done = [False] * batch
+    for index in range(cfg.max_tokens):
+        if should_stop is not None and should_stop():
+            return
+        upcoming = None
+        if index + 1 < cfg.max_tokens:
+            out = dec.step(current[0])
+            upcoming = outputs(out, choose(out))
+            mx.async_eval(*upcoming)
+        token_list = current[0].tolist()
+        was_done = list(done)
+        done = [d or t in stop for d, t in zip(done, token_list)]
+        step = Step(index, token_list, was_done)
+        if track:
+            step.entropy, step.layer_entropy = current[1].tolist(), current[2].tolist()
+        yield step
+        if all(done):
+            return
+        current = upcoming
 
 
 def generate(model, tokenizer, prompt: str, cfg: SamplingConfig, *, chat: bool = True, batch: int = 1) -> list[str]:

@@ -1,4 +1,4 @@
-"""Entropic "doses": perturbations of block outputs during generation (DESIGN §5).
+"""Entropic "doses": perturbations of block outputs during generation.
 
 At intensity ``i`` in [0, 1] (presets: sober 0.0, micro-dose 0.1, dose 0.2, double dose 0.3),
 with ``s(l) = exp(-((l/(L-1) - 0.5)^2 / 0.08))`` the layer sensitivity that peaks in the middle
@@ -13,8 +13,8 @@ layers and scales every effect, block ``l``'s output ``h`` (B, T, D) becomes, in
   (``dimension_shuffle = 0.08 i``) takes the values of the features ``SHUFFLE_SHIFT`` places
   further on (a roll of the hidden axis); the others keep their own.
 * **cross-dimension bleed**: ``(x + f x_left + f x_right) / (1 + 2f)`` with ``x_left``/``x_right``
-  the neighbouring features, ``f = bleed * s(l)``, ``bleed = 0.1 i`` (our choice: DESIGN gives no
-  preset for it).
+  the neighbouring features, ``f = bleed * s(l)``, ``bleed = 0.1 i`` (our choice: the original
+  research gives no preset for it).
 
 Each mechanism can be switched off. Every row of a batch has its own intensity; the random
 numbers depend only on the row's seed, the layer and the decode step, so the same dose gives
@@ -27,7 +27,7 @@ import functools
 import math
 from dataclasses import dataclass, field
 
-import psilonet  # noqa: F401  (fast BLAS before mlx)
+import numpy as np
 import mlx.core as mx
 
 PRESETS = {"sober": 0.0, "micro-dose": 0.1, "dose": 0.2, "double dose": 0.3}
@@ -115,6 +115,38 @@ class Doser:
                     for seed in self.seeds]
             self._step_noise = mx.stack(rows, axis=1)  # (L, B, T, D)
         return self._step_noise[layer]
+
+    def hook(self):
+        """This dose as a :class:`~psilonet.generation.decode_step.RowHook` for the compiled decode step:
+        the constants and the per-step noise keys travel as per-row inputs, so one traced graph
+        serves every dose with the same mechanisms and depth, with the same random numbers as
+        :meth:`__call__`."""
+        from psilonet.generation.decode_step import RowHook
+
+        spec, num_layers = self.spec, self.num_layers
+        seeds = list(self.seeds)
+        scratch: dict = {}  # the step's noise for all layers, drawn at layer 0 while tracing
+
+        def step_inputs(step: int) -> dict:
+            # The same keys as mx.random.key(n) in _noise: the high and low 32 bits of n.
+            n = [(seed * 1_000_003 + step) % (2**63) for seed in seeds]
+            return {"dose_noise_key": mx.array(np.array([[v >> 32, v & 0xFFFFFFFF] for v in n], dtype=np.uint32))}
+
+        def after_block(layer: int, h: mx.array, rows: dict):
+            s = mx.array(layer_sensitivity(layer, num_layers), dtype=h.dtype)
+            if spec.noise:
+                if layer == 0:
+                    keys = rows["dose_noise_key"]
+                    scratch["noise"] = mx.stack(
+                        [mx.random.normal((num_layers, *h.shape[1:]), key=keys[r]) for r in range(h.shape[0])], axis=1)
+                noise = scratch["noise"][layer]
+            else:
+                noise = mx.zeros((1,), dtype=h.dtype)
+            apply = _compiled_apply(spec)
+            return apply(h, noise, s, rows["dose_i"], rows["dose_cos"], rows["dose_sin"], rows["dose_rank"]), {}
+
+        rows = {"dose_i": self._i, "dose_cos": self._cos, "dose_sin": self._sin, "dose_rank": self._rank}
+        return RowHook(("dose", spec, num_layers), rows, after_block, step_inputs)
 
     def __call__(self, layer: int, h: mx.array) -> mx.array:
         if self.sober:

@@ -1,6 +1,6 @@
 """Convert a llama-family GGUF file into a Hugging Face style folder that ``mlx_lm.load`` opens.
 
-Three things need care (DESIGN §4):
+Three things need care:
 
 * ``mx.load`` returns quantized GGUF tensors as MLX affine quantization triples
   (``weight``/``scales``/``biases``, group size 32); we dequantize them to float32 because
@@ -20,7 +20,6 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 import numpy as np
 from tqdm import tqdm

@@ -22,7 +22,6 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import psilonet  # noqa: F401  (fast BLAS before mlx)
 from psilonet import runtime
 
 log = logging.getLogger("psilonet.model.loading")

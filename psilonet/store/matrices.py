@@ -12,7 +12,6 @@ from typing import Any, Iterable
 
 import duckdb
 import numpy as np
-import pandas as pd
 
 from psilonet.store.errors import StoreError
 from psilonet.store.tables import where
@@ -50,13 +49,6 @@ def write(path: Path, matrices: Iterable[tuple[str, str, int, int, np.ndarray]])
                        pa.array([head], pa.int32()), pa.array([n], pa.int32()), pa.array([d], pa.int32()), data]
             out.write_table(pa.Table.from_arrays(columns, schema=schema))
     return path
-
-
-def index(con: duckdb.DuckDBPyConnection, path: Path) -> pd.DataFrame:
-    """Which matrices the file holds: side, point, layer, head, n, d."""
-    cols = ", ".join(INDEX_COLUMNS)
-    return con.execute(f"SELECT {cols} FROM read_parquet(?) ORDER BY side, point, layer, head",
-                       [str(path)]).fetchdf()
 
 
 def read(con: duckdb.DuckDBPyConnection, path: Path, **filters: Any) -> dict[tuple[int, int], np.ndarray]:

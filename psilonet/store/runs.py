@@ -164,11 +164,12 @@ class RunWriter:
         self._insert(T.CAPTURE_TOKENS, rows)
 
     def write_similarity(self, rows: list[tuple]) -> None:
-        """(source, dataset, view, metric, layer, layer_b, head, value) rows."""
+        """(source, dataset, view, metric, layer, layer_b, head, value, representation) rows."""
         self.write_rows(T.SIMILARITY, rows)
 
     def write_trajectories(self, rows: list[tuple], variance: list[tuple]) -> None:
-        """PCA paths (source, side, unit, unit_id, label, layer, pc1, pc2) and (source, component, ratio)."""
+        """PCA paths (source, side, unit, unit_id, label, layer, pc1, pc2, representation) and
+        (source, component, ratio, representation)."""
         self._create(T.TRAJECTORIES)
         self._create(T.PCA_VARIANCE)
         self.write_rows(T.TRAJECTORIES, rows)
@@ -389,7 +390,8 @@ class RunReader:
         return self._rows_if_stored(T.BIO_STRENGTHS)
 
     def bio_pool(self, gen_ids: list[int] | None = None) -> pd.DataFrame:
-        """Mean fatigue pool level per generation, layer and head: gen_id, layer, head, level."""
+        """Fatigue pool per generation, layer and head: gen_id, layer, head, level (mean over
+        keys), attended (pool of the keys the head attends to)."""
         return self._rows_if_stored(T.BIO_POOL, gen_id=gen_ids)
 
     def bio_fast_norm(self, gen_ids: list[int] | None = None) -> pd.DataFrame:
@@ -405,42 +407,41 @@ class RunReader:
         """The captured tokens: token_idx (row in every matrix), seq, pos, token_id, token_text."""
         return self.rows(T.CAPTURE_TOKENS)
 
-    def similarity(self, view: str | None = None, metric: str | None = None) -> pd.DataFrame:
-        """Similarity results: source, dataset, view, metric, layer, layer_b, head, value."""
-        return self.rows(T.SIMILARITY, view=view, metric=metric)
+    def similarity(self, view: str | None = None, metric: str | None = None,
+                   representation: str | None = None) -> pd.DataFrame:
+        """Similarity results: source, dataset, view, metric, layer, layer_b, head, value, representation."""
+        return self.rows(T.SIMILARITY, view=view, metric=metric, representation=representation)
 
-    def trajectories(self) -> pd.DataFrame:
-        """PCA paths through the layers: source, side, unit, unit_id, label, layer, pc1, pc2."""
-        return self.rows(T.TRAJECTORIES)
+    def trajectories(self, representation: str | None = None) -> pd.DataFrame:
+        """PCA paths through the layers: source, side, unit, unit_id, label, layer, pc1, pc2, representation."""
+        return self.rows(T.TRAJECTORIES, representation=representation)
 
-    def pca_variance(self) -> pd.DataFrame:
-        return self.rows(T.PCA_VARIANCE)
+    def pca_variance(self, representation: str | None = None) -> pd.DataFrame:
+        return self.rows(T.PCA_VARIANCE, representation=representation)
+
+    def sink_tokens(self) -> pd.DataFrame:
+        """The tokens an analysis's no-sink representation dropped, per source."""
+        return self.rows(T.SINK_TOKENS)
+
+    def norm_stats(self) -> pd.DataFrame:
+        """A capture's token-norm distribution per side and layer (median, p99, max, threshold, n_over)."""
+        return self.rows(T.NORM_STATS)
+
+    def norm_outliers(self) -> pd.DataFrame:
+        """A capture's tokens above the outlier threshold: side, layer, token_idx, norm, ratio."""
+        return self.rows(T.NORM_OUTLIERS)
+
+    def outlier_dims(self) -> pd.DataFrame:
+        """The dimensions holding most of the outlier tokens' squared norm, per side and layer."""
+        return self.rows(T.OUTLIER_DIMS)
 
     # ---- matrices (Parquet files next to run.duckdb)
 
-    def matrix_index(self, filename: str) -> pd.DataFrame:
-        """Which matrices a Parquet file of this run holds: side, point, layer, head, n, d."""
-        path = self._file(filename)
-        try:
-            return _matrices.index(self._open(), path)
-        except duckdb.Error as e:
-            raise StoreError(f"query on run {self.run_id!r} failed: {e}") from e
-
-    def matrix(self, filename: str, side: str, point: str, layer: int, head: int = -1) -> np.ndarray:
-        """One stored matrix (n, d) as float32, reading only its own row group."""
-        found = self._read_matrices(filename, side=side, point=point, layer=int(layer), head=int(head))
-        if len(found) != 1:
-            raise StoreError(f"run {self.run_id!r} has no {side} {point} matrix for layer {layer}, head {head}")
-        return next(iter(found.values()))
-
     def matrices(self, filename: str, side: str, point: str) -> dict[tuple[int, int], np.ndarray]:
-        """Every ``{(layer, head): matrix}`` of one side and point, in one query."""
-        return self._read_matrices(filename, side=side, point=point)
-
-    def _read_matrices(self, filename: str, **filters: Any) -> dict[tuple[int, int], np.ndarray]:
+        """Every ``{(layer, head): float32 matrix (n, d)}`` of one side and point, in one query."""
         path = self._file(filename)
         try:
-            return _matrices.read(self._open(), path, **filters)
+            return _matrices.read(self._open(), path, side=side, point=point)
         except duckdb.Error as e:
             raise StoreError(f"query on run {self.run_id!r} failed: {e}") from e
 

@@ -158,13 +158,14 @@ LAYER_ENTROPY = Table("layer_entropy", (
 ), order_by="gen_id, pos, layer")  # fmt: skip
 
 # Bio-inspired interventions of a dose run (only where some row used one): each generation's
-# strengths, its mean fatigue pool level per layer and head and its mean fast-weight norm per
-# layer (both averaged over its generated tokens).
+# strengths, per layer and head its fatigue pool level (mean over keys) and the pool level of
+# the keys the head attends to, and per layer its fast-weight norm (all averaged over its
+# generated tokens).
 BIO_STRENGTHS = Table("bio_strengths", (
     ("gen_id", "INTEGER"), ("fatigue", "DOUBLE"), ("hebbian", "DOUBLE"),
 ), order_by="gen_id", what="bio strengths")  # fmt: skip
 BIO_POOL = Table("bio_pool", (
-    ("gen_id", "INTEGER"), ("layer", "INTEGER"), ("head", "INTEGER"), ("level", "DOUBLE"),
+    ("gen_id", "INTEGER"), ("layer", "INTEGER"), ("head", "INTEGER"), ("level", "DOUBLE"), ("attended", "DOUBLE"),
 ), order_by="gen_id, layer, head", what="fatigue pool levels")  # fmt: skip
 BIO_FAST_NORM = Table("bio_fast_norm", (
     ("gen_id", "INTEGER"), ("layer", "INTEGER"), ("norm", "DOUBLE"),
@@ -185,6 +186,19 @@ CAPTURE_TOKENS = Table("capture_tokens", (
     ("token_idx", "INTEGER"), ("seq", "INTEGER"), ("pos", "INTEGER"), ("token_id", "INTEGER"),
     ("token_text", "VARCHAR"),
 ), order_by="token_idx")  # fmt: skip
+# The outlier diagnostic, computed while capturing: per side and layer the token-norm
+# distribution, every token above the threshold (SINK_RATIO x the layer's median norm), and the
+# dimensions that hold most of those tokens' squared norm.
+NORM_STATS = Table("norm_stats", (
+    ("side", "VARCHAR"), ("layer", "INTEGER"), ("median", "DOUBLE"), ("p99", "DOUBLE"), ("max", "DOUBLE"),
+    ("threshold", "DOUBLE"), ("n_over", "INTEGER"),
+), order_by="side, layer", what="token norm statistics")  # fmt: skip
+NORM_OUTLIERS = Table("norm_outliers", (
+    ("side", "VARCHAR"), ("layer", "INTEGER"), ("token_idx", "INTEGER"), ("norm", "DOUBLE"), ("ratio", "DOUBLE"),
+), order_by="side, layer, token_idx", what="outlier tokens")  # fmt: skip
+OUTLIER_DIMS = Table("outlier_dims", (
+    ("side", "VARCHAR"), ("layer", "INTEGER"), ("rank", "INTEGER"), ("dim", "INTEGER"), ("share", "DOUBLE"),
+), order_by="side, layer, rank", what="outlier dimensions")  # fmt: skip
 
 # --------------------------------------------------------------------------- analysis runs
 
@@ -192,14 +206,23 @@ CAPTURE_TOKENS = Table("capture_tokens", (
 SIMILARITY = Table("similarity", (
     ("source", "VARCHAR"), ("dataset", "VARCHAR"), ("view", "VARCHAR"), ("metric", "VARCHAR"),
     ("layer", "INTEGER"), ("layer_b", "INTEGER"), ("head", "INTEGER"), ("value", "DOUBLE"),
-), order_by="source, view, metric, layer, layer_b, head")  # fmt: skip
+    ("representation", "VARCHAR"),
+), order_by="source, representation, view, metric, layer, layer_b, head")  # fmt: skip
 TRAJECTORIES = Table("trajectories", (
     ("source", "VARCHAR"), ("side", "VARCHAR"), ("unit", "VARCHAR"), ("unit_id", "INTEGER"),
     ("label", "VARCHAR"), ("layer", "INTEGER"), ("pc1", "DOUBLE"), ("pc2", "DOUBLE"),
-), order_by="source, side, unit, unit_id, layer")  # fmt: skip
+    ("representation", "VARCHAR"),
+), order_by="source, representation, side, unit, unit_id, layer")  # fmt: skip
 PCA_VARIANCE = Table("pca_variance", (
-    ("source", "VARCHAR"), ("component", "INTEGER"), ("ratio", "DOUBLE"),
-), order_by="source, component", what="explained variance")  # fmt: skip
+    ("source", "VARCHAR"), ("component", "INTEGER"), ("ratio", "DOUBLE"), ("representation", "VARCHAR"),
+), order_by="source, representation, component", what="explained variance")  # fmt: skip
+# The tokens the no-sink representation dropped from each source (at every layer): each one's
+# position, text, at how many layers it was an outlier (first..last) and its largest norm ratio.
+SINK_TOKENS = Table("sink_tokens", (
+    ("source", "VARCHAR"), ("token_idx", "INTEGER"), ("seq", "INTEGER"), ("pos", "INTEGER"),
+    ("token_text", "VARCHAR"), ("first_layer", "INTEGER"), ("last_layer", "INTEGER"),
+    ("n_layers", "INTEGER"), ("max_ratio", "DOUBLE"),
+), order_by="source, token_idx", what="sink tokens")  # fmt: skip
 
 #: Created in every run's database when it is begun, so reading them never fails on an old
 #: or foreign run; the others appear with their first write.

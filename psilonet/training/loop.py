@@ -1,4 +1,4 @@
-"""Train skip adapters on a frozen base model and record everything in one run (DESIGN §5).
+"""Train skip adapters on a frozen base model and record everything in one run.
 
 AdamW (lr 1e-4, weight decay 0 by default), gradient clipping by global norm, batches of
 fixed-length windows in a seeded order per epoch. Validation compares the frozen baseline

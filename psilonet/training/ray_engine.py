@@ -1,7 +1,7 @@
-"""Sweep configs as Ray Tune trials, on one machine or a Ray cluster (optional: ``make ray``).
+"""Sweep configs as Ray Tune trials, on one machine or a Ray cluster (optional: ``make setup-scale``).
 
 Each trial is a fresh worker process that loads the fast BLAS before MLX exactly as a local
-run does (``import psilonet`` first), with its BLAS thread count set to its CPU share so that
+run does (any ``psilonet`` import does that first), with its BLAS thread count set to its CPU share so that
 trials do not oversubscribe the cores, and trains one config through the same code and store
 as a local run: its own run file, published atomically into ``data_dir`` (which may be shared
 storage seen by every node at the same path). A trial that raises is marked failed by the
@@ -33,8 +33,7 @@ def require_ray() -> None:
 
 def _trial(config: dict) -> dict:
     """One Tune trial: train config ``config["train"]`` as a child of the sweep run."""
-    import psilonet  # noqa: F401  (fast BLAS before mlx, in this worker process)
-    from psilonet.store import Store
+    from psilonet.store import Store  # the first psilonet import binds the fast BLAS in this worker
     from psilonet.training.loop import TrainConfig, prepare, train
 
     cfg = TrainConfig.from_dict(config["train"])

@@ -1,0 +1,120 @@
+"""Measure OpenBLAS against BLIS at the model's shapes, keep the faster, print and record the choice.
+
+MLX binds its BLAS once per process, so each library runs in a child process; the two alternate
+over rounds so that the load of a shared machine hits both alike. Each child times chains of the
+default model's weight products (six blocks and the LM head) at three shapes (one decode row, eight decode rows, one training
+batch of 4 x 47 tokens); the score of a library is the geometric mean over the three of its
+speed relative to the other. The winner is written to ``.blas-choice.json`` (see
+``psilonet.runtime``), which ``PSILONET_BLAS=auto`` (the default) loads from then on.
+
+    python -m jobs.choose_blas [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from psilonet import runtime
+
+# Shapes of the default model (SmolLM2-135M); the child reads the converted config when present.
+DEFAULT_SHAPES = {"hidden_size": 576, "intermediate_size": 1536, "kv": 192, "vocab_size": 49152, "layers": 30}
+WORKLOADS = {"decode, 1 row": 1, "decode, 8 rows": 8, "training batch": 188}
+
+CHILD = r"""
+import json, sys, time
+import psilonet
+from psilonet import runtime
+import mlx.core as mx
+shapes, workloads = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+d, f, kv, v, layers = (shapes[k] for k in ("hidden_size", "intermediate_size", "kv", "vocab_size", "layers"))
+mats = [mx.random.normal((o, i)) * 0.02 for o, i in [(d, d), (kv, d), (kv, d), (d, d), (f, d), (f, d), (d, f)]]
+head = mx.random.normal((v, d)) * 0.02
+mx.eval(mats, head)
+def chain(rows):
+    x = mx.random.normal((rows, d))
+    for _ in range(min(layers, 6)):  # six blocks are enough for the ratio, and quick
+        q, k, vv, o, g, u, dn = mats
+        a = (x @ q.T) + (x @ k.T).sum() + (x @ vv.T).sum()
+        x = x + a @ o.T
+        x = x + (mx.sigmoid(x @ g.T) * (x @ u.T)) @ dn.T
+    mx.eval(x @ head.T)
+out = {}
+for name, rows in workloads.items():
+    chain(rows)
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter(); chain(rows); best = min(best, time.perf_counter() - t)
+    out[name] = best
+print(json.dumps({"blas": runtime.active_blas().name, "seconds": out}))
+"""
+
+
+def model_shapes() -> dict:
+    from psilonet.model import loading as modeling  # imports mlx: only here, after the BLAS choice
+
+    config = Path(modeling.default_model_path()) / "config.json"
+    try:
+        c = json.loads(config.read_text())
+        heads = c["num_attention_heads"]
+        head_dim = c.get("head_dim") or c["hidden_size"] // heads
+        return {"hidden_size": c["hidden_size"], "intermediate_size": c["intermediate_size"],
+                "kv": c.get("num_key_value_heads", heads) * head_dim, "vocab_size": c["vocab_size"],
+                "layers": c["num_hidden_layers"]}
+    except (OSError, ValueError, KeyError):
+        return DEFAULT_SHAPES
+
+
+def measure(blas: str, shapes: dict) -> dict:
+    env = {**os.environ, "PSILONET_BLAS": blas}
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(shapes), json.dumps(WORKLOADS)],
+                         capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.choose_blas", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        print("error: --rounds must be >= 1", file=sys.stderr)
+        return 2
+    found = [name for name in ("openblas", "blis") if runtime.find_blas(name)]
+    target = runtime.choice_file()
+    if len(found) < 2:
+        choice = found[0] if found else None
+        print(f"BLAS: only {choice or 'the reference BLAS'} installed, nothing to compare")
+        if choice:
+            target.write_text(json.dumps({"choice": choice, "measured": None}, indent=1))
+        return 0
+    shapes = model_shapes()
+    seconds: dict[str, dict[str, list[float]]] = {b: {w: [] for w in WORKLOADS} for b in found}
+    for r in range(args.rounds):
+        for blas in (found if r % 2 == 0 else found[::-1]):
+            result = measure(blas, shapes)
+            if result["blas"] != blas:
+                print(f"BLAS: {blas} could not be loaded; keeping {result['blas']}", file=sys.stderr)
+                return 1
+            for w, t in result["seconds"].items():
+                seconds[blas][w].append(t)
+    median = {b: {w: statistics.median(ts) for w, ts in per.items()} for b, per in seconds.items()}
+    a, b = found
+    speedup = math.exp(statistics.mean(math.log(median[b][w] / median[a][w]) for w in WORKLOADS))  # a over b
+    choice = a if speedup >= 1 else b
+    print(f"BLAS at the model's shapes (ms per chain of the model's weight products, median of {args.rounds} rounds):")
+    for w in WORKLOADS:
+        print(f"  {w:16s} " + "  ".join(f"{x} {1000 * median[x][w]:7.1f}" for x in found))
+    print(f"BLAS: chose {choice} ({a} is x{speedup:.2f} {b} over the three shapes); recorded in {target}")
+    target.write_text(json.dumps({"choice": choice, "median_seconds": median, "rounds": args.rounds}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""Serving the explorer to collaborators: the shared password, viewer mode and the link to a view.
+
+Everything is configured by environment variables of the server process:
+
+``PSILONET_PASSWORD`` / ``PSILONET_PASSWORD_FILE``
+    A shared password (or token) asked once per browser session before any page content is
+    sent. The file form keeps it out of shell history and ``ps``; it never goes into a URL, a
+    query parameter or a log line, and is compared in constant time (:func:`check_password`).
+``PSILONET_VIEWER=1``
+    Viewer mode: every page browses stored runs and exports, nothing writes (no save to the
+    store, no file upload) and live generation is bounded (``PSILONET_VIEWER_TOKENS`` tokens per
+    request, counted as max tokens x intensities; 0 turns it off; at most
+    ``PSILONET_VIEWER_QUEUE`` requests waiting server-wide).
+``PSILONET_PUBLIC_URL``
+    The address collaborators use (``https://lab.example.org/psilonet``, or the SSH-tunnel
+    address): the base of the link each page offers. Without it the link uses the address in
+    the visitor's own browser.
+
+A bad value is a one-line error naming the variable, and the page shows nothing else (the
+server fails closed rather than serving without the protection that was asked for).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import logging
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import quote, urlencode, urlsplit
+
+log = logging.getLogger("psilonet.serving")
+
+DEFAULT_VIEWER_TOKENS = 64
+DEFAULT_VIEWER_QUEUE = 4
+#: Seconds each wrong password costs, server-wide (one guess at a time): slows guessing.
+WRONG_PASSWORD_DELAY_S = 1.0
+_AUTH_KEY = "_psilonet_unlocked"
+_guess_lock = threading.Lock()
+_active: set[str] = set()  # viewer-mode sessions with a generation running or waiting
+_active_lock = threading.Lock()
+
+
+class ServingConfigError(ValueError):
+    """A serving variable has a bad value; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    password_digest: bytes | None = None  # sha256 of the shared password; None: no password
+    viewer: bool = False
+    viewer_tokens: int = DEFAULT_VIEWER_TOKENS
+    viewer_queue: int = DEFAULT_VIEWER_QUEUE
+    public_url: str | None = None
+
+    def __repr__(self) -> str:  # never show the digest in a log or traceback
+        return (f"Settings(password={'set' if self.password_digest else 'none'}, viewer={self.viewer}, "
+                f"viewer_tokens={self.viewer_tokens}, viewer_queue={self.viewer_queue}, public_url={self.public_url!r})")
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def _flag(env: dict, name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ServingConfigError(f"{name}: expected 1 or 0, got {raw!r}")
+
+
+def _count(env: dict, name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ServingConfigError(f"{name}: expected a whole number >= 0, got {raw!r}") from None
+    if value < 0:
+        raise ServingConfigError(f"{name}: expected a whole number >= 0, got {raw!r}")
+    return value
+
+
+def load_settings(env: dict | None = None) -> Settings:
+    """The serving settings from ``env`` (default: ``os.environ``); ServingConfigError if bad."""
+    env = os.environ if env is None else env
+    password = env.get("PSILONET_PASSWORD") or None
+    path = env.get("PSILONET_PASSWORD_FILE") or None
+    if password and path:
+        raise ServingConfigError("PSILONET_PASSWORD and PSILONET_PASSWORD_FILE are both set: keep one")
+    if path:
+        try:
+            password = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ServingConfigError(f"PSILONET_PASSWORD_FILE: cannot read {path}: {type(exc).__name__}") from None
+        if not password:
+            raise ServingConfigError(f"PSILONET_PASSWORD_FILE: {path} is empty")
+    public = (env.get("PSILONET_PUBLIC_URL") or "").strip() or None
+    if public is not None:
+        parts = urlsplit(public)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ServingConfigError(f"PSILONET_PUBLIC_URL: expected http(s)://host[:port][/path], got {public!r}")
+        public = public.rstrip("/")
+    return Settings(password_digest=_digest(password) if password else None,
+                    viewer=_flag(env, "PSILONET_VIEWER"),
+                    viewer_tokens=_count(env, "PSILONET_VIEWER_TOKENS", DEFAULT_VIEWER_TOKENS),
+                    viewer_queue=_count(env, "PSILONET_VIEWER_QUEUE", DEFAULT_VIEWER_QUEUE),
+                    public_url=public)
+
+
+def check_password(given: str, digest: bytes) -> bool:
+    """Constant-time comparison of digests (equal length whatever was typed)."""
+    return hmac.compare_digest(_digest(given), digest)
+
+
+def link(base_url: str, page_path: str, query: dict[str, str]) -> str:
+    """The full permalink of a view: ``base/page?query`` (the default page has an empty path)."""
+    url = base_url.rstrip("/") + ("/" + page_path if page_path else "/")
+    return f"{url}?{urlencode(query, safe=',', quote_via=quote)}" if query else url
+
+
+def generation_budget_refusal(settings: Settings, max_tokens: int, n_intensities: int) -> str | None:
+    """Why a generation of ``max_tokens`` at ``n_intensities`` is refused in viewer mode, or None."""
+    if not settings.viewer:
+        return None
+    if settings.viewer_tokens == 0:
+        return ("Live generation is off in viewer mode on this server (it would hold the shared CPU for "
+                "minutes). Stored dose runs are on the Runs page.")
+    asked = max_tokens * n_intensities
+    if asked > settings.viewer_tokens:
+        return (f"Viewer mode allows at most {settings.viewer_tokens} generated tokens per request "
+                f"(max tokens x intensities); this asks for {max_tokens} x {n_intensities} = {asked}. "
+                "Lower Max tokens or choose fewer intensities.")
+    return None
+
+
+def turn_refusal(settings: Settings, owner: str, ahead: int, active: set[str]) -> str | None:
+    """Why viewer mode refuses a generation for session ``owner`` now, or None.
+
+    ``ahead``: generations running or waiting on the server; ``active``: the sessions that
+    already have one running or waiting.
+    """
+    if not settings.viewer:
+        return None
+    if owner in active:
+        return ("This session already has a generation running or waiting; wait for it to finish "
+                "(or press Stop) before starting another.")
+    if ahead > settings.viewer_queue:
+        return (f"The server is busy: {ahead} generations are running or waiting, and viewer mode queues at most "
+                f"{settings.viewer_queue} behind the running one. Try again in a minute.")
+    return None
+
+
+# ------------------------------------------------------------------------- Streamlit side
+# The functions below draw on the page; each is one line in streamlit_app.py or a view.
+
+_ENV_NAMES = ("PSILONET_PASSWORD", "PSILONET_PASSWORD_FILE", "PSILONET_VIEWER", "PSILONET_VIEWER_TOKENS",
+              "PSILONET_VIEWER_QUEUE", "PSILONET_PUBLIC_URL")
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_settings(env: tuple[tuple[str, str], ...]) -> Settings:
+    return load_settings(dict(env))
+
+
+def settings() -> Settings:
+    """The settings (read once per environment: restart the server after changing the password
+    file), or (on a bad value) an error on the page and nothing else."""
+    import streamlit as st
+
+    try:
+        return _cached_settings(tuple((k, os.environ[k]) for k in _ENV_NAMES if k in os.environ))
+    except ServingConfigError as exc:
+        log.error("serving configuration: %s", exc)
+        st.error(f"The server is misconfigured: {exc}")
+        st.stop()
+
+
+def _locked(s: Settings) -> bool:
+    import streamlit as st
+
+    return s.password_digest is not None and not st.session_state.get(_AUTH_KEY)
+
+
+def nav_position() -> str:
+    """Where st.navigation draws the page list: hidden until the password is given.
+
+    st.navigation must run even on the password screen: it is what keeps the link's page path
+    (without it Streamlit falls back to the default page once the password is accepted).
+    """
+    return "hidden" if _locked(settings()) else "sidebar"
+
+
+def gate() -> None:
+    """Stop the page run here unless this session has given the shared password (if one is set)."""
+    import streamlit as st
+
+    s = settings()
+    if not _locked(s):
+        return
+    st.title("psilonet")
+    with st.form("psilonet_password", clear_on_submit=True):
+        given = st.text_input("Password", type="password",
+                              help="The shared password of this server (ask the person who sent you the link).")
+        submitted = st.form_submit_button("Open")
+    if submitted:
+        if check_password(given, s.password_digest):
+            st.session_state[_AUTH_KEY] = True
+            st.rerun()
+        with _guess_lock:  # one wrong guess at a time on the whole server
+            time.sleep(WRONG_PASSWORD_DELAY_S)
+        log.warning("wrong password from a browser session")
+        st.error("Wrong password.")
+    st.stop()
+
+
+def _session_id() -> str:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else "no-session"
+
+
+def allows_upload() -> bool:
+    """False (with a note) in viewer mode, where files are not accepted."""
+    import streamlit as st
+
+    if settings().viewer:
+        st.caption("Uploading prompt files is off in viewer mode: this server only browses stored results.")
+        return False
+    return True
+
+
+def allows_save() -> bool:
+    """False (with a note) in viewer mode, where nothing is written to the store."""
+    import streamlit as st
+
+    if settings().viewer:
+        st.info("Saving to the store is off in viewer mode: this server does not write runs. "
+                "Use Export HTML to keep these results.")
+        return False
+    return True
+
+
+def allows_generation(max_tokens: int, n_intensities: int) -> bool:
+    """False (with the reason) when viewer mode's token budget refuses this request."""
+    import streamlit as st
+
+    refusal = generation_budget_refusal(settings(), int(max_tokens), int(n_intensities))
+    if refusal:
+        st.warning(refusal)
+        return False
+    return True
+
+
+@contextmanager
+def model_turn() -> Iterator[None]:
+    """The server-wide turn on the model (:func:`psilonet.app.helpers.model_turn`), with viewer
+    mode's limits first: one request per session at a time, and at most ``viewer_queue`` waiting.
+
+    A refused request shows why and ends the page run; nothing is queued for it.
+    """
+    import streamlit as st
+
+    from psilonet.app import helpers
+    from psilonet.app.model_queue import MODEL_QUEUE
+
+    s = settings()
+    owner = _session_id()
+    with _active_lock:
+        refusal = turn_refusal(s, owner, MODEL_QUEUE.ahead(), _active)
+        if refusal is None and s.viewer:
+            _active.add(owner)
+    if refusal:
+        st.warning(refusal)
+        st.stop()
+    try:
+        with helpers.model_turn():
+            yield
+    finally:
+        if s.viewer:
+            with _active_lock:
+                _active.discard(owner)
+
+
+def sidebar(page) -> None:
+    """The viewer-mode notice and the link to this view (drawn after the page, so it is current)."""
+    import streamlit as st
+
+    s = settings()
+    if s.viewer:
+        generation = ("off" if s.viewer_tokens == 0 else
+                      f"at most {s.viewer_tokens} tokens per request, one request per visitor, queued")
+        st.sidebar.info(f"**Viewer mode**: browsing only. Saving runs and uploading files are off, live "
+                        f"generation is {generation}: visitors cannot change the store or hold the shared CPU.")
+    base = s.public_url or _browser_base(page)
+    if base is None:
+        return
+    query = {k: v for k, v in st.query_params.to_dict().items()}
+    st.sidebar.caption("**Copy link** to this view: the icon at the right of the address")
+    st.sidebar.code(link(base, page.url_path, query), language=None, wrap_lines=True)
+    host = urlsplit(base).hostname or ""
+    if s.public_url is None and (host == "localhost" or host.startswith("127.") or host == "::1"):
+        st.sidebar.caption("This address only works on this machine: set PSILONET_PUBLIC_URL to the address "
+                           "collaborators use (see the README, Sharing).")
+
+
+def _browser_base(page) -> str | None:
+    """The app's root in the visitor's browser: st.context.url without the page's path."""
+    import streamlit as st
+
+    url = st.context.url
+    if not url:
+        return None
+    url = url.rstrip("/")
+    if page.url_path and url.endswith("/" + page.url_path):
+        url = url[: -len(page.url_path) - 1]
+    return url

@@ -1,0 +1,188 @@
+"""A decode step compiled once over a fixed-size KV cache written in place.
+
+The plain loop rebuilds the graph of every layer for every token (~20 small ops per layer), and
+on this CPU that overhead is a large part of each step. Here the one-token step (all layers, the
+doses, both entropies and the greedy choice) is traced once with ``mx.compile`` and replayed:
+its inputs are the new tokens, the KV buffers, the write position and the rows' state, so the
+same compiled graph serves every token of every generation with the same batch and capacity.
+
+**Fixed cache.** :class:`FixedKVCache` holds ``(B, kv_heads, capacity, head_dim)`` buffers and
+writes new keys/values at ``offset`` (an array, so the position is an input of the compiled
+graph, not a constant baked into it). Attention runs over the whole capacity with a boolean mask
+that hides the slots not written yet. It speaks mlx-lm's cache protocol (``offset``,
+``update_and_fetch``, ``make_mask``), so the step is the hooked forward
+:func:`psilonet.model.forward.hidden_states` itself (llama, qwen2 and qwen3 blocks alike).
+
+**Per-row state.** ``rows`` is a dict of arrays whose first axis is the batch row, passed into and
+returned from every step: the dose's constants and per-step noise keys live there, and an
+intervention that keeps state from token to token (for example a per-row pool that depletes)
+adds its own entries and returns their new values from its hook (see :class:`RowHook`).
+
+**Shared prefill.** When no row is perturbed, the prompt is run once for one row and its cache
+and last logits are broadcast to every row of the batch.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Callable
+
+import mlx.core as mx
+
+from psilonet.model import forward
+from psilonet.model.skip import SkipModel
+
+CAPACITY_STEP = 256  # buffers grow in these steps so that generations reuse compiled graphs
+
+
+class FixedKVCache:
+    """A KV cache of fixed capacity for one layer; ``offset`` is a scalar int32 array."""
+
+    def __init__(self, keys: mx.array, values: mx.array, offset: mx.array):
+        self.keys, self.values, self.offset = keys, values, offset
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        start = self.offset.reshape(1)
+        self.keys = mx.slice_update(self.keys, keys, start, axes=(2,))
+        self.values = mx.slice_update(self.values, values, start, axes=(2,))
+        return self.keys, self.values
+
+    def make_mask(self, n: int, return_array: bool = False, window_size=None):
+        # Query i (absolute position offset + i) sees every written slot j <= offset + i.
+        if window_size is not None:
+            raise ValueError("sliding-window attention is not supported by the fixed cache")
+        capacity = self.keys.shape[2]
+        rows = self.offset + mx.arange(n, dtype=mx.int32)[:, None]
+        return mx.arange(capacity, dtype=mx.int32)[None, :] <= rows
+
+
+@dataclass
+class RowHook:
+    """A per-row intervention applied to block outputs inside the compiled step.
+
+    ``after_block(layer, h, rows) -> (h, rows)`` may read any entry of ``rows`` and return
+    replaced entries (state carried to the next step). ``step_inputs(step) -> dict`` gives
+    arrays that change every step (keys of random draws), merged into ``rows`` before the step.
+    ``key`` names the hook for the cache of compiled graphs (same key, same traced function).
+    """
+
+    key: tuple
+    rows: dict[str, mx.array]
+    after_block: Callable[[int, mx.array, dict], tuple[mx.array, dict]]
+    step_inputs: Callable[[int], dict[str, mx.array]]
+
+
+def supports(model) -> bool:
+    """The compiled step drives plain mlx-lm decoder models (a skip model keeps the plain loop)."""
+    if isinstance(model, SkipModel):
+        return False
+    args = getattr(model, "args", None)
+    if args is None or not hasattr(getattr(model, "model", None), "layers"):
+        return False
+    return set(getattr(args, "layer_types", None) or ["full_attention"]) == {"full_attention"}
+
+
+def capacity_for(tokens: int) -> int:
+    return -(-tokens // CAPACITY_STEP) * CAPACITY_STEP
+
+
+def _kv_shape(model, batch: int, capacity: int):
+    args = model.args
+    heads = args.num_key_value_heads or args.num_attention_heads
+    head_dim = getattr(args, "head_dim", None) or args.hidden_size // args.num_attention_heads
+    return (batch, heads, capacity, head_dim)
+
+
+def _run(model, tokens, kv, offset, rows, hook: RowHook | None, track: bool, greedy: bool):
+    """One forward over ``tokens`` (B, T) from ``offset``: the traced body of every step."""
+    caches = [FixedKVCache(k, v, offset) for k, v in kv]
+    rows = dict(rows)
+
+    def after(l, h):
+        nonlocal rows
+        h, new = hook.after_block(l, h, rows)
+        rows.update(new)
+        return h
+
+    hooks = forward.Hooks(after_block=after) if hook else forward.NO_HOOKS
+    states = forward.hidden_states(model, tokens, cache=caches, hooks=hooks)
+    logits = forward.logits_from(model, states[-1][:, -1:, :])[:, 0, :]
+    out = {"logits": logits}
+    if greedy:
+        out["tokens"] = mx.argmax(logits, axis=-1)
+    if track:
+        from psilonet.generation.decoding import hidden_entropy_bits, token_entropy_bits
+
+        out["entropy"] = token_entropy_bits(logits)
+        out["layer_entropy"] = hidden_entropy_bits(mx.stack([s[:, -1, :] for s in states], axis=1))
+    new_kv = [(c.keys, c.values) for c in caches]
+    return out, new_kv, offset + tokens.shape[1], rows
+
+
+_COMPILED: dict[tuple, tuple[weakref.ref, Callable]] = {}
+
+
+def _compiled_step(model, hook: RowHook | None, track: bool, greedy: bool) -> Callable:
+    key = (id(model), hook.key if hook else None, track, greedy)
+    hit = _COMPILED.get(key)
+    if hit is not None and hit[0]() is model:
+        return hit[1]
+
+    def step(tokens, kv, offset, rows):
+        return _run(model, tokens, kv, offset, rows, hook, track, greedy)
+
+    fn = mx.compile(step)
+    _COMPILED[key] = (weakref.ref(model), fn)
+    return fn
+
+
+class Decoder:
+    """Prefill a prompt for ``batch`` rows, then advance one token per :meth:`step`."""
+
+    def __init__(self, model, batch: int, capacity: int, *, hook: RowHook | None = None,
+                 track: bool = False, greedy: bool = True, compiled: bool = True):
+        self.model, self.batch, self.hook, self.track, self.greedy = model, batch, hook, track, greedy
+        self.capacity = capacity
+        self.rows = dict(hook.rows) if hook else {}
+        self.index = 0
+        self._step = _compiled_step(model, hook, track, greedy) if compiled else (
+            lambda t, kv, o, r: _run(model, t, kv, o, r, hook, track, greedy))
+        self.kv = None
+        self.offset = mx.array(0, dtype=mx.int32)
+        self.position = 0  # the same as offset, known without a sync
+
+    def _inputs(self) -> dict:
+        rows = dict(self.rows)
+        if self.hook is not None:
+            rows.update(self.hook.step_inputs(self.index))
+        return rows
+
+    def prefill(self, prompt_ids) -> dict:
+        """Run the prompt (shared by all rows when no hook perturbs them); lazy outputs."""
+        if len(prompt_ids) > self.capacity:
+            raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the KV cache holds {self.capacity}")
+        shared = self.hook is None
+        rows = 1 if shared else self.batch
+        shape = _kv_shape(self.model, rows, self.capacity)
+        dtype = self.model.model.embed_tokens.weight.dtype
+        kv = [(mx.zeros(shape, dtype=dtype), mx.zeros(shape, dtype=dtype)) for _ in self.model.model.layers]
+        tokens = mx.array([list(prompt_ids)] * rows, dtype=mx.int32)
+        out, kv, self.offset, self.rows = _run(self.model, tokens, kv, self.offset, self._inputs(),
+                                               self.hook, self.track, self.greedy)
+        if shared and self.batch > 1:
+            kv = [tuple(mx.repeat(a, self.batch, axis=0) for a in pair) for pair in kv]
+            out = {k: mx.repeat(v, self.batch, axis=0) for k, v in out.items()}
+        self.kv = kv
+        self.index += 1
+        self.position = len(prompt_ids)
+        return out
+
+    def step(self, tokens: mx.array) -> dict:
+        """Advance every row by its token ``tokens`` (B,); returns lazy outputs of this step."""
+        if self.position >= self.capacity:
+            raise ValueError(f"the KV cache holds {self.capacity} positions; all are used")
+        out, self.kv, self.offset, self.rows = self._step(tokens[:, None], self.kv, self.offset, self._inputs())
+        self.index += 1
+        self.position += 1
+        return out

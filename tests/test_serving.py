@@ -1,0 +1,359 @@
+"""Serving the explorer to others: settings, the model queue, viewer mode, and one real server.
+
+The server tests share one server, bound to 127.0.0.2 (a non-default loopback address) under a
+base path, with a password, viewer mode and a public URL, the way `make share` runs behind a
+reverse proxy. Headless Chromium (Debian's chromium and chromium-driver) drives the password
+screen, the copied link and the viewer-mode page, and saves screenshots to
+$PSILONET_SCREENSHOTS (else a temp folder); ten visitors browse at once over the WebSocket.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from psilonet.app import serving
+from psilonet.app.model_queue import ModelQueue
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "streamlit_app.py")
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+needs_browser = pytest.mark.skipif(not (CHROMIUM and DRIVER),
+                                   reason="needs Debian's chromium and chromium-driver (make setup installs them)")
+ADDRESS = "127.0.0.2"
+BASE = "psilonet"
+
+
+# ----------------------------------------------------------------------------- settings
+
+def test_settings_from_the_environment(tmp_path):
+    assert serving.load_settings({}) == serving.Settings()
+    secret = tmp_path / "pw"
+    secret.write_text("open sesame\n")
+    s = serving.load_settings({"PSILONET_PASSWORD_FILE": str(secret), "PSILONET_VIEWER": "1",
+                               "PSILONET_VIEWER_TOKENS": "32", "PSILONET_PUBLIC_URL": "https://lab.example.org/psi/"})
+    assert s.viewer and s.viewer_tokens == 32 and s.public_url == "https://lab.example.org/psi"
+    assert serving.check_password("open sesame", s.password_digest)
+    assert not serving.check_password("open sesame ", s.password_digest)
+    assert not serving.check_password("", s.password_digest)
+    assert "sesame" not in repr(s) and str(s.password_digest) not in repr(s)
+
+
+@pytest.mark.parametrize("env, named", [
+    ({"PSILONET_VIEWER": "maybe"}, "PSILONET_VIEWER"),
+    ({"PSILONET_VIEWER_TOKENS": "-1"}, "PSILONET_VIEWER_TOKENS"),
+    ({"PSILONET_VIEWER_QUEUE": "four"}, "PSILONET_VIEWER_QUEUE"),
+    ({"PSILONET_PUBLIC_URL": "lab.example.org:8501"}, "PSILONET_PUBLIC_URL"),
+    ({"PSILONET_PUBLIC_URL": "http://lab.example.org/?x=1"}, "PSILONET_PUBLIC_URL"),
+    ({"PSILONET_PASSWORD_FILE": "/nonexistent/pw"}, "PSILONET_PASSWORD_FILE"),
+    ({"PSILONET_PASSWORD": "a", "PSILONET_PASSWORD_FILE": "/x"}, "PSILONET_PASSWORD_FILE"),
+])
+def test_bad_settings_name_the_variable(env, named):
+    with pytest.raises(serving.ServingConfigError, match=named):
+        serving.load_settings(env)
+
+
+def test_links_and_the_generation_budget():
+    assert serving.link("http://h:1/psi/", "similarity", {"metric": "pwcca", "layers": "1,3"}) == \
+        "http://h:1/psi/similarity?metric=pwcca&layers=1,3"
+    assert serving.link("http://h:1", "", {}) == "http://h:1/"
+    assert serving.link("http://h:1", "dose", {"prompt": "a b&c"}) == "http://h:1/dose?prompt=a%20b%26c"
+    viewer = serving.Settings(viewer=True, viewer_tokens=64)
+    assert serving.generation_budget_refusal(serving.Settings(), 512, 5) is None
+    assert serving.generation_budget_refusal(viewer, 32, 2) is None
+    assert "32 x 3 = 96" in serving.generation_budget_refusal(viewer, 32, 3)
+    assert "off" in serving.generation_budget_refusal(serving.Settings(viewer=True, viewer_tokens=0), 1, 1)
+
+
+# ----------------------------------------------------------------------------- viewer limits on the queue
+
+def test_viewer_mode_bounds_the_model_queue_per_session_and_server_wide():
+    """The limits read the server-wide queue (app.model_queue) as it fills with real turns."""
+    queue = ModelQueue()
+    viewer = serving.Settings(viewer=True, viewer_queue=1)
+    release = threading.Event()
+    entered = []
+
+    def hold(name):
+        with queue.turn():
+            entered.append(name)
+            release.wait(10)
+
+    assert serving.turn_refusal(viewer, "a", queue.ahead(), set()) is None
+    threads = [threading.Thread(target=hold, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    while queue.ahead() < 2:
+        time.sleep(0.005)
+    assert "already has a generation" in serving.turn_refusal(viewer, "a", queue.ahead(), {"a", "b"})
+    assert "2 generations are running or waiting" in serving.turn_refusal(viewer, "c", queue.ahead(), {"a", "b"})
+    assert serving.turn_refusal(serving.Settings(), "c", queue.ahead(), {"a", "b"}) is None  # not a viewer server
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert entered == ["a", "b"] and queue.ahead() == 0
+    assert serving.turn_refusal(viewer, "c", queue.ahead(), set()) is None
+
+
+# ----------------------------------------------------------------------------- viewer mode, headless
+
+def test_viewer_mode_refuses_saves_uploads_and_over_budget_generations(filled, monkeypatch):
+    data, train_id = filled
+    monkeypatch.setenv("PSILONET_DATA", str(data))
+    monkeypatch.setenv("PSILONET_VIEWER", "1")
+    monkeypatch.setenv("PSILONET_VIEWER_TOKENS", "8")
+
+    def dose(params):
+        at = AppTest.from_file(APP, default_timeout=60)
+        for k, v in params.items():
+            at.query_params[k] = v
+        at.switch_page("views/dose.py")
+        return at.run()
+
+    at = dose({"run": train_id, "doses": "0.0,0.3", "max": "8", "chat": "0"})
+    assert not at.get("file_uploader") and any("Uploading prompt files is off" in c.value for c in at.caption)
+    assert not [b for b in at.button if b.label == "Generate"]
+    assert any("at most 8 generated tokens" in w.value and "8 x 2 = 16" in w.value for w in at.warning)
+
+    at = dose({"run": train_id, "doses": "0.0,0.3", "max": "4", "chat": "0"})
+    next(b for b in at.button if b.label == "Generate").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert (at.dataframe[0].value.tokens > 0).all()  # within the budget, it generates
+    assert not [b for b in at.button if b.label == "Save to the store"]
+    assert any("Saving to the store is off in viewer mode" in i.value for i in at.info)
+    assert any("Viewer mode" in i.value for i in at.sidebar.info)
+
+
+def test_a_bad_serving_setting_shows_only_the_error(filled, monkeypatch):
+    monkeypatch.setenv("PSILONET_DATA", str(filled[0]))
+    monkeypatch.setenv("PSILONET_VIEWER", "perhaps")
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert [e.value for e in at.error] == ["The server is misconfigured: PSILONET_VIEWER: expected 1 or 0, got 'perhaps'"]
+    assert not at.title and not at.dataframe
+
+
+# ----------------------------------------------------------------------------- one shared server
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((ADDRESS, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(filled, tmp_path_factory):
+    """(url, password, pid, log path) of `make share`'s setup on 127.0.0.2 under /psilonet."""
+    try:
+        port = _free_port()
+    except OSError:
+        pytest.skip(f"{ADDRESS} is not a loopback address on this machine")
+    url = f"http://{ADDRESS}:{port}/{BASE}"
+    password = secrets.token_urlsafe(12)
+    env = {**os.environ, "PSILONET_DATA": str(filled[0]), "PSILONET_PASSWORD": password, "PSILONET_VIEWER": "1",
+           "PSILONET_PUBLIC_URL": url}
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
+                                 "--server.address", ADDRESS, "--server.port", str(port), "--server.baseUrlPath", BASE,
+                                 "--server.headless", "true", "--browser.gatherUsageStats", "false",
+                                 "--client.showErrorDetails", "type", "--client.toolbarMode", "viewer"],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                break
+        except OSError:
+            if time.time() > deadline:
+                proc.kill()
+                pytest.fail("the app did not start within 60 s")
+            time.sleep(0.3)
+    yield url, password, proc.pid, log
+    proc.terminate()
+    proc.wait(timeout=20)
+    assert password not in log.read_text(errors="replace"), "the password reached the server log"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    yield driver
+    driver.quit()
+
+
+def _screenshot(driver, name: str, tmp_path_factory) -> None:
+    out = Path(os.environ.get("PSILONET_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    out.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(out / name))
+
+
+def _wait_for(driver, check, what: str, timeout: float = 60):
+    """Poll until ``check(driver)`` is truthy and Streamlit's running indicator has gone."""
+    from selenium.webdriver.common.by import By
+
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:  # Streamlit redraws elements while a rerun lands: a stale one means look again
+            value = check(driver)
+            if value and not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]'):
+                time.sleep(0.5)
+                return check(driver) or value
+        except StaleElementReferenceException:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"{what} not shown within {timeout} s")
+
+
+def _h1(driver) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [h.text for h in driver.find_elements(By.CSS_SELECTOR, "h1")]
+
+
+def _give_password(driver, password: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    field = _wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=password]"), "password field")[0]
+    field.send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, '[data-testid="stBaseButton-secondaryFormSubmit"]').click()
+
+
+@needs_browser
+def test_a_wrong_or_missing_password_gets_no_page_content(server, browser, filled, tmp_path_factory):
+    from selenium.webdriver.common.by import By
+
+    from bench.app_sessions import Session
+
+    url, _, _, _ = server
+    train_id = filled[1]
+    browser.get(f"{url}/training?run={train_id}")
+    _give_password(browser, "not the password")
+    _wait_for(browser, lambda d: "Wrong password." in d.find_element(By.TAG_NAME, "body").text, "the refusal")
+    _screenshot(browser, "password.png", tmp_path_factory)
+    assert _h1(browser) == ["psilonet"]
+    assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNav"], [data-testid="stDataFrame"]')
+    assert train_id not in browser.page_source.replace(browser.current_url, "")
+    # the same through the WebSocket, without a browser: no password, then a wrong one
+    for given in (None, "wrong"):
+        visitor = Session(url, given, timeout=30)
+        render = visitor.open("training", f"run={train_id}")
+        visitor.close()
+        assert render.headings == ["psilonet"] and train_id not in render.text()
+        assert not render.of("arrow_data_frame") and not render.of("vega_lite_chart")
+
+
+@needs_browser
+def test_the_copied_link_reopens_the_same_view(server, browser):
+    from selenium.webdriver.common.by import By
+
+    url, password, _, _ = server
+    browser.get(f"{url}/similarity?metric=pwcca")
+    _give_password(browser, password)
+    _wait_for(browser, lambda d: "Similarity" in _h1(d), "the Similarity page")
+    _wait_for(browser, lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, '[data-testid="stRadio"] label')
+                                  if e.text == "SVCCA"], "the SVCCA choice")[0].click()
+
+    def shared_link(d):
+        codes = d.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebar"] [data-testid="stCode"] code')
+        return next((c.text.replace("\n", "") for c in codes if "metric=svcca" in c.text.replace("\n", "")), None)
+
+    link = _wait_for(browser, shared_link, "the link with metric=svcca")
+    assert link.startswith(f"{url}/similarity?"), link
+    browser.switch_to.new_window("window")  # a new browser session: asks for the password again
+    browser.get(link)
+    _give_password(browser, password)
+    _wait_for(browser, lambda d: "Similarity" in _h1(d), "the linked Similarity page")
+    checked = browser.find_elements(By.CSS_SELECTOR, '[data-testid="stRadio"] input[type="radio"]:checked')
+    assert [e.find_element(By.XPATH, "./ancestor::label").text for e in checked] == ["SVCCA"]
+    assert _wait_for(browser, shared_link, "the same link") == link
+    browser.close()
+    browser.switch_to.window(browser.window_handles[0])
+
+
+@needs_browser
+def test_viewer_mode_page_says_what_is_off(server, browser, filled, tmp_path_factory):
+    from selenium.webdriver.common.by import By
+
+    url, password, _, _ = server
+    browser.get(f"{url}/dose?run={filled[1]}&doses=0.0,0.3&max=48&chat=0")
+    _give_password(browser, password)  # every page load is a new session
+    _wait_for(browser, lambda d: "Dosed generation" in _h1(d), "the dose page")
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "Viewer mode allows at most 64 generated tokens per request" in body
+    assert "Uploading prompt files is off in viewer mode" in body and "Viewer mode" in body
+    assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stFileUploader"]')
+    assert "Generate" not in [b.text for b in browser.find_elements(By.CSS_SELECTOR, "button")]
+    _screenshot(browser, "viewer_dose.png", tmp_path_factory)
+
+
+def _get(url: str, **headers) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def test_the_data_folder_is_not_served_and_xsrf_and_cors_stay_on(server, filled):
+    url, _, _, _ = server
+    data = filled[0]
+    files = [p for p in data.rglob("*") if p.is_file() and p.stat().st_size > 64]
+    assert files
+    for path in files:
+        rel = path.relative_to(data).as_posix()
+        sample = path.read_bytes()[-48:]
+        for candidate in (rel, f"app/static/{rel}", f"static/{rel}", f"media/{rel}", f"../{rel}",
+                          f"app/static/../../{data.name}/{rel}", f"component/{rel}", f"_stcore/{rel}"):
+            status, _, body = _get(f"{url}/{candidate}")
+            assert sample not in body, (candidate, status)
+    # an upload without the XSRF token is refused before anything reaches a session
+    req = urllib.request.Request(f"{url}/_stcore/upload_file/x/y", data=b"z", method="PUT")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=10)
+    assert refused.value.code == 403
+    _, headers, _ = _get(f"{url}/_stcore/health", Origin="http://elsewhere.example")
+    assert headers.get("access-control-allow-origin", headers.get("Access-Control-Allow-Origin")) in (None, "")
+
+
+def test_ten_visitors_browse_at_once(server, filled):
+    """Every page for ten visitors at once (after one visitor warmed the caches): each gets its
+    own page, none an error, and the server's memory stays bounded. The render-time figure is
+    measured by bench/app_sessions.py (README, Sharing), not asserted here."""
+    from bench.app_sessions import PAGES, browse, rss_mb
+
+    url, password, pid, _ = server
+    browse(url, sessions=1, rounds=1, password=password, timeout=90)
+    warm_mb = rss_mb(pid)
+    (renders,) = browse(url, sessions=10, rounds=1, password=password, timeout=90)
+    assert sorted((i, p) for i, p, _ in renders) == sorted((i, p) for i in range(10) for p in PAGES)
+    for _, page, render in renders:
+        assert PAGES[page] in render.headings and not render.errors, (page, render.headings, render.errors)
+    grown = rss_mb(pid) - warm_mb
+    times = sorted(r.seconds for _, _, r in renders)
+    print(f"\n10 visitors at once: render median {times[len(times) // 2]:.2f} s, max {times[-1]:.2f} s; "
+          f"server memory {warm_mb:.0f} MB warm, {grown:+.0f} MB with ten sessions")
+    assert grown < 200, f"ten sessions took {grown:.0f} MB more server memory"
