@@ -40,7 +40,8 @@ def generate(at: AppTest) -> list[str]:
     next(b for b in at.button if b.label == "Generate").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
-    return [r.text for _, _, _, results in at.session_state["dose_results"]["items"] for r in results]
+    (_line, _prompt, _seed, results), = at.session_state["dose_results"]["items"]  # one prompt: one item
+    return [r.text for r in results]
 
 
 def test_four_sessions_generating_at_once_get_what_they_get_alone(served):

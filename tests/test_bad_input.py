@@ -151,7 +151,7 @@ CASES = [
     ("check_model", ["--max-tokens", "0"], "--max-tokens: must be in [1, 512]"),
     ("check_model", ["--model", "/no/such/dir"], "--model: '/no/such/dir' is neither"),
     ("fetch_model", ["--data-dir", "{file}"], "is a file, not a folder"),
-    ("bio_eval", ["--windows", "-3"], "--windows: must be in [2"),
+    ("bio_eval", ["--windows", "-3"], "--windows: must be in [2,"),
     ("bio_eval", ["--strengths", "9"], "--strengths: each must be at most 2"),
     ("bio_eval", ["--data-dir", "{file}"], "is a file, not a folder"),
 ]

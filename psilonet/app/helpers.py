@@ -119,7 +119,7 @@ class BadParam(ValueError):
 
 def _warn_param(name: str, raw: str, why: str) -> None:
     shown = raw if len(raw) <= 60 else raw[:57] + "..."
-    st.warning(f"Ignoring the link's `{name}` ({shown!r}): {why}. Using the default.")
+    st.warning(f"Ignoring the link's `{name}={shown}`: {why}. Using the default.")
 
 
 def param(name: str, default: Any, cast: Callable[[str], Any] = str, choices: list | None = None,

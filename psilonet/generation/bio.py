@@ -62,7 +62,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 from mlx_lm.models.base import scaled_dot_product_attention
 

@@ -16,7 +16,6 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 import mlx.nn as nn
 

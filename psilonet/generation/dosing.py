@@ -17,7 +17,6 @@ from typing import Callable
 
 import numpy as np
 
-import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 
 from psilonet import config
@@ -241,39 +240,6 @@ def save_dose_run(store, config: dict, items: list[tuple[int, str, int, list[Dos
     return run.run_id, summary
 
 
-def run_doses(store, model, tokenizer, prompts: list[tuple[int, str]], cfg: DoseConfig, *, run_config: dict,
-              model_name: str, dataset: str, parent: str | None = None, progress: bool = True) -> tuple[str, dict]:
-    """Every (line, prompt) x seed at every intensity of ``cfg`` into one ``dose`` run; (run_id, summary).
-
-    The one library call behind ``jobs.dose``; ``run_config`` adds what the caller knows (model,
-    skip run, skipped prompts) to the stored config. Progress and each continuation are
-    printed through tqdm when ``progress``.
-    """
-    from tqdm import tqdm
-
-    cfg.validate()
-    spec = cfg.spec()
-    intensities, fatigue, hebbian = cfg.rows()
-    items = [(line, prompt, seed) for line, prompt in prompts for seed in cfg.seeds]
-    bar = tqdm(total=len(items), desc="dose", unit="prompt", disable=not progress)
-
-    def generated():
-        for line, prompt, seed in items:
-            results = generate_doses(model, tokenizer, prompt, intensities, sampling=cfg.sampling(seed),
-                                     spec=spec, chat=cfg.chat, fatigue=fatigue, hebbian=hebbian)
-            if progress:
-                bar.write(f"\n[{prompt}] seed {seed}")
-                for res in results:
-                    bar.write(f"  {res.label} | mean entropy {res.mean_entropy:.2f} bits | {res.text.strip()!r}")
-            yield line, prompt, seed, results
-
-    try:
-        return save_dose_run(store, {**cfg.to_dict(), **run_config}, generated(), model=model_name,
-                             dataset=dataset, parent=parent, progress=lambda k: bar.update(1))
-    finally:
-        bar.close()
-
-
 #: Hard bound on one request from the app: the token rows it may process, counted as
 #: sum over prompts of (prompt tokens + new tokens) x intensities.  Larger batches belong to
 #: ``python -m jobs.dose`` (which shows progress in the terminal and is not tied to a browser tab).
@@ -374,3 +340,37 @@ def plan_prompts(tokenizer, prompts: list[tuple[int, str]], *, max_tokens: int, 
             lengths.append(n)
     check_request(lengths, n_intensities, max_tokens, limit)
     return runnable, skipped
+
+
+def run_doses(store, model, tokenizer, prompts: list[tuple[int, str]], cfg: DoseConfig, *, run_config: dict,
+              model_name: str, dataset: str, parent: str | None = None, progress: bool = True) -> tuple[str, dict]:
+    """Every (line, prompt) x seed at every intensity of ``cfg`` into one ``dose`` run; (run_id, summary).
+
+    The one library call behind ``jobs.dose``; ``run_config`` adds what the caller knows (model,
+    skip run, skipped prompts) to the stored config. Progress and each continuation are
+    printed through tqdm when ``progress``.
+    """
+    from tqdm import tqdm
+
+    cfg.validate()
+    spec = cfg.spec()
+    intensities, fatigue, hebbian = cfg.rows()
+    items = [(line, prompt, seed) for line, prompt in prompts for seed in cfg.seeds]
+    bar = tqdm(total=len(items), desc="dose", unit="prompt", disable=not progress)
+
+    def generated():
+        for line, prompt, seed in items:
+            results = generate_doses(model, tokenizer, prompt, intensities, sampling=cfg.sampling(seed),
+                                     spec=spec, chat=cfg.chat, fatigue=fatigue, hebbian=hebbian)
+            if progress:
+                bar.write(f"\n[{prompt}] seed {seed}")
+                for res in results:
+                    bar.write(f"  {res.label} | mean entropy {res.mean_entropy:.2f} bits | "
+                              f"{res.text.strip()!r}")
+            yield line, prompt, seed, results
+
+    try:
+        return save_dose_run(store, {**cfg.to_dict(), **run_config}, generated(), model=model_name,
+                             dataset=dataset, parent=parent, progress=lambda k: bar.update(1))
+    finally:
+        bar.close()
