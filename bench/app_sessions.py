@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 PAGES = {"": "Runs", "training": "Training", "similarity": "Similarity", "trajectories": "Trajectories",
-         "taps": "Tap weights", "dose": "Dosed generation"}
+         "taps": "Tap weights", "dose": "Dosed generation", "bio": "Bio interventions"}
 MAX_SESSIONS = 32
 
 

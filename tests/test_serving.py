@@ -236,9 +236,14 @@ def _h1(driver) -> list[str]:
 def _give_password(driver, password: str) -> None:
     from selenium.webdriver.common.by import By
 
-    field = _wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=password]"), "password field")[0]
+    def form(d):
+        fields = d.find_elements(By.CSS_SELECTOR, "input[type=password]")
+        buttons = d.find_elements(By.CSS_SELECTOR, '[data-testid="stBaseButton-secondaryFormSubmit"]')
+        return (fields[0], buttons[0]) if fields and buttons else None
+
+    field, button = _wait_for(driver, form, "the password form")
     field.send_keys(password)
-    driver.find_element(By.CSS_SELECTOR, '[data-testid="stBaseButton-secondaryFormSubmit"]').click()
+    button.click()
 
 
 @needs_browser
@@ -300,8 +305,8 @@ def test_viewer_mode_page_says_what_is_off(server, browser, filled, tmp_path_fac
     url, password, _, _ = server
     browser.get(f"{url}/dose?run={filled[1]}&doses=0.0,0.3&max=48&chat=0")
     _give_password(browser, password)  # every page load is a new session
-    _wait_for(browser, lambda d: "Dosed generation" in _h1(d), "the dose page")
-    body = browser.find_element(By.TAG_NAME, "body").text
+    body = _wait_for(browser, lambda d: "Dosed generation" in _h1(d) and "Viewer mode allows" in (
+        text := d.find_element(By.TAG_NAME, "body").text) and text, "the dose page's refusal")
     assert "Viewer mode allows at most 64 generated tokens per request" in body
     assert "Uploading prompt files is off in viewer mode" in body and "Viewer mode" in body
     assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stFileUploader"]')

@@ -169,7 +169,7 @@ def generate_view() -> None:
         n = len(file_prompts.prompts)
         action = st.button(f"Run all {n} prompt{'s' if n != 1 else ''}", type="primary",
                            help="Every prompt at every intensity; the results are saved together as one run.")
-    elif serving.allows_generation(max_tokens, len(intensities)):
+    elif serving.allows_generation(max_tokens, n_rows):
         action = st.button("Generate", type="primary")
 
     if action:
