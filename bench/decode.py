@@ -185,8 +185,11 @@ def main(argv=None) -> int:
     llama = None
     gguf = modeling.default_gguf_path()
     if llama_available() and Path(gguf).exists():
-        llama = LlamaChild(Path(gguf), args.tokens)
-        variants["llama.cpp, Q4_1 GGUF, own process"] = llama
+        try:
+            llama = LlamaChild(Path(gguf), args.tokens)
+            variants["llama.cpp, Q4_1 GGUF, own process"] = llama
+        except (RuntimeError, ValueError) as exc:
+            print(f"llama.cpp: its process failed ({exc}), skipped")
     else:
         print("llama.cpp: not installed (make llama-cpp builds it), skipped")
     nbytes = weight_bytes(model)

@@ -7,7 +7,8 @@ from psilonet.app import charts, helpers as app
 st.title("Tap weights")
 st.caption("Each block mixes its skip taps (history distances) with a softmax over the distances available "
            "at its depth.")
-run = app.run_picker("Training run", ("train",))
+run = app.run_picker("Training run", ("train",), help="Starts on the newest run with several skip distances.",
+                     prefer=lambda r: len(app.config_of(r).get("skip", {}).get("distances", [])) > 1)
 if run is not None:
     taps, gates = app.read(run.name, "tap_weights"), app.read(run.name, "gate_alphas")
     exported = []

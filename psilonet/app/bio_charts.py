@@ -43,7 +43,7 @@ def fast_norm_chart(norms: pd.DataFrame) -> alt.Chart:
     return alt.Chart(data.reset_index(drop=True)).mark_line(point=True).encode(
         x=alt.X("layer:Q", title="layer", axis=alt.Axis(tickMinStep=1)),
         y=alt.Y("norm:Q", title="|W_fast| (Frobenius)", scale=alt.Scale(type="log")),
-        color=alt.Color("label:N", title="generation"),
+        color=alt.Color("label:N", title="generation", legend=alt.Legend(labelLimit=0)),
         tooltip=[alt.Tooltip("label:N", title="generation"), alt.Tooltip("layer:Q"),
                  alt.Tooltip("norm:Q", title="|W_fast|", format=".3f")],
     ).properties(title=_title("Hebbian fast-weight norm per layer", "mean over generated tokens"),

@@ -203,8 +203,12 @@ def fill_hint(kinds: tuple[str, ...], all_runs: pd.DataFrame) -> str:
     return f"`make demo` creates one run of every kind in `{data_dir()}`."
 
 
-def run_picker(label: str, kinds: tuple[str, ...], key: str = "run", help: str | None = None) -> pd.Series | None:
-    """A select box over the complete runs of ``kinds``, synced with the ``key`` query param."""
+def run_picker(label: str, kinds: tuple[str, ...], key: str = "run", help: str | None = None,
+               prefer: Callable[[pd.Series], bool] | None = None) -> pd.Series | None:
+    """A select box over the complete runs of ``kinds``, synced with the ``key`` query param.
+
+    Without a run in the link it starts on the newest run for which ``prefer(row)`` holds (the
+    newest run when none does, or without ``prefer``)."""
     all_runs = runs()
     if all_runs is None:
         return None
@@ -213,10 +217,12 @@ def run_picker(label: str, kinds: tuple[str, ...], key: str = "run", help: str |
         st.info(f"No complete {' or '.join(kinds)} run yet.\n\n" + fill_hint(kinds, all_runs))
         return None
     ids = list(choices.run_id)
-    wanted = param(key, ids[0])
+    preferred = [r.run_id for _, r in choices.iterrows() if prefer(r)] if prefer is not None else []
+    first = preferred[0] if preferred else ids[0]
+    wanted = param(key, first)
     if wanted not in ids:
         st.warning(f"Run `{wanted}` from the link is not a complete {'/'.join(kinds)} run here; showing the newest.")
-        wanted = ids[0]
+        wanted = first
     labels = {r.run_id: f"{r.run_id} · {r.dataset or ''}" for r in choices.itertuples()}
     chosen = st.selectbox(label, ids, index=ids.index(wanted), format_func=labels.get, help=help, key=f"pick_{key}")
     set_params(**{key: chosen})
