@@ -167,8 +167,9 @@ def generate_view() -> None:
                    "here: choose fewer, or use `python -m jobs.dose`.")
     elif file_prompts is not None:
         n = len(file_prompts.prompts)
-        action = st.button(f"Run all {n} prompt{'s' if n != 1 else ''}", type="primary",
-                           help="Every prompt at every intensity; the results are saved together as one run.")
+        if serving.allows_generation(int(max_tokens) * n, n_rows):  # viewer mode's budget counts every prompt
+            action = st.button(f"Run all {n} prompt{'s' if n != 1 else ''}", type="primary",
+                               help="Every prompt at every intensity; the results are saved together as one run.")
     elif serving.allows_generation(max_tokens, n_rows):
         action = st.button("Generate", type="primary")
 
