@@ -406,7 +406,9 @@ def test_tap_weight_evolution_small():
     inner = spec["spec"]
     assert inner["mark"]["type"] == "rect" if isinstance(inner["mark"], dict) else inner["mark"] == "rect"
     assert inner["encoding"]["x"]["field"] == "step" and inner["encoding"]["y"]["field"] == "layer"
-    assert inner["encoding"]["color"]["scale"]["domain"] == [0, 1]
+    weights = [r["weight"] for r in rows_with(spec, "weight")]
+    assert inner["encoding"]["color"]["scale"]["domain"] == pytest.approx([min(weights), max(weights)])
+    assert "observed range" in subtitle_text(spec)
     n_distances = len({r["distance"] for r in rows_with(spec, "weight")})
     assert n_distances * inner["width"] + 20 * (n_distances - 1) <= charts.PAGE_WIDTH  # the panels fit the page together
     assert "subsampled" not in subtitle_text(spec)
@@ -427,7 +429,7 @@ def test_tap_weight_heatmap():
     rows = rows_with(spec, "weight")
     assert len(rows) == 6 * 3
     assert sorted({r["weight"] for r in rows}) == pytest.approx([0.1, 0.3, 0.6])  # final step only
-    assert spec["encoding"]["color"]["scale"]["domain"] == [0.0, 1.0]
+    assert spec["encoding"]["color"]["scale"]["domain"] == pytest.approx([0.1, 0.6])  # the data's range
     assert spec["encoding"]["x"]["field"] == "distance" and spec["encoding"]["x"]["type"] == "ordinal"
     assert "step 4" in subtitle_text(spec)
 
@@ -439,6 +441,9 @@ def test_gate_alpha_heatmap():
     rows = rows_with(spec, "alpha")
     assert len(rows) == 12
     assert rows[0]["alpha"] == pytest.approx(0.1)  # step 10, head 0
+    assert spec["encoding"]["color"]["scale"]["domain"] == pytest.approx([0.1, 0.4])  # final step's range
+    flat = gates.assign(alpha=0.5)
+    assert spec_of(charts.gate_alpha_heatmap(flat))["encoding"]["color"]["scale"]["domain"] == pytest.approx([0.49, 0.51])
     assert spec["encoding"]["x"]["field"] == "head" and spec["encoding"]["y"]["field"] == "layer"
 
 

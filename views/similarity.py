@@ -91,8 +91,7 @@ if run is not None:
             profile = charts.token_norm_profile(stats, names[source])
             st.altair_chart(profile, width="stretch")
             exported.append((f"Token norms per layer: {names[source]}", profile))
-            table = rep.outlier_summary(stats, app.read(source, "norm_outliers"), app.read(source, "outlier_dims"),
-                                        app.read(source, "capture_tokens"))
+            table = app.outlier_table(source)
             st.dataframe(table, hide_index=True, column_config={
                 "median norm": st.column_config.NumberColumn(format="%.1f"),
                 "p99 norm": st.column_config.NumberColumn(format="%.1f"),

@@ -148,6 +148,24 @@ def _plain_domain(domain: Sequence[float]) -> list[float]:
     return [lo, hi]
 
 
+def _observed_domain(values: pd.Series, fallback: tuple[float, float] = (0.0, 1.0)) -> list[float]:
+    """The values' own [min, max] (a flat series gets +-0.01 around its value), so that changes
+    of a few hundredths (tap weights and gate alphas after a short run) are visible in colour
+    instead of one flat tone on a fixed [0, 1] scale."""
+    finite = pd.to_numeric(values, errors="coerce")
+    finite = finite[np.isfinite(finite)]
+    if finite.empty:
+        return [float(fallback[0]), float(fallback[1])]
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi - lo < 1e-6:
+        lo, hi = lo - 0.01, hi + 0.01
+    return [lo, hi]
+
+
+def _range_note(domain: Sequence[float]) -> str:
+    return f"colour spans the observed range {domain[0]:.3f}-{domain[1]:.3f}"
+
+
 def _int_column(series: pd.Series) -> pd.Series:
     """Nullable-integer or float columns (DuckDB NULLs) as plain Python ints for the spec."""
     return series.astype("int64")
@@ -548,7 +566,8 @@ MAX_TAP_STEPS = 80
 
 def tap_weight_evolution(taps: pd.DataFrame) -> alt.Chart:
     """Tap weight over training as one layer x step heatmap per skip distance (side by side,
-    sized to fit :data:`PAGE_WIDTH` together), colour = weight on [0, 1].
+    sized to fit :data:`PAGE_WIDTH` together), colour = weight on its observed range (named in
+    the subtitle).
 
     A block's weights over its available distances sum to 1, so reading one column across the
     panels shows how that block splits its mix at that step; cells are empty where a block has
@@ -562,7 +581,8 @@ def tap_weight_evolution(taps: pd.DataFrame) -> alt.Chart:
     total = int(data["step"].nunique())
     keep = _even_steps(data["step"], MAX_TAP_STEPS) if total else np.array([], dtype=int)
     data = data[data["step"].isin(keep)]
-    subtitle = ["x: training step; y: block (layer); one panel per skip distance"]
+    domain = _observed_domain(data["weight"])
+    subtitle = ["x: training step; y: block (layer); one panel per skip distance; " + _range_note(domain)]
     if len(keep) < total:
         subtitle.append(f"showing {len(keep)} of {total} logged steps (evenly subsampled, first and last kept)")
     distances = sorted(data["distance"].unique()) or [0]
@@ -576,7 +596,7 @@ def tap_weight_evolution(taps: pd.DataFrame) -> alt.Chart:
     return alt.Chart(data).mark_rect().encode(
         x=alt.X("step:O", title="step", axis=alt.Axis(values=shown_steps, labelAngle=0)),
         y=alt.Y("layer:O", title="layer", sort="ascending"),
-        color=alt.Color("weight:Q", title="tap weight", scale=alt.Scale(domain=[0, 1], scheme=HEATMAP_SCHEME)),
+        color=alt.Color("weight:Q", title="tap weight", scale=alt.Scale(domain=domain, scheme=HEATMAP_SCHEME)),
         tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("distance:O"), alt.Tooltip("step:Q"),
                  alt.Tooltip("weight:Q", format=".4f")],
     ).properties(width=panel, height=height).facet(
@@ -593,29 +613,30 @@ def _final_step(df: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
 
 
 def tap_weight_heatmap(taps: pd.DataFrame) -> alt.Chart:
-    """The final step's tap weights: x = distance, y = layer, colour = weight on [0, 1]."""
+    """The final step's tap weights: x = distance, y = layer, colour = weight on its observed range."""
     _require(taps, TAP_COLUMNS, "tap_weight_heatmap")
     data, last = _final_step(taps[list(TAP_COLUMNS)])
     data = data.copy()
     for col in ("step", "layer", "distance"):
         data[col] = _int_column(data[col])
-    sub = f"step {last}" if last is not None else "no tap weights logged"
+    domain = _observed_domain(data["weight"])
+    sub = f"step {last}; {_range_note(domain)}" if last is not None else "no tap weights logged"
     return _heatmap(data[["layer", "distance", "weight"]], "distance", "distance", "layer", "layer", "weight",
-                    "weight", (0.0, 1.0), _title("Final tap weights", sub)).properties(autosize=NATURAL_SIZE)
+                    "weight", domain, _title("Final tap weights", sub)).properties(autosize=NATURAL_SIZE)
 
 
 def gate_alpha_heatmap(gates: pd.DataFrame) -> alt.Chart:
-    """The final step's per-head gate alphas: x = head, y = layer, colour = alpha on [0, 1] (widened
-    if an alpha exceeds 1)."""
+    """The final step's per-head gate alphas: x = head, y = layer, colour = alpha on its observed
+    range (named in the subtitle)."""
     _require(gates, GATE_COLUMNS, "gate_alpha_heatmap")
     data, last = _final_step(gates[list(GATE_COLUMNS)])
     data = data.copy()
     for col in ("step", "layer", "head"):
         data[col] = _int_column(data[col])
-    hi = max(1.0, float(data["alpha"].max())) if len(data) else 1.0
-    sub = f"step {last}" if last is not None else "no gate alphas logged"
+    domain = _observed_domain(data["alpha"])
+    sub = f"step {last}; {_range_note(domain)}" if last is not None else "no gate alphas logged"
     return _heatmap(data[["layer", "head", "alpha"]], "head", "head", "layer", "layer", "alpha", "alpha",
-                    (0.0, hi), _title("Final per-head gate alphas", sub)).properties(autosize=NATURAL_SIZE)
+                    domain, _title("Final per-head gate alphas", sub)).properties(autosize=NATURAL_SIZE)
 
 
 # --------------------------------------------------------------------------- dosing / entropy

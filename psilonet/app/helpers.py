@@ -96,6 +96,25 @@ def read(run_id: str, what: str, *args) -> Any:
         return None
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def _outlier_table(data_dir_str: str, run_id: str) -> pd.DataFrame:
+    from psilonet.analysis.representation import outlier_summary
+
+    with Store(data_dir_str).open_run(run_id) as reader:
+        return outlier_summary(reader.norm_stats(), reader.norm_outliers(), reader.outlier_dims(),
+                               reader.capture_tokens())
+
+
+def outlier_table(run_id: str) -> pd.DataFrame | None:
+    """A capture's outlier summary (``representation.outlier_summary``), cached by run id: it
+    walks every layer in pandas (about 0.15 s), too slow to redo on each rerun of every viewer."""
+    try:
+        return _outlier_table(str(data_dir()), run_id)
+    except StoreError as exc:
+        st.error(f"Cannot read the outlier tokens of run `{run_id}`: {exc}")
+        return None
+
+
 def read_optional(run_id: str, what: str, *args) -> Any:
     """Like :func:`read`, but None without a message when the run cannot give it (a table that
     runs made by older versions lack)."""
