@@ -612,31 +612,32 @@ def _final_step(df: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
     return df[df["step"] == last], last
 
 
+def _final_step_heatmap(df: pd.DataFrame, columns: Sequence[str], x: str, value: str, title: str,
+                        empty: str) -> alt.Chart:
+    """The last logged step of a (step, layer, x, value) series as a layer x ``x`` heatmap,
+    coloured on the values' observed range (named in the subtitle)."""
+    data, last = _final_step(df[list(columns)])
+    data = data.copy()
+    for col in ("step", "layer", x):
+        data[col] = _int_column(data[col])
+    domain = _observed_domain(data[value])
+    sub = f"step {last}; {_range_note(domain)}" if last is not None else empty
+    return _heatmap(data[["layer", x, value]], x, x, "layer", "layer", value, value, domain,
+                    _title(title, sub)).properties(autosize=NATURAL_SIZE)
+
+
 def tap_weight_heatmap(taps: pd.DataFrame) -> alt.Chart:
     """The final step's tap weights: x = distance, y = layer, colour = weight on its observed range."""
     _require(taps, TAP_COLUMNS, "tap_weight_heatmap")
-    data, last = _final_step(taps[list(TAP_COLUMNS)])
-    data = data.copy()
-    for col in ("step", "layer", "distance"):
-        data[col] = _int_column(data[col])
-    domain = _observed_domain(data["weight"])
-    sub = f"step {last}; {_range_note(domain)}" if last is not None else "no tap weights logged"
-    return _heatmap(data[["layer", "distance", "weight"]], "distance", "distance", "layer", "layer", "weight",
-                    "weight", domain, _title("Final tap weights", sub)).properties(autosize=NATURAL_SIZE)
+    return _final_step_heatmap(taps, TAP_COLUMNS, "distance", "weight", "Final tap weights", "no tap weights logged")
 
 
 def gate_alpha_heatmap(gates: pd.DataFrame) -> alt.Chart:
     """The final step's per-head gate alphas: x = head, y = layer, colour = alpha on its observed
     range (named in the subtitle)."""
     _require(gates, GATE_COLUMNS, "gate_alpha_heatmap")
-    data, last = _final_step(gates[list(GATE_COLUMNS)])
-    data = data.copy()
-    for col in ("step", "layer", "head"):
-        data[col] = _int_column(data[col])
-    domain = _observed_domain(data["alpha"])
-    sub = f"step {last}; {_range_note(domain)}" if last is not None else "no gate alphas logged"
-    return _heatmap(data[["layer", "head", "alpha"]], "head", "head", "layer", "layer", "alpha", "alpha",
-                    domain, _title("Final per-head gate alphas", sub)).properties(autosize=NATURAL_SIZE)
+    return _final_step_heatmap(gates, GATE_COLUMNS, "head", "alpha", "Final per-head gate alphas",
+                               "no gate alphas logged")
 
 
 # --------------------------------------------------------------------------- dosing / entropy
