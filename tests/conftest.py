@@ -102,3 +102,37 @@ def filled(tiny_model_dir, tmp_path_factory):
     assert dose_job.main(["--model", str(tiny_model_dir), "--prompt", "Hello there", "--intensities", "0", "0.3",
                           "--max-tokens", "4", "--no-chat", "--data-dir", str(data)]) == 0
     return data, train_id
+
+
+def headless_chromium(width: int = 1400, height: int = 1400, extra_args: tuple[str, ...] = (), browser_log: bool = False):
+    """Debian's Chromium driven headless by Selenium (the browser tests, the export test and the
+    serving test all drive the same browser, with the same quiet, offline-friendly flags)."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", f"--window-size={width},{height}", *extra_args):
+        opts.add_argument(arg)
+    if browser_log:
+        opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+
+
+APP = str(ROOT / "streamlit_app.py")
+
+
+def open_app_page(page: str, params: dict | None = None):
+    """One page of the app run headless with AppTest, its URL holding ``params``."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=60)
+    for key, value in (params or {}).items():
+        at.query_params[key] = value
+    at.switch_page(f"views/{page}.py")
+    at.run()
+    return at

@@ -3,23 +3,19 @@ filled by real jobs on a tiny model; query parameters round-trip; no exception e
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from psilonet.store import Store
 
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+from conftest import open_app_page
+
 PAGES = ["runs", "training", "similarity", "trajectories", "taps", "dose"]
 
 
 def open_page(page: str, params: dict | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    for key, value in (params or {}).items():
-        at.query_params[key] = value
-    at.switch_page(f"views/{page}.py")
-    at.run()
+    at = open_app_page(page, params)
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     return at

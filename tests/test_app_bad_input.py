@@ -4,23 +4,17 @@ one message naming the problem, never an exception, and leaves the catalog as it
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from psilonet.store import Store
 
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+from conftest import open_app_page
 
 
-def open_page(page: str, params: dict | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    for key, value in (params or {}).items():
-        at.query_params[key] = value
-    at.switch_page(f"views/{page}.py")
-    at.run()
-    return at
+
+open_page = open_app_page  # no assertions here: these pages are meant to show a message
 
 
 def messages(at: AppTest) -> list[str]:

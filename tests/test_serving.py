@@ -22,6 +22,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from conftest import headless_chromium
 from streamlit.testing.v1 import AppTest
 
 from psilonet.app import serving
@@ -188,16 +190,7 @@ def server(filled, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1400,1000"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver = headless_chromium(1400, 1000)
     yield driver
     driver.quit()
 

@@ -9,6 +9,8 @@ import altair as alt
 import pandas as pd
 import pytest
 
+from conftest import headless_chromium
+
 from psilonet.app import share
 
 
@@ -77,13 +79,5 @@ def test_export_renders_offline_and_runs_nothing_from_hostile_prompts(tmp_path):
 
 
 def _chromium():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-background-networking", "--proxy-server=http://127.0.0.1:9", "--window-size=1400,1400"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    # every request outside the file goes to a dead proxy: the export must render offline
+    return headless_chromium(extra_args=("--proxy-server=http://127.0.0.1:9",), browser_log=True)
