@@ -3,10 +3,12 @@ fastest, print and record the choice.
 
 MLX binds its BLAS once per process, so each library runs in a child process; their order
 rotates over rounds so that the load of a shared machine hits all alike. Each child times chains
-of the default model's weight products (six blocks and the LM head) at three shapes (one decode
-row, eight decode rows, one training batch of 4 x 47 tokens); the score of a library is the
-geometric mean over the three of its median time, and the lowest score wins. The winner is written to ``.blas-choice.json`` (see
-``psilonet.runtime``), which ``PSILONET_BLAS=auto`` (the default) loads from then on.
+of the default model's weight products at three shapes: one decode row and eight decode rows
+(every block, each with its own matrices, and the LM head: decode streams all the weights from
+memory once per token) and one training batch of 4 x 47 tokens (six blocks: compute-bound). The
+score of a library is the geometric mean over the three of its median time; the lowest wins. The
+winner is written to ``.blas-choice.json`` (see ``psilonet.runtime``), which
+``PSILONET_BLAS=auto`` (the default) loads from then on.
 
     python -m jobs.choose_blas [--rounds 3]
 """
@@ -35,13 +37,16 @@ from psilonet import runtime
 import mlx.core as mx
 shapes, workloads = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 d, f, kv, v, layers = (shapes[k] for k in ("hidden_size", "intermediate_size", "kv", "vocab_size", "layers"))
-mats = [mx.random.normal((o, i)) * 0.02 for o, i in [(d, d), (kv, d), (kv, d), (d, d), (f, d), (f, d), (d, f)]]
+# One set of matrices per block, as in the model: decode streams every weight from memory once
+# per token, and a chain that reused one block's matrices would run from the cache instead.
+blocks = [[mx.random.normal((o, i)) * 0.02 for o, i in [(d, d), (kv, d), (kv, d), (d, d), (f, d), (f, d), (d, f)]]
+          for _ in range(layers)]
 head = mx.random.normal((v, d)) * 0.02
-mx.eval(mats, head)
+mx.eval(blocks, head)
 def chain(rows):
     x = mx.random.normal((rows, d))
-    for _ in range(min(layers, 6)):  # six blocks are enough for the ratio, and quick
-        q, k, vv, o, g, u, dn = mats
+    # every block for decode rows; six are enough for the compute-bound training batch
+    for q, k, vv, o, g, u, dn in blocks if rows <= 8 else blocks[:6]:
         a = (x @ q.T) + (x @ k.T).sum() + (x @ vv.T).sum()
         x = x + a @ o.T
         x = x + (mx.sigmoid(x @ g.T) * (x @ u.T)) @ dn.T
