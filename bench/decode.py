@@ -142,6 +142,13 @@ def matmul_chain_rate(model, tokens: int, rows: int = 1) -> float:
     return rows * tokens / (time.perf_counter() - start)
 
 
+def quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 4:
+        return min(values), max(values)
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
+
+
 def spread(values: list[float], fmt: str = "{:.1f}") -> str:
     return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
 
@@ -253,8 +260,14 @@ def main(argv=None) -> int:
     goal("single stream vs mlx_lm.generate", f"x{m(sober_vs):.2f}", ">= x2", m(sober_vs) >= 2)
     goal("single stream vs bandwidth ceiling", f"{m(of_ceiling):.2f} of {ceiling:.1f} tokens/s",
          "reported", True)
-    goal("dose + both entropies overhead", f"{m(overhead):+.1f}% [{min(overhead):+.1f}..{max(overhead):+.1f}]",
-         "<= 10%", m(overhead) <= 10)
+    # Load on this machine only ever slows a variant down, so single rounds scatter widely; the
+    # goal counts as met only when the median and the upper quartile of the paired overheads are
+    # both within the target (with fewer than four rounds: the maximum).
+    low, high = quartiles(overhead)
+    best = 100 * (max(rates["ours, sober"]) / max(rates["ours, dose 0.3 + entropies"]) - 1)
+    goal("dose + both entropies overhead",
+         f"{m(overhead):+.1f}% (quartiles {low:+.1f}..{high:+.1f}, range {min(overhead):+.1f}..{max(overhead):+.1f}, "
+         f"best round of each {best:+.1f}%)", "<= 10%", m(overhead) <= 10 and high <= 10)
     goal("8 doses in one batch vs mlx_lm.generate", f"x{m(batch_vs):.2f}", ">= x9", m(batch_vs) >= 9)
     if llama is not None:
         goal("llama.cpp reference", f"{m(rates['llama.cpp, Q4_1 GGUF, own process']):.1f} tokens/s",
