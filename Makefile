@@ -47,9 +47,13 @@ app: setup
 	$(STREAMLIT) --server.address $(HOST)
 
 ## share: the explorer for collaborators on every interface, in viewer mode, behind a password
+# A served explorer's code does not change while it runs: no per-session file watcher (it walks
+# every imported module after each page run) and no full garbage collection after each page run
+# (Streamlit's default; with ten visitors it was most of the server's CPU). README, Several viewers.
+SHARE_RUNNER := --server.fileWatcherType none --runner.postScriptGC false
 share: setup
 	@test -n "$${PSILONET_PASSWORD}$${PSILONET_PASSWORD_FILE}$(NO_PASSWORD)" || { echo "make share: set PSILONET_PASSWORD_FILE (or PSILONET_PASSWORD), or pass NO_PASSWORD=1 on a trusted network" >&2; exit 2; }
-	PSILONET_VIEWER=1 $(STREAMLIT) --server.address $(SHARE_HOST) --client.showErrorDetails type --client.toolbarMode viewer
+	PSILONET_VIEWER=1 $(STREAMLIT) --server.address $(SHARE_HOST) --client.showErrorDetails type --client.toolbarMode viewer $(SHARE_RUNNER)
 
 ## test: the whole test suite (unit tests on tiny models, integration tests on the default model)
 test: model setup-scale

@@ -170,7 +170,9 @@ def server(filled, tmp_path_factory):
         proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
                                  "--server.address", ADDRESS, "--server.port", str(port), "--server.baseUrlPath", BASE,
                                  "--server.headless", "true", "--browser.gatherUsageStats", "false",
-                                 "--client.showErrorDetails", "type", "--client.toolbarMode", "viewer"],
+                                 "--client.showErrorDetails", "type", "--client.toolbarMode", "viewer",
+                                 # SHARE_RUNNER in the Makefile
+                                 "--server.fileWatcherType", "none", "--runner.postScriptGC", "false"],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.time() + 60
     while True:

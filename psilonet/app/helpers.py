@@ -115,6 +115,29 @@ def outlier_table(run_id: str) -> pd.DataFrame | None:
         return None
 
 
+@st.cache_data(show_spinner=False, max_entries=128)
+def _chart_spec(key: tuple, _build: Callable[[], Any]) -> dict:
+    # Streamlit's own Altair conversion (private, pinned with streamlit in requirements.txt;
+    # tests/test_app.py checks it still gives what st.altair_chart sends): it holds Altair's
+    # global theme and data-transformer switches under Streamlit's lock, validates the spec and
+    # stores the data as Arrow bytes, so a cache hit costs only a copy of those bytes.
+    from streamlit.elements.vega_charts import _convert_altair_to_vega_lite_spec
+
+    return _convert_altair_to_vega_lite_spec(_build())
+
+
+def chart(key: tuple, build: Callable[[], Any], width: str | int | None = None) -> None:
+    """Draw ``build()`` (an Altair chart) like ``st.altair_chart``, building it once per ``key``.
+
+    Building an Altair chart and validating its spec costs 10-50 ms of CPU per chart; one server
+    renders every visitor's pages on about one core, so ten visitors opening a page redo that
+    ten times. ``key`` must name everything the chart depends on: the run id (published runs
+    never change) and the page's choices; the data folder is added here. ``build`` only runs
+    on a cache miss, so the page's filtering for the chart belongs inside it.
+    """
+    st.vega_lite_chart(_chart_spec((str(data_dir()), *key), build), width=width)
+
+
 def read_optional(run_id: str, what: str, *args) -> Any:
     """Like :func:`read`, but None without a message when the run cannot give it (a table that
     runs made by older versions lack)."""
