@@ -138,6 +138,25 @@ def test_viewer_mode_refuses_saves_uploads_and_over_budget_generations(filled, m
     assert any("Viewer mode" in i.value for i in at.sidebar.info)
 
 
+@pytest.mark.parametrize("env, shown", [({}, True), ({"PSILONET_VIEWER": "1"}, False),
+                                        ({"PSILONET_PASSWORD": "open sesame"}, False)],
+                         ids=["operator", "viewer mode", "password"])
+def test_the_data_folder_path_is_shown_to_the_operator_only(tmp_path, monkeypatch, env, shown):
+    data = tmp_path / "private-data-folder"
+    monkeypatch.setenv("PSILONET_DATA", str(data))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    if "PSILONET_PASSWORD" in env:
+        at.text_input[0].input("open sesame")
+        at.button[0].click().run()
+    assert not at.exception and at.title[0].value == "Runs"
+    texts = [e.value for kind in ("caption", "info", "markdown", "warning", "error") for e in getattr(at, kind)]
+    assert any("No runs yet" in t for t in texts)  # the empty store's help, which names the folder
+    assert any(str(data) in t for t in texts) == shown, texts
+    assert any(t.startswith("Data folder:") for t in (c.value for c in at.sidebar.caption)) == shown
+
+
 def test_a_bad_serving_setting_shows_only_the_error(filled, monkeypatch):
     monkeypatch.setenv("PSILONET_DATA", str(filled[0]))
     monkeypatch.setenv("PSILONET_VIEWER", "perhaps")

@@ -30,7 +30,7 @@ from psilonet.store import Store, StoreError
 log = logging.getLogger("psilonet.app.helpers")
 
 EMPTY_STORE_HELP = (
-    "No runs yet in `{data_dir}`. Create some from the repository folder with\n\n"
+    "No runs yet in {data_dir}. Create some from the repository folder with\n\n"
     "```\nmake demo    # fetch the default model; train, capture, analyse and dose (about 5 minutes)\n"
     ".venv/bin/python -m jobs.check_model\n"
     ".venv/bin/python -m jobs.train --train-samples 40 --val-samples 16\n```"
@@ -39,6 +39,20 @@ EMPTY_STORE_HELP = (
 
 def data_dir() -> Path:
     return Path(runtime.data_dir())
+
+
+def data_dir_hidden() -> bool:
+    """True when the server is shared (viewer mode, or a password is set): collaborators are not
+    told where on the server the data folder lives; the operator sees it in normal mode."""
+    from psilonet.app import serving
+
+    s = serving.settings()
+    return s.viewer or s.password_digest is not None
+
+
+def data_dir_label() -> str:
+    """The data folder as the pages name it: its path, or "the server's data folder" when hidden."""
+    return "the server's data folder" if data_dir_hidden() else f"`{data_dir()}`"
 
 
 def check_data_dir() -> None:
@@ -232,7 +246,7 @@ def fill_hint(kinds: tuple[str, ...], all_runs: pd.DataFrame) -> str:
     """Which command creates a run of ``kinds`` from the runs that exist (never "no runs" when some do)."""
     complete = all_runs[all_runs.state == "complete"]
     if complete.empty:
-        return EMPTY_STORE_HELP.format(data_dir=data_dir())
+        return EMPTY_STORE_HELP.format(data_dir=data_dir_label())
     py = ".venv/bin/python -m"
     captures, trains = complete[complete.kind == "capture"], complete[complete.kind == "train"]
     if "analysis" in kinds and not captures.empty:
@@ -242,7 +256,7 @@ def fill_hint(kinds: tuple[str, ...], all_runs: pd.DataFrame) -> str:
         train = trains.run_id.iloc[0]
         return (f"Capture a training run, then analyse the capture:\n\n```\n{py} jobs.capture --run {train}\n"
                 f"{py} jobs.analyze --captures <the capture run it prints>\n```")
-    return f"`make demo` creates one run of every kind in `{data_dir()}`."
+    return f"`make demo` creates one run of every kind in {data_dir_label()}."
 
 
 def run_picker(label: str, kinds: tuple[str, ...], key: str = "run", help: str | None = None,
@@ -288,7 +302,8 @@ def export_button(title: str, charts: list, state: dict) -> None:
 
 def sidebar() -> None:
     blas = runtime.active_blas()
-    st.sidebar.caption(f"Data folder: `{data_dir()}`")
+    if not data_dir_hidden():
+        st.sidebar.caption(f"Data folder: `{data_dir()}`")
     st.sidebar.caption(f"BLAS: {blas.name}" + ("" if blas.fast else " (slow: install libopenblas0-pthread)"))
 
 
