@@ -66,7 +66,8 @@ def check_loopback(url: str) -> None:
 class Session:
     """One visitor: a Streamlit session over the server's WebSocket."""
 
-    def __init__(self, url: str, password: str | None = None, timeout: float = 60.0):
+    def __init__(self, url: str, password: str | None = None, timeout: float = 60.0, cookie: str | None = None):
+        """``cookie``: a Cookie header for the handshake, as a browser sends (a remembered login)."""
         from websockets.sync.client import connect
 
         check_loopback(url)
@@ -75,7 +76,7 @@ class Session:
         self.timeout = timeout
         self.password = password
         self.ws = connect(ws_url, subprotocols=["streamlit"], open_timeout=timeout, max_size=None, proxy=None,
-                          legacy=True)
+                          legacy=True, additional_headers={"Cookie": cookie} if cookie else None)
 
     def close(self) -> None:
         self.ws.close()
