@@ -16,7 +16,9 @@ Variants (tokens/s, prompt included in the time):
 
 Ceilings measured in the same run: the memory bandwidth of a stream over a buffer the size of
 the weights (float32 weights are read once per token, so bandwidth / weight bytes bounds
-single-stream tokens/s), and a chain of just the model's weight matrix-vector products.
+single-stream tokens/s), and chains of just the model's weight products for one row and for
+eight rows: a decode step that did nothing else. Their ratios to ``mlx_lm.generate`` say which
+goals this machine allows at all.
 
 The output ends with one line per goal: ``goal NAME: VALUE (target T) met`` or ``missed``.
 
@@ -123,11 +125,12 @@ def stream_rate(nbytes: int, repeats: int = 3) -> float:
     return best
 
 
-def matmul_chain_rate(model, tokens: int) -> float:
-    """Tokens/s of a chain of just the model's weight matrix-vector products (one row)."""
+def matmul_chain_rate(model, tokens: int, rows: int = 1) -> float:
+    """Tokens/s (all rows together) of a chain of just the model's weight products for ``rows``
+    rows: what a decode step would cost if it did nothing else."""
     mats = [w for name, w in tree_flatten(model.parameters()) if w.ndim == 2 and "embed" not in name]
     embed = model.model.embed_tokens.weight
-    vecs = {w.shape[1]: mx.ones((1, w.shape[1])) for w in mats}
+    vecs = {w.shape[1]: mx.ones((rows, w.shape[1])) for w in mats}
     mx.eval(list(vecs.values()))
     start = time.perf_counter()
     for _ in range(tokens):
@@ -136,7 +139,7 @@ def matmul_chain_rate(model, tokens: int) -> float:
             if w.shape[0] in vecs:
                 vecs[w.shape[0]] = y
         mx.eval(vecs[embed.shape[1]] @ embed.T)
-    return tokens / (time.perf_counter() - start)
+    return rows * tokens / (time.perf_counter() - start)
 
 
 def spread(values: list[float], fmt: str = "{:.1f}") -> str:
@@ -195,6 +198,7 @@ def main(argv=None) -> int:
     nbytes = weight_bytes(model)
     variants["bandwidth ceiling"] = lambda: stream_rate(nbytes) * 1e9 / nbytes
     variants["weight matmuls only (1 row)"] = lambda: matmul_chain_rate(model, min(args.tokens, 32))
+    variants["weight matmuls only (8 rows)"] = lambda: matmul_chain_rate(model, min(args.tokens, 32), rows=8)
     for fn in variants.values():  # warm-up: compiled graphs, caches, first allocations
         fn()
 
@@ -232,6 +236,14 @@ def main(argv=None) -> int:
     if llama is not None:
         name = "llama.cpp, Q4_1 GGUF, own process"
         print(f"  ours sober / llama.cpp                x{spread(paired('ours, sober', name), '{:.3f}')}")
+    floor1 = paired("weight matmuls only (1 row)", base)
+    floor8 = paired("weight matmuls only (8 rows)", base)
+    print("what the weight products alone would allow (no attention, norms, doses or sampling):")
+    print(f"  1-row weight products / mlx_lm.generate  x{spread(floor1, '{:.2f}')}")
+    print(f"  8-row weight products / mlx_lm.generate  x{spread(floor8, '{:.2f}')}")
+    print(f"  ours sober / 1-row weight products       {spread(paired('ours, sober', 'weight matmuls only (1 row)'), '{:.2f}')}")
+    print(f"  8-dose batch / 8-row weight products     "
+          f"{spread(paired('8 doses in one batch (aggregate)', 'weight matmuls only (8 rows)'), '{:.2f}')}")
     print()
 
     def goal(name: str, value: str, target: str, met: bool):

@@ -1,11 +1,14 @@
-"""Measure OpenBLAS against BLIS at the model's shapes, keep the faster, print and record the choice.
+"""Measure the installed BLAS libraries (OpenBLAS, BLIS, MKL) at the model's shapes, keep the
+fastest, print and record the choice.
 
-MLX binds its BLAS once per process, so each library runs in a child process; the two alternate
-over rounds so that the load of a shared machine hits both alike. Each child times chains of the
-default model's weight products (six blocks and the LM head) at three shapes (one decode row, eight decode rows, one training
-batch of 4 x 47 tokens); the score of a library is the geometric mean over the three of its
-speed relative to the other. The winner is written to ``.blas-choice.json`` (see
-``psilonet.runtime``), which ``PSILONET_BLAS=auto`` (the default) loads from then on.
+MLX binds its BLAS once per process, so each library runs in a child process; their order
+rotates over rounds so that the load of a shared machine hits all alike. Each child times chains
+of the default model's weight products at three shapes: one decode row and eight decode rows
+(every block, each with its own matrices, and the LM head: decode streams all the weights from
+memory once per token) and one training batch of 4 x 47 tokens (six blocks: compute-bound). The
+score of a library is the geometric mean over the three of its median time; the lowest wins. The
+winner is written to ``.blas-choice.json`` (see ``psilonet.runtime``), which
+``PSILONET_BLAS=auto`` (the default) loads from then on.
 
     python -m jobs.choose_blas [--rounds 3]
 """
@@ -34,13 +37,16 @@ from psilonet import runtime
 import mlx.core as mx
 shapes, workloads = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 d, f, kv, v, layers = (shapes[k] for k in ("hidden_size", "intermediate_size", "kv", "vocab_size", "layers"))
-mats = [mx.random.normal((o, i)) * 0.02 for o, i in [(d, d), (kv, d), (kv, d), (d, d), (f, d), (f, d), (d, f)]]
+# One set of matrices per block, as in the model: decode streams every weight from memory once
+# per token, and a chain that reused one block's matrices would run from the cache instead.
+blocks = [[mx.random.normal((o, i)) * 0.02 for o, i in [(d, d), (kv, d), (kv, d), (d, d), (f, d), (f, d), (d, f)]]
+          for _ in range(layers)]
 head = mx.random.normal((v, d)) * 0.02
-mx.eval(mats, head)
+mx.eval(blocks, head)
 def chain(rows):
     x = mx.random.normal((rows, d))
-    for _ in range(min(layers, 6)):  # six blocks are enough for the ratio, and quick
-        q, k, vv, o, g, u, dn = mats
+    # every block for decode rows; six are enough for the compute-bound training batch
+    for q, k, vv, o, g, u, dn in blocks if rows <= 8 else blocks[:6]:
         a = (x @ q.T) + (x @ k.T).sum() + (x @ vv.T).sum()
         x = x + a @ o.T
         x = x + (mx.sigmoid(x @ g.T) * (x @ u.T)) @ dn.T
@@ -86,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         print("error: --rounds must be >= 1", file=sys.stderr)
         return 2
-    found = [name for name in ("openblas", "blis") if runtime.find_blas(name)]
+    found = [name for name in runtime.DEFAULT_ORDER if runtime.find_blas(name)]
     target = runtime.choice_file()
     if len(found) < 2:
         choice = found[0] if found else None
@@ -97,21 +103,27 @@ def main(argv: list[str] | None = None) -> int:
     shapes = model_shapes()
     seconds: dict[str, dict[str, list[float]]] = {b: {w: [] for w in WORKLOADS} for b in found}
     for r in range(args.rounds):
-        for blas in (found if r % 2 == 0 else found[::-1]):
+        for blas in found[r % len(found):] + found[: r % len(found)]:
             result = measure(blas, shapes)
-            if result["blas"] != blas:
-                print(f"BLAS: {blas} could not be loaded; keeping {result['blas']}", file=sys.stderr)
-                return 1
+            if result["blas"] != blas:  # installed but not loadable here: leave it out
+                print(f"BLAS: {blas} could not be loaded (the child bound {result['blas']}); left out",
+                      file=sys.stderr)
+                found.remove(blas)
+                del seconds[blas]
+                continue
             for w, t in result["seconds"].items():
                 seconds[blas][w].append(t)
+    if not found:
+        print("BLAS: no installed library could be loaded; nothing recorded", file=sys.stderr)
+        return 1
     median = {b: {w: statistics.median(ts) for w, ts in per.items()} for b, per in seconds.items()}
-    a, b = found
-    speedup = math.exp(statistics.mean(math.log(median[b][w] / median[a][w]) for w in WORKLOADS))  # a over b
-    choice = a if speedup >= 1 else b
+    score = {b: math.exp(statistics.mean(math.log(median[b][w]) for w in WORKLOADS)) for b in found}
+    choice = min(found, key=score.get)
     print(f"BLAS at the model's shapes (ms per chain of the model's weight products, median of {args.rounds} rounds):")
     for w in WORKLOADS:
         print(f"  {w:16s} " + "  ".join(f"{x} {1000 * median[x][w]:7.1f}" for x in found))
-    print(f"BLAS: chose {choice} ({a} is x{speedup:.2f} {b} over the three shapes); recorded in {target}")
+    others = ", ".join(f"x{score[x] / score[choice]:.2f} faster than {x}" for x in found if x != choice)
+    print(f"BLAS: chose {choice} (geometric mean over the three shapes: {others}); recorded in {target}")
     target.write_text(json.dumps({"choice": choice, "median_seconds": median, "rounds": args.rounds}, indent=1))
     return 0
 

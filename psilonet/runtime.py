@@ -10,8 +10,14 @@ is enough.
 Which library is loaded is chosen by ``PSILONET_BLAS``:
 ``auto`` (default: the library that ``python -m jobs.choose_blas`` measured fastest at the
 model's shapes during ``make setup``, recorded in ``.blas-choice.json``; without that record
-OpenBLAS, else BLIS), ``openblas``, ``blis``, ``reference`` (load nothing, useful for
-benchmarks) or an absolute path to a shared library exporting CBLAS. ``PSILONET_BLAS_CHOICE``
+OpenBLAS, else BLIS, else MKL), ``openblas``, ``blis``, ``mkl``, ``reference`` (load nothing,
+useful for benchmarks) or an absolute path to a shared library exporting CBLAS.
+
+OpenBLAS and BLIS come from Debian packages (``scripts/system_deps.sh``); Intel MKL from the
+``mkl`` wheel on PyPI (``requirements.txt``, Linux x86-64), whose ``libmkl_rt`` lands in the
+virtual environment's ``lib/`` and finds its sibling libraries itself. MKL threads through Intel
+OpenMP (``MKL_THREADING_LAYER=INTEL``, from the ``intel-openmp`` wheel) unless the variable is
+already set. ``PSILONET_BLAS_CHOICE``
 names another record file.
 On macOS nothing is loaded: MLX uses Accelerate and Metal there.
 """
@@ -43,8 +49,13 @@ _CANDIDATES = {
         "/usr/lib/{arch}-linux-gnu/libblis.so.4",
         "/usr/lib64/libblis.so.4",
     ],
+    "mkl": [
+        "{prefix}/lib/libmkl_rt.so.3",
+        "{prefix}/lib/libmkl_rt.so.2",
+    ],
 }
-_FIND_LIBRARY_NAMES = {"openblas": "openblas", "blis": "blis"}
+_FIND_LIBRARY_NAMES = {"openblas": "openblas", "blis": "blis", "mkl": "mkl_rt"}
+DEFAULT_ORDER = ("openblas", "blis", "mkl")
 
 INSTALL_HINT = "sudo apt-get install -y libopenblas0-pthread"
 
@@ -76,7 +87,7 @@ def _arch() -> str:
 def find_blas(name: str) -> str | None:
     """Path of an installed ``openblas`` or ``blis`` shared library, or None."""
     for pattern in _CANDIDATES[name]:
-        path = pattern.format(arch=_arch())
+        path = pattern.format(arch=_arch(), prefix=sys.prefix)
         if os.path.exists(path):
             return path
     return ctypes.util.find_library(_FIND_LIBRARY_NAMES[name])
@@ -89,7 +100,7 @@ def choice_file() -> Path:
 
 
 def recorded_choice() -> str | None:
-    """``openblas`` or ``blis`` as measured at setup, or None when there is no usable record."""
+    """``openblas``, ``blis`` or ``mkl`` as measured at setup, or None when there is no usable record."""
     try:
         name = json.loads(choice_file().read_text())["choice"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -122,13 +133,13 @@ def setup() -> BlasInfo:
     name = "reference"
     if choice == "auto":
         recorded = recorded_choice()
-        order = [recorded] + [c for c in ("openblas", "blis") if c != recorded] if recorded else ["openblas", "blis"]
+        order = [recorded] + [c for c in DEFAULT_ORDER if c != recorded] if recorded else list(DEFAULT_ORDER)
         for candidate in order:
             path = find_blas(candidate)
             if path:
                 name = candidate
                 break
-    elif choice in ("openblas", "blis"):
+    elif choice in _CANDIDATES:
         path = find_blas(choice)
         name = choice if path else "reference"
     elif choice != "reference":
@@ -138,6 +149,9 @@ def setup() -> BlasInfo:
         if name == "blis":
             # BLIS runs single-threaded unless told otherwise (measured: 82 vs 155 GFLOP/s).
             os.environ.setdefault("BLIS_NUM_THREADS", str(os.cpu_count() or 1))
+        if name == "mkl":
+            # Intel OpenMP threads (the wheel's libiomp5); sequential MKL halves training GEMMs.
+            os.environ.setdefault("MKL_THREADING_LAYER", "INTEL")
         try:
             _load_global(path)
         except OSError as exc:

@@ -34,6 +34,22 @@ def test_compiled_equals_plain_loop(tiny_model, cfg, batch):
     assert [s.tokens for s in fast] == [s.tokens for s in plain]
 
 
+@pytest.mark.parametrize("prompt", [PROMPT, PROMPT * 12])  # 6 and 72 prompt tokens
+def test_attention_spans_grow_across_steps_like_the_growing_cache(tiny_model, prompt):
+    # 140 new tokens cross two or three SPAN_STEP boundaries; the plain loop's mlx-lm cache grows
+    # token by token, so equal tokens and entropies mean no span ever hid a written slot.
+    assert decode_step.SPAN_STEP == 64
+    cfg = SamplingConfig(max_tokens=140)
+
+    def run(compiled):
+        return list(generation.decode(tiny_model, prompt, cfg, compiled=compiled, batch=2, track=True))
+
+    fast, plain = run(True), run(False)
+    assert len(fast) == 140 and [s.tokens for s in fast] == [s.tokens for s in plain]
+    np.testing.assert_allclose([s.entropy for s in fast], [s.entropy for s in plain], rtol=1e-4, atol=1e-5)
+    assert [decode_step.span_for(p, 256) for p in (0, 63, 64, 200, 255)] == [64, 64, 128, 256, 256]
+
+
 def test_compiled_dose_and_entropies_equal_plain_loop(tiny_model):
     cfg = SamplingConfig(temperature=0.9, max_tokens=8, seed=2)
 

@@ -10,7 +10,8 @@ import pytest
 
 from psilonet.generation import decoding as generation
 from psilonet.generation.decoding import SamplingConfig
-from psilonet.generation.perturb import MECHANISMS, DoseSpec, Doser, layer_sensitivity
+from psilonet.generation.perturb import (BLEED_PER_INTENSITY, MECHANISMS, PHASE_PER_INTENSITY, SHUFFLE_PER_INTENSITY,
+                                         SHUFFLE_SHIFT, DoseSpec, Doser, layer_sensitivity)
 from psilonet.model import forward
 
 PROMPT = [5, 17, 3, 42, 8, 11]
@@ -60,6 +61,41 @@ def test_each_mechanism_grows_with_intensity_and_peaks_mid_depth(mechanism):
         per_layer.append(change[2])
     assert 12 <= np.argmax(per_layer) <= 17, per_layer
     assert per_layer[0] < per_layer[14] / 5 and per_layer[-1] < per_layer[14] / 5
+
+
+def mechanisms_one_by_one(h, layer, num_layers, intensity, angles, ranks, spec):
+    """The documented definitions applied in order, in float64 numpy (no noise)."""
+    s = layer_sensitivity(layer, num_layers)
+    if spec.phase:
+        w = PHASE_PER_INTENSITY * s * intensity
+        a, b = h[..., 0::2], h[..., 1::2]
+        rotated = np.stack([a * np.cos(angles) - b * np.sin(angles), a * np.sin(angles) + b * np.cos(angles)], -1)
+        h = (1 - w) * h + w * rotated.reshape(h.shape)
+    if spec.shuffle:
+        chosen = ranks < SHUFFLE_PER_INTENSITY * s * intensity
+        h = np.where(chosen, np.roll(h, -SHUFFLE_SHIFT, axis=-1), h)
+    if spec.bleed:
+        f = BLEED_PER_INTENSITY * s * intensity
+        h = (h + f * np.roll(h, 1, axis=-1) + f * np.roll(h, -1, axis=-1)) / (1 + 2 * f)
+    return h
+
+
+@pytest.mark.parametrize("names", [("phase",), ("shuffle",), ("bleed",), ("phase", "shuffle", "bleed")])
+def test_precomputed_feature_map_equals_the_mechanisms_applied_in_order(names):
+    spec = DoseSpec.only(*names)
+    intensities, seeds, hidden = [0.2, 0.9], [4, 11], 256
+    doser = Doser(intensities, seeds, 12, hidden, spec)
+    x = np.array(mx.random.normal((2, 3, hidden), key=mx.random.key(5)), dtype=np.float64)
+    for layer in (0, 5, 6, 11):
+        got = np.array(doser.at_step(0)(layer, mx.array(x.astype(np.float32))))
+        for r, (i, seed) in enumerate(zip(intensities, seeds)):
+            k_angle, k_rank = mx.random.split(mx.random.key(seed))
+            angles = np.array(mx.random.uniform(-math.pi, math.pi, (hidden // 2,), key=k_angle))
+            ranks = np.array(mx.random.uniform(shape=(hidden,), key=k_rank))
+            want = mechanisms_one_by_one(x[r], layer, 12, i, angles, ranks, spec)
+            if layer in (5, 6):  # mid-depth: every mechanism changes something
+                assert np.abs(want - x[r]).max() > 1e-3
+            np.testing.assert_allclose(got[r], want, rtol=1e-5, atol=1e-5)
 
 
 def test_same_seed_same_text_and_batch_equals_one_by_one(tiny_model):

@@ -39,10 +39,10 @@ def test_openblas_is_bound_and_correct_when_installed():
 
 
 @pytest.mark.skipif(_sys.platform != "linux", reason="the BLAS fix is for Linux")
-@pytest.mark.parametrize("recorded", ["blis", "openblas"])
+@pytest.mark.parametrize("recorded", ["blis", "openblas", "mkl"])
 def test_auto_loads_the_choice_recorded_at_setup(tmp_path, recorded):
-    if runtime.find_blas("openblas") is None or runtime.find_blas("blis") is None:
-        pytest.skip("needs both libopenblas0-pthread and libblis4-pthread")
+    if runtime.find_blas("openblas") is None or runtime.find_blas(recorded) is None:
+        pytest.skip(f"needs libopenblas0-pthread and {recorded}")
     record = tmp_path / "choice.json"
     record.write_text('{"choice": "%s"}' % recorded)
     name, fast, err, _ = probe("auto", str(record))

@@ -8,8 +8,11 @@ same compiled graph serves every token of every generation with the same batch a
 
 **Fixed cache.** :class:`FixedKVCache` holds ``(B, kv_heads, capacity, head_dim)`` buffers and
 writes new keys/values at ``offset`` (an array, so the position is an input of the compiled
-graph, not a constant baked into it). Attention runs over the whole capacity with a boolean mask
-that hides the slots not written yet. It speaks mlx-lm's cache protocol (``offset``,
+graph, not a constant baked into it). Attention runs over the first ``span`` slots, a multiple of
+``SPAN_STEP`` that covers every written position, with a boolean mask that hides the slots not
+written yet: each span is its own compiled graph (traced once per process), so attention costs
+what the text written so far needs, not what the whole capacity would (with eight rows and a
+capacity of 1,024 attention over the full buffers took more than the weight products). It speaks mlx-lm's cache protocol (``offset``,
 ``update_and_fetch``, ``make_mask``), so the step is the hooked forward
 :func:`psilonet.model.forward.hidden_states` itself (llama, qwen2 and qwen3 blocks alike).
 
@@ -33,28 +36,31 @@ import mlx.core as mx
 from psilonet.model import forward
 from psilonet.model.skip import SkipModel
 
-CAPACITY_STEP = 256  # buffers grow in these steps so that generations reuse compiled graphs
+CAPACITY_STEP = 256  # buffers are sized in these steps so that generations reuse compiled graphs
+SPAN_STEP = 64  # attention spans grow in these steps (one compiled graph per span)
 
 
 class FixedKVCache:
     """A KV cache of fixed capacity for one layer; ``offset`` is a scalar int32 array."""
 
-    def __init__(self, keys: mx.array, values: mx.array, offset: mx.array):
+    def __init__(self, keys: mx.array, values: mx.array, offset: mx.array, span: int | None = None):
         self.keys, self.values, self.offset = keys, values, offset
+        self.span = span or keys.shape[2]  # attention reads slots [0, span): a static size
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         start = self.offset.reshape(1)
         self.keys = mx.slice_update(self.keys, keys, start, axes=(2,))
         self.values = mx.slice_update(self.values, values, start, axes=(2,))
-        return self.keys, self.values
+        if self.span == self.keys.shape[2]:
+            return self.keys, self.values
+        return self.keys[:, :, : self.span], self.values[:, :, : self.span]
 
     def make_mask(self, n: int, return_array: bool = False, window_size=None):
         # Query i (absolute position offset + i) sees every written slot j <= offset + i.
         if window_size is not None:
             raise ValueError("sliding-window attention is not supported by the fixed cache")
-        capacity = self.keys.shape[2]
         rows = self.offset + mx.arange(n, dtype=mx.int32)[:, None]
-        return mx.arange(capacity, dtype=mx.int32)[None, :] <= rows
+        return mx.arange(self.span, dtype=mx.int32)[None, :] <= rows
 
 
 @dataclass
@@ -94,9 +100,15 @@ def _kv_shape(model, batch: int, capacity: int):
     return (batch, heads, capacity, head_dim)
 
 
-def _run(model, tokens, kv, offset, rows, hook: RowHook | None, track: bool, greedy: bool):
+def span_for(position: int, capacity: int) -> int:
+    """The attention span of a step that writes slot ``position``: the next multiple of SPAN_STEP."""
+    return min(capacity, (position // SPAN_STEP + 1) * SPAN_STEP)
+
+
+def _run(model, tokens, kv, offset, rows, hook: RowHook | None, track: bool, greedy: bool,
+         span: int | None = None):
     """One forward over ``tokens`` (B, T) from ``offset``: the traced body of every step."""
-    caches = [FixedKVCache(k, v, offset) for k, v in kv]
+    caches = [FixedKVCache(k, v, offset, span) for k, v in kv]
     rows = dict(rows)
 
     def after(l, h):
@@ -123,14 +135,14 @@ def _run(model, tokens, kv, offset, rows, hook: RowHook | None, track: bool, gre
 _COMPILED: dict[tuple, tuple[weakref.ref, Callable]] = {}
 
 
-def _compiled_step(model, hook: RowHook | None, track: bool, greedy: bool) -> Callable:
-    key = (id(model), hook.key if hook else None, track, greedy)
+def _compiled_step(model, hook: RowHook | None, track: bool, greedy: bool, span: int) -> Callable:
+    key = (id(model), hook.key if hook else None, track, greedy, span)
     hit = _COMPILED.get(key)
     if hit is not None and hit[0]() is model:
         return hit[1]
 
     def step(tokens, kv, offset, rows):
-        return _run(model, tokens, kv, offset, rows, hook, track, greedy)
+        return _run(model, tokens, kv, offset, rows, hook, track, greedy, span)
 
     fn = mx.compile(step)
     _COMPILED[key] = (weakref.ref(model), fn)
@@ -146,8 +158,7 @@ class Decoder:
         self.capacity = capacity
         self.rows = dict(hook.rows) if hook else {}
         self.index = 0
-        self._step = _compiled_step(model, hook, track, greedy) if compiled else (
-            lambda t, kv, o, r: _run(model, t, kv, o, r, hook, track, greedy))
+        self.compiled = compiled
         self.kv = None
         self.offset = mx.array(0, dtype=mx.int32)
         self.position = 0  # the same as offset, known without a sync
@@ -168,8 +179,8 @@ class Decoder:
         dtype = self.model.model.embed_tokens.weight.dtype
         kv = [(mx.zeros(shape, dtype=dtype), mx.zeros(shape, dtype=dtype)) for _ in self.model.model.layers]
         tokens = mx.array([list(prompt_ids)] * rows, dtype=mx.int32)
-        out, kv, self.offset, self.rows = _run(self.model, tokens, kv, self.offset, self._inputs(),
-                                               self.hook, self.track, self.greedy)
+        out, kv, self.offset, self.rows = _run(self.model, tokens, kv, self.offset, self._inputs(), self.hook,
+                                               self.track, self.greedy, span_for(len(prompt_ids) - 1, self.capacity))
         if shared and self.batch > 1:
             kv = [tuple(mx.repeat(a, self.batch, axis=0) for a in pair) for pair in kv]
             out = {k: mx.repeat(v, self.batch, axis=0) for k, v in out.items()}
@@ -182,7 +193,12 @@ class Decoder:
         """Advance every row by its token ``tokens`` (B,); returns lazy outputs of this step."""
         if self.position >= self.capacity:
             raise ValueError(f"the KV cache holds {self.capacity} positions; all are used")
-        out, self.kv, self.offset, self.rows = self._step(tokens[:, None], self.kv, self.offset, self._inputs())
+        span = span_for(self.position, self.capacity)
+        if self.compiled:
+            step = _compiled_step(self.model, self.hook, self.track, self.greedy, span)
+        else:
+            step = lambda t, kv, o, r: _run(self.model, t, kv, o, r, self.hook, self.track, self.greedy, span)
+        out, self.kv, self.offset, self.rows = step(tokens[:, None], self.kv, self.offset, self._inputs())
         self.index += 1
         self.position += 1
         return out

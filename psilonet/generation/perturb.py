@@ -73,7 +73,18 @@ def check_intensity(value: float) -> float:
 
 @dataclass
 class Doser:
-    """Applies per-row doses to block outputs; call :meth:`at_step` once per forward pass."""
+    """Applies per-row doses to block outputs; call :meth:`at_step` once per forward pass.
+
+    Phase rotation, shuffle and bleed are, for a given row and layer, one fixed linear map of the
+    features in which every output feature reads at most six inputs: with ``m`` running over
+    the shuffled sources of the feature and its two neighbours, the rotated pair of each. The
+    map is therefore precomputed per row and layer as six source indices and six coefficients
+    per feature (numpy, at construction), and a layer applies it as one gather and one weighted
+    sum, instead of some twenty small ops (on the CPU the per-op cost, not the arithmetic, is
+    what a dose costs). The result is the composition in the order above up to float rounding
+    (``tests/test_perturb.py`` checks it against the mechanisms applied one after another); at
+    intensity 0 the map is the identity with coefficient exactly 1, so ``h`` is unchanged.
+    """
 
     intensities: list[float]
     seeds: list[int]
@@ -94,9 +105,10 @@ class Doser:
             k_angle, k_rank = mx.random.split(mx.random.key(seed))
             angles.append(mx.random.uniform(-math.pi, math.pi, (self.hidden // 2,), key=k_angle))
             ranks.append(mx.random.uniform(shape=(self.hidden,), key=k_rank))
-        self._cos = mx.cos(mx.stack(angles))[:, None, :]  # (B, 1, D/2)
-        self._sin = mx.sin(mx.stack(angles))[:, None, :]
-        self._rank = mx.stack(ranks)[:, None, :]  # (B, 1, D)
+        idx, coef = feature_map(self.spec, np.array(self.intensities, dtype=np.float64),
+                                np.array(mx.stack(angles)), np.array(mx.stack(ranks)), self.num_layers)
+        self._idx = mx.array(idx)[:, :, None, :]  # (B, L, 1, D*K) source features
+        self._coef = mx.array(coef)[:, :, None]  # (B, L, 1, D, K) their weights
         self.sober = all(i == 0 for i in self.intensities) or not self.spec.enabled()
         self._step_noise = None
         self._apply = _compiled_apply(self.spec)
@@ -143,9 +155,9 @@ class Doser:
             else:
                 noise = mx.zeros((1,), dtype=h.dtype)
             apply = _compiled_apply(spec)
-            return apply(h, noise, s, rows["dose_i"], rows["dose_cos"], rows["dose_sin"], rows["dose_rank"]), {}
+            return apply(h, noise, s, rows["dose_i"], rows["dose_idx"][:, layer], rows["dose_coef"][:, layer]), {}
 
-        rows = {"dose_i": self._i, "dose_cos": self._cos, "dose_sin": self._sin, "dose_rank": self._rank}
+        rows = {"dose_i": self._i, "dose_idx": self._idx, "dose_coef": self._coef}
         return RowHook(("dose", spec, num_layers), rows, after_block, step_inputs)
 
     def __call__(self, layer: int, h: mx.array) -> mx.array:
@@ -153,33 +165,67 @@ class Doser:
             return h
         s = mx.array(layer_sensitivity(layer, self.num_layers), dtype=h.dtype)
         noise = self._noise(layer, h.shape) if self.spec.noise else mx.zeros((1,), dtype=h.dtype)
-        return self._apply(h, noise, s, self._i, self._cos, self._sin, self._rank)
+        return self._apply(h, noise, s, self._i, self._idx[:, layer], self._coef[:, layer])
 
 
 @functools.lru_cache(maxsize=None)
 def _compiled_apply(spec: DoseSpec):
-    """One fused kernel per layer instead of ~20 small ops (they cost more than the math);
-    cached per mechanism set so every Doser reuses the compiled graphs."""
+    """A layer's dose as one compiled function (the noise's variance and fused arithmetic, then
+    one gather and one weighted sum); cached per mechanism set so every Doser reuses it."""
     return mx.compile(_make_apply(spec))
 
 
 def _make_apply(spec: DoseSpec):
-    def apply(h, noise, s, i, cos, sin, rank):
+    linear = spec.phase or spec.shuffle or spec.bleed
+
+    def apply(h, noise, s, i, idx, coef):
         if spec.noise:
             std = mx.sqrt(mx.var(h, axis=-1, keepdims=True))
             h = h + noise * (NOISE_PER_INTENSITY * s) * i * std
-        if spec.phase:
-            w = PHASE_PER_INTENSITY * s * i
-            pairs = h.reshape(*h.shape[:-1], -1, 2)
-            a, b = pairs[..., 0], pairs[..., 1]
-            rotated = mx.stack([a * cos - b * sin, a * sin + b * cos], axis=-1)
-            h = (1 - w) * h + w * rotated.reshape(h.shape)
-        if spec.shuffle:
-            chosen = rank < (SHUFFLE_PER_INTENSITY * s) * i  # (B, 1, D)
-            h = mx.where(chosen, mx.roll(h, -SHUFFLE_SHIFT, axis=-1), h)
-        if spec.bleed:
-            f = BLEED_PER_INTENSITY * s * i
-            h = (h + f * mx.roll(h, 1, axis=-1) + f * mx.roll(h, -1, axis=-1)) / (1 + 2 * f)
+        if linear:
+            b, t, d = h.shape
+            sources = mx.take_along_axis(h, mx.broadcast_to(idx, (b, t, idx.shape[-1])), axis=-1)
+            h = (sources.reshape(b, t, d, -1) * coef).sum(axis=-1)
         return h
 
     return apply
+
+
+def feature_map(spec: DoseSpec, intensities: np.ndarray, angles: np.ndarray, ranks: np.ndarray,
+                num_layers: int) -> tuple[np.ndarray, np.ndarray]:
+    """Phase rotation, then shuffle, then bleed, as source indices and weights per feature.
+
+    ``intensities`` (B,), ``angles`` (B, D/2), ``ranks`` (B, D). Returns ``idx`` (B, L, D*K)
+    int32 and ``coef`` (B, L, D, K) float32 with ``out[d] = sum_k coef[d, k] * h[idx[d, k]]``;
+    ``K = (2 if phase) * (3 if bleed)`` terms, the feature's own (shuffled) source first.
+    """
+    b, d = ranks.shape
+    feats = np.arange(d)
+    partner = feats ^ 1  # the other feature of the rotated pair (2k, 2k+1)
+    cos = np.repeat(np.cos(angles), 2, axis=1)  # (B, D)
+    sin = np.repeat(np.sin(angles), 2, axis=1) * np.where(feats % 2 == 0, -1.0, 1.0)
+    sens = np.array([layer_sensitivity(l, num_layers) for l in range(num_layers)])
+    amount = sens[None, :, None] * intensities[:, None, None]  # (B, L, 1): s(l) * i
+    zero = np.zeros_like(amount)
+    w = PHASE_PER_INTENSITY * amount if spec.phase else zero
+    f = BLEED_PER_INTENSITY * amount if spec.bleed else zero
+    rolled = ranks[:, None, :] < SHUFFLE_PER_INTENSITY * amount  # (B, L, D)
+    # phase: rot[j] = a[j] h[j] + c[j] h[partner j]; shuffle: shuf[i] = rot[src[i]]
+    a = (1 - w) + w * cos[:, None, :]
+    c = w * sin[:, None, :]
+    src = np.where(rolled, (feats + SHUFFLE_SHIFT) % d, feats) if spec.shuffle else np.broadcast_to(feats, rolled.shape)
+    # bleed: out[i] = (shuf[i] + f shuf[i-1] + f shuf[i+1]) / (1 + 2f)
+    taps = [(feats, 1 / (1 + 2 * f))] + ([((feats - 1) % d, f / (1 + 2 * f)), ((feats + 1) % d, f / (1 + 2 * f))]
+                                         if spec.bleed else [])
+    idx, coef = [], []
+    for where, weight in taps:
+        m = np.take_along_axis(src, np.broadcast_to(where, src.shape), axis=2)  # (B, L, D)
+        gather = lambda x: np.take_along_axis(np.broadcast_to(x, m.shape), m, axis=2)
+        idx.append(m)
+        coef.append(weight * gather(a))
+        if spec.phase:
+            idx.append(partner[m])
+            coef.append(weight * gather(c))
+    idx = np.stack(idx, axis=-1).astype(np.int32)  # (B, L, D, K)
+    coef = np.stack(coef, axis=-1).astype(np.float32)
+    return idx.reshape(b, num_layers, -1), coef
