@@ -7,7 +7,8 @@ HOST   ?= localhost
 # BASE: the path prefix behind a reverse proxy (https://host/BASE/), empty when served at /
 BASE   ?=
 SHARE_HOST ?= 0.0.0.0
-STREAMLIT := $(PY) -m streamlit run streamlit_app.py --server.port $(PORT) --server.headless true $(if $(BASE),--server.baseUrlPath $(BASE))
+STREAMLIT_FLAGS := --server.port $(PORT) --server.headless true $(if $(BASE),--server.baseUrlPath $(BASE))
+STREAMLIT := $(PY) -m streamlit run streamlit_app.py $(STREAMLIT_FLAGS)
 
 .PHONY: run setup setup-scale model demo app share test bench bench-scale llama-cpp clean
 
@@ -47,9 +48,14 @@ app: setup
 	$(STREAMLIT) --server.address $(HOST)
 
 ## share: the explorer for collaborators on every interface, in viewer mode, behind a password
+## (shared_app.py: the app plus the route that remembers a browser's login)
+# A served explorer's code does not change while it runs: no per-session file watcher (it walks
+# every imported module after each page run) and no full garbage collection after each page run
+# (Streamlit's default; with ten visitors it was most of the server's CPU). README, Several viewers.
+SHARE_RUNNER := --server.fileWatcherType none --runner.postScriptGC false
 share: setup
 	@test -n "$${PSILONET_PASSWORD}$${PSILONET_PASSWORD_FILE}$(NO_PASSWORD)" || { echo "make share: set PSILONET_PASSWORD_FILE (or PSILONET_PASSWORD), or pass NO_PASSWORD=1 on a trusted network" >&2; exit 2; }
-	PSILONET_VIEWER=1 $(STREAMLIT) --server.address $(SHARE_HOST) --client.showErrorDetails type --client.toolbarMode viewer
+	PSILONET_VIEWER=1 $(PY) -m streamlit run shared_app.py $(STREAMLIT_FLAGS) --server.address $(SHARE_HOST) --client.showErrorDetails type --client.toolbarMode viewer $(SHARE_RUNNER)
 
 ## test: the whole test suite (unit tests on tiny models, integration tests on the default model)
 test: model setup-scale

@@ -66,7 +66,8 @@ def check_loopback(url: str) -> None:
 class Session:
     """One visitor: a Streamlit session over the server's WebSocket."""
 
-    def __init__(self, url: str, password: str | None = None, timeout: float = 60.0):
+    def __init__(self, url: str, password: str | None = None, timeout: float = 60.0, cookie: str | None = None):
+        """``cookie``: a Cookie header for the handshake, as a browser sends (a remembered login)."""
         from websockets.sync.client import connect
 
         check_loopback(url)
@@ -75,7 +76,7 @@ class Session:
         self.timeout = timeout
         self.password = password
         self.ws = connect(ws_url, subprotocols=["streamlit"], open_timeout=timeout, max_size=None, proxy=None,
-                          legacy=True)
+                          legacy=True, additional_headers={"Cookie": cookie} if cookie else None)
 
     def close(self) -> None:
         self.ws.close()
@@ -179,6 +180,11 @@ def browse(url: str, sessions: int, rounds: int, password: str | None = None, ti
     return results
 
 
+def percentile(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile of sorted values, as the nearest rank below (no interpolation)."""
+    return ordered[int(q * (len(ordered) - 1))]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", default="http://127.0.0.1:8501", help="the running server (loopback only)")
@@ -202,8 +208,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {title:17s} median {statistics.median(times):5.2f} s, max {times[-1]:5.2f} s")
     warm = sorted(x.seconds for renders in rounds[1:] for _, _, x in renders)
     if warm:
+        print(f"warm rounds, per page ({args.sessions * (args.rounds - 1)} renders each):")
+        for page, title in PAGES.items():
+            times = sorted(x.seconds for renders in rounds[1:] for _, p, x in renders if p == page)
+            print(f"  {title:17s} median {statistics.median(times):5.2f} s, "
+                  f"95th percentile {percentile(times, 0.95):5.2f} s, max {times[-1]:5.2f} s")
         print(f"warm renders: {len(warm)}, median {statistics.median(warm):.2f} s, "
-              f"95th percentile {warm[int(0.95 * (len(warm) - 1))]:.2f} s, max {warm[-1]:.2f} s")
+              f"95th percentile {percentile(warm, 0.95):.2f} s, max {warm[-1]:.2f} s")
     if args.pid:
         renders = sum(len(r) for r in rounds)
         print(f"server: {cpu / renders:.2f} CPU s per render over all rounds (one process: concurrent renders "

@@ -326,6 +326,22 @@ def test_side_by_side_shares_colour():
         charts.side_by_side([])
 
 
+def test_heatmaps_side_by_side_keep_the_sources_with_rows_on_one_scale():
+    sim = sim_frame()
+    heads = spec_of(charts.head_heatmaps(sim, "cka", ["run-b", "run-a", "run-z"], "rms"))
+    assert [c["title"]["subtitle"].split(" (")[0] for c in heads["hconcat"]] == ["run-b", "run-a"]  # run-z: no rows
+    domain = list(charts.similarity_domain(sim, "head", "cka"))
+    assert all(c["encoding"]["color"]["scale"]["domain"] == pytest.approx(domain) for c in heads["hconcat"])
+    assert heads["resolve"]["scale"]["color"] == "shared"
+    assert sum(c["width"] for c in heads["hconcat"]) <= charts.SIDE_BY_SIDE_WIDTH
+    # one source alone: the scale is that source's range, not the other's
+    only_a = spec_of(charts.cross_layer_heatmaps(sim, ["run-a"]))
+    a_rows = sim[(sim.view == "cross_layer") & (sim.source == "run-a")].value
+    assert only_a["hconcat"][0]["encoding"]["color"]["scale"]["domain"] == pytest.approx([a_rows.min(), a_rows.max()])
+    with pytest.raises(ValueError, match="none of the sources run-z"):
+        charts.cross_layer_heatmaps(sim, ["run-z"])
+
+
 def test_novelty_stats_matches_pandas():
     sim = sim_frame()
     out = charts.novelty_stats(sim, "cka", 1, 3)

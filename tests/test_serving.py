@@ -138,6 +138,25 @@ def test_viewer_mode_refuses_saves_uploads_and_over_budget_generations(filled, m
     assert any("Viewer mode" in i.value for i in at.sidebar.info)
 
 
+@pytest.mark.parametrize("env, shown", [({}, True), ({"PSILONET_VIEWER": "1"}, False),
+                                        ({"PSILONET_PASSWORD": "open sesame"}, False)],
+                         ids=["operator", "viewer mode", "password"])
+def test_the_data_folder_path_is_shown_to_the_operator_only(tmp_path, monkeypatch, env, shown):
+    data = tmp_path / "private-data-folder"
+    monkeypatch.setenv("PSILONET_DATA", str(data))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    if "PSILONET_PASSWORD" in env:
+        at.text_input[0].input("open sesame")
+        at.button[0].click().run()
+    assert not at.exception and at.title[0].value == "Runs"
+    texts = [e.value for kind in ("caption", "info", "markdown", "warning", "error") for e in getattr(at, kind)]
+    assert any("No runs yet" in t for t in texts)  # the empty store's help, which names the folder
+    assert any(str(data) in t for t in texts) == shown, texts
+    assert any(t.startswith("Data folder:") for t in (c.value for c in at.sidebar.caption)) == shown
+
+
 def test_a_bad_serving_setting_shows_only_the_error(filled, monkeypatch):
     monkeypatch.setenv("PSILONET_DATA", str(filled[0]))
     monkeypatch.setenv("PSILONET_VIEWER", "perhaps")
@@ -156,7 +175,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(filled, tmp_path_factory):
-    """(url, password, pid, log path) of `make share`'s setup on 127.0.0.2 under /psilonet."""
+    """(url, password, pid, log path) of `make share`'s setup (shared_app.py) on 127.0.0.2 under /psilonet."""
     try:
         port = _free_port()
     except OSError:
@@ -167,10 +186,12 @@ def server(filled, tmp_path_factory):
            "PSILONET_PUBLIC_URL": url}
     log = tmp_path_factory.mktemp("server") / "server.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "shared_app.py",
                                  "--server.address", ADDRESS, "--server.port", str(port), "--server.baseUrlPath", BASE,
                                  "--server.headless", "true", "--browser.gatherUsageStats", "false",
-                                 "--client.showErrorDetails", "type", "--client.toolbarMode", "viewer"],
+                                 "--client.showErrorDetails", "type", "--client.toolbarMode", "viewer",
+                                 # SHARE_RUNNER in the Makefile
+                                 "--server.fileWatcherType", "none", "--runner.postScriptGC", "false"],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.time() + 60
     while True:
@@ -239,6 +260,17 @@ def _give_password(driver, password: str) -> None:
     button.click()
 
 
+def _open(driver, url: str, password: str) -> None:
+    """Open ``url``, giving the password if this browser is not remembered yet."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(url)
+    asked = _wait_for(driver, lambda d: "password" if d.find_elements(By.CSS_SELECTOR, "input[type=password]")
+                      else "page" if [h for h in _h1(d) if h != "psilonet"] else None, "the page or the password form")
+    if asked == "password":
+        _give_password(driver, password)
+
+
 @needs_browser
 def test_a_wrong_or_missing_password_gets_no_page_content(server, browser, filled, tmp_path_factory):
     from selenium.webdriver.common.by import By
@@ -268,8 +300,7 @@ def test_the_copied_link_reopens_the_same_view(server, browser):
     from selenium.webdriver.common.by import By
 
     url, password, _, _ = server
-    browser.get(f"{url}/similarity?metric=pwcca")
-    _give_password(browser, password)
+    _open(browser, f"{url}/similarity?metric=pwcca", password)
     _wait_for(browser, lambda d: "Similarity" in _h1(d), "the Similarity page")
     _wait_for(browser, lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, '[data-testid="stRadio"] label')
                                   if e.text == "SVCCA"], "the SVCCA choice")[0].click()
@@ -286,9 +317,8 @@ def test_the_copied_link_reopens_the_same_view(server, browser):
     assert link.startswith(f"{url}/similarity?"), link
     before = chosen(browser)
     assert "SVCCA" in before
-    browser.switch_to.new_window("window")  # a new browser session: asks for the password again
-    browser.get(link)
-    _give_password(browser, password)
+    browser.switch_to.new_window("window")  # a new browser session (remembered: no password)
+    _open(browser, link, password)
     _wait_for(browser, lambda d: "Similarity" in _h1(d), "the linked Similarity page")
     assert chosen(browser) == before
     assert _wait_for(browser, shared_link, "the same link") == link
@@ -301,8 +331,7 @@ def test_viewer_mode_page_says_what_is_off(server, browser, filled, tmp_path_fac
     from selenium.webdriver.common.by import By
 
     url, password, _, _ = server
-    browser.get(f"{url}/dose?run={filled[1]}&doses=0.0,0.3&max=48&chat=0")
-    _give_password(browser, password)  # every page load is a new session
+    _open(browser, f"{url}/dose?run={filled[1]}&doses=0.0,0.3&max=48&chat=0", password)
     body = _wait_for(browser, lambda d: "Dosed generation" in _h1(d) and "Viewer mode allows" in (
         text := d.find_element(By.TAG_NAME, "body").text) and text, "the dose page's refusal")
     assert "Viewer mode allows at most 64 generated tokens per request" in body
@@ -310,6 +339,104 @@ def test_viewer_mode_page_says_what_is_off(server, browser, filled, tmp_path_fac
     assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stFileUploader"]')
     assert "Generate" not in [b.text for b in browser.find_elements(By.CSS_SELECTOR, "button")]
     _screenshot(browser, "viewer_dose.png", tmp_path_factory)
+
+
+@needs_browser
+def test_a_browser_that_gave_the_password_is_remembered_until_it_signs_out(server):
+    """New tabs of a browser that gave the password open without it (an HttpOnly, SameSite=Strict
+    cookie with a random token, not the password); Sign out forgets it."""
+    from selenium.webdriver.common.by import By
+
+    url, password, _, log = server
+    driver = headless_chromium(1400, 1000)
+    try:
+        driver.get(f"{url}/training")
+        _give_password(driver, password)
+        _wait_for(driver, lambda d: "Training" in _h1(d), "the Training page")
+        cookie = _wait_for(driver, lambda d: d.get_cookie(serving.REMEMBER_COOKIE), "the login cookie")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == f"/{BASE}/"
+        assert password not in cookie["value"] and len(cookie["value"]) >= 40
+        assert serving.REMEMBER_COOKIE not in driver.execute_script("return document.cookie")  # out of scripts' reach
+        driver.switch_to.new_window("tab")
+        driver.get(f"{url}/similarity")
+        _wait_for(driver, lambda d: "Similarity" in _h1(d), "the Similarity page without the password")
+        assert not driver.find_elements(By.CSS_SELECTOR, "input[type=password]")
+        _wait_for(driver, lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebar"] button')
+                                     if b.text == "Sign out"], "the Sign out button")[0].click()
+        _wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=password]"), "the password form")
+        driver.switch_to.new_window("tab")  # the cookie is still there, but its token is forgotten
+        driver.get(f"{url}/training")
+        _wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=password]"), "the password form")
+        assert _h1(driver) == ["psilonet"]
+    finally:
+        driver.quit()
+    assert cookie["value"] not in log.read_text(errors="replace")
+
+
+def test_only_the_page_that_gave_the_password_can_turn_its_ticket_into_a_cookie(server):
+    """The remember route (no browser): the ticket comes to the page over the WebSocket once the
+    password is right; a POST from another origin, a wrong ticket or a used one gets a 403 and
+    no cookie; the cookie it gives opens pages without the password."""
+    import re
+
+    from bench.app_sessions import Session
+
+    url, password, _, _ = server
+    visitor = Session(url, password, timeout=30)
+    render = visitor.open("training")
+    visitor.close()
+    assert "Training" in render.headings
+    scripts = [e.html.body for e in render.of("html") if serving.REMEMBER_PATH in e.html.body]
+    assert len(scripts) == 1 and password not in scripts[0]
+    ticket = re.search(r'body: "([A-Za-z0-9_-]{40,})"', scripts[0]).group(1)
+    route = f"{url}/{serving.REMEMBER_PATH}"
+    origin = f"http://{ADDRESS}:{url.split(':')[2].split('/')[0]}"
+
+    def post(body: str, **headers) -> tuple[int, str]:
+        req = urllib.request.Request(route, data=body.encode(), method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.headers.get("Set-Cookie", "")
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("Set-Cookie", "")
+
+    assert post(ticket, Origin="http://elsewhere.example") == (403, "")
+    assert post(ticket) == (403, "")  # no Origin: not a page's script
+    assert post("x" * 43, Origin=origin) == (403, "")
+    status, set_cookie = post(ticket, Origin=origin)
+    assert status == 204
+    attributes = {a.strip().split("=")[0].lower() for a in set_cookie.split(";")}
+    assert {"httponly", "path", "max-age", "samesite"} <= attributes and "samesite=strict" in set_cookie.lower()
+    assert post(ticket, Origin=origin) == (403, "")  # used up
+    token = set_cookie.split(";")[0]
+    assert token.startswith(f"{serving.REMEMBER_COOKIE}=") and password not in token
+    remembered = Session(url, None, timeout=30, cookie=token)
+    page = remembered.open("training")
+    stranger = Session(url, None, timeout=30, cookie=f"{serving.REMEMBER_COOKIE}={'y' * 43}")
+    locked = stranger.open("training")
+    remembered.close()
+    stranger.close()
+    assert "Training" in page.headings and not page.of("text_input")
+    assert locked.headings == ["psilonet"] and locked.of("text_input")
+
+
+def test_login_memory_tickets_are_single_use_and_tokens_expire():
+    now = [1000.0]
+    memory = serving.LoginMemory(clock=lambda: now[0], max_tokens=3)
+    ticket = memory.ticket()
+    token = memory.redeem(ticket)
+    assert token and token != ticket and memory.knows(token)
+    assert memory.redeem(ticket) is None and not memory.knows(ticket) and not memory.knows(None)
+    late = memory.ticket()
+    now[0] += serving.TICKET_S + 1
+    assert memory.redeem(late) is None  # a ticket left unused too long
+    now[0] += serving.REMEMBER_S
+    assert not memory.knows(token)  # a remembered login ends
+    fresh = memory.redeem(memory.ticket())
+    memory.forget(fresh)
+    assert not memory.knows(fresh)
+    tokens = [memory.redeem(memory.ticket()) for _ in range(5)]  # bounded: the oldest are evicted
+    assert [memory.knows(t) for t in tokens] == [False, False, True, True, True]
 
 
 def _get(url: str, **headers) -> tuple[int, dict, bytes]:

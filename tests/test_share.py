@@ -26,6 +26,10 @@ def test_export_is_standalone_and_escapes_the_state():
     page = share.export_html("Similarity", [("line", line), ("heat", heat)], {"prompt": "<script>x</script>"})
     assert "cdn.jsdelivr" not in page and "vega-lite" in page.lower()  # the libraries are inlined
     assert "&lt;script&gt;x&lt;/script&gt;" in page and "<script>x</script>" not in page
+    built = []  # a page may pass the function that builds a chart: it runs when the file is made
+    lazy = share.export_html("Similarity", [("line", lambda: built.append(1) or line)], {})
+    assert built == [1] and lazy.count('data-chart="chart-') == 1
+    assert '"line"' in lazy.split('data-chart="chart-0">')[1].split("</script>")[0]
     with pytest.raises(ValueError, match="nothing to export"):
         share.export_html("Empty", [], {})
 

@@ -8,7 +8,7 @@ from psilonet.app import helpers as app
 st.title("Runs")
 runs = app.runs()
 if runs is not None and runs.empty:
-    st.info(app.EMPTY_STORE_HELP.format(data_dir=app.data_dir()))
+    st.info(app.EMPTY_STORE_HELP.format(data_dir=app.data_dir_label()))
 elif runs is not None:
     kinds = sorted(runs["kind"].unique())
     chosen = app.param("kinds", kinds, app.choice_list(kinds))

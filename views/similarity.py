@@ -1,5 +1,7 @@
 """Similarity: baseline vs trained representations per layer, per head and across layers."""
 
+from functools import partial
+
 import streamlit as st
 
 from psilonet.analysis import representation as rep
@@ -41,10 +43,12 @@ if run is not None:
         window = st.slider("Novelty window (layers, 0 = embeddings)", 0, max(n_layers - 1, 1), (lo, min(max(hi, lo), n_layers - 1)))
         app.set_params(rep=representation, metric=metric, sources=shown if set(shown) != set(sources) else None,
                        layers=list(window))
+        # Charts are drawn from specs cached per (run, choices) (app.chart): the keys name every choice.
+        picked = tuple(shown)
         exported = []
         if not per_layer.empty:
-            curve = charts.layer_similarity_curve(per_layer, metric, representation)
-            st.altair_chart(curve, width="stretch")
+            curve = partial(charts.layer_similarity_curve, per_layer, metric, representation)
+            app.chart(("similarity-curve", run.name, representation, metric, picked), curve, width="stretch")
             st.dataframe(charts.novelty_stats(per_layer, metric, *window), hide_index=True)
             exported.append((f"{METRICS[metric]} per layer ({representation})", curve))
         else:
@@ -56,22 +60,14 @@ if run is not None:
             if representation == "rms":
                 st.caption("Head outputs are compared as captured: nothing normalises them in the model and they "
                            "carry no sink outlier, so this grid equals the raw one.")
-            domain = charts.similarity_domain(heads, "head", head_metric)
-            with_heads = [s for s in shown if (heads.source == s).any()]
-            grid = charts.side_by_side([charts.head_heatmap(heads, head_metric, s, domain, representation,
-                                                            charts.SIDE_BY_SIDE_WIDTH // len(with_heads))
-                                        for s in with_heads])
-            st.altair_chart(grid)
+            grid = partial(charts.head_heatmaps, heads, head_metric, picked, representation)
+            app.chart(("similarity-heads", run.name, representation, head_metric, picked), grid)
             exported.append((f"{METRICS[head_metric]} per head ({representation})", grid))
         cross = sim[(sim.view == "cross_layer") & sim.source.isin(shown)]
         if not cross.empty:
             st.subheader("Cross-layer CKA")
-            domain = charts.similarity_domain(cross, "cross_layer", "cka")
-            with_cross = [s for s in shown if (cross.source == s).any()]
-            matrix = charts.side_by_side([charts.cross_layer_heatmap(cross, s, domain, representation=representation,
-                                                                     max_width=charts.SIDE_BY_SIDE_WIDTH // len(with_cross))
-                                          for s in with_cross])
-            st.altair_chart(matrix)
+            matrix = partial(charts.cross_layer_heatmaps, cross, picked, representation)
+            app.chart(("similarity-cross", run.name, representation, picked), matrix)
             exported.append((f"Cross-layer linear CKA ({representation})", matrix))
         st.caption("Look for layers where CKA drops below 1: that is where the skip pathways changed the "
                    "representation. In the heatmaps, a bright diagonal means layers still correspond one to one; "
@@ -88,8 +84,8 @@ if run is not None:
                 st.caption(f"`{source}` was captured before the outlier diagnostic existed; capture it again "
                            "to see its token norms.")
                 continue
-            profile = charts.token_norm_profile(stats, names[source])
-            st.altair_chart(profile, width="stretch")
+            profile = partial(charts.token_norm_profile, stats, names[source])
+            app.chart(("token-norms", source, names[source]), profile, width="stretch")
             exported.append((f"Token norms per layer: {names[source]}", profile))
             table = app.outlier_table(source)
             st.dataframe(table, hide_index=True, column_config={

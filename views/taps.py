@@ -1,5 +1,7 @@
 """Tap weights: which skip distance each block prefers, over training; per-head gate alphas."""
 
+from functools import partial
+
 import streamlit as st
 
 from psilonet.app import charts, helpers as app
@@ -18,18 +20,19 @@ if run is not None:
                 "at every step, so there is nothing to evolve." + (" Its per-head gates are below." if
                                                                    gates is not None and not gates.empty else ""))
     elif distances:
-        evolution = charts.tap_weight_evolution(taps)
-        st.altair_chart(evolution, width="content")
-        final = charts.tap_weight_heatmap(taps)
-        st.altair_chart(final, width="content")
+        # Drawn from specs cached per run (app.chart): a published run never changes.
+        evolution = partial(charts.tap_weight_evolution, taps)
+        app.chart(("tap-evolution", run.name), evolution, width="content")
+        final = partial(charts.tap_weight_heatmap, taps)
+        app.chart(("tap-final", run.name), final, width="content")
         exported += [("Tap weights over training", evolution), ("Final tap weights", final)]
     else:
         st.info("This run logged no tap weights.")
     if gates is not None and not gates.empty:
         st.subheader("Per-head gate alphas")
         st.caption("alpha_h = sigmoid(gate logit) x dial, at the final step and dial 1.")
-        gate_chart = charts.gate_alpha_heatmap(gates)
-        st.altair_chart(gate_chart, width="content")
+        gate_chart = partial(charts.gate_alpha_heatmap, gates)
+        app.chart(("gate-alphas", run.name), gate_chart, width="content")
         exported.append(("Gate alphas", gate_chart))
     elif run.config.get("skip", {}).get("gates"):
         st.info("This run has gates but logged no alphas.")

@@ -1,5 +1,7 @@
 """Training: loss curves against the frozen baseline; sweeps with their therapeutic window."""
 
+from functools import partial
+
 import pandas as pd
 import streamlit as st
 
@@ -19,10 +21,11 @@ if run is not None:
         cols[3].metric("trainable parameters", f"{summary.get('trainable_params', 0) / 1e6:.1f}M")
         metrics = app.read(run_id, "metrics")
         if metrics is not None and not metrics.empty:
-            loss = charts.loss_curves(metrics, summary.get("base_loss"))
-            st.altair_chart(loss, width="stretch")
-            grad = charts.grad_norm_chart(metrics)
-            st.altair_chart(grad, width="stretch")
+            # Drawn from specs cached per run (app.chart): a published run never changes.
+            loss = partial(charts.loss_curves, metrics, summary.get("base_loss"))
+            app.chart(("loss-curves", run_id), loss, width="stretch")
+            grad = partial(charts.grad_norm_chart, metrics)
+            app.chart(("grad-norm", run_id), grad, width="stretch")
             exported = [("Loss curves", loss), ("Gradient norm", grad)]
         with st.expander("Configuration"):
             st.json(run.config)
@@ -32,8 +35,8 @@ if run is not None:
             st.caption("Per config: mean, std and 95% Student-t CI of the validation improvement over seeds; "
                        "p_vs_best is a paired t-test (over shared seeds) against the best config.")
             st.dataframe(configs.drop(columns=["config_key"]), hide_index=True, width="stretch")
-            window = charts.therapeutic_window(configs)
-            st.altair_chart(window, width="stretch")
+            window = partial(charts.therapeutic_window, configs)
+            app.chart(("therapeutic-window", run_id), window, width="stretch")
             exported = [("Therapeutic window", window)]
             per_run = app.read(run_id, "sweep_runs")
             if per_run is not None:

@@ -1,5 +1,7 @@
 """Trajectories: PCA paths of tokens and sequences through the layers, baseline vs trained."""
 
+from functools import partial
+
 import streamlit as st
 
 from psilonet.analysis import representation as rep
@@ -37,9 +39,10 @@ if run is not None:
         ids = st.multiselect(f"{unit.title()}s", list(labels.index), default=wanted or list(labels.index[:6]),
                              format_func=lambda i: labels[i], key=f"ids_{unit}")
         app.set_params(rep=representation, source=source, unit=unit, **{key: ids})
-        chart = charts.trajectory_chart(paths[paths.source == source], variance[variance.source == source], unit,
-                                        ids, representation=representation)
-        st.altair_chart(chart, width="stretch")
+        # Drawn from a spec cached per (run, choices) (app.chart): the key names every choice.
+        chart = partial(charts.trajectory_chart, paths[paths.source == source], variance[variance.source == source],
+                        unit, tuple(ids), representation=representation)
+        app.chart(("trajectories", run.name, representation, source, unit, tuple(ids)), chart, width="stretch")
         ratio = variance[variance.source == source].ratio
         st.caption(f"Explained variance ({rep.LABELS[representation]}): PC1 {ratio.iloc[0]:.1%}, "
                    f"PC2 {ratio.iloc[1]:.1%} (first {len(ratio)} components: {ratio.sum():.1%}).")

@@ -32,11 +32,13 @@ from psilonet.store import tables as T
 __all__ = [
     "MAX_ROWS",
     "cross_layer_heatmap",
+    "cross_layer_heatmaps",
     "dose_overview",
     "entropy_heatmap",
     "gate_alpha_heatmap",
     "grad_norm_chart",
     "head_heatmap",
+    "head_heatmaps",
     "layer_entropy_profile",
     "layer_similarity_curve",
     "loss_curves",
@@ -426,6 +428,37 @@ def side_by_side(charts: Sequence[alt.TopLevelMixin]) -> alt.HConcatChart:
     if not charts:
         raise ValueError("side_by_side: no charts given")
     return alt.hconcat(*charts).resolve_scale(color="shared")
+
+
+def _sources_with(rows: pd.DataFrame, sources: Sequence[str], what: str) -> list[str]:
+    present = [s for s in sources if (rows["source"] == s).any()]
+    if not present:
+        raise ValueError(f"{what}: none of the sources {', '.join(map(str, sources)) or '(none)'} has rows")
+    return present
+
+
+def head_heatmaps(sim: pd.DataFrame, metric: str, sources: Sequence[str],
+                  representation: str | None = None) -> alt.HConcatChart:
+    """:func:`head_heatmap` of each of ``sources`` that has per-head rows, side by side on one
+    colour scale (the range over those sources) within :data:`SIDE_BY_SIDE_WIDTH`."""
+    rows = _sim_rows(sim, "head", metric, "head_heatmaps")
+    rows = rows[rows["source"].isin(list(sources))]
+    present = _sources_with(rows, sources, "head_heatmaps")
+    domain = similarity_domain(rows, "head", metric)
+    width = SIDE_BY_SIDE_WIDTH // len(present)
+    return side_by_side([head_heatmap(rows, metric, s, domain, representation, width) for s in present])
+
+
+def cross_layer_heatmaps(sim: pd.DataFrame, sources: Sequence[str], representation: str | None = None,
+                         metric: str = "cka") -> alt.HConcatChart:
+    """:func:`cross_layer_heatmap` of each of ``sources`` that has cross-layer rows, side by side
+    on one colour scale within :data:`SIDE_BY_SIDE_WIDTH`."""
+    rows = _sim_rows(sim, "cross_layer", metric, "cross_layer_heatmaps")
+    rows = rows[rows["source"].isin(list(sources))]
+    present = _sources_with(rows, sources, "cross_layer_heatmaps")
+    domain = similarity_domain(rows, "cross_layer", metric)
+    width = SIDE_BY_SIDE_WIDTH // len(present)
+    return side_by_side([cross_layer_heatmap(rows, s, domain, metric, representation, width) for s in present])
 
 
 def novelty_stats(sim: pd.DataFrame, metric: str, start: int, end: int) -> pd.DataFrame:

@@ -30,7 +30,7 @@ from psilonet.store import Store, StoreError
 log = logging.getLogger("psilonet.app.helpers")
 
 EMPTY_STORE_HELP = (
-    "No runs yet in `{data_dir}`. Create some from the repository folder with\n\n"
+    "No runs yet in {data_dir}. Create some from the repository folder with\n\n"
     "```\nmake demo    # fetch the default model; train, capture, analyse and dose (about 5 minutes)\n"
     ".venv/bin/python -m jobs.check_model\n"
     ".venv/bin/python -m jobs.train --train-samples 40 --val-samples 16\n```"
@@ -39,6 +39,20 @@ EMPTY_STORE_HELP = (
 
 def data_dir() -> Path:
     return Path(runtime.data_dir())
+
+
+def data_dir_hidden() -> bool:
+    """True when the server is shared (viewer mode, or a password is set): collaborators are not
+    told where on the server the data folder lives; the operator sees it in normal mode."""
+    from psilonet.app import serving
+
+    s = serving.settings()
+    return s.viewer or s.password_digest is not None
+
+
+def data_dir_label() -> str:
+    """The data folder as the pages name it: its path, or "the server's data folder" when hidden."""
+    return "the server's data folder" if data_dir_hidden() else f"`{data_dir()}`"
 
 
 def check_data_dir() -> None:
@@ -113,6 +127,29 @@ def outlier_table(run_id: str) -> pd.DataFrame | None:
     except StoreError as exc:
         st.error(f"Cannot read the outlier tokens of run `{run_id}`: {exc}")
         return None
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def _chart_spec(key: tuple, _build: Callable[[], Any]) -> dict:
+    # Streamlit's own Altair conversion (private, pinned with streamlit in requirements.txt;
+    # tests/test_app.py checks it still gives what st.altair_chart sends): it holds Altair's
+    # global theme and data-transformer switches under Streamlit's lock, validates the spec and
+    # stores the data as Arrow bytes, so a cache hit costs only a copy of those bytes.
+    from streamlit.elements.vega_charts import _convert_altair_to_vega_lite_spec
+
+    return _convert_altair_to_vega_lite_spec(_build())
+
+
+def chart(key: tuple, build: Callable[[], Any], width: str | int | None = None) -> None:
+    """Draw ``build()`` (an Altair chart) like ``st.altair_chart``, building it once per ``key``.
+
+    Building an Altair chart and validating its spec costs 10-50 ms of CPU per chart; one server
+    renders every visitor's pages on about one core, so ten visitors opening a page redo that
+    ten times. ``key`` must name everything the chart depends on: the run id (published runs
+    never change) and the page's choices; the data folder is added here. ``build`` only runs
+    on a cache miss, so the page's filtering for the chart belongs inside it.
+    """
+    st.vega_lite_chart(_chart_spec((str(data_dir()), *key), build), width=width)
 
 
 def read_optional(run_id: str, what: str, *args) -> Any:
@@ -209,7 +246,7 @@ def fill_hint(kinds: tuple[str, ...], all_runs: pd.DataFrame) -> str:
     """Which command creates a run of ``kinds`` from the runs that exist (never "no runs" when some do)."""
     complete = all_runs[all_runs.state == "complete"]
     if complete.empty:
-        return EMPTY_STORE_HELP.format(data_dir=data_dir())
+        return EMPTY_STORE_HELP.format(data_dir=data_dir_label())
     py = ".venv/bin/python -m"
     captures, trains = complete[complete.kind == "capture"], complete[complete.kind == "train"]
     if "analysis" in kinds and not captures.empty:
@@ -219,7 +256,7 @@ def fill_hint(kinds: tuple[str, ...], all_runs: pd.DataFrame) -> str:
         train = trains.run_id.iloc[0]
         return (f"Capture a training run, then analyse the capture:\n\n```\n{py} jobs.capture --run {train}\n"
                 f"{py} jobs.analyze --captures <the capture run it prints>\n```")
-    return f"`make demo` creates one run of every kind in `{data_dir()}`."
+    return f"`make demo` creates one run of every kind in {data_dir_label()}."
 
 
 def run_picker(label: str, kinds: tuple[str, ...], key: str = "run", help: str | None = None,
@@ -265,7 +302,8 @@ def export_button(title: str, charts: list, state: dict) -> None:
 
 def sidebar() -> None:
     blas = runtime.active_blas()
-    st.sidebar.caption(f"Data folder: `{data_dir()}`")
+    if not data_dir_hidden():
+        st.sidebar.caption(f"Data folder: `{data_dir()}`")
     st.sidebar.caption(f"BLAS: {blas.name}" + ("" if blas.fast else " (slow: install libopenblas0-pthread)"))
 
 

@@ -3,9 +3,12 @@
 Everything is configured by environment variables of the server process:
 
 ``PSILONET_PASSWORD`` / ``PSILONET_PASSWORD_FILE``
-    A shared password (or token) asked once per browser session before any page content is
-    sent. The file form keeps it out of shell history and ``ps``; it never goes into a URL, a
-    query parameter or a log line, and is compared in constant time (:func:`check_password`).
+    A shared password (or token) asked before any page content is sent. The file form keeps it
+    out of shell history and ``ps``; it never goes into a URL, a query parameter or a log line,
+    and is compared in constant time (:func:`check_password`). Served through ``shared_app.py``
+    (``make share``), a browser that gave it is remembered for :data:`REMEMBER_S` seconds by an
+    HttpOnly cookie holding a random token (:class:`LoginMemory`), so its other tabs open
+    without asking again.
 ``PSILONET_VIEWER=1``
     Viewer mode: every page browses stored runs and exports, nothing writes (no save to the
     store, no file upload) and live generation is bounded (``PSILONET_VIEWER_TOKENS`` tokens per
@@ -27,6 +30,7 @@ import hashlib
 import hmac
 import logging
 import os
+import secrets
 import threading
 import time
 from contextlib import contextmanager
@@ -42,6 +46,13 @@ DEFAULT_VIEWER_QUEUE = 4
 #: Seconds each wrong password costs, server-wide (one guess at a time): slows guessing.
 WRONG_PASSWORD_DELAY_S = 1.0
 _AUTH_KEY = "_psilonet_unlocked"
+_TICKET_KEY = "_psilonet_login_ticket"  # a ticket waiting to be traded for the cookie by this page
+#: The cookie that remembers a browser's login, and how long a remembered login lasts.
+REMEMBER_COOKIE = "psilonet_login"
+REMEMBER_S = 12 * 3600
+#: Seconds a page has to trade its one-time ticket for the cookie.
+TICKET_S = 60
+REMEMBER_PATH = "_psilonet/remember"
 _guess_lock = threading.Lock()
 _active: set[str] = set()  # viewer-mode sessions with a generation running or waiting
 _active_lock = threading.Lock()
@@ -122,6 +133,110 @@ def check_password(given: str, digest: bytes) -> bool:
     return hmac.compare_digest(_digest(given), digest)
 
 
+class LoginMemory:
+    """Browsers that gave the password, remembered without the password ever leaving the form.
+
+    After a correct password the session gets a one-time ticket (:meth:`ticket`, valid
+    :data:`TICKET_S` s); its page posts the ticket to :data:`REMEMBER_PATH`, whose answer
+    (:meth:`redeem`) sets an HttpOnly, SameSite=Strict cookie holding a fresh random token. A
+    new tab's WebSocket carries that cookie, and :meth:`knows` unlocks its session. Only
+    SHA-256 digests of tickets and tokens are kept, in this process's memory: restarting the
+    server forgets every browser, and a token is worth nothing once it expires or is forgotten.
+    """
+
+    def __init__(self, clock=time.monotonic, max_tokens: int = 10_000):
+        self._clock = clock
+        self._max = max_tokens
+        self._tickets: dict[bytes, float] = {}
+        self._tokens: dict[bytes, float] = {}
+        self._lock = threading.Lock()
+
+    def _prune(self, now: float) -> None:
+        for table in (self._tickets, self._tokens):
+            for key in [k for k, expiry in table.items() if expiry <= now]:
+                del table[key]
+            while len(table) >= self._max:  # a flood of logins evicts the oldest
+                del table[next(iter(table))]
+
+    def ticket(self) -> str:
+        value = secrets.token_urlsafe(32)
+        with self._lock:
+            now = self._clock()
+            self._prune(now)
+            self._tickets[_digest(value)] = now + TICKET_S
+        return value
+
+    def redeem(self, ticket: str) -> str | None:
+        """A new token for a valid, unused, unexpired ``ticket`` (used up here), else None."""
+        with self._lock:
+            now = self._clock()
+            expiry = self._tickets.pop(_digest(ticket), None)
+            if expiry is None or expiry <= now:
+                return None
+            token = secrets.token_urlsafe(32)
+            self._prune(now)
+            self._tokens[_digest(token)] = now + REMEMBER_S
+            return token
+
+    def knows(self, token: str | None) -> bool:
+        if not isinstance(token, str) or not token:  # no cookie (or no real request, as in AppTest)
+            return False
+        with self._lock:
+            expiry = self._tokens.get(_digest(token))  # looked up by digest: no timing on the token
+            return expiry is not None and expiry > self._clock()
+
+    def forget(self, token: str | None) -> None:
+        if isinstance(token, str) and token:
+            with self._lock:
+                self._tokens.pop(_digest(token), None)
+
+
+LOGINS = LoginMemory()
+_remember_route_served = False  # set by routes(): only shared_app.py's server answers REMEMBER_PATH
+
+
+def _cookie_path(base: str) -> str:
+    base = base.strip("/")
+    return f"/{base}/" if base else "/"
+
+
+def routes() -> list:
+    """The HTTP route that trades a login ticket for the remembering cookie (for ``st.App``).
+
+    Read once when the server starts, under Streamlit's ``server.baseUrlPath``.
+    """
+    from starlette.responses import Response
+    from starlette.routing import Route
+    from streamlit import config
+
+    global _remember_route_served
+    cookie_path = _cookie_path(config.get_option("server.baseUrlPath") or "")
+    # Behind a TLS proxy the request reaching us is plain HTTP: the public address tells.
+    public_https = (os.environ.get("PSILONET_PUBLIC_URL") or "").strip().lower().startswith("https://")
+
+    async def remember(request):
+        refused = Response(status_code=403, headers={"Cache-Control": "no-store"})
+        origin = request.headers.get("origin")
+        # Only this app's own pages: a browser always sends Origin with a POST from a script.
+        if not origin or urlsplit(origin).netloc != request.headers.get("host"):
+            return refused
+        body = await request.body()
+        if len(body) > 200:
+            return refused
+        token = LOGINS.redeem(body.decode("ascii", "replace"))
+        if token is None:
+            log.warning("a login ticket was refused (unknown, used or expired)")
+            return refused
+        secure = request.url.scheme == "https" or public_https
+        response = Response(status_code=204, headers={"Cache-Control": "no-store"})
+        response.set_cookie(REMEMBER_COOKIE, token, max_age=REMEMBER_S, path=cookie_path, httponly=True,
+                            samesite="strict", secure=secure)
+        return response
+
+    _remember_route_served = True
+    return [Route(cookie_path + REMEMBER_PATH, remember, methods=["POST"])]
+
+
 def link(base_url: str, page_path: str, query: dict[str, str]) -> str:
     """The full permalink of a view: ``base/page?query`` (the default page has an empty path)."""
     url = base_url.rstrip("/") + ("/" + page_path if page_path else "/")
@@ -186,9 +301,15 @@ def settings() -> Settings:
 
 
 def _locked(s: Settings) -> bool:
+    """True until this session gives the password, or its browser's cookie is a remembered login."""
     import streamlit as st
 
-    return s.password_digest is not None and not st.session_state.get(_AUTH_KEY)
+    if s.password_digest is None or st.session_state.get(_AUTH_KEY):
+        return False
+    if LOGINS.knows(st.context.cookies.get(REMEMBER_COOKIE)):
+        st.session_state[_AUTH_KEY] = True
+        return False
+    return True
 
 
 def nav_position() -> str:
@@ -215,6 +336,8 @@ def gate() -> None:
     if submitted:
         if check_password(given, s.password_digest):
             st.session_state[_AUTH_KEY] = True
+            if _remember_route_served:
+                st.session_state[_TICKET_KEY] = LOGINS.ticket()
             st.rerun()
         with _guess_lock:  # one wrong guess at a time on the whole server
             time.sleep(WRONG_PASSWORD_DELAY_S)
@@ -292,11 +415,38 @@ def model_turn() -> Iterator[None]:
                 _active.discard(owner)
 
 
+def _remember_this_browser(ticket: str) -> None:
+    """Have the page trade its one-time ticket for the remembering cookie (a same-origin POST:
+    the ticket is in the body, never in a URL; the cookie is HttpOnly, out of the page's reach)."""
+    import json
+
+    import streamlit as st
+    from streamlit import config
+
+    url = _cookie_path(config.get_option("server.baseUrlPath") or "") + REMEMBER_PATH
+    st.html(f"<script>fetch({json.dumps(url)}, {{method: 'POST', body: {json.dumps(ticket)}, "
+            f"credentials: 'same-origin', cache: 'no-store'}});</script>", unsafe_allow_javascript=True)
+
+
+def _sign_out() -> None:
+    import streamlit as st
+
+    LOGINS.forget(st.context.cookies.get(REMEMBER_COOKIE))
+    st.session_state.pop(_AUTH_KEY, None)
+
+
 def sidebar(page) -> None:
     """The viewer-mode notice and the link to this view (drawn after the page, so it is current)."""
     import streamlit as st
 
     s = settings()
+    if s.password_digest is not None:
+        ticket = st.session_state.pop(_TICKET_KEY, None)
+        if ticket:
+            _remember_this_browser(ticket)
+        st.sidebar.button("Sign out", on_click=_sign_out,
+                          help="Lock this tab and forget this browser's login (other open tabs stay open "
+                               "until they reload).")
     if s.viewer:
         generation = ("off" if s.viewer_tokens == 0 else
                       f"at most {s.viewer_tokens} tokens per request, one request per visitor, queued")

@@ -18,6 +18,7 @@ import functools
 import html
 import json
 from datetime import datetime
+from typing import Callable
 from urllib.parse import urlencode
 
 import altair as alt
@@ -97,10 +98,11 @@ def _bundle() -> str:
     return js.replace("</script", "<\\/script")  # never close our element early
 
 
-def export_html(title: str, charts: list[tuple[str, alt.TopLevelMixin]], state: dict | None = None,
-                notes: list[str] | None = None) -> str:
+def export_html(title: str, charts: list[tuple[str, alt.TopLevelMixin | Callable[[], alt.TopLevelMixin]]],
+                state: dict | None = None, notes: list[str] | None = None) -> str:
     """One standalone HTML document: a header (title, date, the view's state, notes such as the
-    permalink) followed by every (caption, chart) at its full size."""
+    permalink) followed by every (caption, chart) at its full size; a chart may also be given
+    as the function that builds it (called here, when the file is asked for)."""
     if not charts:
         raise ValueError("nothing to export: the page shows no chart")
     lines = [f"<h1>{html.escape(title)}</h1>",
@@ -112,6 +114,8 @@ def export_html(title: str, charts: list[tuple[str, alt.TopLevelMixin]], state: 
     lines += [f"<p>{html.escape(n)}</p>" for n in notes or []]
     sections = []
     for k, (caption, chart) in enumerate(charts):
+        if not isinstance(chart, alt.TopLevelMixin) and callable(chart):
+            chart = chart()  # a page passes the builder of a chart it drew from the spec cache
         spec = _fixed_width(chart.to_dict())
         sections.append(
             f'<section><h2>{html.escape(caption)}</h2><div id="chart-{k}"></div>'
