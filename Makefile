@@ -68,6 +68,7 @@ bench: model
 	$(PY) -m bench.similarity
 	$(PY) -m bench.capture
 	$(PY) -m bench.decode
+	$(PY) -m bench.weight_formats
 	$(PY) -m bench.app_pages
 
 ## llama-cpp: optional, llama-cpp-python compiled here into .llama-cpp/ (not in run/test); bench.decode
