@@ -15,6 +15,11 @@ score FLOPs are included; norms and element-wise ops are not.
 
 from __future__ import annotations
 
+import os
+
+# Before psilonet binds its BLAS: this process trains (psilonet.runtime, "Workloads").
+os.environ.setdefault("PSILONET_WORKLOAD", "training")
+
 import argparse
 import statistics
 import sys

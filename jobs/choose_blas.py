@@ -7,9 +7,10 @@ workloads at the default model's shapes: decode of one row and of eight rows (ou
 decode step on a model of those shapes with random weights, seconds per token: every weight
 streams from memory once per token, beside the step's other ops) and a training batch of
 4 x 47 tokens through six blocks' weight products (compute-bound). The score of a library is the
-geometric mean over the three of its median time; the lowest wins. The
-winner is written to ``.blas-choice.json`` (see ``psilonet.runtime``), which
-``PSILONET_BLAS=auto`` (the default) loads from then on.
+geometric mean over the three of its median time; the lowest wins overall. Per workload (see
+``psilonet.runtime``: a process declares ``decode`` or ``training``) the winner is the lowest
+geometric mean over the two decode shapes, and the fastest on the training batch. The choices
+are written to ``.blas-choice.json``, which ``PSILONET_BLAS=auto`` (the default) loads from then on.
 
     python -m jobs.choose_blas [--rounds 3]
 """
@@ -156,8 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     for w in WORKLOADS:
         print(f"  {w:16s} " + "  ".join(f"{x} {1000 * median[x][w]:7.1f}" for x in median))
     others = ", ".join(f"x{score[x] / score[choice]:.2f} faster than {x}" for x in found if x != choice)
-    print(f"BLAS: chose {choice} (geometric mean over the three shapes: {others}); recorded in {target}")
-    target.write_text(json.dumps({"choice": choice, "median_seconds": median, "rounds": args.rounds}, indent=1))
+    print(f"BLAS: overall {choice} (geometric mean over the three shapes: {others})")
+    decode_shapes = [w for w, rows in WORKLOADS.items() if rows <= 8]
+    per = {"decode": {b: math.exp(statistics.mean(math.log(median[b][w]) for w in decode_shapes)) for b in found},
+           "training": {b: median[b]["training batch"] for b in found}}
+    by_workload = {name: min(found, key=times.get) for name, times in per.items()}
+    for name, best in by_workload.items():
+        others = ", ".join(f"x{per[name][x] / per[name][best]:.2f} faster than {x}" for x in found if x != best)
+        print(f"BLAS: for {name}, {best}" + (f" ({others})" if others else ""))
+    print(f"BLAS: recorded in {target}")
+    target.write_text(json.dumps({"choice": choice, "by_workload": by_workload, "median_seconds": median,
+                                  "rounds": args.rounds}, indent=1))
     return 0
 
 

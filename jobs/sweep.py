@@ -11,6 +11,11 @@ Ray Tune trial (pip install -r requirements-scale.txt), locally or on a cluster 
 
 from __future__ import annotations
 
+import os
+
+# Before psilonet binds its BLAS: this process trains (psilonet.runtime, "Workloads").
+os.environ.setdefault("PSILONET_WORKLOAD", "training")
+
 import argparse
 import sys
 

@@ -14,6 +14,11 @@ Example (a few minutes on two CPU cores):
 
 from __future__ import annotations
 
+import os
+
+# Before psilonet binds its BLAS: this process trains (psilonet.runtime, "Workloads").
+os.environ.setdefault("PSILONET_WORKLOAD", "training")
+
 import argparse
 import sys
 from dataclasses import fields

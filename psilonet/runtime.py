@@ -9,15 +9,22 @@ is enough.
 
 Which library is loaded is chosen by ``PSILONET_BLAS``:
 ``auto`` (default: the library that ``python -m jobs.choose_blas`` measured fastest at the
-model's shapes during ``make setup``, recorded in ``.blas-choice.json``; without that record
-OpenBLAS, else BLIS, else MKL), ``openblas``, ``blis``, ``mkl``, ``reference`` (load nothing,
+model's shapes for this process's workload during ``make setup``, recorded in
+``.blas-choice.json``; without that record OpenBLAS, else BLIS, else MKL), ``openblas``, ``blis``, ``mkl``, ``reference`` (load nothing,
 useful for benchmarks) or an absolute path to a shared library exporting CBLAS.
 
 OpenBLAS and BLIS come from Debian packages (``scripts/system_deps.sh``); Intel MKL from the
 ``mkl`` wheel on PyPI (``requirements.txt``, Linux x86-64), whose ``libmkl_rt`` lands in the
 virtual environment's ``lib/`` and finds its sibling libraries itself. MKL threads through Intel
 OpenMP (``MKL_THREADING_LAYER=INTEL``, from the ``intel-openmp`` wheel) unless the variable is
-already set. ``PSILONET_BLAS_CHOICE``
+already set.
+
+**Workloads.** One library per process, but decode and training want different ones here
+(decode streams every weight once per token, training multiplies large batches), so the record
+keeps a choice per workload. ``PSILONET_WORKLOAD`` names this process's: ``decode`` (the default:
+the app, dose and capture jobs, benches of decode) or ``training`` (set by ``jobs.train``,
+``jobs.sweep`` and ``bench.train_throughput`` before they import psilonet; their trial and rank
+processes inherit it). ``PSILONET_BLAS_CHOICE``
 names another record file.
 On macOS nothing is loaded: MLX uses Accelerate and Metal there.
 """
@@ -99,11 +106,24 @@ def choice_file() -> Path:
     return Path(os.environ.get("PSILONET_BLAS_CHOICE") or default)
 
 
-def recorded_choice() -> str | None:
-    """``openblas``, ``blis`` or ``mkl`` as measured at setup, or None when there is no usable record."""
+WORKLOADS = ("decode", "training")
+
+
+def workload() -> str:
+    """This process's workload for the BLAS choice: ``PSILONET_WORKLOAD``, ``decode`` by default."""
+    value = os.environ.get("PSILONET_WORKLOAD", "").strip().lower()
+    return value if value in WORKLOADS else "decode"
+
+
+def recorded_choice(for_workload: str | None = None) -> str | None:
+    """``openblas``, ``blis`` or ``mkl`` as measured at setup for ``for_workload`` (this process's
+    by default; a record without per-workload choices gives its overall one), or None when there
+    is no usable record."""
     try:
-        name = json.loads(choice_file().read_text())["choice"]
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads(choice_file().read_text())
+        by_workload = record.get("by_workload") or {}
+        name = by_workload.get(for_workload or workload()) or record["choice"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return name if name in _CANDIDATES else None
 

@@ -20,10 +20,13 @@ PROBE = (
 )
 
 
-def probe(env_value: str, choice_file: str = "/nonexistent/.blas-choice.json"):
+def probe(env_value: str, choice_file: str = "/nonexistent/.blas-choice.json", workload: str | None = None):
     import os
 
     env = {**os.environ, "PSILONET_BLAS": env_value, "PSILONET_BLAS_CHOICE": choice_file}
+    env.pop("PSILONET_WORKLOAD", None)
+    if workload is not None:
+        env["PSILONET_WORKLOAD"] = workload
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, check=True)
     name, fast, err = out.stdout.split()
     return name, fast == "True", float(err), out.stderr
@@ -50,6 +53,27 @@ def test_auto_loads_the_choice_recorded_at_setup(tmp_path, recorded):
     assert err < 1e-3
     record.write_text("not json")  # a broken record falls back to the default order
     assert probe("auto", str(record))[0] == "openblas"
+
+
+@pytest.mark.skipif(_sys.platform != "linux", reason="the BLAS fix is for Linux")
+def test_each_workload_loads_its_own_recorded_choice(tmp_path):
+    if runtime.find_blas("openblas") is None or runtime.find_blas("mkl") is None:
+        pytest.skip("needs libopenblas0-pthread and the mkl wheel")
+    record = tmp_path / "choice.json"
+    record.write_text('{"choice": "mkl", "by_workload": {"decode": "mkl", "training": "openblas"}}')
+    assert probe("auto", str(record))[:2] == ("mkl", True)  # no workload named: decode
+    assert probe("auto", str(record), workload="training")[:2] == ("openblas", True)
+    assert probe("auto", str(record), workload="nonsense")[:2] == ("mkl", True)
+    record.write_text('{"choice": "openblas"}')  # a record from before per-workload choices
+    assert probe("auto", str(record), workload="training")[0] == "openblas"
+    assert probe("auto", str(record))[0] == "openblas"
+
+
+def test_training_jobs_declare_their_workload_before_psilonet_binds_a_blas():
+    out = subprocess.run([sys.executable, "-c", "import jobs.train, psilonet.runtime as r; print(r.workload())"],
+                         capture_output=True, text=True, check=True, cwd=__import__("pathlib").Path(__file__).parents[1],
+                         env={k: v for k, v in __import__("os").environ.items() if k != "PSILONET_WORKLOAD"})
+    assert out.stdout.split() == ["training"]
 
 
 @pytest.mark.skipif(_sys.platform != "linux", reason="the BLAS fix is for Linux")
