@@ -106,10 +106,16 @@ def model_shapes() -> dict:
 
 
 def measure(blas: str, shapes: dict) -> dict:
+    """The child's result, or ``{"blas": None, "error": ...}`` when it failed (a library that
+    loads but cannot run, for example MKL without its OpenMP runtime, ends the child)."""
     env = {**os.environ, "PSILONET_BLAS": blas}
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(shapes), json.dumps(WORKLOADS), str(DECODE_TOKENS)],
-                         capture_output=True, text=True, env=env, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+                         capture_output=True, text=True, env=env)
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        last = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+        return {"blas": None, "error": last}
+    return json.loads(lines[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.rounds):
         for blas in found[r % len(found):] + found[: r % len(found)]:
             result = measure(blas, shapes)
-            if result["blas"] != blas:  # installed but not loadable here: leave it out
-                print(f"BLAS: {blas} could not be loaded (the child bound {result['blas']}); left out",
-                      file=sys.stderr)
+            if result["blas"] != blas:  # installed but not loadable or not working here: leave it out
+                why = result.get("error") or f"the child bound {result['blas']}"
+                print(f"BLAS: {blas} could not be measured ({why}); left out", file=sys.stderr)
                 found.remove(blas)
                 del seconds[blas]
                 continue

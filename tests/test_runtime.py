@@ -88,3 +88,10 @@ def test_missing_library_warns_with_install_command():
     name, fast, _, stderr = probe("/nonexistent/libopenblas.so.0")
     assert (name, fast) == ("reference", False)
     assert runtime.INSTALL_HINT in stderr
+
+
+def test_choose_blas_leaves_out_a_library_whose_child_fails():
+    from jobs import choose_blas
+
+    result = choose_blas.measure("openblas", {"hidden_size": 576})  # the child dies on the missing shapes
+    assert result["blas"] is None and "KeyError" in result["error"]
