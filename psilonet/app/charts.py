@@ -437,15 +437,20 @@ def _sources_with(rows: pd.DataFrame, sources: Sequence[str], what: str) -> list
     return present
 
 
+def _side_by_side_rows(sim: pd.DataFrame, view: str, metric: str, sources: Sequence[str], what: str):
+    """The ``view`` rows of ``sources`` for side-by-side heatmaps: the rows, the sources that have
+    any, their shared colour domain and each chart's width."""
+    rows = _sim_rows(sim, view, metric, what)
+    rows = rows[rows["source"].isin(list(sources))]
+    present = _sources_with(rows, sources, what)
+    return rows, present, similarity_domain(rows, view, metric), SIDE_BY_SIDE_WIDTH // len(present)
+
+
 def head_heatmaps(sim: pd.DataFrame, metric: str, sources: Sequence[str],
                   representation: str | None = None) -> alt.HConcatChart:
     """:func:`head_heatmap` of each of ``sources`` that has per-head rows, side by side on one
     colour scale (the range over those sources) within :data:`SIDE_BY_SIDE_WIDTH`."""
-    rows = _sim_rows(sim, "head", metric, "head_heatmaps")
-    rows = rows[rows["source"].isin(list(sources))]
-    present = _sources_with(rows, sources, "head_heatmaps")
-    domain = similarity_domain(rows, "head", metric)
-    width = SIDE_BY_SIDE_WIDTH // len(present)
+    rows, present, domain, width = _side_by_side_rows(sim, "head", metric, sources, "head_heatmaps")
     return side_by_side([head_heatmap(rows, metric, s, domain, representation, width) for s in present])
 
 
@@ -453,11 +458,7 @@ def cross_layer_heatmaps(sim: pd.DataFrame, sources: Sequence[str], representati
                          metric: str = "cka") -> alt.HConcatChart:
     """:func:`cross_layer_heatmap` of each of ``sources`` that has cross-layer rows, side by side
     on one colour scale within :data:`SIDE_BY_SIDE_WIDTH`."""
-    rows = _sim_rows(sim, "cross_layer", metric, "cross_layer_heatmaps")
-    rows = rows[rows["source"].isin(list(sources))]
-    present = _sources_with(rows, sources, "cross_layer_heatmaps")
-    domain = similarity_domain(rows, "cross_layer", metric)
-    width = SIDE_BY_SIDE_WIDTH // len(present)
+    rows, present, domain, width = _side_by_side_rows(sim, "cross_layer", metric, sources, "cross_layer_heatmaps")
     return side_by_side([cross_layer_heatmap(rows, s, domain, metric, representation, width) for s in present])
 
 
