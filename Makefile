@@ -69,6 +69,7 @@ bench: model
 	$(PY) -m bench.capture
 	$(PY) -m bench.decode
 	$(PY) -m bench.weight_formats
+	$(PY) -m bench.decode_spans
 	$(PY) -m bench.app_pages
 
 ## llama-cpp: optional, llama-cpp-python compiled here into .llama-cpp/ (not in run/test); bench.decode

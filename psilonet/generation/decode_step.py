@@ -11,8 +11,8 @@ writes new keys/values at ``offset`` (an array, so the position is an input of t
 graph, not a constant baked into it). Attention runs over the first ``span`` slots, a multiple of
 ``SPAN_STEP`` that covers every written position, with a boolean mask that hides the slots not
 written yet: each span is its own compiled graph (traced once per process), so attention costs
-what the text written so far needs, not what the whole capacity would (with eight rows and a
-capacity of 1,024 attention over the full buffers took more than the weight products). It speaks mlx-lm's cache protocol (``offset``,
+what the text written so far needs, not what the whole capacity would (``bench.decode_spans``:
+with eight rows at a capacity of 1,024 a step takes x0.65 the time of attending over the buffer). It speaks mlx-lm's cache protocol (``offset``,
 ``update_and_fetch``, ``make_mask``), so the step is the hooked forward
 :func:`psilonet.model.forward.hidden_states` itself (llama, qwen2 and qwen3 blocks alike).
 
@@ -100,9 +100,9 @@ def _kv_shape(model, batch: int, capacity: int):
     return (batch, heads, capacity, head_dim)
 
 
-def span_for(position: int, capacity: int) -> int:
-    """The attention span of a step that writes slot ``position``: the next multiple of SPAN_STEP."""
-    return min(capacity, (position // SPAN_STEP + 1) * SPAN_STEP)
+def span_for(position: int, capacity: int, step: int = SPAN_STEP) -> int:
+    """The attention span of a step that writes slot ``position``: the next multiple of ``step``."""
+    return min(capacity, (position // step + 1) * step)
 
 
 def _run(model, tokens, kv, offset, rows, hook: RowHook | None, track: bool, greedy: bool,
@@ -150,12 +150,16 @@ def _compiled_step(model, hook: RowHook | None, track: bool, greedy: bool, span:
 
 
 class Decoder:
-    """Prefill a prompt for ``batch`` rows, then advance one token per :meth:`step`."""
+    """Prefill a prompt for ``batch`` rows, then advance one token per :meth:`step`.
+
+    ``span_step`` sets how attention spans grow (``capacity`` attends over the whole buffer every
+    step, as before spans existed: ``bench.decode_spans`` compares the two).
+    """
 
     def __init__(self, model, batch: int, capacity: int, *, hook: RowHook | None = None,
-                 track: bool = False, greedy: bool = True, compiled: bool = True):
+                 track: bool = False, greedy: bool = True, compiled: bool = True, span_step: int = SPAN_STEP):
         self.model, self.batch, self.hook, self.track, self.greedy = model, batch, hook, track, greedy
-        self.capacity = capacity
+        self.capacity, self.span_step = capacity, span_step
         self.rows = dict(hook.rows) if hook else {}
         self.index = 0
         self.compiled = compiled
@@ -180,7 +184,7 @@ class Decoder:
         kv = [(mx.zeros(shape, dtype=dtype), mx.zeros(shape, dtype=dtype)) for _ in self.model.model.layers]
         tokens = mx.array([list(prompt_ids)] * rows, dtype=mx.int32)
         out, kv, self.offset, self.rows = _run(self.model, tokens, kv, self.offset, self._inputs(), self.hook,
-                                               self.track, self.greedy, span_for(len(prompt_ids) - 1, self.capacity))
+                                               self.track, self.greedy, span_for(len(prompt_ids) - 1, self.capacity, self.span_step))
         if shared and self.batch > 1:
             kv = [tuple(mx.repeat(a, self.batch, axis=0) for a in pair) for pair in kv]
             out = {k: mx.repeat(v, self.batch, axis=0) for k, v in out.items()}
@@ -193,7 +197,7 @@ class Decoder:
         """Advance every row by its token ``tokens`` (B,); returns lazy outputs of this step."""
         if self.position >= self.capacity:
             raise ValueError(f"the KV cache holds {self.capacity} positions; all are used")
-        span = span_for(self.position, self.capacity)
+        span = span_for(self.position, self.capacity, self.span_step)
         if self.compiled:
             step = _compiled_step(self.model, self.hook, self.track, self.greedy, span)
         else:
