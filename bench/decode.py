@@ -42,8 +42,9 @@ import mlx_lm
 from mlx.utils import tree_flatten
 
 from psilonet import runtime
-from psilonet.generation.decoding import SamplingConfig, decode
+from psilonet.generation.decoding import DecodeConfig, decode
 from psilonet.generation.dosing import generate_doses
+from psilonet.generation.sampling import SamplingConfig
 from psilonet.model import loading as modeling
 
 PROMPT = "The history of the city begins in the early middle ages, when"
@@ -170,7 +171,7 @@ def main(argv=None) -> int:
         return sum(1 for _ in mlx_lm.stream_generate(model, tokenizer, PROMPT, max_tokens=args.tokens))
 
     def ours(compiled):
-        return lambda: sum(1 for _ in decode(model, ids, cfg, compiled=compiled))
+        return lambda: sum(1 for _ in decode(model, ids, DecodeConfig(cfg, compiled=compiled)))
 
     def dosed(intensities):
         def run():

@@ -20,8 +20,9 @@ from pathlib import Path
 from jobs import cli
 from jobs.cli import JobParser, add_config_options, add_data_dir
 from psilonet import config
-from psilonet.generation.dosing import DoseConfig, run_doses
-from psilonet.generation.prompts import PromptFile, PromptFileError, context_check, parse_prompts
+from psilonet.generation.dose_config import DoseConfig
+from psilonet.generation.dosing import run_doses
+from psilonet.generation.prompts import PromptFile, PromptFileError, context_check, context_length, parse_prompts
 from psilonet.model import loading as modeling
 from psilonet.model.skip import SkipConfig
 from psilonet.store import Store, StoreError
@@ -45,10 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 def load_prompts(args, tokenizer, context: int) -> PromptFile:
     check = context_check(tokenizer, context, args.max_tokens, chat=not args.no_chat)
     prompts = PromptFile()
-    if args.prompts_file:
+    if args.prompts_file:  # main() checked that it exists, before loading the model
         path = Path(args.prompts_file)
-        if not path.is_file():
-            raise PromptFileError(f"--prompts-file: {path} does not exist")
         prompts = parse_prompts(path.read_bytes(), path.name, too_long=check)
     for n, text in enumerate(args.prompt, 1):
         problem = "empty prompt" if not text.strip() else check(text)
@@ -66,8 +65,9 @@ def load_prompts(args, tokenizer, context: int) -> PromptFile:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     store = Store(cli.data_dir(args.data_dir))
-    cfg = DoseConfig(args.intensities, args.seeds, args.mechanisms, args.max_tokens, args.temperature,
-                     args.top_p, chat=not args.no_chat, fatigue=args.fatigue, hebbian=args.hebbian).validate()
+    cfg = DoseConfig(intensities=args.intensities, seeds=args.seeds, mechanisms=args.mechanisms,
+                     max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                     chat=not args.no_chat, fatigue=args.fatigue, hebbian=args.hebbian).validate()
     if args.dial is not None:
         config.check(SkipConfig(dial=args.dial))  # the dial's declared bounds
     if args.prompts_file and not Path(args.prompts_file).is_file():
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model, tokenizer = modeling.load_model(args.model, store.data_dir)
         model_name = args.model
-    context = getattr(model.args, "max_position_embeddings", None) or 2048
+    context = context_length(model)
     prompts = load_prompts(args, tokenizer, context)
 
     if prompts.skipped:

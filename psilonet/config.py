@@ -10,6 +10,10 @@ fields are made with :func:`option`. From that one declaration come
 * :func:`from_dict`, which refuses unknown keys and checks types for config files and stored
   configs, and :func:`stable_hash`, which identifies a configuration across runs.
 
+Config classes inherit :class:`Declared` (``from_dict``, ``check_fields`` and ``to_dict``, each
+raising the class's own error type) or :class:`Checked` (the same, and the fields are checked
+when the object is made: constants of a mechanism, which no later step validates).
+
 Checks that depend on the model (depth, context length) stay with the code that knows it.
 """
 
@@ -21,7 +25,7 @@ import json
 import math
 import types
 import typing
-from typing import Any
+from typing import Any, ClassVar
 
 _MISSING = dataclasses.MISSING
 
@@ -32,12 +36,13 @@ class ConfigError(ValueError):
 
 def option(default: Any = _MISSING, *, default_factory: Any = _MISSING, help: str = "",
            min: float | None = None, max: float | None = None, above: float | None = None,
-           choices: tuple | None = None, flag: bool = True) -> Any:
-    """A dataclass field with its help, bounds (``min <= v <= max``, ``v > above``) and choices.
+           below: float | None = None, choices: tuple | None = None, flag: bool = True) -> Any:
+    """A dataclass field with its help, bounds (``min <= v <= max``, ``v > above``, ``v < below``)
+    and choices.
 
     ``flag=False`` keeps the field out of the command line (set by the code, not the user).
     """
-    meta = {"help": help, "min": min, "max": max, "above": above, "choices": choices, "flag": flag}
+    meta = {"help": help, "min": min, "max": max, "above": above, "below": below, "choices": choices, "flag": flag}
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -79,7 +84,7 @@ def _num(x: float) -> str:
 
 
 def _range_problem(value: float, meta: dict) -> str | None:
-    lo, hi, above = meta.get("min"), meta.get("max"), meta.get("above")
+    lo, hi, above, below = meta.get("min"), meta.get("max"), meta.get("above"), meta.get("below")
     if isinstance(value, float) and not math.isfinite(value):
         return "must be a finite number"
     if lo is not None and hi is not None and not lo <= value <= hi:
@@ -88,8 +93,12 @@ def _range_problem(value: float, meta: dict) -> str | None:
         return f"must be at least {lo}" if isinstance(lo, int) else f"must be >= {lo:g}"
     if hi is not None and value > hi:
         return f"must be at most {_num(hi)}"
+    if above is not None and below is not None and not above < value < below:
+        return f"must be in ({_num(above)}, {_num(below)})"
     if above is not None and not value > above:
         return f"must be > {_num(above)}"
+    if below is not None and not value < below:
+        return f"must be < {_num(below)}"
     return None
 
 
@@ -153,3 +162,41 @@ def from_dict(cls, params: Any, *, section: str = ""):
 def stable_hash(settings: dict, length: int = 16) -> str:
     """A short hash of JSON-serialisable settings, independent of key order."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:length]
+
+
+class Declared:
+    """Mixin for config dataclasses: the declared checks, raising ``cls.error`` (a ConfigError
+    or the subclass's own ValueError, with the same message)."""
+
+    error: ClassVar[type[ValueError]] = ConfigError
+
+    @classmethod
+    def _raise(cls, exc: ConfigError):
+        if isinstance(exc, cls.error):
+            raise exc
+        raise cls.error(str(exc)) from exc
+
+    @classmethod
+    def from_dict(cls, params: Any):
+        """A checked config from a dict (a config file, a stored config), see :func:`from_dict`."""
+        try:
+            return from_dict(cls, params)
+        except ConfigError as exc:
+            cls._raise(exc)
+
+    def check_fields(self) -> None:
+        """Every field against its declaration (:func:`check`)."""
+        try:
+            check(self)
+        except ConfigError as exc:
+            self._raise(exc)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Checked(Declared):
+    """A :class:`Declared` config whose fields are checked as soon as it is made."""
+
+    def __post_init__(self):
+        self.check_fields()

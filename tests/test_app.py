@@ -193,11 +193,11 @@ def test_run_all_prompts_of_a_file_skips_over_context_ones_and_saves_one_run(fil
 
 
 def test_a_request_over_the_work_bound_is_refused_before_any_work(filled, monkeypatch):
-    from psilonet.generation import dosing
+    from psilonet.app import dose_requests
 
     data, train_id = filled
     monkeypatch.setenv("PSILONET_DATA", str(data))
-    monkeypatch.setattr(dosing, "MAX_REQUEST_WORK", 10)
+    monkeypatch.setattr(dose_requests, "MAX_REQUEST_WORK", 10)
     at = open_page("dose", {"run": train_id, "max": "8", "chat": "0"})
     at.button[0].click().run()
     assert any("limit is 10" in w.value for w in at.warning), [w.value for w in at.warning]

@@ -17,7 +17,7 @@ PROMPT = [5, 17, 3, 42, 8, 11]
 
 
 def steps(model, cfg, compiled, **kw):
-    return list(generation.decode(model, PROMPT, cfg, compiled=compiled, **kw))
+    return list(generation.decode(model, PROMPT, generation.DecodeConfig(cfg, compiled=compiled, **kw)))
 
 
 def test_supports_plain_models_only(tiny_model):
@@ -42,7 +42,7 @@ def test_attention_spans_grow_across_steps_like_the_growing_cache(tiny_model, pr
     cfg = SamplingConfig(max_tokens=140)
 
     def run(compiled):
-        return list(generation.decode(tiny_model, prompt, cfg, compiled=compiled, batch=2, track=True))
+        return list(generation.decode(tiny_model, prompt, generation.DecodeConfig(cfg, compiled=compiled, batch=2, track=True)))
 
     fast, plain = run(True), run(False)
     assert len(fast) == 140 and [s.tokens for s in fast] == [s.tokens for s in plain]

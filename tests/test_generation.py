@@ -12,7 +12,7 @@ PROMPT = [5, 17, 3, 42, 8]
 
 def tokens_of(model, cfg, batch=1, stop=()):
     rows = [[] for _ in range(batch)]
-    for step in generation.decode(model, PROMPT, cfg, batch=batch, stop=stop):
+    for step in generation.decode(model, PROMPT, generation.DecodeConfig(cfg, batch=batch, stop=stop)):
         for r, t in enumerate(step.tokens):
             rows[r].append(t)
     return rows
@@ -45,7 +45,7 @@ def test_tiny_top_p_is_greedy(tiny_model):
 
 def test_stops_when_every_row_stopped(tiny_model):
     first = tokens_of(tiny_model, SamplingConfig(max_tokens=6))[0][0]
-    steps = list(generation.decode(tiny_model, PROMPT, SamplingConfig(max_tokens=6), stop={first}))
+    steps = list(generation.decode(tiny_model, PROMPT, generation.DecodeConfig(SamplingConfig(max_tokens=6), stop={first})))
     assert len(steps) == 1
 
 
@@ -57,5 +57,5 @@ def test_bad_sampling_config(kwargs):
 
 def test_empty_prompt_is_an_error(tiny_model):
     with pytest.raises(ValueError, match="empty"):
-        next(generation.decode(tiny_model, [], SamplingConfig()))
+        next(generation.decode(tiny_model, [], generation.DecodeConfig(SamplingConfig())))
 

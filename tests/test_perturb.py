@@ -8,7 +8,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from psilonet.generation import decoding as generation
+from psilonet.generation import decoding as generation, entropy
 from psilonet.generation.decoding import SamplingConfig
 from psilonet.generation.perturb import (BLEED_PER_INTENSITY, MECHANISMS, PHASE_PER_INTENSITY, SHUFFLE_PER_INTENSITY,
                                          SHUFFLE_SHIFT, DoseSpec, Doser, layer_sensitivity)
@@ -19,7 +19,7 @@ PROMPT = [5, 17, 3, 42, 8, 11]
 
 def rows(model, cfg, **kw):
     out = None
-    for step in generation.decode(model, PROMPT, cfg, **kw):
+    for step in generation.decode(model, PROMPT, generation.DecodeConfig(cfg, **kw)):
         out = out or [[] for _ in step.tokens]
         for r, t in enumerate(step.tokens):
             out[r].append(t)
@@ -110,8 +110,8 @@ def test_same_seed_same_text_and_batch_equals_one_by_one(tiny_model):
 
 
 def test_entropies_are_in_range(tiny_model):
-    steps = list(generation.decode(tiny_model, PROMPT, SamplingConfig(max_tokens=5), track=True,
-                                   doser=doser_for(tiny_model, [0.0, 0.3])))
+    steps = list(generation.decode(tiny_model, PROMPT, generation.DecodeConfig(
+        SamplingConfig(max_tokens=5), track=True, doser=doser_for(tiny_model, [0.0, 0.3]))))
     for step in steps:
         assert all(0 <= e <= math.log2(97) + 1e-6 for e in step.entropy)
         for per_layer in step.layer_entropy:
@@ -121,9 +121,9 @@ def test_entropies_are_in_range(tiny_model):
 
 def test_entropy_formulas():
     uniform = mx.zeros((1, 8))
-    assert generation.token_entropy_bits(uniform).item() == pytest.approx(3.0)
-    assert generation.hidden_entropy_bits(mx.ones((1, 16))).item() == pytest.approx(4.0)
-    assert generation.hidden_entropy_bits(mx.array([[0.0, 5.0, 0.0]])).item() == pytest.approx(0.0, abs=1e-6)
+    assert entropy.token_entropy_bits(uniform).item() == pytest.approx(3.0)
+    assert entropy.hidden_entropy_bits(mx.ones((1, 16))).item() == pytest.approx(4.0)
+    assert entropy.hidden_entropy_bits(mx.array([[0.0, 5.0, 0.0]])).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_bad_intensities_are_rejected(tiny_model):

@@ -4,11 +4,11 @@ file as one run; stored dose runs reopened with their texts, entropies and chart
 import pandas as pd
 import streamlit as st
 
-from psilonet.app import bio_widgets, charts, helpers as app, serving
-from psilonet.generation import dosing, perturb, prompts
-from psilonet.generation.decoding import SamplingConfig
+from psilonet.app import bio_widgets, charts, dose_frames, dose_requests, helpers as app, serving
+from psilonet.generation import dose_config, dosing, perturb, prompts
 from psilonet.model import loading as modeling
 from psilonet.store import StoreError
+from psilonet.store.dose_runs import DoseItem, save_dose_run
 
 PRESETS = perturb.PRESETS
 MAX_PROMPT_CHARS = 4000
@@ -25,7 +25,7 @@ def show_results(gens: pd.DataFrame, tokens: pd.DataFrame, layers: pd.DataFrame,
                  bio_state: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> None:
     """Texts, entropies and charts of a dose run (live or stored), one prompt at a time.
 
-    ``gens`` has a ``label`` per row where the run has bio rows (``dosing.label_rows``), and
+    ``gens`` has a ``label`` per row where the run has bio rows (``dose_frames.label_rows``), and
     ``bio_state`` the (pool, fast-weight norm) frames of its bio tables."""
     named = "label" in gens.columns
     keys = ["gen_id", "intensity"] + (["label"] if named else [])
@@ -81,7 +81,7 @@ def stored_view() -> None:
     if gens.empty:
         st.info(f"Run `{run.name}` holds no generation.")
         return
-    gens = dosing.label_rows(gens, app.read(run.name, "bio_strengths"))
+    gens = dose_frames.label_rows(gens, app.read(run.name, "bio_strengths"))
     bio_state = (app.read(run.name, "bio_pool"), app.read(run.name, "bio_fast_norm"))
     config = run.config or {}
     st.caption(f"{gens.prompt.nunique()} prompt(s) x {gens.intensity.nunique()} intensities, "
@@ -135,9 +135,9 @@ def generate_view() -> None:
         mechanisms = st.multiselect("Mechanisms", perturb.MECHANISMS, default=app.param(
             "mech", list(perturb.MECHANISMS), app.choice_list(perturb.MECHANISMS)))
         c1, c2, c3 = st.columns(3)
-        seed = c1.number_input("Seed", 0, dosing.MAX_SEED, app.param("seed", 0, int, lo=0, hi=dosing.MAX_SEED))
-        max_tokens = c2.number_input("Max tokens", 1, dosing.MAX_NEW_TOKENS,
-                                     app.param("max", 48, int, lo=1, hi=dosing.MAX_NEW_TOKENS))
+        seed = c1.number_input("Seed", 0, dose_config.MAX_SEED, app.param("seed", 0, int, lo=0, hi=dose_config.MAX_SEED))
+        max_tokens = c2.number_input("Max tokens", 1, dose_config.MAX_NEW_TOKENS,
+                                     app.param("max", 48, int, lo=1, hi=dose_config.MAX_NEW_TOKENS))
         temperature = c3.number_input("Temperature", 0.0, 2.0, app.param("temp", 0.0, float, lo=0.0, hi=2.0), 0.1)
         fatigue, hebbian = bio_widgets.controls()
 
@@ -175,10 +175,10 @@ def generate_view() -> None:
 
     if action:
         model, tokenizer = app.generator(modeling.DEFAULT_MODEL, run_id, str(app.data_dir()))
-        context = getattr(model.args, "max_position_embeddings", None) or 2048
+        context = prompts.context_length(model)
         todo = file_prompts.prompts if file_prompts is not None else [(1, prompt.strip())]
         try:
-            runnable, skipped = dosing.plan_prompts(tokenizer, todo, max_tokens=int(max_tokens), chat=chat,
+            runnable, skipped = dose_requests.plan_prompts(tokenizer, todo, max_tokens=int(max_tokens), chat=chat,
                                                     context=context, n_intensities=n_rows)
         except ValueError as exc:
             st.warning(str(exc))
@@ -187,11 +187,12 @@ def generate_view() -> None:
             st.warning(f"{len(skipped)} prompt(s) skipped before generating (nothing else ran for them):\n\n"
                        + "\n".join(f"- {s}" for s in skipped))
         if runnable:
-            dose = dosing.DoseConfig(intensities, [int(seed)], list(mechanisms), int(max_tokens), temperature,
-                                     chat=chat, fatigue=fatigue, hebbian=hebbian).validate()
+            dose = dose_config.DoseConfig(intensities=intensities, seeds=[int(seed)], mechanisms=list(mechanisms),
+                                          max_tokens=int(max_tokens), temperature=temperature, chat=chat,
+                                          fatigue=fatigue, hebbian=hebbian).validate()
             config = {**dose.to_dict(), "model": modeling.DEFAULT_MODEL, "skip_run": run_id, "source": "app",
                       "prompts": len(runnable), "skipped": skipped}
-            last = {"config": config, "items": [], "total": len(runnable), "saved": None,
+            last = {"config": config, "dose": dose, "items": [], "total": len(runnable), "saved": None,
                     "dataset": upload.name if file_prompts is not None else "app"}
             st.session_state["dose_results"] = last
             st.session_state["dose_running"] = True
@@ -201,9 +202,9 @@ def generate_view() -> None:
     last = st.session_state.get("dose_results")
     if last and last["items"]:
         st.subheader("Results")
-        gens, tokens, layers = dosing.result_frames(last["items"])
-        strengths, pool, norms = dosing.bio_frames(last["items"])
-        show_results(dosing.label_rows(gens, strengths), tokens, layers,
+        gens, tokens, layers = dose_frames.result_frames(last["items"])
+        strengths, pool, norms = dose_frames.bio_frames(last["items"])
+        show_results(dose_frames.label_rows(gens, strengths), tokens, layers,
                      {"seed": last["config"]["seeds"][0], "intensities": last["config"]["intensities"]}, (pool, norms))
         if last["saved"]:
             st.success(f"Saved as run `{last['saved']}`.")
@@ -212,7 +213,7 @@ def generate_view() -> None:
         elif serving.allows_save() and st.button("Save to the store",
                                                  help="All prompts x intensities of this request as one dose run."):
             try:
-                saved, _ = dosing.save_dose_run(app.store(), last["config"], last["items"],
+                saved, _ = save_dose_run(app.store(), last["config"], last["items"],
                                                 model=modeling.DEFAULT_MODEL, dataset=last["dataset"],
                                                 parent=last["config"]["skip_run"])
                 last["saved"] = saved
@@ -226,8 +227,9 @@ def generate_view() -> None:
 def generate(model, tokenizer, runnable, last) -> None:
     """Run every prompt at every intensity (and bio strengths), streaming the current prompt; Stop
     (or leaving the page, or closing the tab) ends it and keeps the prompts already finished."""
-    cfg = last["config"]
-    intensities, fatigue, hebbian = dosing.combine_rows(cfg["intensities"], cfg["fatigue"], cfg["hebbian"])
+    dose = last["dose"]
+    intensities, fatigue, hebbian = dose.rows()
+    seed = dose.seeds[0]
     gone = app.session_gone()
     live = st.empty()
     with live.container():
@@ -235,7 +237,7 @@ def generate(model, tokenizer, runnable, last) -> None:
         bar = st.progress(0.0, text=f"0 of {len(runnable)} prompt(s)")
         boxes = []
         for col, i, f, h in zip(st.columns(len(intensities)), intensities, fatigue, hebbian):
-            col.markdown(f"**{dosing.DoseResult(i, 0, fatigue=f, hebbian=h).label}**")
+            col.markdown(f"**{dose_config.row_label(i, f, h)}**")
             boxes.append(col.empty())
     for k, (line, text) in enumerate(runnable):
         pieces = [""] * len(intensities)
@@ -246,13 +248,11 @@ def generate(model, tokenizer, runnable, last) -> None:
             pieces[row] += piece
             boxes[row].code(pieces[row], language=None, wrap_lines=True)
 
-        with serving.model_turn():  # app.model_turn (one generation at a time) plus viewer mode's limits
-            results = dosing.generate_doses(
-                model, tokenizer, text, intensities, spec=perturb.DoseSpec.only(*cfg["mechanisms"]), chat=cfg["chat"],
-                sampling=SamplingConfig(temperature=cfg["temperature"], max_tokens=cfg["max_tokens"],
-                                        seed=cfg["seeds"][0]),
-                on_token=stream, fatigue=fatigue, hebbian=hebbian)
-        last["items"].append((line, text, cfg["seeds"][0], results))
+        with serving.model_turn():  # one generation at a time, within viewer mode's limits
+            results = dosing.generate_doses(model, tokenizer, text, intensities, sampling=dose.sampling(seed),
+                                            spec=dose.spec(), chat=dose.chat, on_token=stream,
+                                            fatigue=fatigue, hebbian=hebbian)
+        last["items"].append(DoseItem(line, text, seed, results))
         bar.progress((k + 1) / len(runnable), text=f"{k + 1} of {len(runnable)} prompt(s)")
     live.empty()
 

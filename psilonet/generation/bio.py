@@ -62,13 +62,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import mlx.core as mx
 from mlx_lm.models.base import scaled_dot_product_attention
 
+from psilonet import config
+from psilonet.config import option
 from psilonet.model import forward
 
 SUPPORTED_FAMILIES = tuple(forward.FAMILIES)  # llama, qwen2, qwen3
 MECHANISMS = ("fatigue", "hebbian")
+TRACE_KEYS = ("pool", "pool_attended", "fast_norm")  # what Bio.trace records per pass
 # Strength presets shared by both mechanisms (the page's and the job's choices); custom
 # strengths go up to MAX_STRENGTH, where both mechanisms take the default model apart.
 PRESETS = {"off": 0.0, "light": 0.25, "medium": 0.5, "strong": 1.0}
@@ -76,39 +80,23 @@ MAX_STRENGTH = 2.0
 
 
 @dataclass(frozen=True)
-class FatigueParams:
+class FatigueParams(config.Checked):
     """Constants of synaptic fatigue (see the module docstring for their meaning)."""
 
-    tau_rrp: float = 40.0
-    k_use: float = 0.1
-    eps: float = 1e-3
-
-    def __post_init__(self):
-        if not self.tau_rrp >= 1:
-            raise ValueError(f"tau_rrp: must be >= 1, got {self.tau_rrp}")
-        if not 0 < self.k_use <= 1:
-            raise ValueError(f"k_use: must be in (0, 1], got {self.k_use}")
-        if not 0 < self.eps < 1:
-            raise ValueError(f"eps: must be in (0, 1), got {self.eps}")
+    tau_rrp: float = option(40.0, min=1.0, help="pool refill time constant (steps)")
+    k_use: float = option(0.1, above=0.0, max=1.0, help="pool used per unit of attention")
+    eps: float = option(1e-3, above=0.0, below=1.0, help="floor of the pool inside the log")
 
 
 @dataclass(frozen=True)
-class HebbianParams:
+class HebbianParams(config.Checked):
     """Constants of the Hebbian fast weight (see the module docstring for their meaning)."""
 
-    rank: int = 16
-    decay: float = 0.95  # lambda
-    eta: float = 0.05
-    gain: float = 1.5
-    theta: float = 1.0
-
-    def __post_init__(self):
-        if self.rank < 1:
-            raise ValueError(f"rank: must be >= 1, got {self.rank}")
-        if not 0 < self.decay <= 1:
-            raise ValueError(f"decay: must be in (0, 1], got {self.decay}")
-        if self.eta < 0:
-            raise ValueError(f"eta: must be >= 0, got {self.eta}")
+    rank: int = option(16, min=1, help="writes kept in the ring")
+    decay: float = option(0.95, above=0.0, max=1.0, help="lambda: per-token decay of a write")
+    eta: float = option(0.05, min=0.0, help="write rate")
+    gain: float = option(1.5, help="consolidation gate gain")
+    theta: float = option(1.0, help="consolidation gate threshold (relative activity)")
 
 
 def check_strength(value: float, name: str = "strength") -> float:
@@ -157,15 +145,6 @@ def _fatigue_step_ops(scores, allowed, pool, s, k_use: float, inv_tau: float, ep
 # One fused graph per query step (the scan runs it once per query and layer); shapeless, so
 # the growing key axis of decoding reuses it.
 _fatigue_step = mx.compile(_fatigue_step_ops, shapeless=True)
-
-
-def repeat_kv(x: mx.array, n_heads: int) -> mx.array:
-    """(B, KV, T, d) -> (B, H, T, d): query head ``h`` reads key/value head ``h // (H / KV)``."""
-    b, kv, t, d = x.shape
-    if kv == n_heads:
-        return x
-    rep = n_heads // kv
-    return mx.broadcast_to(x[:, :, None], (b, kv, rep, t, d)).reshape(b, n_heads, t, d)
 
 
 def causal_allowed(n_queries: int, offset: int, mask=None) -> mx.array:
@@ -348,7 +327,7 @@ class Bio:
         if hasattr(cache, "bits"):
             raise ValueError("fatigue: quantized KV caches are not supported")
         b, h, tq, _ = q.shape
-        scores = (q.astype(mx.float32) * scale) @ repeat_kv(k, h).astype(mx.float32).transpose(0, 1, 3, 2)
+        scores = forward.grouped_scores(q.astype(mx.float32), k.astype(mx.float32), scale)
         tk = scores.shape[-1]
         pool = self.pools[l] if tk > tq else None
         if pool is None:
@@ -363,7 +342,7 @@ class Bio:
         self._pool_attended.append((probs[:, :, -1, :] * pool).sum(axis=-1))
         if self.patterns is not None:
             self.patterns[l] = probs
-        out = (probs @ repeat_kv(v, h).astype(mx.float32)).astype(v.dtype)
+        out = forward.grouped_values(probs, v.astype(mx.float32)).astype(v.dtype)
         if min(self.fatigue) == 0:
             # Strength-0 rows take the model's own attention, bit for bit.
             sober = scaled_dot_product_attention(q, k, v, cache=cache, scale=scale, mask=mask)
@@ -388,14 +367,27 @@ class Bio:
         self._norms.append(ring.norm(offset + t, self.hebbian_params))
         return mx.where((self._sh == 0)[:, None, None], y, y_post.astype(y.dtype))
 
+    def _series(self, key: str) -> mx.array | None:
+        """(passes, B, ...) of one ``trace`` entry over the passes that recorded it."""
+        values = [e[key] for e in self.trace if key in e]
+        return mx.stack(values) if values else None
+
     def summary(self) -> dict[str, mx.array]:
         """Per row, the mean over passes of each ``trace`` entry (``pool``, ``pool_attended``
         ``(B, L, H)``, ``fast_norm`` ``(B, L)``)."""
+        series = {key: self._series(key) for key in TRACE_KEYS}
+        return {key: s.mean(axis=0) for key, s in series.items() if s is not None}
+
+    def row_summary(self, passes: list[int]) -> dict[str, list[list | None]]:
+        """Like :meth:`summary`, per row ``r`` over its first ``passes[r]`` passes only (a row
+        that stopped early leaves out the passes after its stop token), as lists; None for a
+        row without passes."""
         out = {}
-        for key in ("pool", "pool_attended", "fast_norm"):
-            values = [e[key] for e in self.trace if key in e]
-            if values:
-                out[key] = mx.stack(values).mean(axis=0)
+        for key in TRACE_KEYS:
+            s = self._series(key)
+            if s is not None:
+                s = np.array(s)
+                out[key] = [s[:n, r].mean(axis=0).tolist() if n else None for r, n in enumerate(passes)]
         return out
 
 

@@ -22,7 +22,7 @@ import mlx.nn as nn
 from psilonet import config, corpora
 from psilonet.config import option
 from psilonet.generation import bio
-from psilonet.generation.decoding import token_entropy_bits
+from psilonet.generation.entropy import token_entropy_bits
 from psilonet.store import tables as T
 from psilonet.training.stats import mean_ci
 

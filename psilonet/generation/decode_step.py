@@ -33,6 +33,7 @@ from typing import Callable
 
 import mlx.core as mx
 
+from psilonet.generation.entropy import step_entropies
 from psilonet.model import forward
 from psilonet.model.skip import SkipModel
 
@@ -124,10 +125,7 @@ def _run(model, tokens, kv, offset, rows, hook: RowHook | None, track: bool, gre
     if greedy:
         out["tokens"] = mx.argmax(logits, axis=-1)
     if track:
-        from psilonet.generation.decoding import hidden_entropy_bits, token_entropy_bits
-
-        out["entropy"] = token_entropy_bits(logits)
-        out["layer_entropy"] = hidden_entropy_bits(mx.stack([s[:, -1, :] for s in states], axis=1))
+        out.update(step_entropies(logits, states))
     new_kv = [(c.keys, c.values) for c in caches]
     return out, new_kv, offset + tokens.shape[1], rows
 

@@ -7,77 +7,28 @@ same dose.
 
 Beside the doses, every row may carry the bio-inspired interventions of
 :mod:`psilonet.generation.bio` (synaptic fatigue and Hebbian fast weights) at its own
-strengths; a configuration's rows are every combination of its intensities and bio strengths.
+strengths; a configuration's rows are every combination of its intensities and bio strengths
+(:mod:`psilonet.generation.dose_config`). Storing the results is
+:func:`psilonet.store.dose_runs.save_dose_run`; the app's frames of them are in
+:mod:`psilonet.app.dose_frames`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
-import mlx.core as mx
-
-from psilonet import config
-from psilonet.config import option
 from psilonet.generation import bio as bio_mod
-from psilonet.generation.decoding import SamplingConfig, decode, encode_prompt, stop_ids
-from psilonet.generation.perturb import MECHANISMS, PRESETS, DoseSpec, Doser, check_intensity
+from psilonet.generation.decoding import DecodeConfig, decode
+from psilonet.generation.dose_config import MAX_NEW_TOKENS, DoseConfig, row_label
+from psilonet.generation.perturb import DoseSpec, Doser, check_intensity
+from psilonet.generation.prompts import encode_prompt, stop_ids
+from psilonet.generation.sampling import SamplingConfig
 from psilonet.model import forward
-from psilonet.store import tables as T
-
-MAX_NEW_TOKENS = 512
-MAX_SEED = 2**32 - 1  # MLX and NumPy seeds are unsigned 32-bit
-
-
-@dataclass
-class DoseConfig:
-    """One dosed generation's settings, shared by ``jobs.dose`` and the app (and stored with the run)."""
-
-    intensities: list[float] = option(default_factory=lambda: list(PRESETS.values()), min=0.0, max=1.0,
-                                      help="each in [0, 1]; presets: "
-                                           + ", ".join(f"{k} {v}" for k, v in PRESETS.items()))
-    seeds: list[int] = option(default_factory=lambda: [0], min=0, max=MAX_SEED,
-                              help="one continuation per seed (same seed: same sampling and noise)")
-    mechanisms: list[str] = option(default_factory=lambda: list(MECHANISMS), choices=MECHANISMS,
-                                   help="perturbations applied")
-    max_tokens: int = option(48, min=1, max=MAX_NEW_TOKENS, help="new tokens per continuation")
-    temperature: float = option(0.0, min=0.0, max=100.0, help="0 = greedy")
-    top_p: float = option(1.0, above=0.0, max=1.0, help="nucleus sampling mass")
-    chat: bool = option(True, flag=False)
-    # Bio-inspired interventions beside the doses: every row combines one intensity with one of each.
-    fatigue: list[float] = option(default_factory=lambda: [0.0], min=0.0, max=bio_mod.MAX_STRENGTH,
-                                  help="synaptic fatigue strengths (0 = off); presets: "
-                                       + ", ".join(f"{k} {v:g}" for k, v in bio_mod.PRESETS.items()))
-    hebbian: list[float] = option(default_factory=lambda: [0.0], min=0.0, max=bio_mod.MAX_STRENGTH,
-                                  help="Hebbian fast-weight strengths (0 = off); same presets")
-
-    def validate(self) -> "DoseConfig":
-        for name in ("intensities", "seeds", "mechanisms", "fatigue", "hebbian"):
-            if isinstance(getattr(self, name), list) and not getattr(self, name):
-                raise config.ConfigError(f"{name}: give at least one value")
-        config.check(self)
-        return self
-
-    def sampling(self, seed: int) -> SamplingConfig:
-        return SamplingConfig(self.temperature, self.top_p, self.max_tokens, seed)
-
-    def spec(self) -> DoseSpec:
-        return DoseSpec.only(*self.mechanisms)
-
-    def rows(self) -> tuple[list[float], list[float], list[float]]:
-        """(intensities, fatigue, hebbian) of the batch rows, see :func:`combine_rows`."""
-        return combine_rows(self.intensities, self.fatigue, self.hebbian)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "mechanisms": self.spec().enabled()}
-
-
-def combine_rows(intensities: list[float], fatigue: list[float], hebbian: list[float]):
-    """Per-row (intensities, fatigue, hebbian): every combination, intensities varying slowest."""
-    combos = [(i, f, h) for i in intensities for f in fatigue for h in hebbian]
-    return [c[0] for c in combos], [c[1] for c in combos], [c[2] for c in combos]
+from psilonet.store.dose_runs import DoseItem, save_dose_run
 
 
 @dataclass
@@ -105,10 +56,7 @@ class DoseResult:
     @property
     def label(self) -> str:
         """``intensity 0.2``, with ``+ fatigue 0.5`` / ``+ hebbian 1`` where those are on."""
-        parts = [f"intensity {self.intensity:g}"]
-        parts += [f"fatigue {self.fatigue:g}"] if self.fatigue else []
-        parts += [f"hebbian {self.hebbian:g}"] if self.hebbian else []
-        return " + ".join(parts)
+        return row_label(self.intensity, self.fatigue, self.hebbian)
 
 
 def generate_doses(
@@ -121,7 +69,6 @@ def generate_doses(
     spec: DoseSpec = DoseSpec(),
     chat: bool = True,
     on_token: Callable[[int, str], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
     fatigue: list[float] | None = None,
     hebbian: list[float] | None = None,
 ) -> list[DoseResult]:
@@ -129,8 +76,8 @@ def generate_doses(
 
     ``fatigue`` and ``hebbian``, if given, are each row's bio strengths (one per intensity; see
     :meth:`DoseConfig.rows`); rows with a mechanism on also get its state (``pool``,
-    ``fast_norm``). ``on_token(row, text)`` streams each new token's text as it is decoded;
-    ``should_stop()`` ends the generation early (the app's closed browser tab).
+    ``fast_norm``). ``on_token(row, text)`` streams each new token's text as it is decoded; a
+    caller ends the generation early by raising from it (the app's Stop button and closed tab).
     """
     if not intensities:
         raise ValueError("intensities: give at least one")
@@ -140,21 +87,22 @@ def generate_doses(
         raise ValueError(f"max_tokens: at most {MAX_NEW_TOKENS}, got {sampling.max_tokens}")
     ids = encode_prompt(tokenizer, prompt, chat=chat)
     stops = stop_ids(tokenizer)
-    hidden = (model.args.hidden_size)
-    doser = Doser(list(intensities), [sampling.seed] * len(intensities), forward.num_layers(model), hidden, spec)
+    num_layers = forward.num_layers(model)
+    doser = Doser(list(intensities), [sampling.seed] * len(intensities), num_layers, model.args.hidden_size, spec)
     fatigue = list(fatigue) if fatigue is not None else [0.0] * len(intensities)
     hebbian = list(hebbian) if hebbian is not None else [0.0] * len(intensities)
     if not len(fatigue) == len(hebbian) == len(intensities):
         raise ValueError(f"fatigue/hebbian: one strength per intensity row ({len(intensities)}), "
                          f"got {len(fatigue)} and {len(hebbian)}")
-    bio = bio_mod.Bio(fatigue, hebbian, forward.num_layers(model))
+    bio = bio_mod.Bio(fatigue, hebbian, num_layers)
     if bio.active:
         bio_mod.check_family(model)
     results = [DoseResult(i, sampling.seed, fatigue=f, hebbian=h) for i, f, h in zip(intensities, fatigue, hebbian)]
     steps = [0] * len(results)  # passes each row took part in (its own tokens, stop token included)
     # Every row samples with the same seed (common random numbers, and a row equals its run alone).
-    for step in decode(model, ids, sampling, stop=stops, seeds=[sampling.seed] * len(results), doser=doser,
-                       track=True, should_stop=should_stop, bio=bio if bio.active else None):
+    plan = DecodeConfig(sampling, stop=stops, seeds=[sampling.seed] * len(results), doser=doser, track=True,
+                        bio=bio if bio.active else None)
+    for step in decode(model, ids, plan):
         for r, res in enumerate(results):
             if step.done[r]:
                 continue
@@ -179,167 +127,29 @@ def generate_doses(
 
 
 def _attach_bio_state(results: list[DoseResult], bio: bio_mod.Bio, steps: list[int]) -> None:
-    """Each row's mean pool level and fast-weight norm over the passes that made its tokens, for
-    the rows where that mechanism is on (a strength-0 row's would-be state is left out, so a row
-    reports the same alone and in a batch)."""
-    for key, strength, on in (("pool", "fatigue", bio.fatigue_on), ("pool_attended", "fatigue", bio.fatigue_on),
-                              ("fast_norm", "hebbian", bio.hebbian_on)):
-        if not on or not bio.trace:
-            continue
-        series = np.array(mx.stack([entry[key] for entry in bio.trace]))  # (passes, B, ...)
-        for r, res in enumerate(results):
-            if steps[r] and getattr(res, strength) > 0:
-                setattr(res, key, series[: steps[r], r].mean(axis=0).tolist())
+    """Each row's state (:meth:`Bio.row_summary`), for the rows where that mechanism is on (a
+    strength-0 row's would-be state is left out, so a row reports the same alone and in a batch)."""
+    for key, per_row in bio.row_summary(steps).items():
+        strength = "hebbian" if key == "fast_norm" else "fatigue"
+        for res, value in zip(results, per_row):
+            if value is not None and getattr(res, strength) > 0:
+                setattr(res, key, value)
 
 
-def _summary_key(res: DoseResult) -> str:
-    """``0.2`` for a dose alone, ``0.2+fatigue0.5+hebbian1`` with bio strengths."""
-    key = f"{res.intensity:g}"
-    key += f"+fatigue{res.fatigue:g}" if res.fatigue else ""
-    return key + (f"+hebbian{res.hebbian:g}" if res.hebbian else "")
-
-
-def _write_bio(run, gen_id: int, res: DoseResult) -> None:
-    run.write_rows(T.BIO_STRENGTHS, [(gen_id, res.fatigue, res.hebbian)])
-    if res.pool is not None:
-        run.write_rows(T.BIO_POOL, [(gen_id, l, h, level, attended)
-                                    for l, (heads, att) in enumerate(zip(res.pool, res.pool_attended))
-                                    for h, (level, attended) in enumerate(zip(heads, att))])
-    if res.fast_norm is not None:
-        run.write_rows(T.BIO_FAST_NORM, [(gen_id, l, norm) for l, norm in enumerate(res.fast_norm)])
-
-
-def save_dose_run(store, config: dict, items: list[tuple[int, str, int, list[DoseResult]]], *,
-                  model: str, dataset: str, parent: str | None = None, progress=None) -> tuple[str, dict]:
-    """Write (prompt_line, prompt, seed, results) items as one ``dose`` run; return (run_id, summary).
-
-    ``items`` may be a generator (the batch job generates while it writes); ``progress(k)`` is
-    called after each item. Where the config has bio strengths, each generation's strengths and
-    its mechanisms' state go to the bio tables too.
-    """
-    mechanisms = ",".join(config.get("mechanisms", []))
-    with_bio = any(v for v in [*config.get("fatigue", []), *config.get("hebbian", [])])
-    means: dict[str, list[float]] = {}
-    gen_id = 0
-    with store.begin_run("dose", config=config, model=model, dataset=dataset, parent=parent) as run:
-        for k, (line, prompt, seed, results) in enumerate(items):
-            for res in results:
-                run.log_generation(gen_id, prompt_line=line, prompt=prompt, intensity=res.intensity, seed=seed,
-                                   mechanisms=mechanisms, text=res.text, token_ids=res.token_ids,
-                                   token_texts=res.token_texts, entropy=res.entropy,
-                                   layer_entropy=res.layer_entropy, stopped=res.stopped)
-                if with_bio:
-                    _write_bio(run, gen_id, res)
-                means.setdefault(_summary_key(res), []).append(res.mean_entropy)
-                gen_id += 1
-            if progress is not None:
-                progress(k)
-        summary = {f"mean_entropy@{k}": float(np.nanmean(v)) for k, v in means.items() if v}
-        summary.update(generations=gen_id, skipped_prompts=len(config.get("skipped", [])))
-        run.finish(summary)
-    return run.run_id, summary
-
-
-#: Hard bound on one request from the app: the token rows it may process, counted as
-#: sum over prompts of (prompt tokens + new tokens) x intensities.  Larger batches belong to
-#: ``python -m jobs.dose`` (which shows progress in the terminal and is not tied to a browser tab).
-MAX_REQUEST_WORK = 150_000
-
-
-def request_work(prompt_lengths: list[int], n_intensities: int, max_tokens: int) -> int:
-    """Token rows one request processes: every prompt is prefilled and continued per intensity."""
-    return sum(n + max_tokens for n in prompt_lengths) * n_intensities
-
-
-def check_request(prompt_lengths: list[int], n_intensities: int, max_tokens: int,
-                  limit: int | None = None) -> None:
-    """Raise ValueError (saying what to reduce) when a request exceeds ``limit`` token rows
-    (default :data:`MAX_REQUEST_WORK`)."""
-    limit = MAX_REQUEST_WORK if limit is None else limit
-    work = request_work(prompt_lengths, n_intensities, max_tokens)
-    if work > limit:
-        raise ValueError(
-            f"this request would process {work:,} token rows ({len(prompt_lengths)} prompt(s) x "
-            f"{n_intensities} intensities, prompt + {max_tokens} new tokens each); the app's limit is {limit:,}. "
-            "Use fewer prompts, intensities or tokens, or run `python -m jobs.dose --prompts-file FILE`.")
-
-
-def result_frames(items: list[tuple[int, str, int, list[DoseResult]]]):
-    """(generations, token_entropy, layer_entropy) frames of in-memory results, with the columns
-    of the stored tables (``RunReader.generations()`` etc.), so that live and stored runs are
-    shown by the same code."""
-    import pandas as pd
-
-    gens, tokens, layers = [], [], []
-    gen_id = 0
-    for line, prompt, seed, results in items:
-        for res in results:
-            gens.append(dict(gen_id=gen_id, prompt_line=line, prompt=prompt, intensity=res.intensity, seed=seed,
-                             text=res.text, n_tokens=len(res.token_ids), mean_entropy=res.mean_entropy,
-                             stopped=res.stopped))
-            tokens += [dict(gen_id=gen_id, pos=p, token_text=t, entropy=e)
-                       for p, (t, e) in enumerate(zip(res.token_texts, res.entropy))]
-            layers += [dict(gen_id=gen_id, pos=p, layer=l, entropy=e)
-                       for p, row in enumerate(res.layer_entropy) for l, e in enumerate(row)]
-            gen_id += 1
-    return (pd.DataFrame(gens, columns=["gen_id", "prompt_line", "prompt", "intensity", "seed", "text", "n_tokens",
-                                        "mean_entropy", "stopped"]),
-            pd.DataFrame(tokens, columns=["gen_id", "pos", "token_text", "entropy"]),
-            pd.DataFrame(layers, columns=["gen_id", "pos", "layer", "entropy"]))
-
-
-def bio_frames(items: list[tuple[int, str, int, list[DoseResult]]]):
-    """(bio_strengths, bio_pool, bio_fast_norm) frames of in-memory results, numbered like
-    :func:`result_frames` and with the columns of the stored bio tables (empty without bio)."""
-    import pandas as pd
-
-    strengths, pool, norms = [], [], []
-    gen_id = 0
-    for _, _, _, results in items:
-        for res in results:
-            strengths.append((gen_id, res.fatigue, res.hebbian))
-            pool += [(gen_id, l, h, v, a) for l, (heads, att) in enumerate(zip(res.pool or [], res.pool_attended or []))
-                     for h, (v, a) in enumerate(zip(heads, att))]
-            norms += [(gen_id, l, v) for l, v in enumerate(res.fast_norm or [])]
-            gen_id += 1
-    if not any(f or h for _, f, h in strengths):
-        strengths = []
-    return (pd.DataFrame(strengths, columns=list(T.BIO_STRENGTHS.names)),
-            pd.DataFrame(pool, columns=list(T.BIO_POOL.names)),
-            pd.DataFrame(norms, columns=list(T.BIO_FAST_NORM.names)))
-
-
-def label_rows(gens, strengths):
-    """``gens`` (generations frame) with each row's ``fatigue``, ``hebbian`` and a ``label`` naming
-    its dose and bio strengths, where the run has bio rows (``strengths`` as :func:`bio_frames`
-    or ``RunReader.bio_strengths()``); unchanged otherwise, so charts key rows by intensity."""
-    if strengths is None or strengths.empty:
-        return gens
-    out = gens.merge(strengths, on="gen_id", how="left").fillna({"fatigue": 0.0, "hebbian": 0.0})
-    out["label"] = [DoseResult(i, 0, fatigue=f, hebbian=h).label
-                    for i, f, h in zip(out.intensity, out.fatigue, out.hebbian)]
-    return out
-
-
-def plan_prompts(tokenizer, prompts: list[tuple[int, str]], *, max_tokens: int, chat: bool, context: int,
-                 n_intensities: int, limit: int | None = None) -> tuple[list[tuple[int, str]], list[str]]:
-    """Split (line, prompt) pairs into those to run and a reason per skipped one, before any work.
-
-    A prompt whose tokens plus ``max_tokens`` exceed ``context`` is skipped, named by its line.
-    Raises ValueError (:func:`check_request`) if the prompts that remain exceed ``limit``."""
-    from psilonet.generation.decoding import encode_prompt
-
-    runnable, lengths, skipped = [], [], []
-    for line, text in prompts:
-        n = len(encode_prompt(tokenizer, text, chat=chat))
-        if n + max_tokens > context:
-            skipped.append(f"line {line}: {n} tokens; with {max_tokens} new tokens it exceeds the model's "
-                           f"context of {context}")
-        else:
-            runnable.append((line, text))
-            lengths.append(n)
-    check_request(lengths, n_intensities, max_tokens, limit)
-    return runnable, skipped
+def dose_items(model, tokenizer, prompts: list[tuple[int, str]], cfg: DoseConfig,
+               on_item: Callable[[DoseItem], None] | None = None) -> Iterator[DoseItem]:
+    """Every (line, prompt) x seed of ``cfg`` generated at all its rows, one item at a time."""
+    cfg.validate()
+    spec = cfg.spec()
+    intensities, fatigue, hebbian = cfg.rows()
+    for line, prompt in prompts:
+        for seed in cfg.seeds:
+            results = generate_doses(model, tokenizer, prompt, intensities, sampling=cfg.sampling(seed),
+                                     spec=spec, chat=cfg.chat, fatigue=fatigue, hebbian=hebbian)
+            item = DoseItem(line, prompt, seed, results)
+            if on_item is not None:
+                on_item(item)
+            yield item
 
 
 def run_doses(store, model, tokenizer, prompts: list[tuple[int, str]], cfg: DoseConfig, *, run_config: dict,
@@ -350,27 +160,17 @@ def run_doses(store, model, tokenizer, prompts: list[tuple[int, str]], cfg: Dose
     skip run, skipped prompts) to the stored config. Progress and each continuation are
     printed through tqdm when ``progress``.
     """
-    from tqdm import tqdm
-
     cfg.validate()
-    spec = cfg.spec()
-    intensities, fatigue, hebbian = cfg.rows()
-    items = [(line, prompt, seed) for line, prompt in prompts for seed in cfg.seeds]
-    bar = tqdm(total=len(items), desc="dose", unit="prompt", disable=not progress)
+    bar = tqdm(total=len(prompts) * len(cfg.seeds), desc="dose", unit="prompt", disable=not progress)
 
-    def generated():
-        for line, prompt, seed in items:
-            results = generate_doses(model, tokenizer, prompt, intensities, sampling=cfg.sampling(seed),
-                                     spec=spec, chat=cfg.chat, fatigue=fatigue, hebbian=hebbian)
-            if progress:
-                bar.write(f"\n[{prompt}] seed {seed}")
-                for res in results:
-                    bar.write(f"  {res.label} | mean entropy {res.mean_entropy:.2f} bits | "
-                              f"{res.text.strip()!r}")
-            yield line, prompt, seed, results
+    def show(item: DoseItem) -> None:
+        if progress:
+            bar.write(f"\n[{item.prompt}] seed {item.seed}")
+            for res in item.results:
+                bar.write(f"  {res.label} | mean entropy {res.mean_entropy:.2f} bits | {res.text.strip()!r}")
 
     try:
-        return save_dose_run(store, {**cfg.to_dict(), **run_config}, generated(), model=model_name,
-                             dataset=dataset, parent=parent, progress=lambda k: bar.update(1))
+        return save_dose_run(store, {**cfg.to_dict(), **run_config}, dose_items(model, tokenizer, prompts, cfg, show),
+                             model=model_name, dataset=dataset, parent=parent, progress=lambda k: bar.update(1))
     finally:
         bar.close()

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import mlx.core as mx
 
+from psilonet.generation.decode_step import RowHook
+
 PRESETS = {"sober": 0.0, "micro-dose": 0.1, "dose": 0.2, "double dose": 0.3}
 MECHANISMS = ("noise", "phase", "shuffle", "bleed")
 NOISE_PER_INTENSITY = 0.25
@@ -37,6 +39,12 @@ PHASE_PER_INTENSITY = 0.1
 SHUFFLE_PER_INTENSITY = 0.08
 BLEED_PER_INTENSITY = 0.1
 SHUFFLE_SHIFT = 7
+
+
+def noise_key(seed: int, step: int) -> int:
+    """The key (``mx.random.key(n)``) of a row's dose noise at a decode step: it depends on the
+    row's seed and the step only, never on the row's place in the batch."""
+    return (seed * 1_000_003 + step) % (2**63)
 
 
 def layer_sensitivity(layer: int, num_layers: int) -> float:
@@ -122,8 +130,7 @@ class Doser:
         # Drawn once per step for all layers (one call per row, not per row and layer); it
         # depends on (seed, step) only, never on the row's place in the batch.
         if self._step_noise is None or self._step_noise.shape[2:] != tuple(shape[1:]):
-            rows = [mx.random.normal((self.num_layers, *shape[1:]),
-                                     key=mx.random.key((seed * 1_000_003 + self.step) % (2**63)))
+            rows = [mx.random.normal((self.num_layers, *shape[1:]), key=mx.random.key(noise_key(seed, self.step)))
                     for seed in self.seeds]
             self._step_noise = mx.stack(rows, axis=1)  # (L, B, T, D)
         return self._step_noise[layer]
@@ -133,15 +140,13 @@ class Doser:
         the constants and the per-step noise keys travel as per-row inputs, so one traced graph
         serves every dose with the same mechanisms and depth, with the same random numbers as
         :meth:`__call__`."""
-        from psilonet.generation.decode_step import RowHook
-
         spec, num_layers = self.spec, self.num_layers
         seeds = list(self.seeds)
         scratch: dict = {}  # the step's noise for all layers, drawn at layer 0 while tracing
 
         def step_inputs(step: int) -> dict:
             # The same keys as mx.random.key(n) in _noise: the high and low 32 bits of n.
-            n = [(seed * 1_000_003 + step) % (2**63) for seed in seeds]
+            n = [noise_key(seed, step) for seed in seeds]
             return {"dose_noise_key": mx.array(np.array([[v >> 32, v & 0xFFFFFFFF] for v in n], dtype=np.uint32))}
 
         def after_block(layer: int, h: mx.array, rows: dict):

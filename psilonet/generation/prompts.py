@@ -1,4 +1,5 @@
-"""Prompt files from users: parsed and validated so that one bad line never sinks the rest.
+"""Prompts: files from users parsed and validated so that one bad line never sinks the rest,
+their tokens (chat template, stop ids) and whether they fit the model's context.
 
 Accepted: ``.txt`` (one prompt per non-empty line), ``.jsonl`` (objects with a ``prompt``
 string) and ``.csv`` (a ``prompt`` column). Whole-file problems raise :class:`PromptFileError`
@@ -94,14 +95,50 @@ def parse_prompts(data: bytes, name: str, *, too_long: Callable[[str], str | Non
     return result
 
 
+#: The context assumed for a model whose config does not say (``max_position_embeddings``).
+DEFAULT_CONTEXT = 2048
+
+
+def context_length(model) -> int:
+    """The model's context in tokens (its ``max_position_embeddings``, else :data:`DEFAULT_CONTEXT`)."""
+    return getattr(model.args, "max_position_embeddings", None) or DEFAULT_CONTEXT
+
+
+def stop_ids(tokenizer) -> set[int]:
+    """End-of-turn and end-of-text ids of a (wrapped) Hugging Face tokenizer."""
+    ids = set(getattr(tokenizer, "eos_token_ids", None) or [])
+    for tok in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok) if hasattr(tokenizer, "convert_tokens_to_ids") else None
+        if isinstance(tid, int) and tid != getattr(tokenizer, "unk_token_id", None):
+            ids.add(tid)
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def encode_prompt(tokenizer, prompt: str, *, chat: bool) -> list[int]:
+    """Token ids of a prompt, through the chat template when ``chat`` and one exists."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True
+        )
+        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    return list(tokenizer.encode(prompt))
+
+
+def context_problem(n_tokens: int, max_tokens: int, context: int) -> str | None:
+    """Why a prompt of ``n_tokens`` cannot be continued by ``max_tokens`` within ``context``, or None."""
+    if n_tokens + max_tokens > context:
+        return f"with {max_tokens} new tokens it exceeds the model's context of {context}"
+    return None
+
+
 def context_check(tokenizer, context: int, max_tokens: int, *, chat: bool) -> Callable[[str], str | None]:
     """A ``too_long`` check: the prompt plus the tokens to generate must fit the context."""
-    from psilonet.generation.decoding import encode_prompt
 
     def check(prompt: str) -> str | None:
         n = len(encode_prompt(tokenizer, prompt, chat=chat))
-        if n + max_tokens > context:
-            return f"prompt is {n} tokens; with {max_tokens} new tokens it exceeds the model's context of {context}"
-        return None
+        problem = context_problem(n, max_tokens, context)
+        return f"prompt is {n} tokens; {problem}" if problem else None
 
     return check

@@ -123,22 +123,34 @@ def attend(attn, q: mx.array, k: mx.array, v: mx.array, mask, cache, layer: int 
     return explicit_attention(q, k, v, attn.scale, mask, layer, hooks)
 
 
+def grouped_scores(q: mx.array, k: mx.array, scale: float) -> mx.array:
+    """``q k^T * scale`` (B, H, Tq, Tk) with grouped-query heads: query head ``h`` reads key head
+    ``h // (H / KV)`` of ``k`` (B, KV, Tk, hd), without copying the keys per query head."""
+    b, n_heads, t, hd = q.shape
+    n_kv, s = k.shape[1], k.shape[2]
+    groups = q.reshape(b, n_kv, n_heads // n_kv, t, hd) * scale
+    return (groups @ mx.expand_dims(k, 2).swapaxes(-1, -2)).reshape(b, n_heads, t, s)
+
+
+def grouped_values(probs: mx.array, v: mx.array) -> mx.array:
+    """``probs v`` (B, H, Tq, hd) for probabilities (B, H, Tq, Tk) over grouped value heads (B, KV, Tk, hd)."""
+    b, n_heads, t, s = probs.shape
+    n_kv, hd = v.shape[1], v.shape[3]
+    out = probs.reshape(b, n_kv, n_heads // n_kv, t, s) @ mx.expand_dims(v, 2)
+    return out.reshape(b, n_heads, t, hd)
+
+
 def explicit_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask, layer: int,
                        hooks: Hooks) -> mx.array:
     """``softmax(hook(mask(q k^T * scale))) v`` with grouped-query heads, exposing the logits
     and the probabilities; equal to the fused kernel when the hook changes nothing."""
-    b, n_heads, t, hd = q.shape
-    n_kv, s = k.shape[1], k.shape[2]
-    groups = q.reshape(b, n_kv, n_heads // n_kv, t, hd) * scale
-    scores = (groups @ mx.expand_dims(k, 2).swapaxes(-1, -2)).reshape(b, n_heads, t, s)
-    scores = apply_mask(scores, mask)
+    scores = apply_mask(grouped_scores(q, k, scale), mask)
     if hooks.attn_scores is not None:
         scores = hooks.attn_scores(layer, scores)
     probs = mx.softmax(scores, axis=-1, precise=True)
     if hooks.pattern is not None:
         hooks.pattern[layer] = probs
-    out = probs.reshape(b, n_kv, n_heads // n_kv, t, s) @ mx.expand_dims(v, 2)
-    return out.reshape(b, n_heads, t, hd)
+    return grouped_values(probs, v)
 
 
 def apply_mask(scores: mx.array, mask) -> mx.array:
