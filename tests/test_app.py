@@ -204,28 +204,6 @@ def test_a_request_over_the_work_bound_is_refused_before_any_work(filled, monkey
     assert not at.get("vega_lite_chart")
 
 
-def test_a_generation_stops_when_its_browser_session_ends(monkeypatch):
-    """``session_gone`` asks Streamlit's runtime whether this script's session is still connected;
-    the dose page's streaming callback stops the script when it turns True."""
-    import types
-
-    from streamlit import runtime as st_runtime
-    from streamlit.runtime import scriptrunner
-
-    from psilonet.app import helpers as app
-
-    assert app.session_gone()() is False  # no server: nothing to lose
-    active = {"abc"}
-    monkeypatch.setattr(st_runtime, "exists", lambda: True)
-    monkeypatch.setattr(st_runtime, "get_instance",
-                        lambda: types.SimpleNamespace(is_active_session=lambda sid: sid in active))
-    monkeypatch.setattr(scriptrunner, "get_script_run_ctx", lambda: types.SimpleNamespace(session_id="abc"))
-    gone = app.session_gone()
-    assert gone() is False
-    active.clear()  # the tab closed
-    assert gone() is True
-
-
 def test_a_refused_upload_blocks_generation_and_skipped_lines_are_listed(tmp_path, monkeypatch):
     monkeypatch.setenv("PSILONET_DATA", str(tmp_path))
     at = open_page("dose")
@@ -304,40 +282,3 @@ def test_empty_states_name_the_command_that_fills_them(tmp_path, monkeypatch):
     assert "No runs" not in helpers.fill_hint(("analysis",), runs)
     assert "jobs.capture --run train-b" in helpers.fill_hint(("analysis",), runs[runs.kind == "train"])
     assert "make demo" in helpers.fill_hint(("analysis",), runs.iloc[0:0])
-
-
-def _cached_and_direct_chart(log_path: str) -> None:
-    """An AppTest script: one chart drawn through app.chart (its spec cached) and the same chart
-    drawn by st.altair_chart."""
-    import altair as alt
-    import pandas as pd
-    import streamlit as st
-
-    from psilonet.app import charts, helpers as app
-
-    frame = pd.DataFrame({"step": [1, 2, 3, 1, 2, 3], "split": ["train"] * 3 + ["val"] * 3,
-                          "name": ["loss"] * 6, "value": [3.0, 2.5, 2.2, 3.1, 2.7, 2.4]})
-
-    def build() -> alt.LayerChart:
-        with open(log_path, "a") as log:
-            log.write("built\n")
-        return charts.loss_curves(frame, 3.3)
-
-    app.chart(("test-loss", "run-x"), build, width="stretch")
-    st.altair_chart(charts.loss_curves(frame, 3.3), width="stretch")
-
-
-def test_cached_chart_sends_what_altair_chart_sends_and_builds_once(tmp_path, monkeypatch):
-    """app.chart relies on Streamlit's private Altair conversion (pinned streamlit): the element
-    it sends must equal st.altair_chart's, and the chart is built once per key, not per rerun."""
-    monkeypatch.setenv("PSILONET_DATA", str(tmp_path))
-    log = tmp_path / "builds.txt"
-    at = AppTest.from_function(_cached_and_direct_chart, args=(str(log),), default_timeout=30)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    cached, direct = (c.proto for c in at.get("vega_lite_chart"))
-    assert cached.spec and cached.datasets and all(d.data.data for d in cached.datasets)
-    assert cached.SerializeToString() == direct.SerializeToString()  # spec, Arrow datasets, theme
-    at.run()
-    assert not at.exception and log.read_text() == "built\n"  # the rerun drew it from the cache
-    assert at.get("vega_lite_chart")[0].proto.spec == direct.spec

@@ -16,15 +16,13 @@ import logging
 import math
 import os
 from pathlib import Path
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import streamlit as st
 
 from psilonet import runtime
-from psilonet.app import share
-from psilonet.app.model_queue import MODEL_QUEUE
+from psilonet.app import serving, share, streamlit_private
 from psilonet.store import Store, StoreError
 
 log = logging.getLogger("psilonet.app.helpers")
@@ -44,8 +42,6 @@ def data_dir() -> Path:
 def data_dir_hidden() -> bool:
     """True when the server is shared (viewer mode, or a password is set): collaborators are not
     told where on the server the data folder lives; the operator sees it in normal mode."""
-    from psilonet.app import serving
-
     s = serving.settings()
     return s.viewer or s.password_digest is not None
 
@@ -131,13 +127,7 @@ def outlier_table(run_id: str) -> pd.DataFrame | None:
 
 @st.cache_data(show_spinner=False, max_entries=128)
 def _chart_spec(key: tuple, _build: Callable[[], Any]) -> dict:
-    # Streamlit's own Altair conversion (private, pinned with streamlit in requirements.txt;
-    # tests/test_app.py checks it still gives what st.altair_chart sends): it holds Altair's
-    # global theme and data-transformer switches under Streamlit's lock, validates the spec and
-    # stores the data as Arrow bytes, so a cache hit costs only a copy of those bytes.
-    from streamlit.elements.vega_charts import _convert_altair_to_vega_lite_spec
-
-    return _convert_altair_to_vega_lite_spec(_build())
+    return streamlit_private.altair_spec(_build())
 
 
 def chart(key: tuple, build: Callable[[], Any], width: str | int | None = None) -> None:
@@ -316,23 +306,6 @@ def guarded(run_page: Callable[[], None]) -> None:
         st.error(f"This view failed: {type(exc).__name__}: {exc}. Check the server log for details.")
 
 
-@contextmanager
-def model_turn() -> Iterator[None]:
-    """Hold the server-wide turn on the shared model for the body (one generation at a time).
-
-    A session that has to wait sees how many generations are ahead of it.
-    """
-    note = st.empty()
-
-    def waiting(ahead: int) -> None:
-        note.info(f"Waiting for the model: {ahead} generation{'s' if ahead > 1 else ''} ahead of yours "
-                  "(one runs at a time on this server).")
-
-    with MODEL_QUEUE.turn(on_wait=waiting):
-        note.empty()
-        yield
-
-
 @st.cache_resource(show_spinner="Loading the model (once per server process)…", max_entries=3)
 def generator(model_name: str, run_id: str | None, data_dir_str: str):
     """(model, tokenizer) for dosed generation: the base model, or a trained skip run on it."""
@@ -352,11 +325,7 @@ def session_gone() -> Callable[[], bool]:
     a generation's streaming callback asks this and calls ``st.stop()``: nothing runs on for
     nobody.  Outside a served app (AppTest, plain scripts) there is no session to lose and it
     is always False."""
-    from streamlit import runtime as st_runtime
-    from streamlit.runtime.scriptrunner import get_script_run_ctx
-
-    ctx = get_script_run_ctx()
-    if ctx is None or not st_runtime.exists():
+    session = streamlit_private.session_id()
+    if session is None:
         return lambda: False
-    rt, session_id = st_runtime.get_instance(), ctx.session_id
-    return lambda: not rt.is_active_session(session_id)
+    return lambda: streamlit_private.session_active(session) is False

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -38,6 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import quote, urlencode, urlsplit
+
+import streamlit as st
+from streamlit import config as st_config
+
+from psilonet.app import streamlit_private
+from psilonet.app.model_queue import MODEL_QUEUE
 
 log = logging.getLogger("psilonet.serving")
 
@@ -207,10 +214,9 @@ def routes() -> list:
     """
     from starlette.responses import Response
     from starlette.routing import Route
-    from streamlit import config
 
     global _remember_route_served
-    cookie_path = _cookie_path(config.get_option("server.baseUrlPath") or "")
+    cookie_path = _cookie_path(st_config.get_option("server.baseUrlPath") or "")
     # Behind a TLS proxy the request reaching us is plain HTTP: the public address tells.
     public_https = (os.environ.get("PSILONET_PUBLIC_URL") or "").strip().lower().startswith("https://")
 
@@ -290,8 +296,6 @@ def _cached_settings(env: tuple[tuple[str, str], ...]) -> Settings:
 def settings() -> Settings:
     """The settings (read once per environment: restart the server after changing the password
     file), or (on a bad value) an error on the page and nothing else."""
-    import streamlit as st
-
     try:
         return _cached_settings(tuple((k, os.environ[k]) for k in _ENV_NAMES if k in os.environ))
     except ServingConfigError as exc:
@@ -302,8 +306,6 @@ def settings() -> Settings:
 
 def _locked(s: Settings) -> bool:
     """True until this session gives the password, or its browser's cookie is a remembered login."""
-    import streamlit as st
-
     if s.password_digest is None or st.session_state.get(_AUTH_KEY):
         return False
     if LOGINS.knows(st.context.cookies.get(REMEMBER_COOKIE)):
@@ -323,8 +325,6 @@ def nav_position() -> str:
 
 def gate() -> None:
     """Stop the page run here unless this session has given the shared password (if one is set)."""
-    import streamlit as st
-
     s = settings()
     if not _locked(s):
         return
@@ -347,16 +347,11 @@ def gate() -> None:
 
 
 def _session_id() -> str:
-    from streamlit.runtime.scriptrunner import get_script_run_ctx
-
-    ctx = get_script_run_ctx()
-    return ctx.session_id if ctx is not None else "no-session"
+    return streamlit_private.session_id() or "no-session"
 
 
 def allows_upload() -> bool:
     """False (with a note) in viewer mode, where files are not accepted."""
-    import streamlit as st
-
     if settings().viewer:
         st.caption("Uploading prompt files is off in viewer mode: this server only browses stored results.")
         return False
@@ -365,8 +360,6 @@ def allows_upload() -> bool:
 
 def allows_save() -> bool:
     """False (with a note) in viewer mode, where nothing is written to the store."""
-    import streamlit as st
-
     if settings().viewer:
         st.info("Saving to the store is off in viewer mode: this server does not write runs. "
                 "Use Export HTML to keep these results.")
@@ -376,8 +369,6 @@ def allows_save() -> bool:
 
 def allows_generation(max_tokens: int, n_intensities: int) -> bool:
     """False (with the reason) when viewer mode's token budget refuses this request."""
-    import streamlit as st
-
     refusal = generation_budget_refusal(settings(), int(max_tokens), int(n_intensities))
     if refusal:
         st.warning(refusal)
@@ -387,16 +378,13 @@ def allows_generation(max_tokens: int, n_intensities: int) -> bool:
 
 @contextmanager
 def model_turn() -> Iterator[None]:
-    """The server-wide turn on the model (:func:`psilonet.app.helpers.model_turn`), with viewer
-    mode's limits first: one request per session at a time, and at most ``viewer_queue`` waiting.
+    """Hold the server-wide turn on the shared model for the body (one generation at a time),
+    with viewer mode's limits first: one request per session at a time, and at most
+    ``viewer_queue`` waiting.
 
-    A refused request shows why and ends the page run; nothing is queued for it.
+    A refused request shows why and ends the page run; nothing is queued for it. A session that
+    has to wait sees how many generations are ahead of it.
     """
-    import streamlit as st
-
-    from psilonet.app import helpers
-    from psilonet.app.model_queue import MODEL_QUEUE
-
     s = settings()
     owner = _session_id()
     with _active_lock:
@@ -406,8 +394,15 @@ def model_turn() -> Iterator[None]:
     if refusal:
         st.warning(refusal)
         st.stop()
+    note = st.empty()
+
+    def waiting(ahead: int) -> None:
+        note.info(f"Waiting for the model: {ahead} generation{'s' if ahead > 1 else ''} ahead of yours "
+                  "(one runs at a time on this server).")
+
     try:
-        with helpers.model_turn():
+        with MODEL_QUEUE.turn(on_wait=waiting):
+            note.empty()
             yield
     finally:
         if s.viewer:
@@ -418,27 +413,19 @@ def model_turn() -> Iterator[None]:
 def _remember_this_browser(ticket: str) -> None:
     """Have the page trade its one-time ticket for the remembering cookie (a same-origin POST:
     the ticket is in the body, never in a URL; the cookie is HttpOnly, out of the page's reach)."""
-    import json
 
-    import streamlit as st
-    from streamlit import config
-
-    url = _cookie_path(config.get_option("server.baseUrlPath") or "") + REMEMBER_PATH
+    url = _cookie_path(st_config.get_option("server.baseUrlPath") or "") + REMEMBER_PATH
     st.html(f"<script>fetch({json.dumps(url)}, {{method: 'POST', body: {json.dumps(ticket)}, "
             f"credentials: 'same-origin', cache: 'no-store'}});</script>", unsafe_allow_javascript=True)
 
 
 def _sign_out() -> None:
-    import streamlit as st
-
     LOGINS.forget(st.context.cookies.get(REMEMBER_COOKIE))
     st.session_state.pop(_AUTH_KEY, None)
 
 
 def sidebar(page) -> None:
     """The viewer-mode notice and the link to this view (drawn after the page, so it is current)."""
-    import streamlit as st
-
     s = settings()
     if s.password_digest is not None:
         ticket = st.session_state.pop(_TICKET_KEY, None)
@@ -466,8 +453,6 @@ def sidebar(page) -> None:
 
 def _browser_base(page) -> str | None:
     """The app's root in the visitor's browser: st.context.url without the page's path."""
-    import streamlit as st
-
     url = st.context.url
     if not url:
         return None
