@@ -18,7 +18,7 @@ computed from the captured residual states of each side and stored with the run.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
@@ -38,7 +38,8 @@ class CaptureError(ConfigError):
 
 
 @dataclass
-class CaptureConfig:
+class CaptureConfig(config.Declared):
+    error = CaptureError  # what from_dict and check_fields raise
     dataset: str = option("python-docs", help="corpus of the evaluation windows (as in training)")
     seq_len: int = option(64, min=2, help="tokens per window")
     samples: int = option(48, min=1, help="evaluation windows")
@@ -47,10 +48,7 @@ class CaptureConfig:
     batch_size: int = option(8, min=1)
 
     def validate(self) -> "CaptureConfig":
-        try:
-            config.check(self)
-        except ConfigError as exc:
-            raise CaptureError(str(exc)) from exc
+        self.check_fields()
         total = self.samples * self.seq_len
         if self.max_tokens > total:
             raise CaptureError(f"max_tokens: {self.max_tokens} is more than the {total} tokens of {self.samples} "
@@ -58,8 +56,6 @@ class CaptureConfig:
         corpora.check_name(self.dataset)
         return self
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def evaluation_windows(tokenizer, cfg: CaptureConfig, data_dir=None) -> np.ndarray:

@@ -41,9 +41,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -67,8 +66,10 @@ class SkipConfigError(ConfigError):
 
 
 @dataclass
-class SkipConfig:
+class SkipConfig(config.Declared):
     """Hyper-parameters of the skip adapter (all JSON-serialisable)."""
+
+    error = SkipConfigError  # what from_dict and check_fields raise
 
     distances: list[int] = option(default_factory=lambda: [3], min=1,
                                   help="skip distance(s); several = multi-tap")
@@ -80,22 +81,9 @@ class SkipConfig:
     sparsity: str | None = option(None, choices=SPARSITY, help="sparsity penalty on the tap weights")
     sparsity_weight: float = option(0.0, min=0.0, help="weight of the sparsity penalty")
 
-    @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> "SkipConfig":
-        try:
-            return config.from_dict(cls, params)
-        except ConfigError as exc:
-            raise SkipConfigError(str(exc)) from exc
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def validate(self, num_layers: int) -> "SkipConfig":
         """Raise :class:`SkipConfigError` naming the first bad option."""
-        try:
-            config.check(self)
-        except ConfigError as exc:
-            raise SkipConfigError(str(exc)) from exc
+        self.check_fields()
         if not self.distances:
             raise SkipConfigError("distances: give at least one skip distance")
         if any(not isinstance(d, int) or d < 1 for d in self.distances):

@@ -18,7 +18,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -49,7 +49,8 @@ class TrainingDiverged(RuntimeError):
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(config.Declared):
+    error = TrainConfigError  # what from_dict and check_fields raise
     model: str = option(modeling.DEFAULT_MODEL, help="'default', an mlx-lm hub name or a folder")
     dataset: str = option("python-docs", help=f"corpus: {', '.join(corpora.OFFLINE_CORPORA)}, wikitext, "
                                               "tinystories, owner/name or a .txt/.jsonl/.csv/.parquet file")
@@ -68,16 +69,6 @@ class TrainConfig:
     grad_checkpoint: bool = option(False, help="recompute block activations in the backward pass")
     skip: SkipConfig = option(default_factory=SkipConfig, flag=False)
 
-    @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> "TrainConfig":
-        try:
-            return config.from_dict(cls, params)
-        except ConfigError as exc:
-            raise TrainConfigError(str(exc)) from exc
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def run_hash(self) -> str:
         """Identifies one run (every setting, seed included): a sweep skips completed ones."""
         return config.stable_hash(self.to_dict())
@@ -88,10 +79,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Checks that need no model or data; the rest happens in :func:`prepare`."""
-        try:
-            config.check(self)
-        except ConfigError as exc:
-            raise TrainConfigError(str(exc)) from exc
+        self.check_fields()
         corpora.check_name(self.dataset)
         try:  # layer-independent checks now; depth checks once the model is known
             self.skip.validate(num_layers=10**6)
