@@ -20,6 +20,7 @@ Everything is computed and stored once per representation (``raw``, ``rms``, ``n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.decomposition import PCA
@@ -74,8 +75,22 @@ def load_side(reader, side: str, source: Source) -> tuple[list[np.ndarray], np.n
             np.stack([np.stack([heads[(l, h)] for h in range(source.heads)]) for l in range(source.layers - 1)]))
 
 
+class SimilarityRow(NamedTuple):
+    """One row of the ``similarity`` table (:data:`psilonet.store.tables.SIMILARITY`)."""
+
+    source: str
+    dataset: str
+    view: str  # layer, head, cross_layer or novelty
+    metric: str
+    layer: int
+    layer_b: int | None
+    head: int | None
+    value: float
+    representation: str
+
+
 def similarity_rows(source: Source, base_resid, base_heads, trained_resid, trained_heads, window,
-                    representation_name: str = "raw", head_grids: dict | None = None) -> list[tuple]:
+                    representation_name: str = "raw", head_grids: dict | None = None) -> list[SimilarityRow]:
     """Every similarity number of one source, already in one representation, as store rows.
 
     ``head_grids`` (optional) caches per-head results by the identity of the head arrays, so
@@ -85,7 +100,7 @@ def similarity_rows(source: Source, base_resid, base_heads, trained_resid, train
     tag = (source.run_id, source.dataset)
 
     def row(view, metric, layer, layer_b, head, value):
-        return (*tag, view, metric, layer, layer_b, head, value, representation_name)
+        return SimilarityRow(*tag, view, metric, layer, layer_b, head, value, representation_name)
 
     if trained_resid is None:  # a baseline-only capture: how layers relate to each other
         matrix = similarity.cka_matrix(base_resid, base_resid)
@@ -235,7 +250,7 @@ def run_analysis(store, captures: list[str], *, layers: str | None = None, seed:
             writer.write_similarity(rows)
             writer.write_trajectories(paths, variance)
             writer.write_rows(tables.SINK_TOKENS, sinks)
-            novelty = {(r[8], r[3]): r[7] for r in rows if r[2] == "novelty"}
+            novelty = {(r.representation, r.metric): r.value for r in rows if r.view == "novelty"}
             summary[source.run_id] = {
                 "dataset": source.dataset, "window": list(windows[source.run_id]), "sink_tokens": len(sinks),
                 **{f"{rep}:{k}": round(v, 4) for (rep, k), v in novelty.items() if k.startswith("cka")}}

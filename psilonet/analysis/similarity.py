@@ -268,8 +268,9 @@ def _numpy_blas_single_thread():
 
     Why: per-head CKA is hundreds of small products (3000 x 64 -> 64 x 64). Multithreaded
     OpenBLAS synchronises its threads on every call, and when another process occupies a core
-    the waiting thread spins: on this 2-core machine under load, 270 heads took 0.84-21 s with
-    two threads and a steady 0.87-1.05 s with one (about 0.75 s with two on an idle machine).
+    the waiting thread spins: on a loaded 2-core machine two threads made the per-head pass
+    erratic (sometimes many times slower), while one thread stayed steady and, idle, costs
+    little against two.
     """
     try:
         from threadpoolctl import ThreadpoolController

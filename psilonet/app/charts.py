@@ -120,17 +120,6 @@ def _even_steps(steps: Sequence, max_steps: int) -> np.ndarray:
     return unique[idx]
 
 
-def _thin_by_step(df: pd.DataFrame, rows_per_step: int, max_rows: int = MAX_ROWS) -> tuple[pd.DataFrame, int, int]:
-    """Keep evenly spaced steps so that ``df`` has at most about ``max_rows`` rows.
-
-    Returns (frame, steps kept, steps in total)."""
-    total = int(df["step"].nunique())
-    if len(df) <= max_rows or total == 0:
-        return df, total, total
-    keep = _even_steps(df["step"], max(2, max_rows // max(rows_per_step, 1)))
-    return df[df["step"].isin(keep)], len(keep), total
-
-
 def _title(text: str, subtitle: str | list[str] | None = None) -> alt.TitleParams:
     if subtitle:
         return alt.TitleParams(text=text, subtitle=subtitle, anchor="start")

@@ -11,8 +11,9 @@ writes new keys/values at ``offset`` (an array, so the position is an input of t
 graph, not a constant baked into it). Attention runs over the first ``span`` slots, a multiple of
 ``SPAN_STEP`` that covers every written position, with a boolean mask that hides the slots not
 written yet: each span is its own compiled graph (traced once per process), so attention costs
-what the text written so far needs, not what the whole capacity would (``bench.decode_spans``:
-with eight rows at a capacity of 1,024 a step takes x0.65 the time of attending over the buffer). It speaks mlx-lm's cache protocol (``offset``,
+what the text written so far needs, not what the whole capacity would (``bench.decode_spans``
+measures the saving; the README's dosed-generation section has the dated figures). It speaks
+mlx-lm's cache protocol (``offset``,
 ``update_and_fetch``, ``make_mask``), so the step is the hooked forward
 :func:`psilonet.model.forward.hidden_states` itself (llama, qwen2 and qwen3 blocks alike).
 

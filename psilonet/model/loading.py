@@ -157,10 +157,11 @@ def check_model_name(name: str | None, data_dir: str | os.PathLike | None = None
 
 
 def load_model(name: str | None = None, data_dir: str | os.PathLike | None = None):
-    """``(model, tokenizer)`` for a model name or folder, in float32 on the CPU.
+    """``(model, tokenizer)`` for a model name or folder.
 
-    Quantized or half-precision checkpoints load as they are on Metal; on the CPU their
-    weights are cast to float32 because half and 4-bit matmuls have no fast CPU path.
+    Checkpoints load as they are on Metal. On the CPU, half-precision weights are cast to
+    float32 (half matmuls have no fast CPU path); quantized weights stay quantized (casting
+    them would need dequantizing the layers), with a warning that their matmuls are slow.
     """
     import mlx.core as mx
     import mlx.nn as nn

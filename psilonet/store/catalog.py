@@ -196,21 +196,6 @@ class Store:
             pass
         return run
 
-    def reconcile(self) -> list[str]:
-        """Repair every published run whose row is not complete; return their ids."""
-        before = {r["run_id"] for r in self._select_raw() if r["status"] != "complete"}
-        return [r["run_id"] for r in self._select_runs() if r["run_id"] in before and r["status"] == "complete"]
-
-    def _select_raw(self) -> list[dict]:
-        if not self.catalog_path.exists():
-            return []
-        with self._catalog(read_only=True) as con:
-            try:
-                rows = con.execute(RUNS.select(""), []).fetchall()
-            except duckdb.CatalogException:
-                return []
-        return [_row_to_run(RUN_COLUMNS, row) for row in rows]
-
     # ---- public API
 
     def list_runs(self, kind: str | None = None, status: str | None = None) -> pd.DataFrame:
