@@ -5,7 +5,10 @@ a collaborator's new tabs do not ask for the password again; everything else is 
 Run it as `make share` does: ``streamlit run shared_app.py --server.address ...``.
 """
 
-import psilonet  # noqa: F401  (fast BLAS before anything imports mlx)
+from psilonet import runtime
+
+runtime.setup()  # bind the fast BLAS before anything imports mlx (README, "Fast MLX on the Linux CPU")
+
 import streamlit as st
 
 from psilonet.app import serving

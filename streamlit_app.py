@@ -1,6 +1,9 @@
 """psilonet explorer: the entry point only routes between pages and draws the shared sidebar."""
 
-import psilonet  # noqa: F401  (fast BLAS before anything imports mlx)
+from psilonet import runtime
+
+runtime.setup()  # bind the fast BLAS before anything imports mlx (README, "Fast MLX on the Linux CPU")
+
 import streamlit as st
 
 from psilonet.app import helpers as app, serving

@@ -13,6 +13,10 @@ are interleaved over ``--rounds`` rounds; the median and the range over rounds a
 
 from __future__ import annotations
 
+from psilonet import runtime
+
+runtime.setup()  # bind the fast BLAS before anything imports mlx (README, "Fast MLX on the Linux CPU")
+
 import argparse
 import logging
 import statistics

@@ -18,8 +18,8 @@ import sys
 
 CHILD = """
 import json, sys, time
-import psilonet
 from psilonet import runtime
+runtime.setup()
 import mlx.core as mx
 n, reps = int(sys.argv[1]), int(sys.argv[2])
 a = mx.random.normal((n, n)); b = mx.random.normal((n, n)); mx.eval(a, b)

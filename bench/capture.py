@@ -11,16 +11,18 @@ d=3 skip model. Variants alternate over rounds; medians are compared.
 
 from __future__ import annotations
 
+from psilonet import runtime
+
+runtime.setup()  # bind the fast BLAS before anything imports mlx (README, "Fast MLX on the Linux CPU")
+
 import argparse
 import statistics
 import sys
 import time
 
-import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 import numpy as np
 
-from psilonet import runtime
 from psilonet.analysis import capture
 from psilonet.model import forward, loading as modeling
 from psilonet.model.skip import SkipConfig, SkipModel

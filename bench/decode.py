@@ -27,6 +27,10 @@ The output ends with one line per goal: ``goal NAME: VALUE (target T) met`` or `
 
 from __future__ import annotations
 
+from psilonet import runtime
+
+runtime.setup()  # bind the fast BLAS before anything imports mlx (README, "Fast MLX on the Linux CPU")
+
 import argparse
 import json
 import os
@@ -36,12 +40,10 @@ import sys
 import time
 from pathlib import Path
 
-import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 import mlx_lm
 from mlx.utils import tree_flatten
 
-from psilonet import runtime
 from psilonet.generation.decoding import DecodeConfig, decode
 from psilonet.generation.dosing import generate_doses
 from psilonet.generation.sampling import SamplingConfig

@@ -10,15 +10,17 @@ over rounds in one process; each ratio is taken within a round.
 
 from __future__ import annotations
 
+from psilonet import runtime
+
+runtime.setup()  # bind the fast BLAS before anything imports mlx (README, "Fast MLX on the Linux CPU")
+
 import argparse
 import statistics
 import sys
 import time
 
-import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 
-from psilonet import runtime
 from psilonet.generation import decode_step
 from psilonet.model import loading as modeling
 

@@ -23,6 +23,10 @@ was extrapolated, and the largest absolute difference between the two results.
 
 from __future__ import annotations
 
+from psilonet import runtime
+
+runtime.setup()  # bind the fast BLAS before anything imports mlx (README, "Fast MLX on the Linux CPU")
+
 import argparse
 import os
 import time

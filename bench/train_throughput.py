@@ -15,22 +15,19 @@ score FLOPs are included; norms and element-wise ops are not.
 
 from __future__ import annotations
 
-import os
+from psilonet import runtime
 
-# Before psilonet binds its BLAS: this process trains (psilonet.runtime, "Workloads").
-os.environ.setdefault("PSILONET_WORKLOAD", "training")
+runtime.setup(workload="training")  # bind the fast BLAS before anything imports mlx (README, "Fast MLX on the Linux CPU")
 
 import argparse
 import statistics
 import sys
 import time
 
-import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
 
-from psilonet import runtime
 from psilonet.model import loading as modeling
 from psilonet.model.skip import SkipConfig, SkipModel
 from psilonet.training.loop import TrainConfig, make_train_step

@@ -13,15 +13,17 @@ one row; formats run interleaved over rounds, and each ratio is taken within a r
 
 from __future__ import annotations
 
+from psilonet import runtime
+
+runtime.setup()  # bind the fast BLAS before anything imports mlx (README, "Fast MLX on the Linux CPU")
+
 import argparse
 import statistics
 import sys
 import time
 
-import psilonet  # noqa: F401  (fast BLAS before mlx)
 import mlx.core as mx
 
-from psilonet import runtime
 
 D, F, KV, VOCAB, LAYERS = 576, 1536, 192, 49152, 30
 SHAPES = [(D, D), (KV, D), (KV, D), (D, D), (F, D), (F, D), (D, F)]

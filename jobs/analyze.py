@@ -9,6 +9,10 @@ Example: python -m jobs.analyze --captures capture-20261128-043756-f98952 --laye
 
 from __future__ import annotations
 
+from psilonet import runtime
+
+runtime.setup()  # bind the fast BLAS before anything imports mlx (README, "Fast MLX on the Linux CPU")
+
 import argparse
 import sys
 

@@ -11,6 +11,10 @@ Example (about 20 minutes on two CPU cores for the default 16 windows of 128 tok
 
 from __future__ import annotations
 
+from psilonet import runtime
+
+runtime.setup()  # bind the fast BLAS before anything imports mlx (README, "Fast MLX on the Linux CPU")
+
 import argparse
 import sys
 

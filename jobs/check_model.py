@@ -6,12 +6,15 @@ template, times the decode loop, and writes all of it into the store as a ``mode
 
 from __future__ import annotations
 
+from psilonet import runtime
+
+runtime.setup()  # bind the fast BLAS before anything imports mlx (README, "Fast MLX on the Linux CPU")
+
 import sys
 import time
 
 from jobs import cli
 from jobs.cli import JobParser, add_data_dir
-from psilonet import runtime
 from psilonet.generation import decoding as generation
 from psilonet.model import loading as modeling
 from psilonet.store import Store

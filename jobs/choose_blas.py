@@ -38,8 +38,8 @@ HOPELESS = 2.0  # after the first round, a library this many times slower than t
 
 CHILD = r"""
 import json, sys, time
-import psilonet
 from psilonet import runtime
+runtime.setup()
 import mlx.core as mx
 from mlx_lm.models import llama
 from psilonet.generation import decode_step

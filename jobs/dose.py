@@ -13,6 +13,10 @@ Example: python -m jobs.dose --prompt "The nature of consciousness is" --intensi
 
 from __future__ import annotations
 
+from psilonet import runtime
+
+runtime.setup()  # bind the fast BLAS before anything imports mlx (README, "Fast MLX on the Linux CPU")
+
 import argparse
 import sys
 from pathlib import Path

@@ -5,12 +5,15 @@ Idempotent: a second run finds the converted folder and does nothing.
 
 from __future__ import annotations
 
+from psilonet import runtime
+
+runtime.setup()  # bind the fast BLAS before anything imports mlx (README, "Fast MLX on the Linux CPU")
+
 import logging
 import sys
 
 from jobs import cli
 from jobs.cli import JobParser, add_data_dir
-from psilonet import runtime
 from psilonet.model import loading as modeling
 
 

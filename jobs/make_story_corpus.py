@@ -7,6 +7,10 @@ settings), and the same arguments regenerate the same file.
 
 from __future__ import annotations
 
+from psilonet import runtime
+
+runtime.setup()  # bind the fast BLAS before anything imports mlx (README, "Fast MLX on the Linux CPU")
+
 import json
 import os
 import sys

@@ -11,10 +11,9 @@ Ray Tune trial (pip install -r requirements-scale.txt), locally or on a cluster 
 
 from __future__ import annotations
 
-import os
+from psilonet import runtime
 
-# Before psilonet binds its BLAS: this process trains (psilonet.runtime, "Workloads").
-os.environ.setdefault("PSILONET_WORKLOAD", "training")
+runtime.setup(workload="training")  # bind the fast BLAS before anything imports mlx (README, "Fast MLX on the Linux CPU")
 
 import argparse
 import sys
@@ -22,7 +21,6 @@ import sys
 from jobs import cli
 from jobs.cli import JobError, JobParser
 from jobs.train import add_train_options, config_from, options_from
-from psilonet import runtime
 from psilonet.store import Store
 from psilonet.training import ray_engine
 from psilonet.training.sweep import VARIANTS, SweepSpec, run_sweep

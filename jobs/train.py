@@ -14,10 +14,9 @@ Example (a few minutes on two CPU cores):
 
 from __future__ import annotations
 
-import os
+from psilonet import runtime
 
-# Before psilonet binds its BLAS: this process trains (psilonet.runtime, "Workloads").
-os.environ.setdefault("PSILONET_WORKLOAD", "training")
+runtime.setup(workload="training")  # bind the fast BLAS before anything imports mlx (README, "Fast MLX on the Linux CPU")
 
 import argparse
 import sys
@@ -25,7 +24,6 @@ from dataclasses import fields
 
 from jobs import cli
 from jobs.cli import JobParser, add_config_options, add_data_dir, read_config_file
-from psilonet import runtime
 from psilonet.model.skip import SkipConfig
 from psilonet.store import Store, StoreError
 from psilonet.training.loop import TrainConfig, prepare, train

