@@ -18,10 +18,11 @@ os.environ.setdefault("PSILONET_WORKLOAD", "training")
 
 import argparse
 import sys
+from dataclasses import replace
 
 from jobs import cli
 from jobs.cli import JobError, JobParser
-from jobs.train import add_train_options, config_from, options_from
+from jobs.train import add_train_options, check_before_work, config_from, no_effect, options_from
 from psilonet import runtime
 from psilonet.store import Store
 from psilonet.training import ray_engine
@@ -73,8 +74,14 @@ def main(argv: list[str] | None = None) -> int:
                      alphas=grid.get("alphas", [base.skip.alpha]), seeds=grid.get("seeds", [base.seed]),
                      variants=grid.get("variants", ["plain"]))
     n_runs = len(spec.validate().configs())  # every grid point checked before the model loads
+    gated = replace(base, skip=replace(base.skip, gates="gated" in spec.variants))
+    for line in no_effect(options, gated, spec.distance_sets):
+        cli.warn(line)
     if cpus < 1:
         raise JobError(f"--cpus-per-trial: must be at least 1, got {cpus}")
+    check_before_work(base, data_dir)
+    for label in spec.repeated():
+        cli.warn(f"--distances/--tap-sets: {label} is given more than once; it is trained and counted once")
     if engine == "ray":
         ray_engine.require_ray()
     print(f"BLAS: {runtime.active_blas().describe()}")

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from psilonet import runtime
+from psilonet.files import path_problem
 
 STORIES_FILE = "smol_stories.jsonl"
 OFFLINE_CORPORA = ("python-docs", "smol-stories")
@@ -61,11 +62,15 @@ def check_name(name: str) -> None:
     if name in OFFLINE_CORPORA or name in HUB_ALIASES:
         return
     if path.suffix.lower() in LOCAL_BUILDERS:
-        if not path.is_file():
-            raise CorpusError(f"dataset: corpus file {path} does not exist")
+        problem = path_problem(path)
+        if problem:
+            raise CorpusError(f"dataset: corpus file {path} {problem}")
         if LOCAL_BUILDERS[path.suffix.lower()] != "parquet":
             check_text_file(path)
         return
+    if os.path.lexists(path) or name.startswith((".", "/", "~")):  # a local path, never a hub name
+        problem = path_problem(path) or "is not a .txt, .jsonl, .csv or .parquet file"
+        raise CorpusError(f"dataset: {path} {problem}; give a .txt/.jsonl/.csv/.parquet file or a corpus name")
     if "/" not in name.split(":")[0]:
         raise CorpusError(
             f"dataset: unknown corpus {name!r}: use one of {', '.join(OFFLINE_CORPORA)}, "

@@ -43,7 +43,7 @@ class CaptureConfig:
     seq_len: int = option(64, min=2, help="tokens per window")
     samples: int = option(48, min=1, help="evaluation windows")
     max_tokens: int = option(2000, min=4, help="token positions kept (seeded sample; at least 4 for debiased CKA)")
-    seed: int = option(0, min=0, help="which windows and positions")
+    seed: int = config.seed_option(0, help="which windows and positions")
     batch_size: int = option(8, min=1)
 
     def validate(self) -> "CaptureConfig":

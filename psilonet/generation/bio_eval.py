@@ -43,7 +43,7 @@ class BioEvalConfig:
                                     help="strengths of each mechanism; sober (0) is always measured")
     windows: int = option(16, min=2, max=10_000, help="token windows per corpus")
     seq_len: int = option(128, min=8, max=4096, help="predicted tokens per window")
-    seed: int = option(0, min=0, help="which windows are drawn")
+    seed: int = config.seed_option(0, help="which windows are drawn")
 
     def check(self) -> "BioEvalConfig":
         for name in ("corpora", "mechanisms", "strengths"):

@@ -8,6 +8,7 @@ half-written run visible. Readers only ever open published runs, read-only.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from types import TracebackType
@@ -20,12 +21,15 @@ import pandas as pd
 from psilonet.store import matrices as _matrices
 from psilonet.store import tables as T
 from psilonet.store.db import connect, now, plain, to_json
-from psilonet.store.errors import StoreError
+from psilonet.store.errors import StoreError, Terminated
 
 if TYPE_CHECKING:
     from psilonet.store.catalog import Store
 
 RUN_DB_FILE = "run.duckdb"
+# Kinds that continue from their staging folder (jobs.train --resume); every other kind's
+# partial files are removed when it fails, so a failed capture never holds the disk it filled.
+RESUMABLE_KINDS = ("train",)
 _PROGRESS_MIN_INTERVAL_S = 1.0
 
 
@@ -37,11 +41,12 @@ class RunWriter:
     """
 
     def __init__(
-        self, store: Store, run_id: str, staging: Path, meta: dict[str, Any] | None
+        self, store: Store, run_id: str, staging: Path, meta: dict[str, Any] | None, kind: str | None = None
     ) -> None:
-        """``meta=None`` reopens an existing staging directory (resume)."""
+        """``meta=None`` reopens an existing staging directory (resume) of a run of ``kind``."""
         self.store = store
         self.run_id = run_id
+        self.kind = meta["kind"] if meta is not None else kind
         self.dir = staging
         self._done = False
         self._last_progress = float("-inf")
@@ -84,8 +89,12 @@ class RunWriter:
         if exc is None:
             self.finish()
             return False
+        # The job's last words name the run (and how to resume it) from these.
+        exc.psilonet_run = (self.run_id, self.kind)
         try:
-            if isinstance(exc, KeyboardInterrupt):  # Ctrl-C: resumable, and not a failure
+            if isinstance(exc, Terminated):
+                self.fail("terminated (SIGTERM)", status="interrupted")
+            elif isinstance(exc, KeyboardInterrupt):  # Ctrl-C: resumable, and not a failure
                 self.fail("interrupted (Ctrl-C)", status="interrupted")
             else:
                 self.fail(f"{exc_type.__name__}: {exc}")
@@ -288,14 +297,18 @@ class RunWriter:
         self.store._mark_complete(self.run_id, summary, finished)
 
     def fail(self, error: str, status: str = "failed") -> None:
-        """Mark the run failed (or ``interrupted``); the staging directory stays for inspection or resume."""
+        """Mark the run failed (or ``interrupted``). A resumable kind's staging directory stays for
+        the resume; any other kind's partial files are removed (nothing can continue them)."""
+        resumable = self.kind in RESUMABLE_KINDS
         try:
-            if self._con is not None:
+            if self._con is not None and resumable:
                 self.flush()  # keep what was logged before the failure
         except StoreError:
             pass
         self._close()
         self._done = True
+        if not resumable:
+            shutil.rmtree(self.dir, ignore_errors=True)
         self.store._mark_failed(self.run_id, error, status)
 
 
