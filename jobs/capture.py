@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = capture.CaptureConfig(**args).validate()
     if run and model is not None:
         raise cli.JobError(f"--model: --run {run} captures the run's own base model; drop --model")
-    checks.check_batch("--batch-size", cfg.batch_size, cfg.samples, "--samples")
+    given = "batch_size" in args and args["batch_size"] != capture.CaptureConfig.batch_size
+    cfg.batch_size = checks.fit_batch("--batch-size", cfg.batch_size, cfg.samples, "--samples", given=given)
     corpora.check_available(cfg.dataset, store.data_dir)
     if not run:
         checks.check_context("--seq-len", cfg.seq_len, model, store.data_dir)

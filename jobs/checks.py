@@ -36,11 +36,15 @@ def check_context(flag: str, tokens: int, model: str | None, data_dir, what: str
         raise JobError(f"{flag}: {tokens} {what} is more than the model's context of {context} tokens")
 
 
-def check_batch(flag: str, batch_size: int, samples: int, samples_flag: str) -> None:
-    """A batch larger than the data would record a size that never ran."""
-    if batch_size > samples:
+def fit_batch(flag: str, batch_size: int, samples: int, samples_flag: str, *, given: bool) -> int:
+    """The batch size to run and record: a given one larger than the data is refused (it would be
+    recorded but never run); the default shrinks to the data without a word."""
+    if batch_size <= samples:
+        return batch_size
+    if given:
         raise JobError(f"{flag}: {batch_size} is more than the {samples} windows of {samples_flag}; "
                        f"give at most {samples}")
+    return samples
 
 
 def checkpoint_problem(folder: Path) -> str | None:

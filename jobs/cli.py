@@ -196,7 +196,11 @@ def _fault(exc: BaseException) -> str:
     run = getattr(exc, "psilonet_run", None)
     if disk_full(exc):
         where = _where(exc)
-        return f"the disk is full{f' ({where})' if where else ''}: free some space, then {_again(run)}"
+        text = f"the disk is full{f' ({where})' if where else ''}"
+        if run and run[1] not in ("train", "sweep"):
+            return f"{text}; run {run[0]} failed and its partial files were removed; " \
+                   "free some space, then run the job again"
+        return f"{text}: free some space, then {_again(run)}"
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror or exc}{where}"
@@ -264,8 +268,8 @@ def job(main: Callable[..., int]) -> Callable[..., int]:
             else:
                 text = f"unexpected {_fault(exc)} (PSILONET_DEBUG=1 shows the traceback)"
             if run is not None:  # a fault during the work: the run is recorded as failed
-                text += f"; run {run[0]} is marked failed" + ("" if run[1] == "train" else
-                                                               ", its partial files were removed")
+                text += f"; run {run[0]} failed" + ("" if run[1] == "train" else
+                                                     " and its partial files were removed")
             print(f"error: {one_line(text)}", file=sys.stderr)
             return 1
         finally:

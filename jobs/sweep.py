@@ -74,14 +74,15 @@ def main(argv: list[str] | None = None) -> int:
                      alphas=grid.get("alphas", [base.skip.alpha]), seeds=grid.get("seeds", [base.seed]),
                      variants=grid.get("variants", ["plain"]))
     n_runs = len(spec.validate().configs())  # every grid point checked before the model loads
+    for label in spec.repeated():
+        cli.warn(f"--distances/--tap-sets: {label} is given more than once; it is trained and counted once")
     gated = replace(base, skip=replace(base.skip, gates="gated" in spec.variants))
     for line in no_effect(options, gated, spec.distance_sets):
         cli.warn(line)
     if cpus < 1:
         raise JobError(f"--cpus-per-trial: must be at least 1, got {cpus}")
-    check_before_work(base, data_dir)
-    for label in spec.repeated():
-        cli.warn(f"--distances/--tap-sets: {label} is given more than once; it is trained and counted once")
+    if check_before_work(base, data_dir, options).batch_size != base.batch_size:
+        spec.base = base = replace(base, batch_size=base.train_samples)  # the default, shrunk to the data
     if engine == "ray":
         ray_engine.require_ray()
     print(f"BLAS: {runtime.active_blas().describe()}")

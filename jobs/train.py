@@ -20,6 +20,7 @@ import os
 os.environ.setdefault("PSILONET_WORKLOAD", "training")
 
 import argparse
+import dataclasses
 import sys
 from dataclasses import fields
 
@@ -81,11 +82,15 @@ def no_effect(options: dict, cfg: TrainConfig, distance_sets: list[list[int]] | 
     return out
 
 
-def check_before_work(cfg: TrainConfig, data_dir) -> None:
-    """The checks that need the model's config.json (not its weights) or two options at once."""
-    checks.check_batch("--batch-size", cfg.batch_size, cfg.train_samples, "--train-samples")
+def check_before_work(cfg: TrainConfig, data_dir, options: dict | None = None) -> TrainConfig:
+    """The checks that need the model's config.json (not its weights) or two options at once;
+    returns the config to run (a default batch size shrunk to the training windows)."""
+    batch = checks.fit_batch("--batch-size", cfg.batch_size, cfg.train_samples, "--train-samples",
+                             given=options is not None and "batch_size" in options)
+    cfg = dataclasses.replace(cfg, batch_size=batch)
     corpora.check_available(cfg.dataset, data_dir)
     checks.check_context("--seq-len", cfg.seq_len, cfg.model, data_dir)
+    return cfg
 
 
 def check_resume(store: Store, run_id: str) -> None:
@@ -133,13 +138,13 @@ def main(argv: list[str] | None = None) -> int:
                                f"drop {cli.flag_name(sorted(args)[0])}")
         check_resume(store, resume)
         cfg = TrainConfig.from_dict({k: v for k, v in store.get_run(resume)["config"].items() if k != "ranks"})
+        cfg.validate()
     else:
         options = options_from(args)
-        cfg = config_from(options)
-        for line in no_effect(options, cfg.validate()):
+        cfg = config_from(options).validate()  # every option checked before the model loads
+        for line in no_effect(options, cfg):
             cli.warn(line)
-    cfg.validate()  # every option checked before the model loads
-    check_before_work(cfg, data_dir)
+        cfg = check_before_work(cfg, data_dir, options)
     prep = prepare(cfg, data_dir=data_dir)
     print(f"BLAS: {runtime.active_blas().describe()}")
     run_id, summary = train(prep, store, resume=resume, progress=not quiet)

@@ -123,7 +123,8 @@ def check_value(name: str, value: Any, hint, meta: dict | None = None) -> None:
     if not _type_ok(value, base):
         raise ConfigError(f"{name}: expected {_kind(base)}, got {value!r}")
     items = value if isinstance(value, list) else [value]
-    if isinstance(value, list):  # a list option never means a value twice (it would run twice)
+    if isinstance(value, list) and not any(isinstance(v, list) for v in value):
+        # A list option never means a value twice: it would run (and count) twice.
         seen = [v for i, v in enumerate(value) if v in value[:i]]
         if seen:
             raise ConfigError(f"{name}: repeated values ({seen[0]!r} is given more than once)")

@@ -21,7 +21,9 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised by the jobs' handler so that a run ends as after Ctrl-C (marked interrupted)."""
 
 
-_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded")
+# MLX's safetensors writer reports a short write without an errno: on a data folder that passed
+# the jobs' write check, that is a full disk.
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "Unable to write")
 
 
 def disk_full(exc: BaseException | None) -> bool:
