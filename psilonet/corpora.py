@@ -194,17 +194,21 @@ def token_stream(tokenizer, texts: list[str]) -> np.ndarray:
 
 
 def make_windows(
-    tokenizer, texts: list[str], *, seq_len: int, n_train: int, n_val: int, seed: int, name: str = "corpus"
+    tokenizer, texts: list[str], *, seq_len: int, n_train: int, n_val: int, seed: int, name: str = "corpus",
+    counts: str = "train_samples/val_samples",
 ) -> Windows:
-    """Cut the corpus into ``seq_len`` windows and draw a seeded, disjoint train/val split."""
+    """Cut the corpus into ``seq_len`` windows and draw a seeded, disjoint train/val split.
+
+    ``counts`` names the options that set ``n_train``/``n_val`` in the caller's job (for its message).
+    """
     if seq_len < 2:
         raise CorpusError(f"seq_len must be at least 2, got {seq_len}")
     stream = token_stream(tokenizer, texts)
     total = len(stream) // seq_len
     if n_train + n_val > total:
         raise CorpusError(
-            f"train_samples/val_samples: corpus {name!r} yields {total} windows of {seq_len} tokens, "
-            f"fewer than the {n_train} train + {n_val} val requested"
+            f"{counts}: corpus {name!r} yields {total} windows of {seq_len} tokens, fewer than the "
+            + (f"{n_train} train + {n_val} val requested" if n_train else f"{n_val} requested")
         )
     windows = stream[: total * seq_len].reshape(total, seq_len)
     order = np.random.default_rng(seed).permutation(total)
@@ -213,9 +217,9 @@ def make_windows(
 
 def load_windows(
     tokenizer, name: str, *, seq_len: int, n_train: int, n_val: int, seed: int,
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None, counts: str = "train_samples/val_samples",
 ) -> Windows:
     return make_windows(
         tokenizer, load_texts(name, data_dir=data_dir),
-        seq_len=seq_len, n_train=n_train, n_val=n_val, seed=seed, name=name,
+        seq_len=seq_len, n_train=n_train, n_val=n_val, seed=seed, name=name, counts=counts,
     )

@@ -367,3 +367,14 @@ def test_a_full_disk_during_a_capture_is_a_fault_that_leaves_nothing(tiny_model_
     store = Store(small_disk)
     assert not any(store.staging_dir.iterdir())  # the partial capture gave its space back
     assert (store.list_runs().state != "complete").all()
+
+
+def test_capture_names_its_own_flag_when_the_corpus_is_too_small(tiny_model_dir, tmp_path, capsys):
+    corpus = tmp_path / "small.txt"
+    corpus.write_text(STORY)
+    code, err = run_job("capture", tiny_capture(tiny_model_dir, tmp_path, "--dataset", str(corpus),
+                                                "--samples", "50"), capsys)
+    assert code == 2
+    assert_one_line(err, f"--samples: corpus '{corpus}' yields")
+    assert "fewer than the 50 requested" in err and "train" not in err
+    assert Store(tmp_path).list_runs().empty

@@ -65,7 +65,7 @@ class CaptureConfig:
 def evaluation_windows(tokenizer, cfg: CaptureConfig, data_dir=None) -> np.ndarray:
     """The fixed evaluation windows (samples, seq_len) of the corpus for this seed."""
     return corpora.load_windows(tokenizer, cfg.dataset, seq_len=cfg.seq_len, n_train=0,
-                                n_val=cfg.samples, seed=cfg.seed, data_dir=data_dir).val
+                                n_val=cfg.samples, seed=cfg.seed, data_dir=data_dir, counts="samples").val
 
 
 def select_positions(n_windows: int, seq_len: int, max_tokens: int, seed: int) -> np.ndarray:

@@ -91,7 +91,7 @@ def evaluate(model, tokenizer, cfg: BioEvalConfig, *, data_dir=None,
     cfg.check()
     rows = cfg.rows()
     windows = {name: corpora.load_windows(tokenizer, name, seq_len=cfg.seq_len + 1, n_train=0, n_val=cfg.windows,
-                                          seed=cfg.seed, data_dir=data_dir).val
+                                          seed=cfg.seed, data_dir=data_dir, counts="windows").val
                for name in cfg.corpora}
     total, done, frames = sum(len(w) for w in windows.values()), 0, []
     for name, wins in windows.items():

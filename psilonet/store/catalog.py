@@ -313,6 +313,8 @@ class Store:
         if not _RUN_ID_RE.match(run_id):
             raise RunNotFoundError(f"unknown run id {run_id!r} (not a valid run id)")
         run = self.get_run(run_id)
+        if run["status"] == "missing":
+            raise RunNotFoundError(f"run {run_id!r} is missing: {run['error']}")
         if run["status"] != "complete":
             raise RunNotFoundError(f"run {run_id!r} is not published (state: {run['state']})")
         path = self.runs_dir / run_id
