@@ -183,7 +183,9 @@ def _again(run: tuple[str, str] | None) -> str:
 
 def _where(exc: BaseException) -> str:
     """The file an OSError (or one it came from) names, if any."""
-    while exc is not None:
+    for _ in range(16):  # a chain of causes is short; never follow a cycle
+        if exc is None:
+            break
         if isinstance(exc, OSError) and exc.filename:
             return str(exc.filename)
         exc = exc.__cause__ or exc.__context__
@@ -207,6 +209,16 @@ def _fault(exc: BaseException) -> str:
     if isinstance(exc, JobFault):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def _end_bars() -> None:
+    """Close the progress bars still open, so that the job's last line starts a line of its own."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def _terminate(signum, frame):
@@ -245,6 +257,7 @@ def job(main: Callable[..., int]) -> Callable[..., int]:
         except SystemExit as exc:  # argparse (--help, or a bad flag already reported)
             return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
         except KeyboardInterrupt as exc:
+            _end_bars()
             how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
             run = getattr(exc, "psilonet_run", None)
             if run:
@@ -253,6 +266,7 @@ def job(main: Callable[..., int]) -> Callable[..., int]:
                 print(f"{how}: no run was begun; run the job again", file=sys.stderr)
             return 143 if isinstance(exc, Terminated) else 130
         except Exception as exc:
+            _end_bars()
             if debug():
                 raise
             run = getattr(exc, "psilonet_run", None)  # set when the error ended a begun run

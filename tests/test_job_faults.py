@@ -378,3 +378,42 @@ def test_capture_names_its_own_flag_when_the_corpus_is_too_small(tiny_model_dir,
     assert_one_line(err, f"--samples: corpus '{corpus}' yields")
     assert "fewer than the 50 requested" in err and "train" not in err
     assert Store(tmp_path).list_runs().empty
+
+
+@pytest.mark.parametrize("job, target", [
+    ("analyze", "psilonet.analysis.compare.analyse_source"),
+    ("dose", "psilonet.generation.dosing.generate_doses"),
+    ("bio_eval", "psilonet.generation.bio_eval.evaluate"),
+    ("check_model", "psilonet.training.evaluation.mean_token_loss"),
+])
+def test_a_fault_during_the_work_is_exit_1_with_the_run_failed_and_cleaned(job, target, tiny_model_dir, tmp_path,
+                                                                           capsys, monkeypatch):
+    import errno
+    import importlib
+
+    from jobs import check_model
+
+    JOBS["check_model"] = check_model
+    model = ["--model", str(tiny_model_dir), "--data-dir", str(tmp_path)]
+    argv = {"dose": ["--prompt", "Hi", "--max-tokens", "2", "--no-chat", *model],
+            "bio_eval": ["--corpora", "python-docs", "--windows", "2", "--seq-len", "8", *model],
+            "check_model": ["--max-tokens", "2", *model]}.get(job)
+    if job == "analyze":
+        assert run_job("capture", tiny_capture(tiny_model_dir, tmp_path), capsys)[0] == 0
+        argv = ["--captures", Store(tmp_path).list_runs().run_id.iloc[0], "--data-dir", str(tmp_path)]
+    module, name = target.rsplit(".", 1)
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error", "/dev/broken")
+
+    monkeypatch.setattr(importlib.import_module(module), name, broken)
+    code, err = run_job(job, argv, capsys)
+    store = Store(tmp_path)
+    failed = store.list_runs().iloc[0]
+    assert code == 1, err
+    assert err.count("error:") == 1 and "Traceback" not in err, err
+    assert lines_of(err)[-1] == (f"error: Input/output error (/dev/broken); run {failed.run_id} failed and its "
+                                 "partial files were removed"), err  # on its own line, after any progress bar
+    assert failed.state == "failed" and "Input/output error" in failed.error
+    assert not (store.staging_dir / failed.run_id).exists()
+    assert_consistent(tmp_path)
