@@ -188,7 +188,7 @@ def _where(exc: BaseException) -> str:
             break
         if isinstance(exc, OSError) and exc.filename:
             return str(exc.filename)
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
     return ""
 
 
@@ -245,7 +245,7 @@ def job(main: Callable[..., int]) -> Callable[..., int]:
     @functools.wraps(main)
     def wrapped(argv: list[str] | None = None) -> int:
         from psilonet.store import StoreLockedError
-        from psilonet.store.errors import Terminated, disk_full
+        from psilonet.store.errors import CatalogBehind, Terminated, disk_full
         from psilonet.training.loop import TrainingDiverged
 
         # SIGTERM ends a run as Ctrl-C does (marked interrupted), only where a handler may be set.
@@ -274,10 +274,12 @@ def job(main: Callable[..., int]) -> Callable[..., int]:
                 print(f"error: {one_line(_fault(exc))}", file=sys.stderr)
                 return 1
             ours = isinstance(exc, FileNotFoundError) and not exc.errno  # raised by our code about a given name
-            user = ours or (isinstance(exc, _user_errors()) and not isinstance(exc, StoreLockedError))
+            user = ours or (isinstance(exc, _user_errors()) and not isinstance(exc, (StoreLockedError, CatalogBehind)))
             if user and run is None:
                 return fail(str(exc))
-            if user or isinstance(exc, (JobFault, TrainingDiverged, StoreLockedError, OSError, MemoryError)):
+            if isinstance(exc, CatalogBehind):
+                text = str(exc)
+            elif user or isinstance(exc, (JobFault, TrainingDiverged, StoreLockedError, OSError, MemoryError)):
                 text = as_flag(str(exc)) if user else _fault(exc)
             else:
                 text = f"unexpected {_fault(exc)} (PSILONET_DEBUG=1 shows the traceback)"

@@ -417,3 +417,28 @@ def test_a_fault_during_the_work_is_exit_1_with_the_run_failed_and_cleaned(job, 
     assert failed.state == "failed" and "Input/output error" in failed.error
     assert not (store.staging_dir / failed.run_id).exists()
     assert_consistent(tmp_path)
+
+
+def test_a_published_run_the_catalog_was_not_told_of_is_complete_and_said_so(tmp_path, capsys, monkeypatch):
+    from jobs import cli
+    from psilonet.store import StoreError
+
+    store = Store(tmp_path)
+
+    def catalog_full(*args, **kwargs):
+        raise StoreError("catalog operation failed: IO Error: No space left on device")
+
+    @cli.job
+    def job(argv):
+        with store.begin_run("capture", config={}) as writer:
+            monkeypatch.setattr(store, "_mark_complete", catalog_full)
+            writer.finish({})
+        return 0
+
+    assert job([]) == 1
+    run_id = store.list_runs().run_id.iloc[0]
+    assert_one_line(capsys.readouterr().err, f"run {run_id} is published and complete, but the catalog could not be "
+                                             "told (the disk is full); it reads complete on the next look")
+    monkeypatch.undo()
+    assert store.get_run(run_id)["state"] == "complete"
+    assert_consistent(tmp_path)

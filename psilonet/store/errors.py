@@ -17,6 +17,10 @@ class RunNotFoundError(StoreError):
     """The run id is unknown, or the run exists but is not published."""
 
 
+class CatalogBehind(StoreError):
+    """A run is published (so complete), but the catalog could not be told; the next read repairs it."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised by the jobs' handler so that a run ends as after Ctrl-C (marked interrupted)."""
 
@@ -38,5 +42,5 @@ def disk_full(exc: BaseException | None) -> bool:
             return True
         if any(text in str(exc) for text in _DISK_FULL_TEXT):
             return True
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
     return False

@@ -21,7 +21,7 @@ import pandas as pd
 from psilonet.store import matrices as _matrices
 from psilonet.store import tables as T
 from psilonet.store.db import connect, now, plain, to_json
-from psilonet.store.errors import StoreError, Terminated
+from psilonet.store.errors import CatalogBehind, StoreError, StoreLockedError, Terminated, disk_full
 
 if TYPE_CHECKING:
     from psilonet.store.catalog import Store
@@ -294,7 +294,14 @@ class RunWriter:
             raise StoreError(f"cannot publish run {self.run_id!r} to {published}: {e}") from e
         self.dir = published
         self._done = True
-        self.store._mark_complete(self.run_id, summary, finished)
+        try:
+            self.store._mark_complete(self.run_id, summary, finished)
+        except StoreLockedError:
+            raise
+        except StoreError as e:  # a full disk, say: the run is complete all the same
+            why = "the disk is full" if disk_full(e) else "the catalog could not be written"
+            raise CatalogBehind(f"run {self.run_id} is published and complete, but the catalog could not be told "
+                                f"({why}); it reads complete on the next look") from None
 
     def fail(self, error: str, status: str = "failed") -> None:
         """Mark the run failed (or ``interrupted``). A resumable kind's staging directory stays for
