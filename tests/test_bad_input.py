@@ -269,7 +269,7 @@ def test_truncated_skip_weights_are_named(tiny_model_dir, tmp_path, capsys):
     code, err = run_job("dose", ["--run", run_id, "--prompt", "Hi", "--max-tokens", "2", "--data-dir", str(tmp_path)],
                         capsys)
     assert code == 2
-    assert_one_line(err, f"run {run_id}: its skip weights in")
+    assert_one_line(err, f"run {run_id}: its skip weights {weights} is truncated")
     assert len(store.list_runs()) == 1
     assert_consistent(tmp_path)
 

@@ -442,3 +442,11 @@ def test_a_published_run_the_catalog_was_not_told_of_is_complete_and_said_so(tmp
     monkeypatch.undo()
     assert store.get_run(run_id)["state"] == "complete"
     assert_consistent(tmp_path)
+
+
+def test_a_damaged_catalog_is_named_in_our_words(tmp_path, capsys):
+    (tmp_path / "catalog.duckdb").write_bytes(b"not a database" * 500)
+    code, err = run_job("analyze", ["--captures", "capture-20260101-000000-abcdef", "--data-dir", str(tmp_path)], capsys)
+    assert code == 2
+    assert_one_line(err, f"cannot open {tmp_path / 'catalog.duckdb'}: it is not a DuckDB database (damaged")
+    assert "IO Error" not in err

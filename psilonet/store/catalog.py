@@ -32,7 +32,7 @@ from typing import Any, Iterator
 import duckdb
 import pandas as pd
 
-from psilonet.store.db import connect, from_json, now, to_json
+from psilonet.store.db import connect, from_json, now, reason, to_json
 from psilonet.store.errors import RunNotFoundError, StoreError, StoreLockedError
 from psilonet.store.runs import RUN_DB_FILE, RunReader, RunWriter
 from psilonet.store.tables import RUNS
@@ -143,7 +143,7 @@ class Store:
                 con.execute(RUNS.create())
             yield con
         except duckdb.Error as e:
-            raise StoreError(f"catalog operation on {self.catalog_path} failed: {e}") from e
+            raise StoreError(f"catalog operation on {self.catalog_path} failed: {reason(e)}") from e
         finally:
             con.close()
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from psilonet.store import matrices as _matrices
 from psilonet.store import tables as T
-from psilonet.store.db import connect, now, plain, to_json
+from psilonet.store.db import connect, now, plain, reason, to_json
 from psilonet.store.errors import CatalogBehind, StoreError, StoreLockedError, Terminated, disk_full
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class RunWriter:
                 self._con.executemany(T.RUN_META.insert(), rows)
         except duckdb.Error as e:
             self._con.close()
-            raise StoreError(f"cannot initialise {staging / RUN_DB_FILE}: {e}") from e
+            raise StoreError(f"cannot initialise {staging / RUN_DB_FILE}: {reason(e)}") from e
 
     def __repr__(self) -> str:
         return f"RunWriter({self.run_id!r})"
@@ -199,7 +199,7 @@ class RunWriter:
             con.commit()
         except duckdb.Error as e:
             con.rollback()
-            raise StoreError(f"cannot write the sweep summary of run {self.run_id!r}: {e}") from e
+            raise StoreError(f"cannot write the sweep summary of run {self.run_id!r}: {reason(e)}") from e
 
     def truncate_after(self, step: int) -> None:
         """Drop every step-indexed row after ``step`` (a resumed job replays from there)."""
@@ -212,7 +212,7 @@ class RunWriter:
             con.commit()
         except duckdb.Error as e:
             con.rollback()
-            raise StoreError(f"cannot truncate run {self.run_id!r}: {e}") from e
+            raise StoreError(f"cannot truncate run {self.run_id!r}: {reason(e)}") from e
 
     # ---- the write buffer
 
@@ -237,7 +237,7 @@ class RunWriter:
             con.commit()
         except duckdb.Error as e:
             con.rollback()
-            raise StoreError(f"cannot log {what} for run {self.run_id!r}: {e}") from e
+            raise StoreError(f"cannot log {what} for run {self.run_id!r}: {reason(e)}") from e
         finally:
             self._pending = {}
 
@@ -281,7 +281,7 @@ class RunWriter:
             con.commit()
         except duckdb.Error as e:
             con.rollback()
-            raise StoreError(f"cannot record the summary of run {self.run_id!r}: {e}") from e
+            raise StoreError(f"cannot record the summary of run {self.run_id!r}: {reason(e)}") from e
         self._close()
         published = self.store.runs_dir / self.run_id
         try:
@@ -291,7 +291,7 @@ class RunWriter:
         except OSError as e:
             self._done = True
             self.store._mark_failed(self.run_id, f"publish failed: {e}")
-            raise StoreError(f"cannot publish run {self.run_id!r} to {published}: {e}") from e
+            raise StoreError(f"cannot publish run {self.run_id!r} to {published}: {e.strerror or e}") from e
         self.dir = published
         self._done = True
         try:
@@ -354,7 +354,7 @@ class RunReader:
         try:
             return con.execute(sql, params)
         except duckdb.Error as e:
-            raise StoreError(f"query on run {self.run_id!r} failed: {e}") from e
+            raise StoreError(f"query on run {self.run_id!r} failed: {reason(e)}") from e
 
     def rows(self, table: T.Table, **filters: Any) -> pd.DataFrame:
         """Every row of ``table`` in its declared order, filtered by ``column=value`` (see ``where``)."""
@@ -463,7 +463,7 @@ class RunReader:
         try:
             return _matrices.read(self._open(), path, side=side, point=point)
         except duckdb.Error as e:
-            raise StoreError(f"query on run {self.run_id!r} failed: {e}") from e
+            raise StoreError(f"query on run {self.run_id!r} failed: {reason(e)}") from e
 
     def _file(self, filename: str) -> Path:
         path = self.dir / filename

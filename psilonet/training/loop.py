@@ -30,6 +30,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from tqdm import tqdm
 
 from psilonet import config, corpora
+from psilonet.files import json_problem, safetensors_problem
 from psilonet.config import ConfigError, option
 from psilonet.model import loading as modeling
 from psilonet.model.skip import WEIGHTS_FILE, SkipConfig, SkipConfigError, SkipModel
@@ -351,10 +352,17 @@ def load_trained(store: Store, run_id: str, *, base=None, data_dir=None) -> tupl
     cfg_path = folder / TRAIN_CONFIG_FILE
     if not cfg_path.is_file():
         raise FileNotFoundError(f"run {run_id} has no {TRAIN_CONFIG_FILE}: not a training run")
+    problem = json_problem(cfg_path)
+    if problem:
+        raise modeling.ModelError(f"run {run_id}: {cfg_path} {problem}; train the run again")
     try:
         cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
     except (ValueError, OSError) as exc:
         raise modeling.ModelError(f"run {run_id}: cannot read {cfg_path}: {exc}") from exc
+    problem = safetensors_problem(folder / WEIGHTS_FILE)
+    if problem:  # before the base model loads, and in our words rather than MLX's
+        raise modeling.ModelError(f"run {run_id}: its skip weights {folder / WEIGHTS_FILE} {problem}; "
+                                  "train the run again")
     model, tokenizer = base if base is not None else modeling.load_model(cfg.model, data_dir)
     try:
         return SkipModel.load(model, folder), tokenizer, cfg
