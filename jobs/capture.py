@@ -18,7 +18,7 @@ from jobs import checks, cli
 from jobs.cli import JobParser, add_config_options, add_data_dir
 from psilonet import corpora
 from psilonet.analysis import capture
-from psilonet.store import Store
+from psilonet.store import Store, StoreError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def base_model(store: Store, run: str) -> str | None:
+    """The base model of training run ``run`` as its catalog row says (run_capture names a bad id)."""
+    try:
+        return (store.get_run(run)["config"] or {}).get("model")
+    except StoreError:
+        return None
+
+
 @cli.job
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
@@ -43,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     given = "batch_size" in args and args["batch_size"] != capture.CaptureConfig.batch_size
     cfg.batch_size = checks.fit_batch("--batch-size", cfg.batch_size, cfg.samples, "--samples", given=given)
     corpora.check_available(cfg.dataset, store.data_dir)
-    if not run:
-        checks.check_context("--seq-len", cfg.seq_len, model, store.data_dir)
+    context_model = base_model(store, run) if run else model
+    if context_model is not None or not run:  # an unknown --run is named by run_capture
+        checks.check_context("--seq-len", cfg.seq_len, context_model, store.data_dir)
     run_id, summary = capture.run_capture(store, cfg, train_run=run, model=model, data_dir=store.data_dir,
                                           progress=not quiet)
     print(f"captured {summary['tokens']} tokens x {summary['layers']} layers x {summary['heads']} heads "
