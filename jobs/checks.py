@@ -29,11 +29,12 @@ def model_context(name: str | None, data_dir) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def check_context(flag: str, tokens: int, model: str | None, data_dir, what: str = "tokens") -> None:
-    """``tokens`` (a window, with any extra the job adds) fit the model's context."""
+def check_context(flag: str, tokens: int, model: str | None, data_dir, what: str = "") -> None:
+    """``tokens`` (a window, with any extra the job adds, said by ``what``) fit the model's context."""
     context = model_context(model, data_dir)
     if context and tokens > context:
-        raise JobError(f"{flag}: {tokens} {what} is more than the model's context of {context} tokens")
+        raise JobError(f"{flag}: {tokens}{' ' + what if what else ''} is longer than the model's context "
+                       f"of {context} tokens")
 
 
 def fit_batch(flag: str, batch_size: int, samples: int, samples_flag: str, *, given: bool) -> int:

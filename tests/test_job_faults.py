@@ -127,11 +127,11 @@ def test_flags_without_effect_warn_in_one_line(job, argv, warning, tmp_path, cap
 
 
 @pytest.mark.parametrize("job, argv, message", [
-    ("train", ["--seq-len", "600"], "--seq-len: 600 tokens is more than the model's context of 512 tokens"),
+    ("train", ["--seq-len", "600"], "--seq-len: 600 is longer than the model's context of 512 tokens"),
     ("bio_eval", ["--seq-len", "1024"],
-     "--seq-len: 1025 tokens per window (--seq-len + 1) is more than the model's context of 512 tokens"),
+     "--seq-len: 1025 tokens per window (--seq-len + 1) is longer than the model's context of 512 tokens"),
     ("capture", ["--seq-len", "600", "--samples", "1", "--max-tokens", "8"],
-     "--seq-len: 600 tokens is more than the model's context of 512"),
+     "--seq-len: 600 is longer than the model's context of 512"),
 ])
 def test_lengths_are_checked_against_the_context_without_loading_weights(job, argv, message, tiny_model_dir,
                                                                           tmp_path, capsys, monkeypatch):
