@@ -49,6 +49,17 @@ class JobParser(argparse.ArgumentParser):
         message = re.sub(r"^argument ([^:]+): ", lambda m: m.group(1).split("/")[-1] + ": ", message)
         raise SystemExit(fail(f"{message} (see {self.prog} --help)"))
 
+    def parse_args(self, args=None, namespace=None):
+        """Also refuses an empty value (``--layers ''``, ``--run ''``): it never means the default."""
+        parsed = super().parse_args(args, namespace)
+        for dest, value in vars(parsed).items():
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, str) and not v.strip() for v in values):
+                if dest == "data_dir":  # data_dir() says where an empty folder setting came from
+                    continue
+                self.error(f"argument --{dest.replace('_', '-')}: is empty; give a value or leave the flag out")
+        return parsed
+
 
 def read_config_file(path: str | None) -> dict[str, Any]:
     """Options from a TOML or JSON file (flags given on the command line override them)."""

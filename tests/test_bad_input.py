@@ -316,6 +316,8 @@ def fake_captures(store: Store, models: list[str]) -> list[str]:
     (["m1"], ["--layers", "20-10"], "--layers: 20-10 is reversed; write the lower layer first (10-20)"),
     (["m1"], ["--layers", "10-40"], "--layers: 10-40 is outside the model's layers 0-30"),
     (["m1"], ["--layers", "ten"], "--layers: expected a range like 10-20, got 'ten'"),
+    (["m1"], ["--layers", ""], "--layers: is empty"),
+    (["m1"], ["--layers", " "], "--layers: is empty"),
 ])
 def test_analyze_refuses_before_reading_any_capture(models, extra, message, tmp_path, capsys):
     store = Store(tmp_path)

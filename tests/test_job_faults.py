@@ -95,6 +95,11 @@ REFUSED = [
     ("bio_eval", ["--seed", "4294967296"], "--seed: must be in [0, 4294967295]"),
     ("make_story_corpus", ["--seed", "4294967296"], "--seed: must be in [0, 4294967295]"),
     ("sweep", ["--tap-sets", "3,3"], "--distances: repeated values"),
+    ("train", ["--dataset", ""], "--dataset: is empty; give a value or leave the flag out"),
+    ("train", ["--model", " "], "--model: is empty"),
+    ("capture", ["--run", ""], "--run: is empty"),
+    ("dose", ["--prompt", ""], "--prompt: is empty"),
+    ("analyze", ["--captures", "x", ""], "--captures: is empty"),
 ]
 
 
