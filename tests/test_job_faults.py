@@ -77,6 +77,7 @@ REFUSED = [
     ("train", ["--dataset", "{loop}"], "--dataset: corpus file {loop} is a symlink loop"),
     ("train", ["--dataset", "{plain_dir}"], "--dataset: {plain_dir} is a folder, not a file; give a .txt"),
     ("train", ["--config", "{loop}"], "--config: {loop} is a symlink loop"),
+    ("train", ["--model", "{loop}"], "--model: {loop} is a symlink loop"),
     ("train", ["--config", "{dir}"], "--config: {dir} is a folder, not a file"),
     ("train", ["--config", "{both}"], "--config: alpha is set both at the top and under [skip]; keep one"),
     ("train", ["--batch-size", "64", "--train-samples", "8"],

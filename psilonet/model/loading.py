@@ -186,6 +186,10 @@ def check_model_name(name: str | None, data_dir: str | os.PathLike | None = None
         if not (local / "config.json").is_file():
             raise ModelError(f"model: {path} is not a model folder (it has no config.json)")
         return str(local)
+    if os.path.lexists(local):  # a symlink loop or a dangling link: say so, it is no hub name
+        from psilonet.files import path_problem
+
+        raise ModelError(f"model: {path} {path_problem(local, 'folder')}")
     if path.startswith(("/", ".", "~")) or path.count("/") != 1 or not all(path.split("/")):
         raise ModelError(f"model: {path!r} is neither an existing folder nor a hub name (owner/name)")
     return path
