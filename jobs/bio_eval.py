@@ -20,8 +20,9 @@ import sys
 
 from tqdm import tqdm
 
-from jobs import cli
+from jobs import checks, cli
 from jobs.cli import JobParser, add_config_options, add_data_dir
+from psilonet import corpora
 from psilonet.generation import bio, bio_eval
 from psilonet.model import loading as modeling
 from psilonet.store import Store
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = bio_eval.BioEvalConfig(corpora=args.corpora, mechanisms=args.mechanisms, strengths=args.strengths,
                                  windows=args.windows, seq_len=args.seq_len, seed=args.seed).check()
     store = Store(cli.data_dir(args.data_dir))
+    for name in cfg.corpora:
+        corpora.check_available(name, store.data_dir)
+    checks.check_context("--seq-len", cfg.seq_len + 1, args.model, store.data_dir,
+                         what="tokens per window (--seq-len + 1)")
     model, tokenizer = modeling.load_model(args.model, store.data_dir)
     bio.check_family(model)
 

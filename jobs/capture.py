@@ -18,22 +18,30 @@ runtime.setup()  # bind the fast BLAS before anything imports mlx (README, "Fast
 import argparse
 import sys
 
-from jobs import cli
+from jobs import checks, cli
 from jobs.cli import JobParser, add_config_options, add_data_dir
+from psilonet import corpora
 from psilonet.analysis import capture
-from psilonet.model import loading as modeling
-from psilonet.store import Store
+from psilonet.store import Store, StoreError
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = JobParser(prog="python -m jobs.capture", description=__doc__,
                   formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", help="a complete training run; omit to capture the bare baseline")
-    p.add_argument("--model", default=modeling.DEFAULT_MODEL, help="base model when no --run is given")
+    p.add_argument("--model", help="base model when no --run is given (default: 'default'); not with --run")
     add_config_options(p, capture.CaptureConfig)
     p.add_argument("--quiet", action="store_true")
     add_data_dir(p)
     return p
+
+
+def base_model(store: Store, run: str) -> str | None:
+    """The base model of training run ``run`` as its catalog row says (run_capture names a bad id)."""
+    try:
+        return (store.get_run(run)["config"] or {}).get("model")
+    except StoreError:
+        return None
 
 
 @cli.job
@@ -41,7 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     store = Store(cli.data_dir(args.pop("data_dir")))
     run, model, quiet = args.pop("run"), args.pop("model"), args.pop("quiet")
-    cfg = capture.CaptureConfig(**args)
+    cfg = capture.CaptureConfig(**args).validate()
+    if run and model is not None:
+        raise cli.JobError(f"--model: --run {run} captures the run's own base model; drop --model")
+    given = "batch_size" in args and args["batch_size"] != capture.CaptureConfig.batch_size
+    cfg.batch_size = checks.fit_batch("--batch-size", cfg.batch_size, cfg.samples, "--samples", given=given)
+    corpora.check_available(cfg.dataset, store.data_dir)
+    context_model = base_model(store, run) if run else model
+    if context_model is not None or not run:  # an unknown --run is named by run_capture
+        checks.check_context("--seq-len", cfg.seq_len, context_model, store.data_dir)
     run_id, summary = capture.run_capture(store, cfg, train_run=run, model=model, data_dir=store.data_dir,
                                           progress=not quiet)
     print(f"captured {summary['tokens']} tokens x {summary['layers']} layers x {summary['heads']} heads "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import statistics
@@ -26,7 +27,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from psilonet import runtime
+# This job measures every library and writes the record itself: the warnings of a parent
+# process about its BLAS variables or a missing record would only mislead here.
+logging.getLogger("psilonet.runtime").setLevel(logging.ERROR)
+
+from psilonet import runtime  # noqa: E402
+from psilonet.files import path_problem  # noqa: E402
 
 # Shapes of the default model (SmolLM2-135M); the child reads the converted config when present.
 DEFAULT_SHAPES = {"hidden_size": 576, "intermediate_size": 1536, "heads": 9, "kv_heads": 3, "head_dim": 64,
@@ -118,6 +124,20 @@ def measure(blas: str, shapes: dict) -> dict:
     return json.loads(lines[-1])
 
 
+def choice_file_problem(target: Path) -> str | None:
+    """Why the record cannot be written at ``target`` (one line naming the variable), or None."""
+    where = "PSILONET_BLAS_CHOICE" if os.environ.get("PSILONET_BLAS_CHOICE") else "the BLAS choice file"
+    if target.exists() and path_problem(target):
+        return f"{where}: {target} {path_problem(target)}"
+    folder = target.parent
+    problem = path_problem(folder, "folder")
+    if problem:
+        return f"{where}: its folder {folder} {problem}; create it or name another file"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{where}: cannot write in {folder}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.choose_blas", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,8 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         print("error: --rounds must be >= 1", file=sys.stderr)
         return 2
-    found = [name for name in runtime.DEFAULT_ORDER if runtime.find_blas(name)]
     target = runtime.choice_file()
+    unwritable = choice_file_problem(target)
+    if unwritable:  # before minutes of measuring, not after
+        print(f"error: {unwritable}", file=sys.stderr)
+        return 2
+    found = [name for name in runtime.DEFAULT_ORDER if runtime.find_blas(name)]
     if len(found) < 2:
         choice = found[0] if found else None
         print(f"BLAS: only {choice or 'the reference BLAS'} installed, nothing to compare")

@@ -1,22 +1,29 @@
 """What every job shares: options derived from the configs, config files, the data folder, and
 one way to end: a one-line message, never a traceback.
 
-Exit codes: 0 done; 2 bad input (an option, a config key, a file: nothing was started, or the
-run was refused before any work); 1 a fault during the work (full disk, diverged training,
-a catalog locked for too long: the run is recorded as failed with the reason);
-130 interrupted with Ctrl-C (the run is recorded as ``interrupted`` and can be resumed).
+Exit codes, one meaning each:
+
+* 0 done;
+* 2 bad input (an option, a config key, a file, an environment variable): refused in one line
+  before any model loads or any run row is written, so nothing was written;
+* 1 a fault during the work (full disk, diverged training, an unreadable file, a catalog locked
+  for too long): the run is recorded as failed with the reason and, except for a training run
+  (which resumes from its staging folder), its partial files are removed;
+* 130 interrupted with Ctrl-C, 143 terminated (SIGTERM): the run is recorded as ``interrupted``
+  and the last line names it and how to continue it.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import functools
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import tomllib
 import typing
 from pathlib import Path
@@ -24,6 +31,7 @@ from typing import Any, Callable
 
 from psilonet import config as configs
 from psilonet import runtime
+from psilonet.files import path_problem
 
 
 class JobError(Exception):
@@ -41,14 +49,26 @@ class JobParser(argparse.ArgumentParser):
         message = re.sub(r"^argument ([^:]+): ", lambda m: m.group(1).split("/")[-1] + ": ", message)
         raise SystemExit(fail(f"{message} (see {self.prog} --help)"))
 
+    def parse_args(self, args=None, namespace=None):
+        """Also refuses an empty value (``--layers ''``, ``--run ''``): it never means the default."""
+        parsed = super().parse_args(args, namespace)
+        for dest, value in vars(parsed).items():
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, str) and not v.strip() for v in values):
+                if dest == "data_dir":  # data_dir() says where an empty folder setting came from
+                    continue
+                self.error(f"argument --{dest.replace('_', '-')}: is empty; give a value or leave the flag out")
+        return parsed
+
 
 def read_config_file(path: str | None) -> dict[str, Any]:
     """Options from a TOML or JSON file (flags given on the command line override them)."""
     if not path:
         return {}
     p = Path(path)
-    if not p.is_file():
-        raise JobError(f"--config: {p} does not exist")
+    problem = path_problem(p)
+    if problem:
+        raise JobError(f"--config: {p} {problem}")
     try:
         text = p.read_text(encoding="utf-8")
         data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
@@ -141,15 +161,81 @@ def data_dir(value: str | None, *, writable: bool = True) -> Path:
     return path
 
 
+def warn(message: str) -> None:
+    """One line about a value that has no effect or was adjusted; the job goes on."""
+    print(f"warning: {one_line(as_flag(message))}", file=sys.stderr)
+
+
+_OFF = ("", "0", "false", "no", "off")
+_ON = ("1", "true", "yes", "on")
+
+
+def debug() -> bool:
+    """``PSILONET_DEBUG``: 1/true/yes/on re-raise for developers; 0/false/no/off or unset do not."""
+    value = os.environ.get("PSILONET_DEBUG", "").strip().lower()
+    if value in _OFF:
+        return False
+    if value not in _ON:
+        warn(f"PSILONET_DEBUG: {value!r} is not one of 1/true/yes/on or 0/false/no/off; reading it as on")
+    return True
+
+
+def _again(run: tuple[str, str] | None) -> str:
+    """How to continue a run that ended early."""
+    if run is None:
+        return "run the job again"
+    run_id, kind = run
+    if kind == "train":
+        return f"continue it with: python -m jobs.train --resume {run_id}"
+    if kind == "sweep":
+        return "run the sweep again (it skips the configs already done)"
+    return "its partial files were removed; run the job again"
+
+
+def _where(exc: BaseException) -> str:
+    """The file an OSError (or one it came from) names, if any."""
+    for _ in range(16):  # a chain of causes is short; never follow a cycle
+        if exc is None:
+            break
+        if isinstance(exc, OSError) and exc.filename:
+            return str(exc.filename)
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return ""
+
+
 def _fault(exc: BaseException) -> str:
+    from psilonet.store.errors import disk_full
+
+    run = getattr(exc, "psilonet_run", None)
+    if disk_full(exc):
+        where = _where(exc)
+        text = f"the disk is full{f' ({where})' if where else ''}"
+        if run and run[1] not in ("train", "sweep"):
+            return f"{text}; run {run[0]} failed and its partial files were removed; " \
+                   "free some space, then run the job again"
+        return f"{text}: free some space, then {_again(run)}"
     if isinstance(exc, OSError):
-        if exc.errno == errno.ENOSPC:
-            return f"the disk is full ({exc.filename or 'while writing'}): free some space, then resume the run"
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror or exc}{where}"
     if isinstance(exc, JobFault):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def _end_bars() -> None:
+    """Close the progress bars still open, so that the job's last line starts a line of its own."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def _terminate(signum, frame):
+    from psilonet.store.errors import Terminated
+
+    raise Terminated()
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -170,28 +256,51 @@ def job(main: Callable[..., int]) -> Callable[..., int]:
     @functools.wraps(main)
     def wrapped(argv: list[str] | None = None) -> int:
         from psilonet.store import StoreLockedError
+        from psilonet.store.errors import CatalogBehind, Terminated, disk_full
         from psilonet.training.loop import TrainingDiverged
 
+        # SIGTERM ends a run as Ctrl-C does (marked interrupted), only where a handler may be set.
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             return main(argv)
         except SystemExit as exc:  # argparse (--help, or a bad flag already reported)
             return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-        except KeyboardInterrupt:
-            print("interrupted (Ctrl-C): a run already begun is marked interrupted; continue a training run "
-                  "with --resume RUN_ID, or run the job again", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as exc:
+            _end_bars()
+            how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+            run = getattr(exc, "psilonet_run", None)
+            if run:
+                print(f"{how}: run {run[0]} is marked interrupted; {_again(run)}", file=sys.stderr)
+            else:
+                print(f"{how}: no run was begun; run the job again", file=sys.stderr)
+            return 143 if isinstance(exc, Terminated) else 130
         except Exception as exc:
-            if os.environ.get("PSILONET_DEBUG"):
+            _end_bars()
+            if debug():
                 raise
-            if isinstance(exc, FileNotFoundError) and not exc.errno:  # raised by our code about a given name
-                return fail(str(exc))
-            if isinstance(exc, (JobFault, TrainingDiverged, StoreLockedError, OSError, MemoryError)):
+            run = getattr(exc, "psilonet_run", None)  # set when the error ended a begun run
+            if disk_full(exc):
                 print(f"error: {one_line(_fault(exc))}", file=sys.stderr)
                 return 1
-            if isinstance(exc, _user_errors()):
+            ours = isinstance(exc, FileNotFoundError) and not exc.errno  # raised by our code about a given name
+            user = ours or (isinstance(exc, _user_errors()) and not isinstance(exc, (StoreLockedError, CatalogBehind)))
+            if user and run is None:
                 return fail(str(exc))
-            print(f"error: unexpected {one_line(_fault(exc))} (PSILONET_DEBUG=1 shows the traceback)",
-                  file=sys.stderr)
+            if isinstance(exc, CatalogBehind):
+                text = str(exc)
+            elif user or isinstance(exc, (JobFault, TrainingDiverged, StoreLockedError, OSError, MemoryError)):
+                text = as_flag(str(exc)) if user else _fault(exc)
+            else:
+                text = f"unexpected {_fault(exc)} (PSILONET_DEBUG=1 shows the traceback)"
+            if run is not None:  # a fault during the work: the run is recorded as failed
+                text += f"; run {run[0]} failed" + ("" if run[1] == "train" else
+                                                     " and its partial files were removed")
+            print(f"error: {one_line(text)}", file=sys.stderr)
             return 1
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapped

@@ -24,6 +24,7 @@ from pathlib import Path
 from jobs import cli
 from jobs.cli import JobParser, add_config_options, add_data_dir
 from psilonet import config
+from psilonet.files import path_problem
 from psilonet.generation.dose_config import DoseConfig
 from psilonet.generation.dosing import run_doses
 from psilonet.generation.prompts import PromptFile, PromptFileError, context_check, context_length, parse_prompts
@@ -40,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts-file", help="a .txt, .jsonl or .csv file of prompts")
     add_config_options(p, DoseConfig)
     p.add_argument("--no-chat", action="store_true", help="continue the raw text instead of using the chat template")
-    p.add_argument("--model", default=modeling.DEFAULT_MODEL, help="'default', an mlx-lm hub name or a folder")
+    p.add_argument("--model", help="'default' (the default), an mlx-lm hub name or a folder; not with --run")
     p.add_argument("--run", help="a trained skip run id: generate with its skip model")
-    p.add_argument("--dial", type=float, help="gate dial for a gated skip run")
+    p.add_argument("--dial", type=float, help="gate dial for a gated skip run (needs --run)")
     add_data_dir(p)
     return p
 
@@ -74,22 +75,28 @@ def main(argv: list[str] | None = None) -> int:
                      chat=not args.no_chat, fatigue=args.fatigue, hebbian=args.hebbian).validate()
     if args.dial is not None:
         config.check(SkipConfig(dial=args.dial))  # the dial's declared bounds
-    if args.prompts_file and not Path(args.prompts_file).is_file():
-        raise PromptFileError(f"--prompts-file: {args.prompts_file} does not exist")
+    if args.prompts_file and path_problem(args.prompts_file):
+        raise PromptFileError(f"--prompts-file: {args.prompts_file} {path_problem(args.prompts_file)}")
+    if args.dial is not None and not args.run:
+        raise cli.JobError("--dial: needs --run (a training run with --gates); the base model has no gates")
+    if args.run and args.model is not None:
+        raise cli.JobError(f"--model: --run {args.run} generates with the run's own base model; drop --model")
     if args.run:
         try:
-            kind = store.get_run(args.run)["kind"]
+            stored = store.get_run(args.run)
         except StoreError as exc:
             raise cli.JobError(f"--run: {exc}") from exc
-        if kind != "train":
-            raise cli.JobError(f"--run: {args.run} is a {kind} run, not a training run")
+        if stored["kind"] != "train":
+            raise cli.JobError(f"--run: {args.run} is a {stored['kind']} run, not a training run")
+        if args.dial is not None and not (stored["config"] or {}).get("skip", {}).get("gates"):
+            raise cli.JobError(f"--dial: run {args.run} has no gates (it was trained without --gates)")
         model, tokenizer, train_cfg = training.load_trained(store, args.run, data_dir=store.data_dir)
         model_name = train_cfg.model
         if args.dial is not None:
             model.dial = args.dial
     else:
-        model, tokenizer = modeling.load_model(args.model, store.data_dir)
-        model_name = args.model
+        model_name = args.model or modeling.DEFAULT_MODEL
+        model, tokenizer = modeling.load_model(model_name, store.data_dir)
     context = context_length(model)
     prompts = load_prompts(args, tokenizer, context)
 

@@ -25,7 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = cli.data_dir(args.data_dir)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     print(f"BLAS: {runtime.active_blas().describe()}")
-    already = modeling.is_complete(modeling.default_model_path(data_dir))
+    target = modeling.default_model_path(data_dir)
+    already = modeling.is_complete(target)
+    if not already and target.exists():
+        print(f"{target} is incomplete or damaged: converting it again")
     path = modeling.fetch_default_model(data_dir)
     print(f"{'already there' if already else 'converted'}: {path}")
     return 0

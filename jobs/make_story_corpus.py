@@ -46,7 +46,7 @@ class StoryOptions:
     max_tokens: int = option(200, min=8, max=2048, help="new tokens per story")
     temperature: float = option(0.8, above=0.0, max=5.0, help="sampling temperature (> 0: stories must differ)")
     top_p: float = option(0.95, above=0.0, max=1.0)
-    seed: int = option(1234, min=0, max=2**31 - 1)
+    seed: int = config.seed_option(1234)
 
 
 @cli.job

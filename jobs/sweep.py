@@ -17,10 +17,11 @@ runtime.setup(workload="training")  # bind the fast BLAS before anything imports
 
 import argparse
 import sys
+from dataclasses import replace
 
 from jobs import cli
 from jobs.cli import JobError, JobParser
-from jobs.train import add_train_options, config_from, options_from
+from jobs.train import add_train_options, check_before_work, config_from, no_effect, options_from
 from psilonet.store import Store
 from psilonet.training import ray_engine
 from psilonet.training.sweep import VARIANTS, SweepSpec, run_sweep
@@ -71,8 +72,15 @@ def main(argv: list[str] | None = None) -> int:
                      alphas=grid.get("alphas", [base.skip.alpha]), seeds=grid.get("seeds", [base.seed]),
                      variants=grid.get("variants", ["plain"]))
     n_runs = len(spec.validate().configs())  # every grid point checked before the model loads
+    for label in spec.repeated():
+        cli.warn(f"--distances/--tap-sets: {label} is given more than once; it is trained and counted once")
+    gated = replace(base, skip=replace(base.skip, gates="gated" in spec.variants))
+    for line in no_effect(options, gated, spec.distance_sets):
+        cli.warn(line)
     if cpus < 1:
         raise JobError(f"--cpus-per-trial: must be at least 1, got {cpus}")
+    if check_before_work(base, data_dir, options).batch_size != base.batch_size:
+        spec.base = base = replace(base, batch_size=base.train_samples)  # the default, shrunk to the data
     if engine == "ray":
         ray_engine.require_ray()
     print(f"BLAS: {runtime.active_blas().describe()}")

@@ -29,6 +29,11 @@ from typing import Any, ClassVar
 
 _MISSING = dataclasses.MISSING
 
+# Every seed of every job and config: MLX, NumPy and scikit-learn take unsigned 32-bit seeds,
+# so one range, declared here, is checked wherever a seed enters (flags, config files, links).
+MAX_SEED = 2**32 - 1
+SEED_BOUNDS = {"min": 0, "max": MAX_SEED}
+
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message starts with the key's name."""
@@ -46,6 +51,17 @@ def option(default: Any = _MISSING, *, default_factory: Any = _MISSING, help: st
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def seed_option(default: Any = 0, *, default_factory: Any = _MISSING, help: str = "") -> Any:
+    """A seed field (or a list of seeds): an integer in ``[0, MAX_SEED]``."""
+    return option(default, default_factory=default_factory, help=help, **SEED_BOUNDS)
+
+
+def check_seed(name: str, value: Any) -> None:
+    """A seed that did not come through a config field (``jobs.analyze``, ``jobs.sweep --seeds``)."""
+    hint = list[int] if isinstance(value, list) else int
+    check_value(name, value, hint, dict(SEED_BOUNDS))
 
 
 def hints(cls) -> dict[str, Any]:
@@ -116,6 +132,11 @@ def check_value(name: str, value: Any, hint, meta: dict | None = None) -> None:
     if not _type_ok(value, base):
         raise ConfigError(f"{name}: expected {_kind(base)}, got {value!r}")
     items = value if isinstance(value, list) else [value]
+    if isinstance(value, list) and not any(isinstance(v, list) for v in value):
+        # A list option never means a value twice: it would run (and count) twice.
+        seen = [v for i, v in enumerate(value) if v in value[:i]]
+        if seen:
+            raise ConfigError(f"{name}: repeated values ({seen[0]!r} is given more than once)")
     for item in items:
         if isinstance(item, (int, float)) and not isinstance(item, bool):
             problem = _range_problem(item, meta)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from psilonet import runtime
+from psilonet.files import path_problem
 
 STORIES_FILE = "smol_stories.jsonl"
 OFFLINE_CORPORA = ("python-docs", "smol-stories")
@@ -61,11 +62,15 @@ def check_name(name: str) -> None:
     if name in OFFLINE_CORPORA or name in HUB_ALIASES:
         return
     if path.suffix.lower() in LOCAL_BUILDERS:
-        if not path.is_file():
-            raise CorpusError(f"dataset: corpus file {path} does not exist")
+        problem = path_problem(path)
+        if problem:
+            raise CorpusError(f"dataset: corpus file {path} {problem}")
         if LOCAL_BUILDERS[path.suffix.lower()] != "parquet":
             check_text_file(path)
         return
+    if os.path.lexists(path) or name.startswith((".", "/", "~")):  # a local path, never a hub name
+        problem = path_problem(path) or "is not a .txt, .jsonl, .csv or .parquet file"
+        raise CorpusError(f"dataset: {path} {problem}; give a .txt/.jsonl/.csv/.parquet file or a corpus name")
     if "/" not in name.split(":")[0]:
         raise CorpusError(
             f"dataset: unknown corpus {name!r}: use one of {', '.join(OFFLINE_CORPORA)}, "
@@ -189,17 +194,21 @@ def token_stream(tokenizer, texts: list[str]) -> np.ndarray:
 
 
 def make_windows(
-    tokenizer, texts: list[str], *, seq_len: int, n_train: int, n_val: int, seed: int, name: str = "corpus"
+    tokenizer, texts: list[str], *, seq_len: int, n_train: int, n_val: int, seed: int, name: str = "corpus",
+    counts: str = "train_samples/val_samples",
 ) -> Windows:
-    """Cut the corpus into ``seq_len`` windows and draw a seeded, disjoint train/val split."""
+    """Cut the corpus into ``seq_len`` windows and draw a seeded, disjoint train/val split.
+
+    ``counts`` names the options that set ``n_train``/``n_val`` in the caller's job (for its message).
+    """
     if seq_len < 2:
         raise CorpusError(f"seq_len must be at least 2, got {seq_len}")
     stream = token_stream(tokenizer, texts)
     total = len(stream) // seq_len
     if n_train + n_val > total:
         raise CorpusError(
-            f"train_samples/val_samples: corpus {name!r} yields {total} windows of {seq_len} tokens, "
-            f"fewer than the {n_train} train + {n_val} val requested"
+            f"{counts}: corpus {name!r} yields {total} windows of {seq_len} tokens, fewer than the "
+            + (f"{n_train} train + {n_val} val requested" if n_train else f"{n_val} requested")
         )
     windows = stream[: total * seq_len].reshape(total, seq_len)
     order = np.random.default_rng(seed).permutation(total)
@@ -208,9 +217,9 @@ def make_windows(
 
 def load_windows(
     tokenizer, name: str, *, seq_len: int, n_train: int, n_val: int, seed: int,
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None, counts: str = "train_samples/val_samples",
 ) -> Windows:
     return make_windows(
         tokenizer, load_texts(name, data_dir=data_dir),
-        seq_len=seq_len, n_train=n_train, n_val=n_val, seed=seed, name=name,
+        seq_len=seq_len, n_train=n_train, n_val=n_val, seed=seed, name=name, counts=counts,
     )

@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import json
 import logging
 import os
 import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from psilonet import blas_env
 
 log = logging.getLogger("psilonet.runtime")
 
@@ -113,18 +114,18 @@ WORKLOADS = ("decode", "training")
 
 def workload() -> str:
     """This process's workload for the BLAS choice: ``PSILONET_WORKLOAD``, ``decode`` by default."""
-    value = os.environ.get("PSILONET_WORKLOAD", "").strip().lower()
-    return value if value in WORKLOADS else "decode"
+    return blas_env.workload_setting()
 
 
 def recorded_choice(for_workload: str | None = None) -> str | None:
     """``openblas``, ``blis`` or ``mkl`` as measured at setup for ``for_workload`` (this process's
     by default; a record without per-workload choices gives its overall one), or None when there
     is no usable record."""
+    for_workload = for_workload or workload()
+    record = blas_env.read_choice(choice_file(), explicit=bool(os.environ.get("PSILONET_BLAS_CHOICE")))
     try:
-        record = json.loads(choice_file().read_text())
         by_workload = record.get("by_workload") or {}
-        name = by_workload.get(for_workload or workload()) or record["choice"]
+        name = by_workload.get(for_workload) or record["choice"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return name if name in _CANDIDATES else None
@@ -153,7 +154,7 @@ def setup(workload: str | None = None) -> BlasInfo:
         _active = BlasInfo("accelerate", None, True)
         return _active
 
-    choice = os.environ.get("PSILONET_BLAS", "auto").strip() or "auto"
+    choice = blas_env.blas_setting()  # a bad value is named in a warning and read as auto
     if "mlx.core" in sys.modules and choice != "reference":
         # Too late: MLX already resolved its BLAS symbols. Say so rather than pretend.
         log.warning(

@@ -69,8 +69,10 @@ CASES = [
     ("train", ["--lr", "nan"], "--lr: must be a finite number"),
     ("train", ["--lr", "0"], "--lr: must be > 0"),
     ("train", ["--lr", "-1"], "--lr: must be > 0"),
-    ("train", ["--split-seed", "-1"], "--split-seed: must be at least 0, got -1"),
-    ("train", ["--seed", "-1"], "--seed: must be at least 0, got -1"),
+    ("train", ["--split-seed", "-1"], "--split-seed: must be in [0, 4294967295], got -1"),
+    ("train", ["--seed", "-1"], "--seed: must be in [0, 4294967295], got -1"),
+    ("train", ["--seed", "18446744073709551616"], "--seed: must be in [0, 4294967295], got 18446744073709551616"),
+    ("train", ["--split-seed", "4294967296"], "--split-seed: must be in [0, 4294967295]"),
     ("train", ["--seed", "x"], "--seed: invalid int value: 'x'"),
     ("train", ["--seq-len", "1"], "--seq-len: must be at least 2"),
     ("train", ["--train-samples", "0"], "--train-samples: must be at least 1"),
@@ -111,7 +113,8 @@ CASES = [
     ("sweep", ["--tap-sets", "3,x"], "--tap-sets: expected comma-separated distances"),
     ("sweep", ["--alphas", "2"], "--alphas: each must be in [0, 1], got 2.0"),
     ("sweep", ["--seeds", "0", "0"], "--seeds: repeated values"),
-    ("sweep", ["--seeds", "-1"], "--seeds: each must be at least 0"),
+    ("sweep", ["--seeds", "-1"], "--seeds: each must be in [0, 4294967295]"),
+    ("sweep", ["--seeds", "0", "4294967296"], "--seeds: each must be in [0, 4294967295], got 4294967296"),
     ("sweep", ["--variants", "odd"], "--variants: invalid choice: 'odd'"),
     ("sweep", ["--cpus-per-trial", "0"], "--cpus-per-trial: must be at least 1"),
     ("sweep", ["--distances", "0"], "--distances: each must be at least 1"),
@@ -134,20 +137,21 @@ CASES = [
     ("capture", ["--seq-len", "1"], "--seq-len: must be at least 2"),
     ("capture", ["--samples", "0"], "--samples: must be at least 1"),
     ("capture", ["--batch-size", "0"], "--batch-size: must be at least 1"),
-    ("capture", ["--seed", "-1"], "--seed: must be at least 0"),
+    ("capture", ["--seed", "-1"], "--seed: must be in [0, 4294967295]"),
     ("capture", ["--dataset", "nope"], "--dataset: unknown corpus 'nope'"),
     ("capture", ["--run", "nope"], "--run: unknown run id 'nope'"),
     ("capture", ["--model", "nope"], "--model: 'nope' is neither"),
     ("analyze", ["--captures", "a", "a"], "--captures: a is given twice"),
     ("analyze", ["--captures", "nope"], "--captures: unknown run id 'nope'"),
-    ("analyze", ["--captures", "x", "--seed", "-1"], "--seed: must be at least 0"),
+    ("analyze", ["--captures", "x", "--seed", "-1"], "--seed: must be in [0, 4294967295]"),
+    ("analyze", ["--captures", "x", "--seed", "99999999999999999999"], "--seed: must be in [0, 4294967295]"),
     ("analyze", [], "the following arguments are required: --captures"),
     ("make_story_corpus", ["--per-prompt", "0"], "--per-prompt: must be in [1, 64]"),
     ("make_story_corpus", ["--temperature", "-1"], "--temperature: must be > 0"),
     ("make_story_corpus", ["--max-tokens", "0"], "--max-tokens: must be in [8, 2048]"),
     ("make_story_corpus", ["--prompts", "0"], "--prompts: must be in [1, 96]"),
     ("make_story_corpus", ["--top-p", "2"], "--top-p: must be at most 1"),
-    ("make_story_corpus", ["--seed", "-3"], "--seed: must be in [0, 2147483647]"),
+    ("make_story_corpus", ["--seed", "-3"], "--seed: must be in [0, 4294967295]"),
     ("check_model", ["--max-tokens", "0"], "--max-tokens: must be in [1, 512]"),
     ("check_model", ["--model", "/no/such/dir"], "--model: '/no/such/dir' is neither"),
     ("fetch_model", ["--data-dir", "{file}"], "is a file, not a folder"),
@@ -265,7 +269,7 @@ def test_truncated_skip_weights_are_named(tiny_model_dir, tmp_path, capsys):
     code, err = run_job("dose", ["--run", run_id, "--prompt", "Hi", "--max-tokens", "2", "--data-dir", str(tmp_path)],
                         capsys)
     assert code == 2
-    assert_one_line(err, f"run {run_id}: its skip weights in")
+    assert_one_line(err, f"run {run_id}: its skip weights {weights} is truncated")
     assert len(store.list_runs()) == 1
     assert_consistent(tmp_path)
 
@@ -312,6 +316,8 @@ def fake_captures(store: Store, models: list[str]) -> list[str]:
     (["m1"], ["--layers", "20-10"], "--layers: 20-10 is reversed; write the lower layer first (10-20)"),
     (["m1"], ["--layers", "10-40"], "--layers: 10-40 is outside the model's layers 0-30"),
     (["m1"], ["--layers", "ten"], "--layers: expected a range like 10-20, got 'ten'"),
+    (["m1"], ["--layers", ""], "--layers: is empty"),
+    (["m1"], ["--layers", " "], "--layers: is empty"),
 ])
 def test_analyze_refuses_before_reading_any_capture(models, extra, message, tmp_path, capsys):
     store = Store(tmp_path)

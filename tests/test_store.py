@@ -130,8 +130,13 @@ def test_exception_marks_failed(tmp_path: Path) -> None:
     assert run["finished"] is not None
     with pytest.raises(RunNotFoundError, match="failed"):
         store.open_run(w.run_id)
-    # Left in staging so a later job could resume from it.
-    assert (store.staging_dir / w.run_id / "run.duckdb").exists()
+    # Nothing can continue a failed analysis: its partial files are gone, holding no disk.
+    assert not (store.staging_dir / w.run_id).exists()
+    with pytest.raises(ValueError, match="boom"):
+        with store.begin_run("train", config={}) as t:
+            raise ValueError("boom")
+    # A training run is left in staging so that --resume can continue it.
+    assert (store.staging_dir / t.run_id / "run.duckdb").exists()
     with pytest.raises(RunNotFoundError):
         store.get_run("train-20000101-000000-abcdef")
 

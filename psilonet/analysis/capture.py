@@ -44,7 +44,7 @@ class CaptureConfig(config.Declared):
     seq_len: int = option(64, min=2, help="tokens per window")
     samples: int = option(48, min=1, help="evaluation windows")
     max_tokens: int = option(2000, min=4, help="token positions kept (seeded sample; at least 4 for debiased CKA)")
-    seed: int = option(0, min=0, help="which windows and positions")
+    seed: int = config.seed_option(0, help="which windows and positions")
     batch_size: int = option(8, min=1)
 
     def validate(self) -> "CaptureConfig":
@@ -61,7 +61,7 @@ class CaptureConfig(config.Declared):
 def evaluation_windows(tokenizer, cfg: CaptureConfig, data_dir=None) -> np.ndarray:
     """The fixed evaluation windows (samples, seq_len) of the corpus for this seed."""
     return corpora.load_windows(tokenizer, cfg.dataset, seq_len=cfg.seq_len, n_train=0,
-                                n_val=cfg.samples, seed=cfg.seed, data_dir=data_dir).val
+                                n_val=cfg.samples, seed=cfg.seed, data_dir=data_dir, counts="samples").val
 
 
 def select_positions(n_windows: int, seq_len: int, max_tokens: int, seed: int) -> np.ndarray:

@@ -25,8 +25,10 @@ from typing import NamedTuple
 import numpy as np
 from sklearn.decomposition import PCA
 
+from psilonet import config as configs
 from psilonet.analysis import representation, similarity
 from psilonet.analysis.capture import ACTIVATIONS_FILE
+from psilonet.files import parquet_problem
 from psilonet.store import tables
 
 LAYER_METRICS = ("cka", "cka_debiased", "svcca", "pwcca")
@@ -54,8 +56,10 @@ class Source:
 def parse_layer_range(text: str | None, num_states: int) -> tuple[int, int]:
     """'a-b' (inclusive) within 0..num_states-1; default: the middle third."""
     last = num_states - 1
-    if not text:
+    if text is None:
         return last // 3, 2 * last // 3
+    if not text.strip():
+        raise AnalysisError("layers: is empty; give a range like 10-20, or leave --layers out for the middle third")
     try:
         a, b = (int(x) for x in text.split("-", 1)) if "-" in text else (int(text),) * 2
     except ValueError as exc:
@@ -209,7 +213,8 @@ def load_source(store, run_id: str) -> Source:
         hint = f"; capture it first: python -m jobs.capture --run {run_id}" if run["kind"] == "train" else ""
         raise AnalysisError(f"captures: {run_id} is a {run['kind']} run, not a capture{hint}")
     if run["state"] != "complete":
-        raise AnalysisError(f"captures: {run_id} is {run['state']}, not complete")
+        why = f" ({run['error']})" if run["state"] == "missing" and run.get("error") else ""
+        raise AnalysisError(f"captures: {run_id} is {run['state']}, not complete{why}")
     s = run["summary"]
     return Source(run_id, run["dataset"], s["sides"], s["layers"], s["heads"])
 
@@ -228,14 +233,21 @@ def run_analysis(store, captures: list[str], *, layers: str | None = None, seed:
     repeated = sorted({c for c in captures if captures.count(c) > 1})
     if repeated:
         raise AnalysisError(f"captures: {repeated[0]} is given twice")
-    if seed < 0:
-        raise AnalysisError(f"seed: must be at least 0, got {seed}")
+    try:
+        configs.check_seed("seed", seed)
+    except configs.ConfigError as exc:
+        raise AnalysisError(str(exc)) from exc
     sources = [load_source(store, r) for r in captures]
     models = {store.get_run(s.run_id)["model"] for s in sources}
     if len(models) > 1:
         raise AnalysisError(f"captures: they come from different models ({', '.join(sorted(map(str, models)))}); "
                             "compare captures of one model")
     windows = {s.run_id: parse_layer_range(layers, s.layers) for s in sources}
+    for s in sources:  # a damaged capture is refused before the analysis run exists
+        path = store.run_dir(s.run_id) / ACTIVATIONS_FILE
+        problem = parquet_problem(path)
+        if problem:
+            raise AnalysisError(f"captures: {path} {problem}; capture run {s.run_id} again")
     config = {"captures": captures, "layers": layers, "seed": seed}
     with store.begin_run("analysis", config=config, model=None,
                          dataset=" vs ".join(s.dataset for s in sources), parent=captures[0]) as writer:

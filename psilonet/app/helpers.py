@@ -267,7 +267,9 @@ def run_picker(label: str, kinds: tuple[str, ...], key: str = "run", help: str |
     first = preferred[0] if preferred else ids[0]
     wanted = param(key, first)
     if wanted not in ids:
-        st.warning(f"Run `{wanted}` from the link is not a complete {'/'.join(kinds)} run here; showing the newest.")
+        gone = (all_runs.run_id == wanted) & (all_runs.state == "missing")  # its folder was deleted
+        why = "is missing (its folder was deleted)" if gone.any() else f"is not a complete {'/'.join(kinds)} run here"
+        st.warning(f"Run `{wanted}` from the link {why}; showing the newest.")
         wanted = first
     labels = {r.run_id: f"{r.run_id} · {r.dataset or ''}" for r in choices.itertuples()}
     chosen = st.selectbox(label, ids, index=ids.index(wanted), format_func=labels.get, help=help, key=f"pick_{key}")

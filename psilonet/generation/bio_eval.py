@@ -43,7 +43,7 @@ class BioEvalConfig:
                                     help="strengths of each mechanism; sober (0) is always measured")
     windows: int = option(16, min=2, max=10_000, help="token windows per corpus")
     seq_len: int = option(128, min=8, max=4096, help="predicted tokens per window")
-    seed: int = option(0, min=0, help="which windows are drawn")
+    seed: int = config.seed_option(0, help="which windows are drawn")
 
     def check(self) -> "BioEvalConfig":
         for name in ("corpora", "mechanisms", "strengths"):
@@ -91,7 +91,7 @@ def evaluate(model, tokenizer, cfg: BioEvalConfig, *, data_dir=None,
     cfg.check()
     rows = cfg.rows()
     windows = {name: corpora.load_windows(tokenizer, name, seq_len=cfg.seq_len + 1, n_train=0, n_val=cfg.windows,
-                                          seed=cfg.seed, data_dir=data_dir).val
+                                          seed=cfg.seed, data_dir=data_dir, counts="windows").val
                for name in cfg.corpora}
     total, done, frames = sum(len(w) for w in windows.values()), 0, []
     for name, wins in windows.items():

@@ -16,7 +16,7 @@ from psilonet.generation.perturb import MECHANISMS, PRESETS, DoseSpec
 from psilonet.generation.sampling import SamplingConfig
 
 MAX_NEW_TOKENS = 512
-MAX_SEED = 2**32 - 1  # MLX and NumPy seeds are unsigned 32-bit
+MAX_SEED = config.MAX_SEED
 
 
 @dataclass
@@ -26,7 +26,7 @@ class DoseConfig:
     intensities: list[float] = option(default_factory=lambda: list(PRESETS.values()), min=0.0, max=1.0,
                                       help="each in [0, 1]; presets: "
                                            + ", ".join(f"{k} {v}" for k, v in PRESETS.items()))
-    seeds: list[int] = option(default_factory=lambda: [0], min=0, max=MAX_SEED,
+    seeds: list[int] = config.seed_option(default_factory=lambda: [0],
                               help="one continuation per seed (same seed: same sampling and noise)")
     mechanisms: list[str] = option(default_factory=lambda: list(MECHANISMS), choices=MECHANISMS,
                                    help="perturbations applied")

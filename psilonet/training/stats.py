@@ -42,9 +42,10 @@ def summarize(results: pd.DataFrame, value: str = "improvement_pct", higher_is_b
     """One row per config from ``results`` (columns config_key, label, seed, ``value``).
 
     The best config has the best mean; every other config gets a paired t-test against it
-    over the seeds both completed.
+    over the seeds both completed. A (config, seed) listed twice counts once.
     """
-    done = results.dropna(subset=[value])
+    # A config and seed is one run: counted once, however many times it is listed.
+    done = results.dropna(subset=[value]).drop_duplicates(["config_key", "seed"])
     if done.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
     rows = []

@@ -36,7 +36,7 @@ class SweepSpec:
         skip_meta = {f.name: dict(f.metadata) for f in fields(SkipConfig)}
         for name, hint, meta in (("distance_sets", list[list[int]], {}),
                                  ("alphas", list[float], skip_meta["alpha"]),
-                                 ("seeds", list[int], {"min": 0}), ("variants", list[str], {"choices": VARIANTS})):
+                                 ("seeds", list[int], dict(config.SEED_BOUNDS)), ("variants", list[str], {"choices": VARIANTS})):
             value = getattr(self, name)
             if isinstance(value, list) and not value:
                 raise ConfigError(f"{name}: give at least one value")
@@ -45,15 +45,24 @@ class SweepSpec:
             config.check_value("distances", distances, list[int], skip_meta["distances"])
             if not distances:
                 raise ConfigError("distances: a tap set needs at least one distance")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"seeds: repeated values in {self.seeds}")
         for _, _, cfg in self.configs():
             cfg.validate()
         return self
 
     def configs(self) -> list[tuple[str, str, TrainConfig]]:
-        """(config_key, label, TrainConfig) for every grid point and seed."""
-        out = []
+        """(config_key, label, TrainConfig) for every distinct grid point and seed.
+
+        Grid points that make the same training config (``--distances 1`` and ``--tap-sets 1,``)
+        are one config, trained and counted once (see :meth:`repeated`).
+        """
+        return self._grid()[0]
+
+    def repeated(self) -> list[str]:
+        """Labels of the grid points dropped because an earlier one makes the same config."""
+        return self._grid()[1]
+
+    def _grid(self) -> tuple[list[tuple[str, str, TrainConfig]], list[str]]:
+        out, seen, dropped = [], set(), []
         for distances in self.distance_sets:
             for alpha in self.alphas:
                 for variant in self.variants:
@@ -61,8 +70,13 @@ class SweepSpec:
                     label = f"d={','.join(map(str, distances))} alpha={alpha:g}" + (" gated" if variant == "gated" else "")
                     for seed in self.seeds:
                         cfg = replace(self.base, seed=seed, skip=SkipConfig.from_dict(skip.to_dict()))
+                        if cfg.run_hash() in seen:
+                            if label not in dropped:
+                                dropped.append(label)
+                            continue
+                        seen.add(cfg.run_hash())
                         out.append((cfg.config_key(), label, cfg))
-        return out
+        return out, dropped
 
 
 def _summary_tables(rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
