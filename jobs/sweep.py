@@ -65,12 +65,11 @@ def report(store: Store, sweep_id: str) -> None:
     print(f"{summary.get('runs', len(runs))} runs: {summary.get('completed', 0)} completed, "
           f"{summary.get('failed', 0)} failed, {summary.get('lost', 0)} lost "
           f"({summary.get('trained', 0)} trained now, {summary.get('reused', 0)} reused, "
-          f"{summary.get('retried', 0)} trials retried after a lost node or worker)")
+          f"{summary.get('retried', 0)} lost trial(s) retried)")
     for run in runs[runs.state != "complete"].sort_values(["state", "label", "seed"]).itertuples():
         print(f"  {run.state:6s}  {run.label} seed {run.seed}: {run.error or 'no error recorded'}")
     if summary.get("lost"):
-        print(f"rerun the same command to train the {summary['lost']} lost runs "
-              "(the completed ones are reused)")
+        print(f"rerun the same command to train the {summary['lost']} lost run(s) (the completed ones are reused)")
 
 
 @cli.job

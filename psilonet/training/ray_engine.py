@@ -28,12 +28,19 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from psilonet import config
 from psilonet.config import option
 
+#: Seconds the head node (its GCS) may refuse connections before the sweep gives up on it; Ray
+#: itself ends the driver process after 60 s without its GCS, with no word of what to rerun.
+HEAD_GRACE_S = 20.0
 RAY_REQUIREMENTS = "requirements-scale.txt"
 INSTALL_HINT = f"pip install -r {RAY_REQUIREMENTS}"
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,6 +156,30 @@ def _tracker():
     return Tracker()
 
 
+RERUN = "start it again and rerun the same command; the runs that completed are kept and only the missing configs train"
+
+
+def _watch_head(gcs_address: str, where: str, stop: threading.Event, grace: float = HEAD_GRACE_S) -> None:
+    """End this driver with one line once the head node has refused connections for ``grace`` seconds.
+
+    Ray's core worker ends the process by itself (exit 1, a log line about its GCS) when the
+    head node is gone; nothing in Python can catch that, so the sweep says what to rerun first.
+    The sweep run then reads ``killed``, like a killed driver, and a rerun reuses its runs.
+    """
+    host, _, port = gcs_address.rpartition(":")
+    down_since = None
+    while not stop.wait(1.0):
+        try:
+            socket.create_connection((host, int(port)), timeout=2.0).close()
+            down_since = None
+        except OSError:
+            down_since = down_since or time.monotonic()
+            if time.monotonic() - down_since >= grace:
+                print(f"error: lost the head node of {where} (it has not answered for {grace:.0f} s): {RERUN}",
+                      file=sys.stderr, flush=True)
+                os._exit(1)
+
+
 def run_trials(configs: list, sweep_id: str, data_dir: Path, ray_cfg: RayConfig | None = None, *,
                local_cpus: int | None = None) -> tuple[dict[str, TrialEnd], int]:
     """Run every TrainConfig as a Tune trial; return ({run hash: TrialEnd} of those that did not
@@ -168,9 +199,10 @@ def run_trials(configs: list, sweep_id: str, data_dir: Path, ray_cfg: RayConfig 
     env = {"OPENBLAS_NUM_THREADS": threads, "BLIS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "PSILONET_DATA": str(data_dir)}
-    # Tune logs every trial error with its traceback and Ray forwards the raylets' last words about a
-    # dead node; the sweep prints what happened to each config itself (one line per lost config).
+    # Tune logs every trial error with its traceback and its reporter prints each one even at
+    # verbose=0 (its older reporter honours verbose=0); the sweep prints what became of every config.
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     started_here = not ray.is_initialized()
     address = ray_cfg.address
@@ -182,6 +214,9 @@ def run_trials(configs: list, sweep_id: str, data_dir: Path, ray_cfg: RayConfig 
                      log_to_driver=False, **kwargs)
         except (ray.exceptions.RayError, ConnectionError) as exc:
             raise RayClusterLost(f"cannot reach {where}: {one_line(exc)}") from exc
+    stop = threading.Event()
+    threading.Thread(target=_watch_head, args=(ray.get_runtime_context().gcs_address, where, stop),
+                     name="psilonet-head-watch", daemon=True).start()
     try:
         tracker = _tracker()
         param_space = {"trial": tune.grid_search([{"run_hash": c.run_hash(), "train": c.to_dict()} for c in configs]),
@@ -197,8 +232,8 @@ def run_trials(configs: list, sweep_id: str, data_dir: Path, ray_cfg: RayConfig 
         return tracker.ends, sum(tracker.retries.values())
     except (ray.exceptions.RayError, ConnectionError, tune.TuneError) as exc:
         raise RayClusterLost(f"{where} went away during the sweep ({type(exc).__name__}: its head node or this "
-                             "driver's connection died): start it again and rerun the same command; the runs that "
-                             "completed are kept and only the missing configs train") from exc
+                             f"driver's connection died): {RERUN}") from exc
     finally:
+        stop.set()
         if started_here and ray.is_initialized():
             ray.shutdown()
