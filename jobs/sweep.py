@@ -17,11 +17,12 @@ runtime.setup(workload="training")  # bind the fast BLAS before anything imports
 
 import argparse
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from jobs import cli
-from jobs.cli import JobError, JobParser
+from jobs.cli import JobError, JobFault, JobParser, add_config_options
 from jobs.train import add_train_options, check_before_work, config_from, no_effect, options_from
+from psilonet.config import from_dict
 from psilonet.store import Store
 from psilonet.training import ray_engine
 from psilonet.training.sweep import VARIANTS, SweepSpec, run_sweep
@@ -49,9 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", nargs="+", choices=VARIANTS, help="plain and/or gated (per-head gates)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: one config after another here; ray: each config a Ray Tune trial")
-    p.add_argument("--address", help="Ray cluster: auto or HOST:PORT (default: a local Ray on this machine)")
-    p.add_argument("--cpus-per-trial", type=int, default=1, help="CPUs (and BLAS threads) per Ray trial")
+    add_config_options(p, ray_engine.RayConfig)
     return p
+
+
+def report(store: Store, sweep_id: str) -> None:
+    """What became of every run of the sweep, from the catalog: counts, then one line per run
+    that did not complete (a lost one is trained by rerunning the same command)."""
+    summary = store.get_run(sweep_id).get("summary") or {}
+    with store.open_run(sweep_id) as reader:
+        runs = reader.sweep_runs()
+    print(f"{summary.get('runs', len(runs))} runs: {summary.get('completed', 0)} completed, "
+          f"{summary.get('failed', 0)} failed, {summary.get('lost', 0)} lost "
+          f"({summary.get('trained', 0)} trained now, {summary.get('reused', 0)} reused, "
+          f"{summary.get('retried', 0)} lost trial(s) retried)")
+    for run in runs[runs.state != "complete"].sort_values(["state", "label", "seed"]).itertuples():
+        print(f"  {run.state:6s}  {run.label} seed {run.seed}: {run.error or 'no error recorded'}")
+    if summary.get("lost"):
+        print(f"rerun the same command to train the {summary['lost']} lost run(s) (the completed ones are reused)")
 
 
 @cli.job
@@ -59,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     data_dir = cli.data_dir(args.pop("data_dir", None))
     quiet = args.pop("quiet", False)
-    engine, address, cpus = args.pop("engine"), args.pop("address", None), args.pop("cpus_per_trial")
+    engine = args.pop("engine")
+    if args.get("cpus_per_trial", 1) < 1:  # before RayConfig's own check, in the flag's words
+        raise JobError(f"--cpus-per-trial: must be at least 1, got {args['cpus_per_trial']}")
+    ray_cfg = from_dict(ray_engine.RayConfig, {f.name: args.pop(f.name) for f in fields(ray_engine.RayConfig)})
     grid = {k: args.pop(k) for k in ("distances", "tap_sets", "alphas", "seeds", "variants") if k in args}
     store = Store(data_dir)
     options = options_from(args)
@@ -77,17 +96,18 @@ def main(argv: list[str] | None = None) -> int:
     gated = replace(base, skip=replace(base.skip, gates="gated" in spec.variants))
     for line in no_effect(options, gated, spec.distance_sets):
         cli.warn(line)
-    if cpus < 1:
-        raise JobError(f"--cpus-per-trial: must be at least 1, got {cpus}")
     if check_before_work(base, data_dir, options).batch_size != base.batch_size:
         spec.base = base = replace(base, batch_size=base.train_samples)  # the default, shrunk to the data
     if engine == "ray":
         ray_engine.require_ray()
     print(f"BLAS: {runtime.active_blas().describe()}")
     print(f"{n_runs} runs")
-    sweep_id, configs = run_sweep(spec, store, data_dir=data_dir, progress=not quiet, engine=engine,
-                                  address=address, cpus_per_trial=cpus)
+    try:
+        sweep_id, configs = run_sweep(spec, store, data_dir=data_dir, progress=not quiet, engine=engine, ray=ray_cfg)
+    except ray_engine.RayClusterLost as exc:
+        raise JobFault(str(exc)) from exc
     print(f"sweep run {sweep_id}")
+    report(store, sweep_id)
     cols = ["label", "n", "failed", "mean", "std", "ci_low", "ci_high", "p_vs_best"]
     print(configs[cols].sort_values("mean", ascending=False).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if (configs["n"] == 0).all():

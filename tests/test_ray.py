@@ -14,6 +14,7 @@ import pytest
 
 from psilonet.store import Store
 from psilonet.training.loop import TrainConfig
+from psilonet.training.ray_engine import RayConfig
 from psilonet.training.sweep import SweepSpec, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +42,8 @@ def test_ray_engine_gives_the_local_results(tiny_model_dir, tmp_path):
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"}})
     try:
-        ray_id, _ = run_sweep(spec(tiny_model_dir), ray_store, engine="ray", cpus_per_trial=1, progress=False)
+        ray_id, _ = run_sweep(spec(tiny_model_dir), ray_store, engine="ray", ray=RayConfig(cpus_per_trial=1),
+                           progress=False)
     finally:
         ray.shutdown()
     a, b = per_config(local_store, local_id), per_config(ray_store, ray_id)

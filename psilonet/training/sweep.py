@@ -19,6 +19,7 @@ from psilonet.model.skip import SkipConfig
 from psilonet.store import Store
 from psilonet.training import stats
 from psilonet.training.loop import Prepared, TrainConfig, check_depth, prepare, train
+from psilonet.training.ray_engine import RayConfig, TrialEnd  # no Ray import: that module loads Ray only to run trials
 
 VARIANTS = ("plain", "gated")
 
@@ -108,25 +109,48 @@ def _catalog_results(store: Store, sweep_id: str) -> dict[str, dict]:
     return found
 
 
-def _row(key: str, label: str, cfg: TrainConfig, run: dict | None, error: str | None = None) -> dict:
+def _outcome(run: dict | None, end: TrialEnd | None = None) -> tuple[str, str | None]:
+    """(state, error) of one grid point: the catalog's finished run wins, then how the engine saw it."""
+    if run and run.get("state") in ("complete", "failed"):
+        return run["state"], run.get("error")
+    if end is not None:
+        return end.state, end.error
+    if run:
+        return run.get("state") or "failed", run.get("error")
+    return "failed", None
+
+
+def _row(key: str, label: str, cfg: TrainConfig, run: dict | None, end: TrialEnd | None = None) -> dict:
     summary = (run or {}).get("summary") or {}
+    state, error = _outcome(run, end)
     return dict(config_key=key, label=label, seed=cfg.seed, distances=",".join(map(str, cfg.skip.distances)),
                 alpha=cfg.skip.alpha, variant="gated" if cfg.skip.gates else "plain",
-                run_id=(run or {}).get("run_id"), state=(run or {}).get("state", "failed"),
-                error=(run or {}).get("error") or error,
+                run_id=(run or {}).get("run_id"), state=state, error=error,
                 base_loss=summary.get("base_loss"), skip_loss=summary.get("skip_loss"),
                 improvement_pct=summary.get("improvement_pct"))
 
 
+def _lost_unreported(todo: list, results: dict[str, dict], ends: dict[str, TrialEnd]) -> dict[str, TrialEnd]:
+    """Trials Ray never told about (no result, no error) that have no finished run: lost too."""
+    missing = {}
+    for _, _, cfg in todo:
+        h = cfg.run_hash()
+        if h not in ends and results.get(h, {}).get("state") not in ("complete", "failed"):
+            missing[h] = TrialEnd("lost", "its trial never reported (worker or node lost)")
+    return missing
+
+
 def run_sweep(
     spec: SweepSpec, store: Store, *, base=None, data_dir=None, progress: bool = True,
-    engine: str = "local", address: str | None = None, cpus_per_trial: int = 1,
+    engine: str = "local", ray: RayConfig | None = None,
 ) -> tuple[str, pd.DataFrame]:
     """Validate every config, train those not yet completed, and summarise from the catalog.
 
     ``engine="local"`` trains one config after another in this process; ``engine="ray"`` runs
-    each as a Ray Tune trial (see :mod:`psilonet.training.ray_engine`). Either way every run is written
-    by the same store code, and the summary is computed from the catalog, so re-running a sweep
+    each as a Ray Tune trial (see :mod:`psilonet.training.ray_engine`; ``ray`` sets the cluster,
+    CPUs and retries): a trial lost with its node is retried on a live one, and one still lost
+    after its retries gets the state ``lost`` (counted apart from ``failed``). Either way every
+    run is written by the same store code, and the summary is computed from the catalog, so re-running a sweep
     skips the configs that already completed (identified by :meth:`TrainConfig.run_hash`).
     """
     spec.validate()
@@ -140,11 +164,12 @@ def run_sweep(
     with store.begin_run("sweep", config=sweep_config, model=spec.base.model, dataset=spec.base.dataset) as writer:
         done = _catalog_results(store, writer.run_id)
         todo = [(key, label, cfg) for key, label, cfg in grid if done.get(cfg.run_hash(), {}).get("state") != "complete"]
-        errors: dict[str, str] = {}
+        ends: dict[str, TrialEnd] = {}  # run hash -> TrialEnd of the configs that did not complete
+        retried = 0  # trials started again after a lost node or worker
 
         def record(n_done: int) -> pd.DataFrame:
             results = _catalog_results(store, writer.run_id)
-            rows = [_row(key, label, cfg, results.get(cfg.run_hash()), errors.get(cfg.run_hash()))
+            rows = [_row(key, label, cfg, results.get(cfg.run_hash()), ends.get(cfg.run_hash()))
                     for key, label, cfg in grid]
             configs, runs = _summary_tables(rows)
             writer.write_sweep(configs, runs)
@@ -154,21 +179,24 @@ def run_sweep(
         if engine == "ray":
             from psilonet.training import ray_engine
 
-            errors.update(ray_engine.run_trials([cfg for _, _, cfg in todo], writer.run_id, store.data_dir,
-                                                address=address, cpus_per_trial=cpus_per_trial))
+            trial_ends, retried = ray_engine.run_trials([cfg for _, _, cfg in todo], writer.run_id, store.data_dir, ray)
+            ends.update(trial_ends)
+            ends.update(_lost_unreported(todo, _catalog_results(store, writer.run_id), ends))
         else:
             for i, (_, _, cfg) in enumerate(todo):
                 try:
                     train(Prepared(cfg, first.base, first.tokenizer, first.windows), store,
                           parent=writer.run_id, progress=progress)
                 except Exception as exc:  # the train run is marked failed; the sweep goes on
-                    errors[cfg.run_hash()] = f"{type(exc).__name__}: {exc}"
+                    ends[cfg.run_hash()] = TrialEnd("failed", f"{type(exc).__name__}: {exc}")
                 record(i + 1)
         configs, rows = record(len(todo))
         best = configs[configs.best == True]  # noqa: E712  (pandas boolean mask)
         writer.finish({"configs": len(configs), "runs": len(rows), "trained": len(todo),
                        "reused": len(grid) - len(todo),
-                       "failed": int(sum(r["state"] != "complete" for r in rows)),
+                       "completed": int(sum(r["state"] == "complete" for r in rows)),
+                       "failed": int(sum(r["state"] not in ("complete", "lost") for r in rows)),
+                       "lost": int(sum(r["state"] == "lost" for r in rows)), "retried": retried,
                        "best": None if best.empty else best.label.iloc[0],
                        "best_mean_improvement_pct": None if best.empty else float(best["mean"].iloc[0])})
     return writer.run_id, configs
