@@ -139,3 +139,54 @@ def test_a_run_without_skip_modules_is_refused(trained, tiny_model_dir, capsys):
     assert ablate_job.main(["--run", dose_id, "--data-dir", str(data)]) == 2
     one_line(capsys.readouterr().err, f"--run: {dose_id} is a dose run; it has no skip modules to ablate")
     assert len(Store(data).list_runs()) == before
+
+
+# ------------------------------------------------------------------ the app: Causes page, patching view
+
+
+def _page(data, page: str, params: dict):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import APP
+
+    at = AppTest.from_file(APP, default_timeout=90)
+    for key, value in params.items():
+        at.query_params[key] = value
+    at.switch_page(f"views/{page}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_causes_page_shows_the_ablation_and_attributes_a_prompt(trained, monkeypatch):
+    data, train_id = trained
+    store = Store(data)
+    if store.list_runs(kind="ablation").empty:
+        assert ablate_job.main(["--run", train_id, "--layers", "4", "5", "--data-dir", str(data), "--quiet"]) == 0
+    ablation_id = store.list_runs(kind="ablation").run_id.iloc[0]
+    monkeypatch.setenv("PSILONET_DATA", str(data))
+    at = _page(data, "causes", {"run": ablation_id, "dla_run": train_id, "dla_prompt": "Hello there", "part": "skip"})
+    assert not at.error, [e.value for e in at.error]
+    specs = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    titles = json.dumps([s.get("title") for s in specs])
+    # Δ loss per tap and per head, each beside what training learned, and learned weight vs effect.
+    for title in ("tap off", "gate off", "Final tap weights", "Final per-head gate alphas", "large learned weights"):
+        assert title in titles, title
+    tooltips = json.dumps(specs[0]["encoding"]["tooltip"])
+    assert "ci_low" in tooltips and "ci_high" in tooltips
+    next(b for b in at.button if b.label == "Attribute").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Direct logit attribution: skip" in json.dumps([json.loads(c.proto.spec).get("title")
+                                                          for c in at.get("vega_lite_chart")])
+
+
+def test_dose_page_patches_the_prompt(trained, monkeypatch):
+    data, train_id = trained
+    monkeypatch.setenv("PSILONET_DATA", str(data))
+    at = _page(data, "dose", {"run": train_id, "prompt": "Hello there friend", "chat": "0", "pint": "0.5"})
+    next(b for b in at.button if b.label == "Patch").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Where the dose acts" in c.proto.spec for c in at.get("vega_lite_chart"))
+    rows = at.session_state["patch_rows"]
+    assert list(rows.layer) == list(range(6)) and rows.restored.iloc[-1] == 1.0
+    assert at.query_params["pint"] == "0.5" and at.query_params["patch"] == "1"

@@ -4,7 +4,7 @@ file as one run; stored dose runs reopened with their texts, entropies and chart
 import pandas as pd
 import streamlit as st
 
-from psilonet.app import bio_widgets, charts, helpers as app, serving
+from psilonet.app import bio_widgets, cause_widgets, charts, helpers as app, serving
 from psilonet.generation import dosing, perturb, prompts
 from psilonet.generation.decoding import SamplingConfig
 from psilonet.model import loading as modeling
@@ -221,6 +221,7 @@ def generate_view() -> None:
                              query_params={"view": "stored", "dose_run": saved})
             except StoreError as exc:
                 st.error(f"Could not save: {exc}")
+    cause_widgets.patch_view(run_id, prompt.strip() if prompt else None, chat)
 
 
 def generate(model, tokenizer, runnable, last) -> None:

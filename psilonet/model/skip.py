@@ -246,6 +246,7 @@ class SkipModel(nn.Module):
         self.blocks = {_key(l): SkipBlock(layers[l].self_attn, cfg.taps(l), cfg) for l in self._skip_layers}
         self.gradient_checkpointing = False
         self._masks: SkipMasks | None = None
+        self._record: dict[int, mx.array] | None = None
 
     @contextmanager
     def ablated(self, masks: SkipMasks):
@@ -255,6 +256,16 @@ class SkipModel(nn.Module):
             yield self
         finally:
             self._masks = previous
+
+    @contextmanager
+    def recording(self, out: dict[int, mx.array]):
+        """Inside the block, every forward puts each skip block's output (its part of the blended
+        attention output, (B, T, D) after its o-projection) into ``out[l]``."""
+        previous, self._record = self._record, out
+        try:
+            yield self
+        finally:
+            self._record = previous
 
     @classmethod
     def from_base(cls, base, cfg: SkipConfig | dict) -> "SkipModel":
@@ -329,6 +340,8 @@ class SkipModel(nn.Module):
         skip_out = skip.o_proj(merge(skip_heads * alpha))
         if masks is not None and l in masks.block:  # an o-projection bias must go too
             skip_out = skip_out * masks.block[l][:, None, None]
+        if self._record is not None:
+            self._record[l] = skip_out
         return layer.self_attn.o_proj(merge(base_heads)) + skip_out
 
     @staticmethod
