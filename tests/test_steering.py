@@ -79,3 +79,47 @@ def test_bad_input_names_the_problem():
         S.check_vector(np.ones(64), model, [9])
     with pytest.raises(S.SteeringError, match="strengths: each must be in"):
         S.check_strengths([1.0, float("nan")])
+
+
+# ------------------------------------------------------------------ jobs.steer
+
+
+def test_job_stores_the_vector_the_rows_and_their_cost(tiny_model_dir, tmp_path, capsys):
+    from jobs import steer
+    from psilonet.store import Store
+    from psilonet.store import tables as T
+
+    (tmp_path / "a.txt").write_text("a happy day\njoy and light\n")
+    assert steer.main(["--model", str(tiny_model_dir), "--a-file", str(tmp_path / "a.txt"), "--b", "a sad night",
+                       "--layer", "2", "--strengths", "0", "3", "--prompt", "Hello", "--no-chat", "--max-tokens", "3",
+                       "--eval-windows", "2", "--dose-intensities", "0.2", "--data-dir", str(tmp_path)]) == 0
+    store = Store(tmp_path)
+    run = store.list_runs(kind="steering").iloc[0]
+    with store.open_run(run.run_id) as reader:
+        vector = reader.rows(T.STEERING_VECTOR)
+        rows, cost, gens = reader.rows(T.STEERING_ROWS), reader.rows(T.STEERING_COST), reader.generations()
+    assert len(vector) == 64 and set(vector.layer) == {2} and list(rows.strength) == [0.0, 3.0]
+    assert len(gens) == 2 and list(cost.mechanism) == ["dose", "steer", "steer"]
+    by = cost.set_index(["mechanism", "strength"]).loss
+    assert by[("steer", 3.0)] != by[("steer", 0.0)]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--b", "x"], "--a: give set A once"),
+    (["--a", "x", "--a-corpus", "python-docs", "--b", "y"], "--a: give set A once"),
+    (["--a", "  ", "--b", "y"], "--a: prompt set A is empty"),
+    (["--a", "x", "--b-file", "nope.txt"], "--b-file: nope.txt does not exist"),
+    (["--a", "x", "--b", "y", "--strengths", "1000"], "--strengths: each must be in [-64, 64], got 1000"),
+    (["--a", "x", "--b", "y", "--layer", "9"], "--layer: 9 is out of range"),
+])
+def test_job_bad_input_is_one_line_and_writes_nothing(tiny_model_dir, tmp_path, capsys, argv, message):
+    from jobs import steer
+    from psilonet.store import Store
+
+    args = ["--model", str(tiny_model_dir), "--prompt", "Hi", "--data-dir", str(tmp_path), *argv]
+    if "--layer" not in argv:
+        args += ["--layer", "1"]
+    assert steer.main(args) == 2
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert len(lines) == 1 and message in lines[0], lines
+    assert Store(tmp_path).list_runs().empty

@@ -13,7 +13,7 @@ strengths; a configuration's rows are every combination of its intensities and b
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -124,6 +124,7 @@ def generate_doses(
     should_stop: Callable[[], bool] | None = None,
     fatigue: list[float] | None = None,
     hebbian: list[float] | None = None,
+    wrap_doser: Callable[[Doser], Any] | None = None,
 ) -> list[DoseResult]:
     """Continue ``prompt`` at every intensity (one batch row each) with seed ``sampling.seed``.
 
@@ -142,6 +143,8 @@ def generate_doses(
     stops = stop_ids(tokenizer)
     hidden = (model.args.hidden_size)
     doser = Doser(list(intensities), [sampling.seed] * len(intensities), forward.num_layers(model), hidden, spec)
+    if wrap_doser is not None:  # e.g. a steering vector on top (psilonet.generation.steering)
+        doser = wrap_doser(doser)
     fatigue = list(fatigue) if fatigue is not None else [0.0] * len(intensities)
     hebbian = list(hebbian) if hebbian is not None else [0.0] * len(intensities)
     if not len(fatigue) == len(hebbian) == len(intensities):

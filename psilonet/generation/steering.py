@@ -150,3 +150,30 @@ class SteeredDoser:
                 "steer_v": mx.broadcast_to(self._v, (len(self.strengths), 1, self._v.shape[-1]))}
         key = ("steer", inner.key if inner is not None else None, tuple(sorted(self._layers)))
         return RowHook(key, rows, after_block, inner.step_inputs if inner is not None else (lambda step: {}))
+
+
+def cost(model, windows: np.ndarray, vector: np.ndarray, layers: Sequence[int], strengths: Sequence[float],
+         intensities: Sequence[float], *, seed: int = 0) -> list[tuple[str, float, float, float]]:
+    """Teacher-forced cost on token ``windows`` (n, T): ``(mechanism, strength, loss nats, entropy
+    bits)`` per steering strength (``steer``, no dose) and per dose intensity (``dose``, no
+    steering), mean over windows; every row of a window is one row of the same batch."""
+    import mlx.nn as nn
+
+    from psilonet.generation.decoding import token_entropy_bits
+
+    strengths, intensities = list(strengths), list(intensities)
+    rows = len(strengths) + len(intensities)
+    loss, entropy = np.zeros(rows), np.zeros(rows)
+    for window in windows:
+        doser = SteeredDoser(Doser([0.0] * len(strengths) + intensities, [seed] * rows, forward.num_layers(model),
+                                   model.args.hidden_size), vector, list(layers), strengths + [0.0] * len(intensities))
+        tokens = mx.array(np.repeat(np.asarray(window)[None], rows, axis=0))
+        logits, _ = forward.forward(model, tokens[:, :-1], hooks=forward.Hooks(after_block=doser.at_step(0)))
+        ce = nn.losses.cross_entropy(logits, tokens[:, 1:], reduction="none").mean(axis=1)
+        ent = token_entropy_bits(logits).mean(axis=1)
+        mx.eval(ce, ent)
+        loss += np.array(ce, dtype=np.float64)
+        entropy += np.array(ent, dtype=np.float64)
+    n = max(len(windows), 1)
+    labels = [("steer", s) for s in strengths] + [("dose", i) for i in intensities]
+    return [(m, float(s), float(l / n), float(e / n)) for (m, s), l, e in zip(labels, loss, entropy)]

@@ -243,3 +243,18 @@ ABLATION = Table("ablation", (
     ("head", "INTEGER"), ("n", "INTEGER"), ("loss", "DOUBLE"), ("delta_loss", "DOUBLE"), ("ci_low", "DOUBLE"),
     ("ci_high", "DOUBLE"), ("learned", "DOUBLE"), ("rank", "INTEGER"),
 ), order_by="rank NULLS FIRST, component", what="ablations")  # fmt: skip
+
+# --------------------------------------------------------------------------- steering runs
+
+# The steering vector (difference of means at ``layer``), each generation's steering strength
+# (its intensity is in ``generations``), and the teacher-forced cost of each row on corpus
+# windows: next-token loss (nats) and entropy (bits), steered rows beside entropic doses.
+STEERING_VECTOR = Table("steering_vector", (
+    ("layer", "INTEGER"), ("dim", "INTEGER"), ("value", "DOUBLE"),
+), order_by="layer, dim", what="steering vector")  # fmt: skip
+STEERING_ROWS = Table("steering_rows", (
+    ("gen_id", "INTEGER"), ("strength", "DOUBLE"),
+), order_by="gen_id", what="steering strengths")  # fmt: skip
+STEERING_COST = Table("steering_cost", (
+    ("mechanism", "VARCHAR"), ("strength", "DOUBLE"), ("loss", "DOUBLE"), ("entropy", "DOUBLE"),
+), order_by="mechanism, strength", what="steering cost")  # fmt: skip
