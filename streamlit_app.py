@@ -15,6 +15,7 @@ page = st.navigation([
     st.Page("views/similarity.py", title="Similarity", icon=":material/grid_on:"),
     st.Page("views/trajectories.py", title="Trajectories", icon=":material/timeline:"),
     st.Page("views/taps.py", title="Tap weights", icon=":material/tune:"),
+    st.Page("views/causes.py", title="Causes", icon=":material/call_split:"),
     st.Page("views/dose.py", title="Dosed generation", icon=":material/science:"),
     st.Page("views/bio.py", title="Bio interventions", icon=":material/neurology:"),
 ], position=serving.nav_position())

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import psilonet  # noqa: F401
 import mlx.core as mx
 import mlx.nn as nn
 

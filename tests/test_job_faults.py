@@ -46,7 +46,7 @@ def test_every_seed_field_has_the_one_declared_range():
     from jobs.make_story_corpus import StoryOptions
     from psilonet.analysis.capture import CaptureConfig
     from psilonet.generation.bio_eval import BioEvalConfig
-    from psilonet.generation.dosing import DoseConfig
+    from psilonet.generation.dose_config import DoseConfig
     from psilonet.training.loop import TrainConfig
 
     seeds = [(cls, f) for cls in (TrainConfig, CaptureConfig, BioEvalConfig, DoseConfig, StoryOptions)

@@ -4,7 +4,7 @@ file as one run; stored dose runs reopened with their texts, entropies and chart
 import pandas as pd
 import streamlit as st
 
-from psilonet.app import bio_widgets, charts, dose_frames, dose_requests, helpers as app, serving
+from psilonet.app import bio_widgets, cause_widgets, charts, dose_frames, dose_requests, helpers as app, serving
 from psilonet.generation import dose_config, dosing, perturb, prompts
 from psilonet.model import loading as modeling
 from psilonet.store import StoreError
@@ -222,6 +222,7 @@ def generate_view() -> None:
                              query_params={"view": "stored", "dose_run": saved})
             except StoreError as exc:
                 st.error(f"Could not save: {exc}")
+    cause_widgets.patch_view(run_id, prompt.strip() if prompt else None, chat)
 
 
 def generate(model, tokenizer, runnable, last) -> None:

@@ -4,7 +4,9 @@ For each capture run (a *source*) with a baseline and a trained side:
 
 * ``layer`` view: per layer ``l`` (0 = embeddings .. L), baseline ``h[l]`` vs trained ``h[l]``
   under ``cka``, ``cka_debiased``, ``svcca`` (99% variance) and ``pwcca`` (weights from the
-  baseline side);
+  baseline side), and beside them ``mutual_knn`` (shared 10 nearest neighbours) and
+  ``procrustes`` (angular orthogonal Procrustes distance: 0 = a rotation of each other), see
+  :mod:`psilonet.analysis.alignment`;
 * ``head`` view: per layer and head, CKA (biased and debiased) of the attention heads;
 * ``cross_layer`` view: CKA of every baseline layer against every trained layer (a baseline-
   only capture gets the baseline against itself);
@@ -26,12 +28,12 @@ import numpy as np
 from sklearn.decomposition import PCA
 
 from psilonet import config as configs
-from psilonet.analysis import representation, similarity
+from psilonet.analysis import alignment, representation, similarity
 from psilonet.analysis.capture import ACTIVATIONS_FILE
 from psilonet.files import parquet_problem
 from psilonet.store import tables
 
-LAYER_METRICS = ("cka", "cka_debiased", "svcca", "pwcca")
+LAYER_METRICS = ("cka", "cka_debiased", "svcca", "pwcca", *alignment.ALIGNMENT_METRICS)
 HEAD_METRICS = ("cka", "cka_debiased")
 PCA_COMPONENTS = 10
 PCA_FIT_ROWS = 6000
@@ -114,7 +116,8 @@ def similarity_rows(source: Source, base_resid, base_heads, trained_resid, train
     # two on a shared machine (see similarity._numpy_blas_single_thread).
     with similarity._numpy_blas_single_thread():
         for l in range(source.layers):
-            for metric, value in similarity.paired_metrics(base_resid[l], trained_resid[l]).items():
+            pair = (base_resid[l], trained_resid[l])
+            for metric, value in {**similarity.paired_metrics(*pair), **alignment.alignment_metrics(*pair)}.items():
                 per_metric[metric].append(value)
     for metric, values in per_metric.items():
         rows += [row("layer", metric, l, None, None, v) for l, v in enumerate(values)]

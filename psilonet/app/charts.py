@@ -70,7 +70,10 @@ NORM_COLUMNS = T.NORM_STATS.names
 #: at a 1400 px window is about 1,100 px; axes, titles and the colour legend take the rest).
 SIDE_BY_SIDE_WIDTH = 760
 #: Human names of the similarity metrics and of the representations, for titles and legends.
-METRIC_TITLES = {"cka": "Linear CKA", "cka_debiased": "Debiased CKA", "svcca": "SVCCA", "pwcca": "PWCCA"}
+METRIC_TITLES = {"cka": "Linear CKA", "cka_debiased": "Debiased CKA", "svcca": "SVCCA", "pwcca": "PWCCA",
+                 "mutual_knn": "Mutual 10-NN", "procrustes": "Procrustes distance (rad)"}
+#: Where each metric reads "unchanged" (similarities 1, distances 0).
+UNCHANGED = {"procrustes": 0.0}
 REPRESENTATION_TITLES = {"rms": "RMS-normalised states", "raw": "raw states",
                          "no-sink": "raw states without the sink tokens"}
 TAP_COLUMNS = T.TAP_WEIGHTS.names
@@ -325,17 +328,19 @@ def _with_representation(subtitle: str, representation: str | None) -> str:
 
 def layer_similarity_curve(sim: pd.DataFrame, metric: str, representation: str | None = None) -> alt.LayerChart:
     """Per-layer similarity (baseline h[l] vs trained h[l]) under ``metric``, one line per source
-    labelled "source (dataset)", with a dashed reference line at 1.0 (unchanged).
+    labelled "source (dataset)", with a dashed reference line where the metric reads unchanged
+    (1.0, or 0 for the Procrustes distance, :data:`UNCHANGED`).
 
-    The y axis spans the data's range padded by 10% (and always includes 1.0), so that 0.94 against
-    1.0 is visible; the title names the metric and ``representation``."""
+    The y axis spans the data's range padded by 10% (and always includes that line), so that 0.94
+    against 1.0 is visible; the title names the metric and ``representation``."""
     rows = _sim_rows(sim, "layer", metric, "layer_similarity_curve")
     data = rows[["source", "dataset", "layer", "value"]].dropna(subset=["layer", "value"]).copy()
     data["layer"] = _int_column(data["layer"])
     data["series"] = data["source"].astype(str) + " (" + data["dataset"].astype(str) + ")"
     data = data.sort_values(["series", "layer"]).reset_index(drop=True)
-    lo = min(1.0, float(data["value"].min())) if len(data) else 0.0
-    hi = max(1.0, float(data["value"].max())) if len(data) else 1.0
+    same = UNCHANGED.get(metric, 1.0)
+    lo = min(same, float(data["value"].min())) if len(data) else min(same, 0.0)
+    hi = max(same, float(data["value"].max())) if len(data) else max(same, 1.0)
     pad = max(0.1 * (hi - lo), 0.005)
     domain = [lo - pad, hi + pad]
     name = _metric_title(metric)
@@ -348,10 +353,10 @@ def layer_similarity_curve(sim: pd.DataFrame, metric: str, representation: str |
                  alt.Tooltip("value:Q", title=name, format=".4f")],
     )
     # The same explicit domain on both layers: a layer without one would union in zero.
-    reference = alt.Chart(pd.DataFrame({"value": [1.0]})).mark_rule(strokeDash=[4, 4], color="#777").encode(
+    reference = alt.Chart(pd.DataFrame({"value": [same]})).mark_rule(strokeDash=[4, 4], color="#777").encode(
         y=alt.Y("value:Q", scale=alt.Scale(domain=domain, nice=False)))
-    subtitle = _with_representation("baseline vs trained residual stream per layer; dashed line: 1.0 = unchanged",
-                                     representation)
+    subtitle = _with_representation(f"baseline vs trained residual stream per layer; dashed line: {same:g} = unchanged",
+                                    representation)
     return alt.layer(reference, line).properties(
         title=_title(f"{name} per layer", subtitle), width="container", height=360, autosize=_FIT_WIDTH)
 

@@ -16,7 +16,7 @@ strengths; a configuration's rows are every combination of its intensities and b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -71,6 +71,7 @@ def generate_doses(
     on_token: Callable[[int, str], None] | None = None,
     fatigue: list[float] | None = None,
     hebbian: list[float] | None = None,
+    wrap_doser: Callable[[Doser], Any] | None = None,
 ) -> list[DoseResult]:
     """Continue ``prompt`` at every intensity (one batch row each) with seed ``sampling.seed``.
 
@@ -89,6 +90,8 @@ def generate_doses(
     stops = stop_ids(tokenizer)
     num_layers = forward.num_layers(model)
     doser = Doser(list(intensities), [sampling.seed] * len(intensities), num_layers, model.args.hidden_size, spec)
+    if wrap_doser is not None:  # e.g. a steering vector on top (psilonet.generation.steering)
+        doser = wrap_doser(doser)
     fatigue = list(fatigue) if fatigue is not None else [0.0] * len(intensities)
     hebbian = list(hebbian) if hebbian is not None else [0.0] * len(intensities)
     if not len(fatigue) == len(hebbian) == len(intensities):

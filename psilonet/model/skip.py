@@ -34,6 +34,13 @@ blended per head before the o-projections. Gate logits start at ``logit(alpha)``
 equals the scalar model at ``dial = 1``; ``dial`` is a plain attribute that can be changed at
 inference time without retraining.
 
+**Per-row ablation masks** (:class:`SkipMasks`, set with :meth:`SkipModel.ablated`): each row of
+a batch may turn off whole skip blocks, single taps or single heads' gates. Off means the
+component's blend weight is zero: a block's ``alpha`` (so under the convex blend the base heads
+get their full weight back), a tap's softmax weight (the others are not renormalised), a head's
+``alpha_h``. A row with every mask at one computes exactly what the unmasked model computes;
+a row with every block off computes the frozen base block exactly, under either blend.
+
 Only the skip parameters are trainable: the base model is frozen.
 """
 
@@ -41,6 +48,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,6 +191,17 @@ class SkipBlock(nn.Module):
         return mx.array(cfg.alpha)
 
 
+@dataclass
+class SkipMasks:
+    """Per-row on (1) / off (0) factors of a batch of ``B`` rows, per skip layer ``l``:
+    ``block[l]`` (B,), ``taps[l]`` (B, available taps of ``l``), ``heads[l]`` (B, H).
+    Layers left out of a dict are on in every row."""
+
+    block: dict[int, mx.array]
+    taps: dict[int, mx.array]
+    heads: dict[int, mx.array]
+
+
 def _cache_like(cache):
     if isinstance(cache, RotatingKVCache):
         return RotatingKVCache(max_size=cache.max_size, keep=cache.keep)
@@ -214,6 +233,27 @@ class SkipModel(nn.Module):
         self._skip_layers = cfg.skip_layers(len(layers))
         self.blocks = {_key(l): SkipBlock(layers[l].self_attn, cfg.taps(l), cfg) for l in self._skip_layers}
         self.gradient_checkpointing = False
+        self._masks: SkipMasks | None = None
+        self._record: dict[int, mx.array] | None = None
+
+    @contextmanager
+    def ablated(self, masks: SkipMasks):
+        """Run every forward inside the block with ``masks`` applied row by row."""
+        previous, self._masks = self._masks, masks
+        try:
+            yield self
+        finally:
+            self._masks = previous
+
+    @contextmanager
+    def recording(self, out: dict[int, mx.array]):
+        """Inside the block, every forward puts each skip block's output (its part of the blended
+        attention output, (B, T, D) after its o-projection) into ``out[l]``."""
+        previous, self._record = self._record, out
+        try:
+            yield self
+        finally:
+            self._record = previous
 
     @classmethod
     def from_base(cls, base, cfg: SkipConfig | dict) -> "SkipModel":
@@ -268,18 +308,42 @@ class SkipModel(nn.Module):
         skip = block.attn
         q = forward.queries(skip, norm)
         weights = block.tap_weights(self.cfg.distances)
+        masks = self._masks
         skip_heads = None
         for t, (h_old, c) in enumerate(zip(hist, skip_cache)):
             k, v = forward.keys_values(skip, layer.input_layernorm(h_old))
-            out = forward.attend(skip, q, k, v, mask, c) * weights[t]
+            w = weights[t]
+            if masks is not None and l in masks.taps:
+                w = (w * masks.taps[l][:, t])[:, None, None, None]
+            out = forward.attend(skip, q, k, v, mask, c) * w
             skip_heads = out if skip_heads is None else skip_heads + out
         alpha = block.alphas(self.cfg, self.dial)
         if alpha.ndim:  # per-head gates: broadcast over (B, H, T, hd)
             alpha = alpha[None, :, None, None]
+        if masks is not None:
+            alpha = self._masked_alpha(l, alpha, masks)
         if self.cfg.blend == "convex":
             base_heads = base_heads * (1 - alpha)
         merge = forward.merge_heads
-        return layer.self_attn.o_proj(merge(base_heads)) + skip.o_proj(merge(skip_heads * alpha))
+        skip_out = skip.o_proj(merge(skip_heads * alpha))
+        if masks is not None and l in masks.block:  # an o-projection bias must go too
+            skip_out = skip_out * masks.block[l][:, None, None]
+        if self._record is not None:
+            self._record[l] = skip_out
+        return layer.self_attn.o_proj(merge(base_heads)) + skip_out
+
+    @staticmethod
+    def _masked_alpha(l: int, alpha: mx.array, masks: SkipMasks) -> mx.array:
+        """``alpha`` times the rows' head and block factors, as (B, H or 1, 1, 1)."""
+        factor = None
+        if l in masks.heads:
+            factor = masks.heads[l]
+        if l in masks.block:
+            b = masks.block[l][:, None]
+            factor = b if factor is None else factor * b
+        if factor is None:
+            return alpha
+        return alpha * factor[:, :, None, None]
 
     def __call__(self, inputs: mx.array, cache=None) -> mx.array:
         return forward.forward(self, inputs, cache)[0]

@@ -423,6 +423,11 @@ class RunReader:
         strength, loss, entropy."""
         return self._rows_if_stored(T.BIO_EVAL)
 
+    def ablation(self) -> pd.DataFrame:
+        """Per component of an ablation run: the paired loss change with it off, CI, rank and
+        learned weight (empty for other runs)."""
+        return self._rows_if_stored(T.ABLATION)
+
     def capture_tokens(self) -> pd.DataFrame:
         """The captured tokens: token_idx (row in every matrix), seq, pos, token_id, token_text."""
         return self.rows(T.CAPTURE_TOKENS)

@@ -229,3 +229,32 @@ SINK_TOKENS = Table("sink_tokens", (
 EVERY_RUN = (RUN_META, METRICS, TAP_WEIGHTS, GATE_ALPHAS)
 #: Tables indexed by training step, cut back when a killed job resumes.
 STEP_TABLES = (METRICS, TAP_WEIGHTS, GATE_ALPHAS)
+
+# --------------------------------------------------------------------------- ablation runs
+
+# Loss (nats) of each held-out window with one skip component off ("none off": the trained
+# model, "all off": every skip block off), and per component the paired difference with "none
+# off" over windows (Student-t 95% CI), its rank, and the weight training learned for it.
+ABLATION_LOSS = Table("ablation_loss", (
+    ("component", "VARCHAR"), ("window_idx", "INTEGER"), ("loss", "DOUBLE"),
+), order_by="component, window_idx", what="ablation losses")  # fmt: skip
+ABLATION = Table("ablation", (
+    ("component", "VARCHAR"), ("kind", "VARCHAR"), ("layer", "INTEGER"), ("distance", "INTEGER"),
+    ("head", "INTEGER"), ("n", "INTEGER"), ("loss", "DOUBLE"), ("delta_loss", "DOUBLE"), ("ci_low", "DOUBLE"),
+    ("ci_high", "DOUBLE"), ("learned", "DOUBLE"), ("rank", "INTEGER"),
+), order_by="rank NULLS FIRST, component", what="ablations")  # fmt: skip
+
+# --------------------------------------------------------------------------- steering runs
+
+# The steering vector (difference of means at ``layer``), each generation's steering strength
+# (its intensity is in ``generations``), and the teacher-forced cost of each row on corpus
+# windows: next-token loss (nats) and entropy (bits), steered rows beside entropic doses.
+STEERING_VECTOR = Table("steering_vector", (
+    ("layer", "INTEGER"), ("dim", "INTEGER"), ("value", "DOUBLE"),
+), order_by="layer, dim", what="steering vector")  # fmt: skip
+STEERING_ROWS = Table("steering_rows", (
+    ("gen_id", "INTEGER"), ("strength", "DOUBLE"),
+), order_by="gen_id", what="steering strengths")  # fmt: skip
+STEERING_COST = Table("steering_cost", (
+    ("mechanism", "VARCHAR"), ("strength", "DOUBLE"), ("loss", "DOUBLE"), ("entropy", "DOUBLE"),
+), order_by="mechanism, strength", what="steering cost")  # fmt: skip
