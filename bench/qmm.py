@@ -3,7 +3,7 @@
 One decode step's weight products (30 blocks of q, k, v, o, gate, up and down, each block with
 its own matrices so that they stream from memory, and the 8-bit LM head), random weights in
 MLX's affine layout with group 32 (the GGUF's), for 1 and 8 rows: float32 ``x @ W.T``,
-``mx.quantized_matmul``, and the psilonet extension with float32 and with int8 activations.
+``mx.quantized_matmul``, and the psilonet extension with float32, int16 and int8 activations.
 Variants run interleaved over rounds; each ratio to float32 is taken within a round and printed
 as median [quartiles].
 
@@ -44,9 +44,9 @@ def variants(weights: list[mx.array]) -> dict:
                x, *packed[i], transpose=True, group_size=GROUP, bits=bits[i])}
     ext = qmm.extension()
     if ext is not None:
-        for name, int8 in (("extension, float32 x", False), ("extension, int8 x", True)):
-            out[name] = (lambda flag: lambda x, i: ext.quantized_matmul(
-                x, *packed[i], GROUP, bits[i], flag))(int8)
+        for code, name in enumerate(ext.MODES):  # 0 float, 1 int8, 2 int16
+            out[f"extension, {name} x"] = (lambda c: lambda x, i: ext.quantized_matmul(
+                x, *packed[i], GROUP, bits[i], c))(code)
     return out
 
 

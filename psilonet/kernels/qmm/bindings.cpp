@@ -12,9 +12,10 @@ namespace q = psilonet_qmm;
 NB_MODULE(_qmm, m) {
   m.doc() = "x @ W.T on the CPU with W in MLX's affine quantized layout (psilonet.kernels.qmm)";
   m.def("quantized_matmul", &q::quantized_matmul, "x"_a, "w"_a, "scales"_a, "biases"_a,
-        "group_size"_a, "bits"_a, "int8"_a = true, nb::kw_only(), "stream"_a = nb::none(),
-        "x @ dequantize(w, scales, biases).T for float32 x of shape (..., K); int8=True quantizes "
-        "each row of x to int8 blocks of 32 and uses integer dot products.");
+        "group_size"_a, "bits"_a, "mode"_a = 2, nb::kw_only(), "stream"_a = nb::none(),
+        "x @ dequantize(w, scales, biases).T for float32 x of shape (..., K). mode 0 keeps x in "
+        "float32; 1 and 2 quantize each row of x to int8 or int16 blocks of 32 and use integer "
+        "dot products.");
   m.def("isa", [] { return std::string(q::isa_name(q::isa())); }, "The SIMD path in effect.");
   m.def("detected_isa", [] { return std::string(q::isa_name(q::detected_isa())); });
   m.def("set_isa", [](const std::string& name) {
@@ -22,4 +23,5 @@ NB_MODULE(_qmm, m) {
     return std::string(q::isa_name(q::set_isa(level)));
   }, "name"_a, "Force a path (capped at what the CPU has); returns the one in effect.");
   m.def("threads", &q::num_threads);
+  m.attr("MODES") = nb::make_tuple("float", "int8", "int16");
 }

@@ -191,11 +191,12 @@ void rows_portable(const Problem& p, const Prep& q, int mode, int n0, int n1, in
       for (int g = 0; g < G; ++g) {
         float dot = 0.0f;
         for (int j = g * p.group / 32; j < (g + 1) * p.group / 32; ++j) {
-          if (mode == INT8) {
+          if (mode != FLOAT) {
             int32_t acc = 0;
-            for (int k = 0; k < 32; ++k)
-              acc += static_cast<int32_t>(code(wr, p.bits, j * 32 + k)) *
-                     q.xq[static_cast<int64_t>(m) * K + j * 32 + kernel_pos(p.bits, k)];
+            for (int k = 0; k < 32; ++k) {
+              const int64_t at = static_cast<int64_t>(m) * K + j * 32 + kernel_pos(p.bits, k);
+              acc += static_cast<int32_t>(code(wr, p.bits, j * 32 + k)) * (mode == INT8 ? q.xq[at] : q.xw[at]);
+            }
             dot += static_cast<float>(acc) * q.dx[m * B + j];
           } else {
             for (int k = 0; k < 32; ++k)
@@ -216,12 +217,13 @@ void qmm(const Problem& p, int mode) {
   // Scratch reused across calls (one MLX CPU stream thread calls at a time per stream).
   thread_local std::vector<float> xf, dx, xsum;
   thread_local std::vector<int8_t> xq;
+  thread_local std::vector<int16_t> xw;
   xsum.assign(static_cast<size_t>(M) * G, 0.0f);
   xf.resize(static_cast<size_t>(M) * K);
-  if (mode == INT8) {
-    xq.resize(static_cast<size_t>(M) * K);
-    dx.resize(static_cast<size_t>(M) * B);
-  }
+  if (mode == INT8) xq.resize(static_cast<size_t>(M) * K);
+  if (mode == INT16) xw.resize(static_cast<size_t>(M) * K);
+  if (mode != FLOAT) dx.resize(static_cast<size_t>(M) * B);
+  const float top = mode == INT8 ? 127.0f : 32767.0f;
   for (int m = 0; m < M; ++m) {
     // Rows are gathered once into xf (kernel order), so any strides are as fast as contiguous.
     float* row = xf.data() + static_cast<int64_t>(m) * K;
@@ -230,7 +232,7 @@ void qmm(const Problem& p, int mode) {
     // Float mode: exact group sums. Int8 mode: sums of the quantized values, so that bias and
     // codes see the same activations and the error is sum_k w_k e_k with the small dequantized w,
     // not with the codes' large common offset s * q (the bias cancels most of it).
-    if (mode != INT8)
+    if (mode == FLOAT)
       for (int k = 0; k < K; ++k) xsum[m * G + k / p.group] += x[k];
     for (int j = 0; j < B; ++j) {
       float* dst = xf.data() + static_cast<int64_t>(m) * K + j * 32;
@@ -239,23 +241,25 @@ void qmm(const Problem& p, int mode) {
         std::memcpy(block, dst, sizeof block);
         for (int k = 0; k < 32; ++k) dst[kernel_pos(p.bits, k)] = block[k];
       }
-      if (mode == INT8) {
+      if (mode != FLOAT) {
         float amax = 0.0f;
         for (int k = 0; k < 32; ++k) amax = std::max(amax, std::fabs(dst[k]));
-        const float d = amax / 127.0f, inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        const float d = amax / top, inv = amax > 0.0f ? top / amax : 0.0f;
         dx[m * B + j] = d;
-        int8_t* qd = xq.data() + static_cast<int64_t>(m) * K + j * 32;
+        const int64_t at = static_cast<int64_t>(m) * K + j * 32;
         int32_t total = 0;
         for (int k = 0; k < 32; ++k) {
-          qd[k] = static_cast<int8_t>(std::nearbyint(dst[k] * inv));
-          total += qd[k];
+          const int v = static_cast<int>(std::nearbyint(dst[k] * inv));
+          if (mode == INT8) xq[at + k] = static_cast<int8_t>(v);
+          else xw[at + k] = static_cast<int16_t>(v);
+          total += v;
         }
         xsum[m * G + j * 32 / p.group] += d * static_cast<float>(total);
       }
     }
   }
-  const Prep prep{xf.data(), mode == INT8 ? xq.data() : nullptr, mode == INT8 ? dx.data() : nullptr,
-                  xsum.data()};
+  const Prep prep{xf.data(), mode == INT8 ? xq.data() : nullptr, mode == INT16 ? xw.data() : nullptr,
+                  mode != FLOAT ? dx.data() : nullptr, xsum.data()};
   Kernel kernel = rows_portable;
 #if defined(__x86_64__)
   const int level = isa();

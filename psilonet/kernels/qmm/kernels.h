@@ -8,9 +8,10 @@
 //
 // The sum is regrouped per group as s * sum_k(q_k x_k) + b * sum_k(x_k), so the weights are
 // never dequantized: the inner loop multiplies the raw codes with the activations, either in
-// float32 ("float" mode) or, as llama.cpp does, with each activation row quantized to int8 in
-// blocks of 32 (one float scale per block) and integer dot products ("int8" mode), where the
-// group sums are those of the quantized activations (see qmm()).
+// float32 ("float" mode) or with each activation row quantized in blocks of 32 (one float scale
+// per block) and integer dot products: to int8 as llama.cpp does ("int8": u8 x s8 products),
+// or to int16 ("int16": 4/8-bit codes widened to int16, s16 x s16 products; its rounding is 1/258
+// of int8's). In the integer modes the group sums are those of the quantized activations (qmm()).
 #pragma once
 
 #include <cstdint>
@@ -32,11 +33,12 @@ struct Problem {
 struct Prep {
   const float* xf;        // (M, K) float activations in kernel order
   const int8_t* xq;       // (M, K) int8 activations in kernel order (int8 mode)
-  const float* dx;        // (M, K / 32) int8 block scales (int8 mode)
+  const int16_t* xw;      // (M, K) int16 activations in kernel order (int16 mode)
+  const float* dx;        // (M, K / 32) integer block scales (int8 and int16 modes)
   const float* xsum;      // (M, K / group) exact sums of x per group
 };
 
-enum Mode : int { FLOAT = 0, INT8 = 1 };
+enum Mode : int { FLOAT = 0, INT8 = 1, INT16 = 2 };
 enum Isa : int { PORTABLE = 0, AVX2 = 1, VNNI = 2 };
 
 // The kernels fill out[m, n] for rows m in [m0, m1) (at most 16 of them) and n in [n0, n1).

@@ -9,10 +9,11 @@
 namespace psilonet_qmm {
 
 mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
-                           const mx::array& biases, int group_size, int bits, bool int8,
+                           const mx::array& biases, int group_size, int bits, int mode,
                            mx::StreamOrDevice s) {
   auto fail = [](const std::string& what) { throw std::invalid_argument("qmm: " + what); };
   if (bits != 4 && bits != 8) fail("bits must be 4 or 8");
+  if (mode != FLOAT && mode != INT8 && mode != INT16) fail("mode must be 0 (float32), 1 (int8) or 2 (int16)");
   if (group_size % 32 != 0 || group_size <= 0) fail("group_size must be a multiple of 32");
   if (w.ndim() != 2 || w.dtype() != mx::uint32) fail("w must be a 2-D uint32 array");
   if (x.ndim() < 1) fail("x must have at least one axis");
@@ -29,7 +30,7 @@ mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::arr
   // A transposed or sliced x is read through its strides (kernels.cpp copies rows once anyway).
   auto flat = mx::reshape(x.dtype() == mx::float32 ? x : mx::astype(x, mx::float32, stream), {-1, K}, stream);
   auto out = mx::array({flat.shape(0), N}, mx::float32,
-                       std::make_shared<QuantizedMatmul>(stream, group_size, bits, int8),
+                       std::make_shared<QuantizedMatmul>(stream, group_size, bits, mode),
                        {flat, w, scales, biases});
   auto shape = x.shape();
   shape.back() = N;
@@ -54,7 +55,7 @@ void QuantizedMatmul::eval_cpu(const std::vector<mx::array>& inputs, std::vector
   Problem p{x.data<float>(), x.strides(0), x.strides(1), w.data<uint32_t>(), scales.data<float>(), biases.data<float>(),
             out.data<float>(), static_cast<int>(x.shape(0)), static_cast<int>(w.shape(0)),
             static_cast<int>(x.shape(1)), bits_, group_size_};
-  encoder.dispatch([p, mode = int8_ ? INT8 : FLOAT]() { qmm(p, mode); });
+  encoder.dispatch([p, mode = mode_]() { qmm(p, mode); });
 }
 
 void QuantizedMatmul::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
@@ -80,7 +81,7 @@ std::vector<mx::Shape> QuantizedMatmul::output_shapes(const std::vector<mx::arra
 
 bool QuantizedMatmul::is_equivalent(const mx::Primitive& other) const {
   const auto& o = static_cast<const QuantizedMatmul&>(other);
-  return group_size_ == o.group_size_ && bits_ == o.bits_ && int8_ == o.int8_;
+  return group_size_ == o.group_size_ && bits_ == o.bits_ && mode_ == o.mode_;
 }
 
 }  // namespace psilonet_qmm

@@ -8,15 +8,16 @@ namespace psilonet_qmm {
 
 namespace mx = mlx::core;
 
+// mode: kernels.h's Mode (0 float32, 1 int8, 2 int16 activations).
 // x (..., K) float32; w (N, K*bits/32) uint32; scales, biases (N, K/group) float32 -> (..., N).
 mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
-                           const mx::array& biases, int group_size, int bits, bool int8,
+                           const mx::array& biases, int group_size, int bits, int mode,
                            mx::StreamOrDevice s = {});
 
 class QuantizedMatmul : public mx::Primitive {
  public:
-  QuantizedMatmul(mx::Stream stream, int group_size, int bits, bool int8)
-      : mx::Primitive(stream), group_size_(group_size), bits_(bits), int8_(int8) {}
+  QuantizedMatmul(mx::Stream stream, int group_size, int bits, int mode)
+      : mx::Primitive(stream), group_size_(group_size), bits_(bits), mode_(mode) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
@@ -29,8 +30,7 @@ class QuantizedMatmul : public mx::Primitive {
   bool is_equivalent(const mx::Primitive& other) const override;
 
  private:
-  int group_size_, bits_;
-  bool int8_;
+  int group_size_, bits_, mode_;
 };
 
 }  // namespace psilonet_qmm
