@@ -85,6 +85,15 @@ class QuantizedEmbedding(nn.Module):
                                     bits=self.bits)
 
 
+WEIGHTS_HELP = ("the base model's weights for decode: f32 (float32), q4 (the default model: the GGUF's own "
+                "4-bit blocks) or q8 (8-bit); see README, 4-bit decode")
+
+
+def add_weights_option(parser) -> None:
+    """``--weights q4|q8|f32`` on a job that decodes."""
+    parser.add_argument("--weights", choices=WEIGHTS, default="f32", help=WEIGHTS_HELP)
+
+
 def check_weights(weights: str) -> str:
     if weights not in WEIGHTS:
         raise modeling.ModelError(f"weights: one of {', '.join(WEIGHTS)}, got {weights!r}")
@@ -156,9 +165,19 @@ def install_gguf_blocks(base, gguf_path: str | Path) -> None:
         raise modeling.ModelError(f"{gguf_path}: tensors with no module in the model: {', '.join(sorted(blocks))}")
 
 
+def is_default(model_name: str | None, data_dir=None) -> bool:
+    """Whether ``model_name`` ('default' or the converted folder) is the GGUF-born default model."""
+    if model_name == modeling.DEFAULT_MODEL:
+        return True
+    return model_name is not None and Path(model_name).expanduser().resolve() == \
+        modeling.default_model_path(data_dir).resolve()
+
+
 def to_weights(model, weights: str, model_name: str | None = None, data_dir=None):
     """Switch a base or skip model's frozen base to ``weights`` in place; returns the model.
 
+    ``model_name`` is the name the model was loaded by: for the default model ('default' or its
+    folder) q4 installs the GGUF's own blocks, otherwise (also for None) ``mx.quantize`` runs.
     A skip model's own modules stay float32 and trainable: only ``model.base`` changes."""
     check_weights(weights)
     base, _ = unwrap(model)
@@ -169,7 +188,7 @@ def to_weights(model, weights: str, model_name: str | None = None, data_dir=None
     if weights == "f32":
         return model
     gguf_path = modeling.default_gguf_path(data_dir)
-    if weights == "q4" and model_name in (None, "", modeling.DEFAULT_MODEL) and gguf_path.is_file():
+    if weights == "q4" and is_default(model_name, data_dir) and gguf_path.is_file():
         install_gguf_blocks(base, gguf_path)
     else:
         quantize_base(base, 4 if weights == "q4" else 8)
@@ -188,4 +207,4 @@ def load_model(name: str | None = None, data_dir=None, *, weights: str = "f32"):
     if weights == "f32":
         return modeling.load_model(name, data_dir)
     model, tokenizer = modeling.load_model(name, data_dir, lazy=True)
-    return to_weights(model, weights, name, data_dir), tokenizer
+    return to_weights(model, weights, name or modeling.DEFAULT_MODEL, data_dir), tokenizer
