@@ -8,6 +8,7 @@ from psilonet.app import bio_widgets, charts, helpers as app, serving
 from psilonet.generation import dosing, perturb, prompts
 from psilonet.generation.decoding import SamplingConfig
 from psilonet.model import loading as modeling
+from psilonet.model import quantized
 from psilonet.store import StoreError
 
 PRESETS = perturb.PRESETS
@@ -101,6 +102,8 @@ def generate_view() -> None:
     source = st.selectbox("Model", sources, index=sources.index(app.param("run", "base model", str, sources)),
                           help="The default base model, or a trained skip run on it.")
     run_id = None if source == "base model" else source
+    weights = st.radio("Weights", quantized.WEIGHTS, horizontal=True, key="weights", help=quantized.WEIGHTS_HELP,
+                       index=quantized.WEIGHTS.index(app.param("weights", "f32", str, list(quantized.WEIGHTS))))
 
     left, right = st.columns([1, 1])
     with left:
@@ -174,7 +177,7 @@ def generate_view() -> None:
         action = st.button("Generate", type="primary")
 
     if action:
-        model, tokenizer = app.generator(modeling.DEFAULT_MODEL, run_id, str(app.data_dir()))
+        model, tokenizer = app.generator(modeling.DEFAULT_MODEL, run_id, str(app.data_dir()), weights)
         context = getattr(model.args, "max_position_embeddings", None) or 2048
         todo = file_prompts.prompts if file_prompts is not None else [(1, prompt.strip())]
         try:
