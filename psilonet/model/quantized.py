@@ -194,6 +194,7 @@ def to_weights(model, weights: str, model_name: str | None = None, data_dir=None
         quantize_base(base, 4 if weights == "q4" else 8)
     base.psilonet_weights = weights
     mx.eval(base.parameters())
+    mx.clear_cache()  # the float16 scales and any float weights read are free now: return them
     qmm.announce()
     return model
 
