@@ -10,14 +10,14 @@ SHARE_HOST ?= 0.0.0.0
 STREAMLIT_FLAGS := --server.port $(PORT) --server.headless true $(if $(BASE),--server.baseUrlPath $(BASE))
 STREAMLIT := $(PY) -m streamlit run streamlit_app.py $(STREAMLIT_FLAGS)
 
-.PHONY: run setup setup-scale model demo app share test bench bench-scale llama-cpp clean
+.PHONY: run setup setup-scale model demo app share test bench bench-scale llama-cpp clean kernels
 
 ## run: install, fetch the default model, run a small batch job, start the app on localhost
 run: demo app
 
 ## setup: virtual environment with the pinned requirements, plus system libraries (OpenBLAS, BLIS),
 ## and the faster BLAS at the model's shapes measured and recorded (printed)
-setup: $(VENV)/.installed .blas-choice.json
+setup: $(VENV)/.installed .blas-choice.json kernels
 .blas-choice.json: $(VENV)/.installed
 	$(PY) -m jobs.choose_blas
 $(VENV)/.installed: requirements.txt scripts/system_deps.sh
@@ -26,6 +26,10 @@ $(VENV)/.installed: requirements.txt scripts/system_deps.sh
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
+
+## kernels: the quantized CPU matmul extension (psilonet/kernels/qmm); a failed build is one line, never an error
+kernels: $(VENV)/.installed
+	-$(PY) -m jobs.build_kernels
 
 ## setup-scale: the optional Ray Tune engine for sweeps (requirements-scale.txt)
 setup-scale: $(VENV)/.installed-scale
@@ -58,7 +62,7 @@ share: setup
 	PSILONET_VIEWER=1 $(PY) -m streamlit run shared_app.py $(STREAMLIT_FLAGS) --server.address $(SHARE_HOST) --client.showErrorDetails type --client.toolbarMode viewer $(SHARE_RUNNER)
 
 ## test: the whole test suite (unit tests on tiny models, integration tests on the default model)
-test: model setup-scale
+test: model setup-scale kernels
 	$(PY) -m pytest -q
 
 ## bench: performance ratios measured in one process each
@@ -69,6 +73,7 @@ bench: model
 	$(PY) -m bench.capture
 	$(PY) -m bench.decode
 	$(PY) -m bench.weight_formats
+	$(PY) -m bench.qmm
 	$(PY) -m bench.decode_spans
 	$(PY) -m bench.app_pages
 

@@ -11,6 +11,9 @@ Variants (tokens/s, prompt included in the time):
   * ours, sober, plain loop: the same loop rebuilding the graph per token (what compile wins);
   * ours, dose 0.3 + entropies: one dosed row with both entropies (what jobs.dose runs);
   * 8 doses in one batch: intensities 0 .. 0.35 as the rows of one batch, aggregate tokens/s;
+  * 4-bit: ours sober, dose 0.3 + entropies and the 8-dose batch again on the q4 weights
+    (``--weights q4``: the GGUF's own Q4_1 blocks through the psilonet quantized matmul
+    extension, :mod:`psilonet.kernels.qmm`), and the chain of just its weight products;
   * llama.cpp (only when installed, ``make llama-cpp``): the same model's Q4_1 GGUF in its own
     process (it crashes when loaded beside MLX with OpenBLAS), 2 threads.
 
@@ -20,9 +23,15 @@ single-stream tokens/s), and chains of just the model's weight products for one 
 eight rows: a decode step that did nothing else. Their ratios to ``mlx_lm.generate`` say which
 goals this machine allows at all.
 
-The output ends with one line per goal: ``goal NAME: VALUE (target T) met`` or ``missed``.
+The 4-bit quality and memory checks (:mod:`bench.quantized_checks`) run after the rounds: the
+reference paragraph's loss under both weights, greedy continuations of ten fixed prompts
+(``--quality-tokens`` each; 0 skips both checks) and the resident memory of a q4 and an f32
+decode process, each in its own process.
 
-    python -m bench.decode [--tokens 64] [--rounds 5]
+The output ends with one line per goal: ``goal NAME: VALUE (target T) met`` or ``missed``. The
+float32 goals of before (x2 and x9 of ``mlx_lm.generate``) are printed as plain ratios above them.
+
+    python -m bench.decode [--tokens 64] [--rounds 5] [--quality-tokens 64]
 """
 
 from __future__ import annotations
@@ -47,7 +56,9 @@ from mlx.utils import tree_flatten
 from psilonet.generation.decoding import DecodeConfig, decode
 from psilonet.generation.dosing import generate_doses
 from psilonet.generation.sampling import SamplingConfig
+from psilonet.kernels import qmm
 from psilonet.model import loading as modeling
+from psilonet.model import quantized
 
 PROMPT = "The history of the city begins in the early middle ages, when"
 EIGHT_DOSES = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35]
@@ -145,6 +156,25 @@ def matmul_chain_rate(model, tokens: int, rows: int = 1) -> float:
     return rows * tokens / (time.perf_counter() - start)
 
 
+def qmatmul_chain_rate(model, tokens: int, rows: int = 1) -> float:
+    """:func:`matmul_chain_rate` for a model with quantized weights (its modules do the products)."""
+    layers = model.model.layers
+    mods = [m for l in layers for m in (l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj,
+                                         l.self_attn.o_proj, l.mlp.gate_proj, l.mlp.up_proj, l.mlp.down_proj)]
+    width = {m.weight.shape[1] * 32 // m.bits for m in mods}
+    vecs = {k: mx.ones((rows, k)) for k in width}
+    mx.eval(list(vecs.values()))
+    start = time.perf_counter()
+    for _ in range(tokens):
+        for m in mods:
+            k = m.weight.shape[1] * 32 // m.bits
+            y = m(vecs[k])
+            if y.shape[1] in vecs:
+                vecs[y.shape[1]] = y
+        mx.eval(model.model.embed_tokens.as_linear(vecs[model.args.hidden_size]))
+    return rows * tokens / (time.perf_counter() - start)
+
+
 def quartiles(values: list[float]) -> tuple[float, float]:
     if len(values) < 4:
         return min(values), max(values)
@@ -160,24 +190,28 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quality-tokens", type=int, default=64,
+                        help="greedy tokens per prompt of the 4-bit quality check; 0 skips quality and memory")
     args = parser.parse_args(argv)
-    if args.tokens < 1 or args.rounds < 1:
-        print("error: --tokens and --rounds must be >= 1", file=sys.stderr)
+    if args.tokens < 1 or args.rounds < 1 or args.quality_tokens < 0:
+        print("error: --tokens and --rounds must be >= 1, --quality-tokens >= 0", file=sys.stderr)
         return 2
     model, tokenizer = modeling.load_model()
+    q4, _ = quantized.load_model(weights="q4")
     print(f"BLAS: {runtime.active_blas().describe()}")
+    print(qmm.describe())
     ids = tokenizer.encode(PROMPT)
     cfg = SamplingConfig(max_tokens=args.tokens)
 
     def mlx_lm_generate():
         return sum(1 for _ in mlx_lm.stream_generate(model, tokenizer, PROMPT, max_tokens=args.tokens))
 
-    def ours(compiled):
-        return lambda: sum(1 for _ in decode(model, ids, DecodeConfig(cfg, compiled=compiled)))
+    def ours(compiled, m=model):
+        return lambda: sum(1 for _ in decode(m, ids, DecodeConfig(cfg, compiled=compiled)))
 
-    def dosed(intensities):
+    def dosed(intensities, m=model):
         def run():
-            res = generate_doses(model, tokenizer, PROMPT, intensities, sampling=cfg, chat=False)
+            res = generate_doses(m, tokenizer, PROMPT, intensities, sampling=cfg, chat=False)
             return sum(len(r.token_ids) for r in res)
         return run
 
@@ -194,6 +228,9 @@ def main(argv=None) -> int:
         "ours, sober, plain loop": timed(ours(False)),
         "ours, dose 0.3 + entropies": timed(dosed([0.3])),
         "8 doses in one batch (aggregate)": timed(dosed(EIGHT_DOSES)),
+        "4-bit, sober": timed(ours(True, q4)),
+        "4-bit, dose 0.3 + entropies": timed(dosed([0.3], q4)),
+        "4-bit, 8 doses in one batch (aggregate)": timed(dosed(EIGHT_DOSES, q4)),
     }
     llama = None
     gguf = modeling.default_gguf_path()
@@ -209,6 +246,8 @@ def main(argv=None) -> int:
     variants["bandwidth ceiling"] = lambda: stream_rate(nbytes) * 1e9 / nbytes
     variants["weight matmuls only (1 row)"] = lambda: matmul_chain_rate(model, min(args.tokens, 32))
     variants["weight matmuls only (8 rows)"] = lambda: matmul_chain_rate(model, min(args.tokens, 32), rows=8)
+    variants["4-bit weight products only (1 row)"] = lambda: qmatmul_chain_rate(q4, min(args.tokens, 32))
+    variants["4-bit weight products only (8 rows)"] = lambda: qmatmul_chain_rate(q4, min(args.tokens, 32), rows=8)
     for fn in variants.values():  # warm-up: compiled graphs, caches, first allocations
         fn()
 
@@ -225,7 +264,7 @@ def main(argv=None) -> int:
 
     print(f"\ntokens/s, median [min-max] over {args.rounds} interleaved rounds, {args.tokens} new tokens:")
     for name in names:
-        print(f"  {name:36s} {spread(rates[name])}")
+        print(f"  {name:40s} {spread(rates[name])}")
     print(f"  (bandwidth ceiling: {ceiling * nbytes / 1e9:.1f} GB/s over {nbytes / 1e6:.0f} MB of float32 weights)")
 
     def paired(a: str, b: str) -> list[float]:
@@ -254,13 +293,64 @@ def main(argv=None) -> int:
     print(f"  ours sober / 1-row weight products       {spread(paired('ours, sober', 'weight matmuls only (1 row)'), '{:.2f}')}")
     print(f"  8-dose batch / 8-row weight products     "
           f"{spread(paired('8 doses in one batch (aggregate)', 'weight matmuls only (8 rows)'), '{:.2f}')}")
+    q4_sober = paired("4-bit, sober", base)
+    q4_overhead = [100 * (x - 1) for x in paired("4-bit, sober", "4-bit, dose 0.3 + entropies")]
+    print("4-bit weights:")
+    print(f"  4-bit sober / float32 sober              x{spread(paired('4-bit, sober', 'ours, sober'), '{:.2f}')}")
+    print(f"  4-bit sober / 4-bit weight products      {spread(paired('4-bit, sober', '4-bit weight products only (1 row)'), '{:.2f}')}")
+    print(f"  4-bit 8-dose batch / 8-row products      "
+          f"{spread(paired('4-bit, 8 doses in one batch (aggregate)', '4-bit weight products only (8 rows)'), '{:.2f}')}")
+    print("float32 ratios of the earlier goals (x2 and x9 of mlx_lm.generate), reported:")
+    print(f"  float32 single stream / mlx_lm.generate  x{statistics.median(sober_vs):.2f}")
+    print(f"  float32 8-dose batch / mlx_lm.generate   x{statistics.median(batch_vs):.2f}")
     print()
+    checks = None
+    if args.quality_tokens:
+        from bench import quantized_checks as qc
+
+        loss_f, loss_q = qc.paragraph_losses(model, q4, tokenizer)
+        same, diffs = qc.greedy_agreement(model, q4, tokenizer, args.quality_tokens)
+        for d in diffs:
+            print(f"greedy continuation of {d.prompt!r} first differs at token {d.position}: "
+                  f"float32 {d.reference!r}, 4-bit {d.other!r}")
+        rss = {w: qc.resident_mb(w) for w in ("f32", "q4")}
+        checks = (loss_f, loss_q, same, len(qc.PROMPTS), diffs, rss)
 
     def goal(name: str, value: str, target: str, met: bool):
         print(f"goal {name}: {value} (target {target}) {'met' if met else 'missed'}")
 
     m = statistics.median
-    goal("single stream vs mlx_lm.generate", f"x{m(sober_vs):.2f}", ">= x2", m(sober_vs) >= 2)
+    llama_name = "llama.cpp, Q4_1 GGUF, own process"
+    if llama is not None:
+        vs_llama = paired("4-bit, sober", llama_name)
+        goal("4-bit single stream vs llama.cpp", f"x{spread(vs_llama, '{:.2f}')}", ">= x0.5", m(vs_llama) >= 0.5)
+    else:
+        goal("4-bit single stream vs llama.cpp", "not measured (llama.cpp not installed: make llama-cpp)", ">= x0.5", False)
+    goal("4-bit single stream vs mlx_lm.generate (float32)", f"x{spread(q4_sober, '{:.2f}')}", ">= x2.5",
+         m(q4_sober) >= 2.5)
+    low, high = quartiles(q4_overhead)
+    goal("4-bit dose + both entropies overhead",
+         f"{m(q4_overhead):+.1f}% (quartiles {low:+.1f}..{high:+.1f}, range {min(q4_overhead):+.1f}..{max(q4_overhead):+.1f})",
+         "<= 10% (median and upper quartile)", m(q4_overhead) <= 10 and high <= 10)
+    if llama is not None:
+        vs_llama8 = paired("4-bit, 8 doses in one batch (aggregate)", llama_name)
+        goal("4-bit 8 doses in one batch vs llama.cpp single stream", f"x{spread(vs_llama8, '{:.2f}')}", ">= x2",
+             m(vs_llama8) >= 2)
+    else:
+        goal("4-bit 8 doses in one batch vs llama.cpp single stream",
+             f"not measured (llama.cpp not installed; {m(rates['4-bit, 8 doses in one batch (aggregate)']):.1f} tokens/s "
+             "aggregate)", ">= x2", False)
+    if checks is not None:
+        loss_f, loss_q, same, total, diffs, rss = checks
+        goal("4-bit paragraph loss vs float32", f"{loss_q - loss_f:+.5f} nats ({loss_q:.5f} vs {loss_f:.5f})",
+             "within 0.002", abs(loss_q - loss_f) <= 0.002)
+        goal(f"4-bit greedy {args.quality_tokens}-token continuations identical to float32", f"{same} of {total}",
+             ">= 8", same >= 8)
+        ratio = rss["q4"] / rss["f32"]
+        goal("4-bit decode process resident memory vs float32",
+             f"x{ratio:.2f} ({rss['q4']:.0f} MB vs {rss['f32']:.0f} MB)", "<= x0.5", ratio <= 0.5)
+    else:
+        print("4-bit quality and memory: not measured (--quality-tokens 0)")
     goal("single stream vs bandwidth ceiling", f"{m(of_ceiling):.2f} of {ceiling:.1f} tokens/s",
          "reported", True)
     # Load on this machine only ever slows a variant down, so single rounds scatter widely; the
@@ -271,10 +361,8 @@ def main(argv=None) -> int:
     goal("dose + both entropies overhead",
          f"{m(overhead):+.1f}% (quartiles {low:+.1f}..{high:+.1f}, range {min(overhead):+.1f}..{max(overhead):+.1f}, "
          f"best round of each {best:+.1f}%)", "<= 10%", m(overhead) <= 10 and high <= 10)
-    goal("8 doses in one batch vs mlx_lm.generate", f"x{m(batch_vs):.2f}", ">= x9", m(batch_vs) >= 9)
     if llama is not None:
-        goal("llama.cpp reference", f"{m(rates['llama.cpp, Q4_1 GGUF, own process']):.1f} tokens/s",
-             "measured in its own process", True)
+        goal("llama.cpp reference", f"{m(rates[llama_name]):.1f} tokens/s", "measured in its own process", True)
     else:
         goal("llama.cpp reference", "not installed", "measured in its own process", False)
     return 0

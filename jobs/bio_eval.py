@@ -25,6 +25,7 @@ from jobs.cli import JobParser, add_config_options, add_data_dir
 from psilonet import corpora
 from psilonet.generation import bio, bio_eval
 from psilonet.model import loading as modeling
+from psilonet.model import quantized
 from psilonet.store import Store
 from psilonet.store import tables as T
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                   formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_options(p, bio_eval.BioEvalConfig)
     p.add_argument("--model", default=modeling.DEFAULT_MODEL, help="'default', an mlx-lm hub name or a folder")
+    quantized.add_weights_option(p)
     add_data_dir(p)
     return p
 
@@ -48,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         corpora.check_available(name, store.data_dir)
     checks.check_context("--seq-len", cfg.seq_len + 1, args.model, store.data_dir,
                          what="tokens per window (--seq-len + 1)")
-    model, tokenizer = modeling.load_model(args.model, store.data_dir)
+    model, tokenizer = quantized.load_model(args.model, store.data_dir, weights=args.weights)
     bio.check_family(model)
 
-    config = {**cfg.to_dict(), "model": args.model, "fatigue_params": vars(bio.FatigueParams()),
+    config = {**cfg.to_dict(), "model": args.model, "weights": args.weights, "fatigue_params": vars(bio.FatigueParams()),
               "hebbian_params": vars(bio.HebbianParams())}
     bar = tqdm(total=len(cfg.corpora) * cfg.windows, desc="bio eval", unit="window")
     with store.begin_run("bio_eval", config=config, model=args.model, dataset=",".join(cfg.corpora)) as run:

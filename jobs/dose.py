@@ -29,6 +29,7 @@ from psilonet.generation.dose_config import DoseConfig
 from psilonet.generation.dosing import run_doses
 from psilonet.generation.prompts import PromptFile, PromptFileError, context_check, context_length, parse_prompts
 from psilonet.model import loading as modeling
+from psilonet.model import quantized
 from psilonet.model.skip import SkipConfig
 from psilonet.store import Store, StoreError
 from psilonet.training import loop as training
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="'default' (the default), an mlx-lm hub name or a folder; not with --run")
     p.add_argument("--run", help="a trained skip run id: generate with its skip model")
     p.add_argument("--dial", type=float, help="gate dial for a gated skip run (needs --run)")
+    quantized.add_weights_option(p)
     add_data_dir(p)
     return p
 
@@ -92,17 +94,18 @@ def main(argv: list[str] | None = None) -> int:
             raise cli.JobError(f"--dial: run {args.run} has no gates (it was trained without --gates)")
         model, tokenizer, train_cfg = training.load_trained(store, args.run, data_dir=store.data_dir)
         model_name = train_cfg.model
+        quantized.to_weights(model, args.weights, model_name, store.data_dir)
         if args.dial is not None:
             model.dial = args.dial
     else:
         model_name = args.model or modeling.DEFAULT_MODEL
-        model, tokenizer = modeling.load_model(model_name, store.data_dir)
+        model, tokenizer = quantized.load_model(model_name, store.data_dir, weights=args.weights)
     context = context_length(model)
     prompts = load_prompts(args, tokenizer, context)
 
     if prompts.skipped:
         print(prompts.report(), file=sys.stderr)
-    run_config = {"model": model_name, "skip_run": args.run, "dial": args.dial, "prompts": len(prompts.prompts),
+    run_config = {"model": model_name, "weights": args.weights, "skip_run": args.run, "dial": args.dial, "prompts": len(prompts.prompts),
                   "skipped": [f"line {n}: {why}" for n, why in prompts.skipped]}
     run_id, _ = run_doses(store, model, tokenizer, prompts.prompts, cfg, run_config=run_config, model_name=model_name,
                           dataset=args.prompts_file or "command line", parent=args.run)

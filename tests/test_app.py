@@ -102,6 +102,17 @@ def test_dose_page_generates_with_a_trained_run_and_saves(filled, monkeypatch):
     assert any("Saved as run" in s.value for s in at.success)
 
 
+def test_dose_page_generates_on_q4_weights(filled, monkeypatch):
+    # The weights choice of the dose page: a trained skip run on the default model's q4 base.
+    data, train_id = filled
+    monkeypatch.setenv("PSILONET_DATA", str(data))
+    at = open_page("dose", {"run": train_id, "weights": "q4", "doses": "0.0,0.3", "max": "4", "chat": "0"})
+    assert at.radio(key="weights").value == "q4"
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert list(at.dataframe[0].value.intensity) == [0.0, 0.3]
+
+
 BAD_DOSE_LINKS = [
     ("seed", str(2**32), "Seed"), ("seed", "-1", "Seed"), ("max", "-5", "Max tokens"), ("temp", "-1", "Temperature"),
     ("temp", "inf", "Temperature"), ("temp", "nan", "Temperature"), ("custom", "5", None), ("mech", "garbage", None),

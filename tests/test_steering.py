@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from psilonet.generation import steering as S
-from psilonet.generation.decoding import SamplingConfig, decode
+from psilonet.generation.decoding import DecodeConfig, decode
+from psilonet.generation.sampling import SamplingConfig
 from psilonet.generation.perturb import Doser
 from psilonet.model import forward
 from tests.conftest import make_tiny_model
@@ -31,8 +32,8 @@ def test_vector_is_the_difference_of_pooled_means():
 
 
 def run(model, doser, steps=5, compiled=None):
-    out = list(decode(model, PROMPT, SamplingConfig(temperature=0.0, max_tokens=steps), doser=doser,
-                      track=True, compiled=compiled))
+    out = list(decode(model, PROMPT, DecodeConfig(SamplingConfig(temperature=0.0, max_tokens=steps), doser=doser,
+                                              track=True, compiled=compiled)))
     return np.array([s.tokens for s in out]), np.array([s.entropy for s in out])
 
 

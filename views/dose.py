@@ -7,6 +7,7 @@ import streamlit as st
 from psilonet.app import bio_widgets, cause_widgets, charts, dose_frames, dose_requests, helpers as app, serving
 from psilonet.generation import dose_config, dosing, perturb, prompts
 from psilonet.model import loading as modeling
+from psilonet.model import quantized
 from psilonet.store import StoreError
 from psilonet.store.dose_runs import DoseItem, save_dose_run
 
@@ -101,6 +102,8 @@ def generate_view() -> None:
     source = st.selectbox("Model", sources, index=sources.index(app.param("run", "base model", str, sources)),
                           help="The default base model, or a trained skip run on it.")
     run_id = None if source == "base model" else source
+    weights = st.radio("Weights", quantized.WEIGHTS, horizontal=True, key="weights", help=quantized.WEIGHTS_HELP,
+                       index=quantized.WEIGHTS.index(app.param("weights", "f32", str, list(quantized.WEIGHTS))))
 
     left, right = st.columns([1, 1])
     with left:
@@ -174,7 +177,7 @@ def generate_view() -> None:
         action = st.button("Generate", type="primary")
 
     if action:
-        model, tokenizer = app.generator(modeling.DEFAULT_MODEL, run_id, str(app.data_dir()))
+        model, tokenizer = app.generator(modeling.DEFAULT_MODEL, run_id, str(app.data_dir()), weights)
         context = prompts.context_length(model)
         todo = file_prompts.prompts if file_prompts is not None else [(1, prompt.strip())]
         try:

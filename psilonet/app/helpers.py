@@ -309,15 +309,16 @@ def guarded(run_page: Callable[[], None]) -> None:
 
 
 @st.cache_resource(show_spinner="Loading the model (once per server process)…", max_entries=3)
-def generator(model_name: str, run_id: str | None, data_dir_str: str):
-    """(model, tokenizer) for dosed generation: the base model, or a trained skip run on it."""
-    from psilonet.model import loading as modeling
+def generator(model_name: str, run_id: str | None, data_dir_str: str, weights: str = "f32"):
+    """(model, tokenizer) for dosed generation: the base model, or a trained skip run on it, with
+    the base's weights in ``weights`` (:mod:`psilonet.model.quantized`)."""
+    from psilonet.model import quantized
     from psilonet.training import loop as training
 
     if run_id:
-        model, tokenizer, _ = training.load_trained(Store(data_dir_str), run_id, data_dir=data_dir_str)
-        return model, tokenizer
-    return modeling.load_model(model_name, data_dir_str)
+        model, tokenizer, cfg = training.load_trained(Store(data_dir_str), run_id, data_dir=data_dir_str)
+        return quantized.to_weights(model, weights, cfg.model, data_dir_str), tokenizer
+    return quantized.load_model(model_name, data_dir_str, weights=weights)
 
 
 def session_gone() -> Callable[[], bool]:

@@ -179,7 +179,7 @@ class Decoder:
         shared = self.hook is None
         rows = 1 if shared else self.batch
         shape = _kv_shape(self.model, rows, self.capacity)
-        dtype = self.model.model.embed_tokens.weight.dtype
+        dtype = self.model.model.norm.weight.dtype  # the float dtype (embeddings may be packed)
         kv = [(mx.zeros(shape, dtype=dtype), mx.zeros(shape, dtype=dtype)) for _ in self.model.model.layers]
         tokens = mx.array([list(prompt_ids)] * rows, dtype=mx.int32)
         out, kv, self.offset, self.rows = _run(self.model, tokens, kv, self.offset, self._inputs(), self.hook,

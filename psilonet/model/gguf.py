@@ -135,23 +135,30 @@ def hf_weights(
         n = sum(1 for k in tensors if not k.endswith((".scales", ".biases")))
         items = tqdm(items, total=n, desc="dequantize", unit="tensor")
     for name, w in items:
-        stem, _, suffix = name.rpartition(".")
-        if stem.startswith("blk."):
-            _, layer, part = stem.split(".", 2)
-            if part not in _BLOCK_NAMES:
-                raise GGUFError(f"unexpected GGUF tensor {name}")
-            if fix_rope and part == "attn_q":
-                w = undo_rope_permutation(w, config["num_attention_heads"])
-            elif fix_rope and part == "attn_k":
-                w = undo_rope_permutation(w, config["num_key_value_heads"])
-            key = f"model.layers.{layer}.{_BLOCK_NAMES[part]}.{suffix}"
-        elif stem in _TOP_NAMES:
-            key = f"{_TOP_NAMES[stem]}.{suffix}"
-        else:
-            raise GGUFError(f"unexpected GGUF tensor {name}")
+        key, heads = hf_name(name, config)
+        if fix_rope and heads:
+            w = undo_rope_permutation(w, heads)
         mx.eval(w)
         out[key] = w
     return out
+
+
+def hf_name(name: str, config: dict) -> tuple[str, int | None]:
+    """``(Hugging Face llama name, heads)`` of a GGUF tensor name; ``heads`` is the head count
+    whose RoPE row permutation :func:`undo_rope_permutation` undoes (q and k), else None.
+
+    A row permutation moves whole rows, so it applies to packed quantized rows and their scales
+    and biases alike (``psilonet.model.quantized`` keeps the GGUF's blocks that way)."""
+    stem, _, suffix = name.rpartition(".")
+    if stem.startswith("blk."):
+        _, layer, part = stem.split(".", 2)
+        if part not in _BLOCK_NAMES:
+            raise GGUFError(f"unexpected GGUF tensor {name}")
+        heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}.get(part)
+        return f"model.layers.{layer}.{_BLOCK_NAMES[part]}.{suffix}", heads
+    if stem in _TOP_NAMES:
+        return f"{_TOP_NAMES[stem]}.{suffix}", None
+    raise GGUFError(f"unexpected GGUF tensor {name}")
 
 
 def build_tokenizer(meta: dict):

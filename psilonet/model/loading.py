@@ -192,12 +192,15 @@ def check_model_name(name: str | None, data_dir: str | os.PathLike | None = None
     return path
 
 
-def load_model(name: str | None = None, data_dir: str | os.PathLike | None = None):
+def load_model(name: str | None = None, data_dir: str | os.PathLike | None = None, *, lazy: bool = False):
     """``(model, tokenizer)`` for a model name or folder.
 
     Checkpoints load as they are on Metal. On the CPU, half-precision weights are cast to
     float32 (half matmuls have no fast CPU path); quantized weights stay quantized (casting
-    them would need dequantizing the layers), with a warning that their matmuls are slow.
+    them would need dequantizing the layers), with a warning that MLX's own quantized CPU
+    matmuls are slow (``psilonet.model.quantized`` loads 4- and 8-bit weights for decode on
+    psilonet's own kernel). ``lazy`` leaves the weights unread until first used, so that
+    modules replaced before then are never loaded.
     """
     import mlx.core as mx
     import mlx.nn as nn
@@ -213,7 +216,7 @@ def load_model(name: str | None = None, data_dir: str | os.PathLike | None = Non
         raise ModelError(f"model {path!r} has model_type {family!r}; supported: "
                          + ", ".join(f"{k} ({v})" for k, v in FAMILIES.items()))
     try:
-        model, tokenizer = mlx_lm.load(path)
+        model, tokenizer = mlx_lm.load(path, lazy=lazy)
     except Exception as exc:
         raise ModelError(f"could not load model {path!r}: {type(exc).__name__}: {exc}") from exc
     if mx.default_device() == mx.cpu:

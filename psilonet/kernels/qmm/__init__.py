@@ -1,0 +1,119 @@
+"""``x @ W.T`` on the CPU with ``W`` in MLX's affine quantized layout: the extension, or MLX.
+
+The extension (this folder: ``CMakeLists.txt``, ``qmm.cpp``, ``kernels*.cpp``) is an MLX
+``Primitive`` whose ``eval_cpu`` queues the product on the CPU stream's encoder. It reads the
+packed codes directly (4- or 8-bit, groups of 32, 64 or 128; ``w = scale * q + bias`` per group)
+and never builds the float32 matrix; output rows are shared among threads
+(``PSILONET_QMM_THREADS``, default one per core), and the SIMD path (AVX-512 VNNI, AVX2 + FMA
+or portable C++) is chosen at run time from the CPU's flags.
+
+Arithmetic modes, chosen by ``PSILONET_QMM``:
+
+* ``int16`` (the default): each activation row is quantized to int16 in blocks of 32 (one float
+  scale per block, round to nearest), the codes are widened to int16 and multiplied in integer
+  SIMD (``vpdpwssd``, or ``madd``). Its rounding is 1/258 of int8's: on the default model the
+  paragraph loss moves by under 1e-4 nats (README, "4-bit decode").
+* ``int8`` (llama.cpp's scheme): int8 activations and ``vpdpbusd`` (or ``maddubs``/``madd``);
+  the cheapest products, but they move the paragraph loss by about 0.01 nats.
+* ``float``: the activations stay float32; equal to ``mx.quantized_matmul`` up to summation
+  order (relative 1e-5 in the tests).
+* ``off``: always ``mx.quantized_matmul`` (MLX's own kernel).
+
+Without the built extension (``python -m jobs.build_kernels``; ``make setup`` runs it), on a CPU
+without AVX2 and FMA, on macOS (Metal has fast quantized kernels) or on a GPU device, every call
+goes to ``mx.quantized_matmul``. :func:`describe` says which path runs in one line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import mlx.core as mx
+
+BUILD_DIR = Path(__file__).resolve().parent / "build"
+MODES = ("int16", "int8", "float", "off")
+_KERNEL_MODE = {"float": 0, "int8": 1, "int16": 2}  # kernels.h's Mode
+_ACTIVATIONS = {"float": "float32", "int8": "int8", "int16": "int16"}
+
+
+def mode() -> str:
+    value = os.environ.get("PSILONET_QMM", "int16").strip().lower() or "int16"
+    if value not in MODES:
+        raise ValueError(f"PSILONET_QMM must be one of {', '.join(MODES)}; got {value!r}")
+    return value
+
+
+def built_module_path() -> Path | None:
+    found = sorted(BUILD_DIR.glob("_qmm*.so")) + sorted(BUILD_DIR.glob("_qmm*.pyd"))
+    return found[0] if found else None
+
+
+@lru_cache(maxsize=1)
+def _load():
+    """``(module, None)`` or ``(None, why not)``; loaded once per process."""
+    if platform.system() == "Darwin":
+        return None, "macOS: MLX's Metal kernels are used"
+    path = built_module_path()
+    if path is None:
+        return None, "extension not built (python -m jobs.build_kernels)"
+    try:
+        spec = importlib.util.spec_from_file_location("psilonet.kernels.qmm._qmm", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a stale build against another mlx, a missing symbol
+        return None, f"extension at {path} does not load ({type(exc).__name__}: {exc}); rebuild it"
+    if module.detected_isa() == "portable":
+        return None, "this CPU lacks AVX2/FMA"
+    return module, None
+
+
+def extension():
+    """The loaded extension module, or None (see :func:`describe` for why)."""
+    return _load()[0]
+
+
+def active() -> bool:
+    """Whether products go to the extension now (built, allowed, and on the CPU device)."""
+    return mode() != "off" and extension() is not None and mx.default_device() == mx.cpu
+
+
+def describe() -> str:
+    """One line: which quantized matmul runs and why."""
+    module, why = _load()
+    if mode() == "off":
+        return "quantized matmul: mx.quantized_matmul (PSILONET_QMM=off)"
+    if module is None:
+        return f"quantized matmul: mx.quantized_matmul ({why})"
+    if mx.default_device() != mx.cpu:
+        return "quantized matmul: mx.quantized_matmul (the default device is a GPU)"
+    return (f"quantized matmul: psilonet extension ({module.isa()}, {module.threads()} threads, "
+            f"{_ACTIVATIONS[mode()]} activations)")
+
+
+_announced = False
+
+
+def announce(stream=None) -> None:
+    """Print :func:`describe` once per process (jobs call it when they load quantized weights)."""
+    global _announced
+    if not _announced:
+        print(describe(), file=stream or sys.stderr, flush=True)
+        _announced = True
+
+
+def quantized_matmul(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, *,
+                     group_size: int, bits: int) -> mx.array:
+    """``x @ dequantize(w, scales, biases).T`` on whichever path :func:`describe` names.
+
+    The extension takes float32 scales and biases (cast once at load by the caller: see
+    :mod:`psilonet.model.quantized`); MLX's kernel wants them in x's dtype.
+    """
+    if active() and bits in (4, 8) and group_size % 32 == 0:
+        return extension().quantized_matmul(x, w, scales, biases, group_size, bits, _KERNEL_MODE[mode()])
+    return mx.quantized_matmul(x, w, scales.astype(x.dtype), biases.astype(x.dtype), transpose=True,
+                               group_size=group_size, bits=bits)

@@ -1,0 +1,27 @@
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/variant.h>
+
+#include "kernels.h"
+#include "qmm.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+namespace q = psilonet_qmm;
+
+NB_MODULE(_qmm, m) {
+  m.doc() = "x @ W.T on the CPU with W in MLX's affine quantized layout (psilonet.kernels.qmm)";
+  m.def("quantized_matmul", &q::quantized_matmul, "x"_a, "w"_a, "scales"_a, "biases"_a,
+        "group_size"_a, "bits"_a, "mode"_a = 2, nb::kw_only(), "stream"_a = nb::none(),
+        "x @ dequantize(w, scales, biases).T for float32 x of shape (..., K). mode 0 keeps x in "
+        "float32; 1 and 2 quantize each row of x to int8 or int16 blocks of 32 and use integer "
+        "dot products.");
+  m.def("isa", [] { return std::string(q::isa_name(q::isa())); }, "The SIMD path in effect.");
+  m.def("detected_isa", [] { return std::string(q::isa_name(q::detected_isa())); });
+  m.def("set_isa", [](const std::string& name) {
+    const int level = name == "avx512-vnni" ? q::VNNI : name == "avx2-fma" ? q::AVX2 : q::PORTABLE;
+    return std::string(q::isa_name(q::set_isa(level)));
+  }, "name"_a, "Force a path (capped at what the CPU has); returns the one in effect.");
+  m.def("threads", &q::num_threads);
+  m.attr("MODES") = nb::make_tuple("float", "int8", "int16");
+}

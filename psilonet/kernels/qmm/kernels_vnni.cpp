@@ -1,0 +1,5 @@
+// AVX-512 VNNI kernels on 256-bit registers (vpdpbusd for int8 dot products); compiled with
+// -mavx2 -mfma -mavx512f -mavx512vl -mavx512vnni, called only where the CPU has them.
+#define QMM_VNNI 1
+#define QMM_FN rows_vnni
+#include "simd_rows.inc"

@@ -1,0 +1,36 @@
+// The MLX op and primitive around kernels.h: x @ W.T with W in MLX's affine quantized layout.
+#pragma once
+
+#include "mlx/ops.h"
+#include "mlx/primitives.h"
+
+namespace psilonet_qmm {
+
+namespace mx = mlx::core;
+
+// mode: kernels.h's Mode (0 float32, 1 int8, 2 int16 activations).
+// x (..., K) float32; w (N, K*bits/32) uint32; scales, biases (N, K/group) float32 -> (..., N).
+mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::array& scales,
+                           const mx::array& biases, int group_size, int bits, int mode,
+                           mx::StreamOrDevice s = {});
+
+class QuantizedMatmul : public mx::Primitive {
+ public:
+  QuantizedMatmul(mx::Stream stream, int group_size, int bits, int mode)
+      : mx::Primitive(stream), group_size_(group_size), bits_(bits), mode_(mode) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  // Gradients flow to x only (the quantized weights are frozen), through MLX's own kernel.
+  std::vector<mx::array> vjp(const std::vector<mx::array>& primals,
+                             const std::vector<mx::array>& cotangents, const std::vector<int>& argnums,
+                             const std::vector<mx::array>& outputs) override;
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+  const char* name() const override { return "PsilonetQuantizedMatmul"; }
+  bool is_equivalent(const mx::Primitive& other) const override;
+
+ private:
+  int group_size_, bits_, mode_;
+};
+
+}  // namespace psilonet_qmm

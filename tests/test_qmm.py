@@ -1,0 +1,136 @@
+"""The quantized matmul extension against ``mx.quantized_matmul``, and its fallback.
+
+Tests that need the built extension skip with the reason when it is not built
+(``python -m jobs.build_kernels``; ``make test`` builds it first)."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import pytest
+
+from psilonet.kernels import qmm
+
+EXT = qmm.extension()
+needs_ext = pytest.mark.skipif(EXT is None, reason=f"qmm extension unavailable: {qmm.describe()}")
+ISAS = [isa for isa in ("avx512-vnni", "avx2-fma", "portable")
+        if EXT is not None and EXT.set_isa(isa) == isa]
+if EXT is not None:
+    EXT.set_isa("avx512-vnni")  # the best the CPU has (capped)
+
+
+def rel_err(y: mx.array, ref: mx.array) -> float:
+    return (mx.abs(y - ref).max() / mx.abs(ref).max()).item()
+
+
+def packed(n: int, k: int, bits: int, group: int, seed: int = 0):
+    mx.random.seed(seed)
+    return mx.quantize(mx.random.normal((n, k)) * 0.05, group_size=group, bits=bits)
+
+
+@pytest.fixture
+def restore_isa():
+    yield
+    EXT.set_isa("avx512-vnni")
+
+
+@needs_ext
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group", [32, 64])
+@pytest.mark.parametrize("rows", [1, 2, 8, 16])
+def test_float_mode_equals_mlx(bits, group, rows, restore_isa):
+    w, s, b = packed(77, 192, bits, group)  # an odd output size: tiles and chunks do not divide it
+    x = mx.random.normal((rows, 192))
+    ref = mx.quantized_matmul(x, w, s, b, transpose=True, group_size=group, bits=bits)
+    for isa in ISAS:
+        EXT.set_isa(isa)
+        assert rel_err(EXT.quantized_matmul(x, w, s, b, group, bits, 0), ref) < 1e-5, isa
+
+
+@needs_ext
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group", [32, 64])
+@pytest.mark.parametrize("rows", [1, 2, 8, 16])
+@pytest.mark.parametrize("mode, tol", [(1, 1e-2), (2, 1e-4)])
+def test_integer_modes_within_activation_rounding(bits, group, rows, mode, tol, restore_isa):
+    """Int8 (int16) activations round each x to 1/254 (1/65534) of its block's range: the
+    products stay within 1% (1e-4) of the output's range, and every SIMD path gives the portable
+    path's integers."""
+    w, s, b = packed(77, 192, bits, group)
+    x = mx.random.normal((rows, 192))
+    ref = mx.quantized_matmul(x, w, s, b, transpose=True, group_size=group, bits=bits)
+    outs = {}
+    for isa in ISAS:
+        EXT.set_isa(isa)
+        outs[isa] = EXT.quantized_matmul(x, w, s, b, group, bits, mode)
+        assert rel_err(outs[isa], ref) < tol, isa
+    for isa in ISAS:
+        assert rel_err(outs[isa], outs[ISAS[-1]]) < 1e-5, isa
+
+
+@needs_ext
+def test_large_product_is_threaded_and_exact():
+    # 4,000 output rows of 576 take the thread pool; more than 16 rows run in slices of 16.
+    w, s, b = packed(4001, 576, 4, 32, seed=1)
+    x = mx.random.normal((19, 576))
+    ref = mx.quantized_matmul(x, w, s, b, transpose=True, group_size=32, bits=4)
+    assert rel_err(EXT.quantized_matmul(x, w, s, b, 32, 4, 0), ref) < 1e-5
+    assert EXT.threads() >= 1
+
+
+@needs_ext
+def test_non_contiguous_and_batched_inputs():
+    w, s, b = packed(33, 128, 4, 64)
+    x = mx.random.normal((128, 3)).T  # transposed: column stride 3
+    ref = mx.quantized_matmul(x, w, s, b, transpose=True, group_size=64, bits=4)
+    assert rel_err(EXT.quantized_matmul(x, w, s, b, 64, 4, 0), ref) < 1e-5
+    x3 = mx.random.normal((2, 5, 128))[:, ::2]  # (2, 3, 128), strided rows
+    y = EXT.quantized_matmul(x3, w, s, b, 64, 4, 0)
+    assert y.shape == (2, 3, 33)
+    assert rel_err(y, mx.quantized_matmul(x3, w, s, b, transpose=True, group_size=64, bits=4)) < 1e-5
+
+
+@needs_ext
+def test_inside_compile_and_gradient_to_x():
+    w, s, b = packed(40, 64, 4, 32)
+    x = mx.random.normal((2, 64))
+    f = mx.compile(lambda v: EXT.quantized_matmul(v, w, s, b, 32, 4, 0))
+    ref = mx.quantized_matmul(x, w, s, b, transpose=True, group_size=32, bits=4)
+    assert rel_err(f(x), ref) < 1e-5
+    g = mx.grad(lambda v: EXT.quantized_matmul(v, w, s, b, 32, 4, 0).sum())(x)
+    g_ref = mx.grad(lambda v: mx.quantized_matmul(v, w, s, b, transpose=True, group_size=32, bits=4).sum())(x)
+    assert rel_err(g, g_ref) < 1e-5
+
+
+@needs_ext
+def test_bad_shapes_fail_with_one_line():
+    w, s, b = packed(8, 64, 4, 32)
+    with pytest.raises(ValueError, match="qmm: x has 32 columns"):
+        EXT.quantized_matmul(mx.ones((1, 32)), w, s, b, 32, 4, 1)
+    with pytest.raises(ValueError, match="qmm: bits must be 4 or 8"):
+        EXT.quantized_matmul(mx.ones((1, 64)), w, s, b, 32, 3, 1)
+
+
+def test_forced_off_runs_mlx(monkeypatch):
+    monkeypatch.setenv("PSILONET_QMM", "off")
+    assert not qmm.active()
+    assert "PSILONET_QMM=off" in qmm.describe()
+    w, s, b = packed(9, 64, 4, 32)
+    x = mx.random.normal((3, 64))
+    ref = mx.quantized_matmul(x, w, s, b, transpose=True, group_size=32, bits=4)
+    assert mx.array_equal(qmm.quantized_matmul(x, w, s, b, group_size=32, bits=4), ref)
+
+
+def test_bad_mode_is_refused(monkeypatch):
+    monkeypatch.setenv("PSILONET_QMM", "fast")
+    with pytest.raises(ValueError, match="PSILONET_QMM must be one of"):
+        qmm.mode()
+
+
+@needs_ext
+def test_wrapper_uses_extension_when_on(monkeypatch):
+    monkeypatch.setenv("PSILONET_QMM", "float")
+    assert qmm.active() and "float32 activations" in qmm.describe()
+    w, s, b = packed(9, 64, 8, 64)
+    x = mx.random.normal((3, 64))
+    ref = mx.quantized_matmul(x, w, s, b, transpose=True, group_size=64, bits=8)
+    assert rel_err(qmm.quantized_matmul(x, w, s, b, group_size=64, bits=8), ref) < 1e-5
