@@ -124,6 +124,6 @@ def test_bad_inputs(trained_store, capsys):
     weights.rename(weights.with_suffix(".moved"))
     try:
         assert capture_job.main(capture_args(data, "--run", run_id)) == 2
-        assert "has no skip_weights.safetensors" in capsys.readouterr().err
+        assert "skip_weights.safetensors does not exist" in capsys.readouterr().err
     finally:
         weights.with_suffix(".moved").rename(weights)
