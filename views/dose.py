@@ -4,7 +4,7 @@ file as one run; stored dose runs reopened with their texts, entropies and chart
 import pandas as pd
 import streamlit as st
 
-from psilonet.app import bio_widgets, charts, helpers as app, serving
+from psilonet.app import bio_widgets, charts, helpers as app, presets, serving
 from psilonet.generation import dosing, perturb, prompts
 from psilonet.generation.decoding import SamplingConfig
 from psilonet.model import loading as modeling
@@ -31,16 +31,16 @@ def show_results(gens: pd.DataFrame, tokens: pd.DataFrame, layers: pd.DataFrame,
     keys = ["gen_id", "intensity"] + (["label"] if named else [])
     prompt_list = gens[["prompt_line", "prompt"]].drop_duplicates().reset_index(drop=True)
     exported = []
+    k = app.param("p", 1, int, lo=1, hi=len(prompt_list)) - 1  # read even for one prompt: p=2 then warns
     if len(prompt_list) > 1:
         overview = charts.dose_overview(gens)
         st.altair_chart(overview, width="content")
         exported.append(("Mean entropy per prompt and intensity", overview))
         labels = [f"{k + 1}. {' '.join(str(p).split())[:90]}" for k, p in enumerate(prompt_list.prompt)]
-        k = app.param("p", 1, int, lo=1, hi=len(prompt_list)) - 1
         k = st.selectbox("Prompt", range(len(prompt_list)), index=k, format_func=lambda i: labels[i])
-        app.set_params(p=k + 1 if k else None)
     else:
         k = 0
+    app.set_params(p=k + 1 if k else None)
     line, prompt = prompt_list.prompt_line[k], prompt_list.prompt[k]
     mine = gens[(gens.prompt_line == line) & (gens.prompt == prompt)].sort_values(["seed", "intensity"])
     with st.expander("Prompt", expanded=len(prompt_list) == 1):
@@ -127,11 +127,11 @@ def generate_view() -> None:
                                                       max_len=MAX_PROMPT_CHARS), max_chars=MAX_PROMPT_CHARS)
         chat = st.toggle("Chat template", value=app.param("chat", "1", str, ["0", "1"]) == "1")
     with right:
-        doses = app.param("doses", list(PRESETS.values()), app.float_list, lo=0.0, hi=1.0)
-        chosen_presets = st.multiselect("Intensities", list(PRESETS),
-                                        default=[k for k, v in PRESETS.items() if v in doses] or list(PRESETS))
-        custom = st.slider("Custom intensity (added when > 0)", 0.0, 1.0,
-                           float(app.param("custom", 0.0, float, lo=0.0, hi=1.0)), 0.05)
+        named, custom = presets.split("doses", app.param("doses", list(PRESETS.values()), app.float_list, lo=0.0,
+                                                          hi=1.0), PRESETS, app.param("custom", None, float, lo=0.0, hi=1.0))
+        chosen_presets = st.multiselect("Intensities", list(PRESETS), default=named or (None if custom else list(PRESETS)),
+                                        format_func=presets.label(PRESETS))
+        custom = st.slider("Custom intensity (added when > 0)", 0.0, 1.0, custom, 0.05)
         mechanisms = st.multiselect("Mechanisms", perturb.MECHANISMS, default=app.param(
             "mech", list(perturb.MECHANISMS), app.choice_list(perturb.MECHANISMS)))
         c1, c2, c3 = st.columns(3)

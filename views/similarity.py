@@ -33,14 +33,12 @@ if run is not None:
         names = {s: f"{s} · {sim[sim.source == s].dataset.iloc[0]}" for s in sources}
         metric = st.radio("Metric", list(METRICS), format_func=METRICS.get, horizontal=True,
                           index=list(METRICS).index(app.param("metric", "cka", str, list(METRICS))))
-        shown = st.multiselect("Sources (side by side)", sources, format_func=names.get,
-                               default=[s for s in app.param("sources", ",".join(sources)).split(",") if s in sources]
-                               or sources)
+        shown = st.multiselect("Sources (side by side)", sources, format_func=names.get, default=app.known_items(
+            "sources", [s for s in app.param("sources", ",".join(sources)).split(",") if s], sources) or sources)
         per_layer = sim[(sim.view == "layer") & sim.source.isin(shown)]
         n_layers = int(sim.layer.max()) + 1 if sim.layer.notna().any() else 1
-        lo, hi = app.param("layers", (n_layers // 3, 2 * n_layers // 3), app.int_pair)
-        lo, hi = max(0, min(lo, n_layers - 1)), max(0, min(hi, n_layers - 1))
-        window = st.slider("Novelty window (layers, 0 = embeddings)", 0, max(n_layers - 1, 1), (lo, min(max(hi, lo), n_layers - 1)))
+        lo, hi = app.param("layers", (n_layers // 3, 2 * n_layers // 3), app.int_pair, lo=0, hi=n_layers - 1)
+        window = st.slider("Novelty window (states, 0 = embeddings)", 0, max(n_layers - 1, 1), (lo, hi))
         app.set_params(rep=representation, metric=metric, sources=shown if set(shown) != set(sources) else None,
                        layers=list(window))
         # Charts are drawn from specs cached per (run, choices) (app.chart): the keys name every choice.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from psilonet.app import bio_charts, charts, helpers as app
+from psilonet.app import bio_charts, charts, helpers as app, presets
 from psilonet.generation import bio
 
 MAX_ROWS = 16  # rows of one page generation (intensities x fatigue x hebbian)
@@ -20,11 +20,11 @@ MAX_ROWS = 16  # rows of one page generation (intensities x fatigue x hebbian)
 
 def _strengths(title: str, key: str, help: str) -> list[float]:
     names = list(bio.PRESETS)
-    wanted = app.param(key, [0.0], app.float_list)
-    chosen = st.multiselect(title, names, default=[n for n in names if bio.PRESETS[n] in wanted] or ["off"],
-                            key=f"bio_{key}", help=help)
-    custom = st.slider(f"Custom {title.lower()} (added when > 0)", 0.0, bio.MAX_STRENGTH,
-                       float(next((w for w in wanted if w not in bio.PRESETS.values()), 0.0)), 0.05,
+    named, custom = presets.split(key, app.param(key, [0.0], app.float_list, lo=0.0, hi=bio.MAX_STRENGTH),
+                                  bio.PRESETS, None)
+    chosen = st.multiselect(title, names, default=named or (None if custom else ["off"]), key=f"bio_{key}",
+                            help=help, format_func=presets.label(bio.PRESETS))
+    custom = st.slider(f"Custom {title.lower()} (added when > 0)", 0.0, bio.MAX_STRENGTH, custom, 0.05,
                        key=f"bio_{key}_custom")
     values = sorted({bio.PRESETS[n] for n in chosen} | ({float(custom)} if custom > 0 else set()))
     return values or [0.0]

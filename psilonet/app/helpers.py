@@ -23,7 +23,7 @@ import pandas as pd
 import streamlit as st
 
 from psilonet import runtime
-from psilonet.app import share
+from psilonet.app import links, share
 from psilonet.app.model_queue import MODEL_QUEUE
 from psilonet.store import Store, StoreError
 
@@ -174,8 +174,8 @@ class BadParam(ValueError):
 
 
 def _warn_param(name: str, raw: str, why: str) -> None:
-    shown = raw if len(raw) <= 60 else raw[:57] + "..."
-    st.warning(f"Ignoring the link's `{name}={shown}`: {why}. Using the default.")
+    links.refused(name)
+    links.warn(f"Ignoring the link's `{name}={links.shorten(raw)}`: {why}. Using the default.")
 
 
 def param(name: str, default: Any, cast: Callable[[str], Any] = str, choices: list | None = None,
@@ -183,7 +183,7 @@ def param(name: str, default: Any, cast: Callable[[str], Any] = str, choices: li
     """A query parameter parsed with ``cast`` and checked against ``choices``, ``[lo, hi]`` (for
     numbers, which must also be finite) and ``max_len`` (for text).  Anything else gives
     ``default`` with exactly one warning naming the parameter: a link never breaks a page."""
-    raw = st.query_params.get(name)
+    raw = links.raw(name)
     if raw is None or raw == "":
         return default
     if max_len is not None and len(raw) > max_len:
@@ -216,8 +216,20 @@ def float_list(text: str) -> list[float]:
 
 
 def int_pair(text: str) -> tuple[int, int]:
+    """``a,b`` with a <= b (a reversed pair is refused, not swapped)."""
     a, b = (int(x) for x in text.split(","))
+    if a > b:
+        raise BadParam(f"the first number is above the second (write {b},{a})")
     return a, b
+
+
+def known_items(name: str, wanted: Sequence, known: Sequence) -> list:
+    """The items of the link's ``name`` list that ``known`` holds, warning about the others."""
+    missing = [w for w in wanted if w not in known]
+    if missing:
+        links.warn(f"Ignoring {len(missing)} item(s) of the link's `{name}` not in this view: "
+                   f"{links.shorten(', '.join(map(str, missing)))}.")
+    return [w for w in wanted if w in known]
 
 
 def choice_list(allowed: Sequence[str]) -> Callable[[str], list[str]]:
@@ -234,6 +246,7 @@ def choice_list(allowed: Sequence[str]) -> Callable[[str], list[str]]:
 def set_params(**values: Any) -> None:
     """Write the page state into the URL (lists joined by commas; None removes the key)."""
     for key, value in values.items():
+        links.wrote(key)
         if value is None or value == "" or value == []:
             st.query_params.pop(key, None)
         else:
@@ -270,6 +283,11 @@ def run_picker(label: str, kinds: tuple[str, ...], key: str = "run", help: str |
         return None
     choices = all_runs[(all_runs.kind.isin(kinds)) & (all_runs.state == "complete")]
     if choices.empty:
+        asked = param(key, None)
+        if asked is not None:
+            links.refused(key)
+            links.warn(f"Run `{links.shorten(asked)}` from the link is not here: there is no complete "
+                       f"{' or '.join(kinds)} run yet.")
         st.info(f"No complete {' or '.join(kinds)} run yet.\n\n" + fill_hint(kinds, all_runs))
         return None
     ids = list(choices.run_id)
@@ -277,7 +295,8 @@ def run_picker(label: str, kinds: tuple[str, ...], key: str = "run", help: str |
     first = preferred[0] if preferred else ids[0]
     wanted = param(key, first)
     if wanted not in ids:
-        st.warning(f"Run `{wanted}` from the link is not a complete {'/'.join(kinds)} run here; showing the newest.")
+        links.warn(f"Run `{links.shorten(wanted)}` from the link is not a complete {'/'.join(kinds)} run here; "
+                   "showing the newest.")
         wanted = first
     labels = {r.run_id: f"{r.run_id} · {r.dataset or ''}" for r in choices.itertuples()}
     chosen = st.selectbox(label, ids, index=ids.index(wanted), format_func=labels.get, help=help, key=f"pick_{key}")
