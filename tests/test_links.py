@@ -82,3 +82,49 @@ def test_trajectories_runs_dose_and_bio_link_values_warn(filled, monkeypatch):
     at = open_app_page("bio", {"run": "x" * 3000})
     assert [w for w in warnings(at) if "from the link is not here" in w], warnings(at)
     assert all(len(w) < 300 for w in warnings(at)), warnings(at)  # a long value is shortened
+
+
+PUBLIC = "https://lab.example.org/psi"
+
+
+def widget_state(at) -> list:
+    """Every input widget's (kind, label, value) on the page: what "the same view" means."""
+    kinds = ("selectbox", "radio", "multiselect", "slider", "text_area", "number_input", "toggle")
+    return [(k, w.label, w.value) for k in kinds for w in getattr(at, k)]
+
+
+def export_permalink(at) -> str:
+    buttons = at.get("download_button")
+    assert buttons, "no Export HTML button"
+    return buttons[0].proto.help.split("Its link back to this view: `")[1].rstrip("`")
+
+
+def test_each_export_permalink_reopens_the_same_view(filled, monkeypatch):
+    """Every page's export names an absolute link (PSILONET_PUBLIC_URL here) with exactly the
+    keys the page reads; opened in the app it gives the same widgets and the same URL."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    data, train_id = filled
+    monkeypatch.setenv("PSILONET_DATA", str(data))
+    monkeypatch.setenv("PSILONET_PUBLIC_URL", PUBLIC)
+    store = Store(data)
+    analysis = store.list_runs(kind="analysis").run_id.iloc[0]
+    cases = {
+        "training": {"run": train_id, "zzz": "1"},
+        "similarity": {"run": analysis, "metric": "svcca", "layers": "1,4", "rep": "raw"},
+        "trajectories": {"run": analysis, "unit": "sequence", "rep": "raw"},
+        "taps": {"run": train_id},
+        "dose": {"view": "stored", "dose_run": store.list_runs(kind="dose").run_id.iloc[0]},
+    }
+    for page, params in cases.items():
+        at = open_app_page(page, params)
+        assert not at.exception and not warnings(at), (page, warnings(at))
+        link = export_permalink(at)
+        parts = urlsplit(link)
+        assert link.startswith(f"{PUBLIC}/{page}?"), link
+        query = dict(parse_qsl(parts.query))
+        assert query == dict(at.query_params), (page, query, dict(at.query_params))
+        assert "zzz" not in query
+        again = open_app_page(page, query)
+        assert widget_state(again) == widget_state(at), page
+        assert dict(again.query_params) == query and export_permalink(again) == link

@@ -4,7 +4,7 @@ file as one run; stored dose runs reopened with their texts, entropies and chart
 import pandas as pd
 import streamlit as st
 
-from psilonet.app import bio_widgets, charts, helpers as app, presets, serving
+from psilonet.app import bio_widgets, charts, helpers as app, presets, serving, share
 from psilonet.generation import dosing, perturb, prompts
 from psilonet.generation.decoding import SamplingConfig
 from psilonet.model import loading as modeling
@@ -57,7 +57,7 @@ def show_results(gens: pd.DataFrame, tokens: pd.DataFrame, layers: pd.DataFrame,
     per_token = tokens[tokens.gen_id.isin(mine.gen_id)].merge(mine[keys], on="gen_id")
     if not per_token.empty:
         heat = charts.entropy_heatmap(per_token)
-        st.altair_chart(heat, width="content")
+        st.altair_chart(charts.fit_width(heat), width="stretch")
         exported.append(("Next-token entropy", heat))
     per_layer = layers[layers.gen_id.isin(mine.gen_id)].merge(mine[keys], on="gen_id")
     if not per_layer.empty:
@@ -66,7 +66,8 @@ def show_results(gens: pd.DataFrame, tokens: pd.DataFrame, layers: pd.DataFrame,
         exported.append(("Hidden-state entropy by layer", profile))
     if bio_state is not None and named:
         exported += bio_widgets.state_charts(*bio_state, dict(zip(mine.gen_id, mine.label)))
-    app.export_button("Dosed generation", exported, {**state, "prompt": prompt})
+    app.export_button("Dosed generation", exported, {**state, "prompt": prompt},
+                      texts=[(g.label if named else f"intensity {g.intensity:g}", g.text) for g in mine.itertuples()])
 
 
 def stored_view() -> None:
@@ -89,7 +90,7 @@ def stored_view() -> None:
                f"max tokens {config.get('max_tokens', 'n/a')}, temperature {config.get('temperature', 'n/a')}.")
     for note in config.get("skipped", []):
         st.warning(f"Skipped when the run was made: {note}")
-    show_results(gens, tokens, layers, {"run": run.name, "dataset": run.dataset},
+    show_results(gens, tokens, layers, {"run": run.name, "dataset": run.dataset, **share.dose_settings(config, run.model)},
                  bio_state if all(f is not None for f in bio_state) else None)
 
 
@@ -204,7 +205,7 @@ def generate_view() -> None:
         gens, tokens, layers = dosing.result_frames(last["items"])
         strengths, pool, norms = dosing.bio_frames(last["items"])
         show_results(dosing.label_rows(gens, strengths), tokens, layers,
-                     {"seed": last["config"]["seeds"][0], "intensities": last["config"]["intensities"]}, (pool, norms))
+                     share.dose_settings(last["config"]), (pool, norms))
         if last["saved"]:
             st.success(f"Saved as run `{last['saved']}`.")
             st.page_link("views/dose.py", label="Open the saved run", icon=":material/open_in_new:",

@@ -5,7 +5,7 @@ from functools import partial
 import streamlit as st
 
 from psilonet.analysis import representation as rep
-from psilonet.app import charts
+from psilonet.app import charts, layout
 from psilonet.app import helpers as app
 
 METRICS = charts.METRIC_TITLES
@@ -58,14 +58,18 @@ if run is not None:
             if representation == "rms":
                 st.caption("Head outputs are compared as captured: nothing normalises them in the model and they "
                            "carry no sink outlier, so this grid equals the raw one.")
+            panels = partial(charts.head_heatmap_panels, heads, head_metric, picked, representation)
+            layout.chart_panels(("similarity-heads", run.name, representation, head_metric, picked),
+                                lambda: [charts.fit_width(c) for c in panels()], heads.source.nunique())
             grid = partial(charts.head_heatmaps, heads, head_metric, picked, representation)
-            app.chart(("similarity-heads", run.name, representation, head_metric, picked), grid)
             exported.append((f"{METRICS[head_metric]} per head ({representation})", grid))
         cross = sim[(sim.view == "cross_layer") & sim.source.isin(shown)]
         if not cross.empty:
             st.subheader("Cross-layer CKA")
+            panels = partial(charts.cross_layer_panels, cross, picked, representation)
+            layout.chart_panels(("similarity-cross", run.name, representation, picked),
+                                lambda: [charts.fit_width(c) for c in panels()], cross.source.nunique())
             matrix = partial(charts.cross_layer_heatmaps, cross, picked, representation)
-            app.chart(("similarity-cross", run.name, representation, picked), matrix)
             exported.append((f"Cross-layer linear CKA ({representation})", matrix))
         st.caption("Look for layers where CKA drops below 1: that is where the skip pathways changed the "
                    "representation. In the heatmaps, a bright diagonal means layers still correspond one to one; "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from psilonet.app import bio_charts, charts, helpers as app, presets
+from psilonet.app import bio_charts, charts, helpers as app, layout, presets
 from psilonet.generation import bio
 
 MAX_ROWS = 16  # rows of one page generation (intensities x fatigue x hebbian)
@@ -59,7 +59,7 @@ def state_charts(pool: pd.DataFrame, norms: pd.DataFrame, labels: dict[int, str]
     if not pool.empty:
         heatmaps = [bio_charts.pool_heatmap(pool, label) for label in pool["label"].unique()]
         combined = heatmaps[0] if len(heatmaps) == 1 else charts.side_by_side(heatmaps)
-        st.altair_chart(combined, width="content")
+        layout.draw_panels(heatmaps)
         out.append(("Synaptic fatigue: pool level per layer and head", combined))
     if not norms.empty:
         chart = bio_charts.fast_norm_chart(norms)

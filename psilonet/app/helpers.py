@@ -255,6 +255,14 @@ def set_params(**values: Any) -> None:
                 st.query_params[key] = text
 
 
+#: The job (and small settings) that makes a run of each kind, named by an empty page.
+FILL_COMMANDS = {
+    ("bio_eval",): "jobs.bio_eval --windows 4 --seq-len 16 --strengths 0.5 1",
+    ("dose",): 'jobs.dose --prompt "The nature of consciousness is" --intensities 0 0.1 0.2 0.3 --max-tokens 32',
+    ("train", "sweep"): "jobs.train --train-samples 40 --val-samples 16 --distances 2 3 4 --gates",
+}
+
+
 def fill_hint(kinds: tuple[str, ...], all_runs: pd.DataFrame) -> str:
     """Which command creates a run of ``kinds`` from the runs that exist (never "no runs" when some do)."""
     complete = all_runs[all_runs.state == "complete"]
@@ -269,6 +277,9 @@ def fill_hint(kinds: tuple[str, ...], all_runs: pd.DataFrame) -> str:
         train = trains.run_id.iloc[0]
         return (f"Capture a training run, then analyse the capture:\n\n```\n{py} jobs.capture --run {train}\n"
                 f"{py} jobs.analyze --captures <the capture run it prints>\n```")
+    own = next((cmd for names, cmd in FILL_COMMANDS.items() if set(kinds) & set(names)), None)
+    if own:
+        return f"Create one with\n\n```\n{py} {own}\n```\n\n(`make demo` also makes one run of every kind.)"
     return f"`make demo` creates one run of every kind in {data_dir_label()}."
 
 
@@ -304,19 +315,23 @@ def run_picker(label: str, kinds: tuple[str, ...], key: str = "run", help: str |
     return choices.set_index("run_id").loc[chosen]
 
 
-def export_button(title: str, charts: list, state: dict) -> None:
-    """Download the page's charts as one standalone HTML file (opens offline).
+def export_button(title: str, charts: list, state: dict, texts: list[tuple[str, str]] | None = None) -> None:
+    """Download the page's charts (and ``texts``) as one standalone HTML file (opens offline).
 
+    Its permalink is the view's absolute address with exactly the page's state
+    (:func:`psilonet.app.links.permalink`: call this after the page has read its parameters).
     The file (about 1 MB with Vega inlined) is built only when the button is clicked, not on
     every rerun of the page.
     """
     if not charts:
         return
-    notes = [f"Permalink: {share.permalink(title.lower(), state)}"]
+    permalink = links.permalink()
+    notes = [f"Permalink: {permalink}"]
     name = title.lower().replace(" ", "_")
-    st.download_button("Export HTML", lambda: share.export_html(title, charts, state, notes=notes),
+    st.download_button("Export HTML", lambda: share.export_html(title, charts, state, notes=notes, texts=texts),
                        file_name=f"psilonet_{name}.html", mime="text/html",
-                       help="A standalone file with these charts and their data; opens offline in any browser.")
+                       help="A standalone file with these charts and their data; opens offline in any browser. "
+                            f"Its link back to this view: `{permalink}`")
 
 
 def sidebar() -> None:
