@@ -6,7 +6,7 @@ runtime.setup()  # bind the fast BLAS before anything imports mlx (README, "Fast
 
 import streamlit as st
 
-from psilonet.app import helpers as app, serving
+from psilonet.app import helpers as app, links, serving
 
 st.set_page_config(page_title="psilonet", layout="wide")
 page = st.navigation([
@@ -22,5 +22,7 @@ page = st.navigation([
 serving.gate()  # the shared password, if one is set: nothing below runs without it
 app.check_data_dir()
 app.sidebar()
+links.begin(page)  # the link's warnings go to the top of the page
 app.guarded(page.run)
+links.tidy()  # the URL keeps only the state this page read or wrote (never a password)
 serving.sidebar(page)  # viewer-mode notice and the link to this view

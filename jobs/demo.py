@@ -2,8 +2,10 @@
 
 Trains a small multi-tap gated skip adapter (taps at distances 2, 3 and 4, per-head gates), captures
 it on both offline corpora (python-docs and smol-stories), analyses both captures side by side
-(every representation) and saves one dose run; prints each run it made and how long each step took.
-Each step is the ordinary job (``jobs.train``, ``jobs.capture``, ``jobs.analyze``, ``jobs.dose``)
+(every representation), saves one dose run and makes a small bio evaluation (fatigue and Hebbian
+against sober on a few short windows, about 20 s); prints each run it made and how long each step took.
+Each step is the ordinary job (``jobs.train``, ``jobs.capture``, ``jobs.analyze``, ``jobs.dose``,
+``jobs.bio_eval``)
 with small settings, so every run is an ordinary run.
 
 Example: python -m jobs.demo [--data-dir DIR]
@@ -15,7 +17,7 @@ import argparse
 import sys
 import time
 
-from jobs import analyze, capture, cli, dose, train
+from jobs import analyze, bio_eval, capture, cli, dose, train
 from psilonet.store import Store
 
 # Small enough for about five minutes in all on two cores, large enough that the taps and gates
@@ -28,6 +30,9 @@ TRAIN = ["--dataset", "python-docs", "--train-samples", "48", "--val-samples", "
 CAPTURE = ["--samples", "24", "--max-tokens", "1000"]
 DOSE = ["--prompt", "The nature of consciousness is", "--intensities", "0", "0.1", "0.2", "0.3",
         "--max-tokens", "32"]
+# Enough to draw every chart of the Bio interventions page (4 windows of 16 tokens per corpus,
+# two strengths): about 20 s on two cores; `python -m jobs.bio_eval` measures it properly.
+BIO = ["--windows", "4", "--seq-len", "16", "--strengths", "0.5", "1"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                 for corpus in ("python-docs", "smol-stories")]
     step("analysis", analyze, ["--captures", *captures])
     step("dose", dose, [*DOSE, "--run", train_id])
+    step("bio_eval", bio_eval, BIO)
 
     improvement = store.get_run(train_id)["summary"].get("improvement_pct")
     print("\ndemo: made")

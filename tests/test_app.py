@@ -83,7 +83,7 @@ def test_trajectories_and_taps_pages(filled, monkeypatch):
     at = open_page("trajectories", {"unit": "sequence"})
     assert at.radio[1].value == "sequence" and len(charts(at)) == 1
     at = open_page("taps", {"run": train_id})
-    assert len(charts(at)) == 3  # evolution, final heatmap, gate alphas
+    assert len(charts(at)) == 4  # evolution (one panel per distance: 2), final heatmap, gate alphas
 
 
 def test_dose_page_generates_with_a_trained_run_and_saves(filled, monkeypatch):
@@ -293,3 +293,6 @@ def test_empty_states_name_the_command_that_fills_them(tmp_path, monkeypatch):
     assert "No runs" not in helpers.fill_hint(("analysis",), runs)
     assert "jobs.capture --run train-b" in helpers.fill_hint(("analysis",), runs[runs.kind == "train"])
     assert "make demo" in helpers.fill_hint(("analysis",), runs.iloc[0:0])
+    assert "jobs.bio_eval --windows" in helpers.fill_hint(("bio_eval",), runs)  # the job itself, not "make demo"
+    assert "jobs.dose --prompt" in helpers.fill_hint(("dose",), runs)
+

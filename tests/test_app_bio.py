@@ -27,7 +27,7 @@ def test_bio_page_on_an_empty_store_and_with_an_evaluation(tiny_model_dir, tmp_p
     assert job.main(["--model", str(tiny_model_dir), "--windows", "2", "--seq-len", "8", "--strengths", "0.5", "1",
                      "--data-dir", str(tmp_path)]) == 0
     at = open_bio_page(tmp_path)
-    assert len(at.get("vega_lite_chart")) == 2 and at.get("download_button")
+    assert len(at.get("vega_lite_chart")) == 4 and at.get("download_button")  # loss and entropy, per corpus
     table = at.dataframe[0].value
     assert set(zip(table.mechanism, table.strength)) >= {("fatigue", 0.5), ("hebbian", 1.0), ("sober", 0.0)}
     assert set(table.corpus) == {"python-docs", "smol-stories"}

@@ -1,8 +1,8 @@
 """The app in a real browser: start it on localhost, open every page in headless Chromium
-(Debian's chromium and chromium-driver, installed by `make setup` as root) at 1400 px, assert
+(Debian's chromium and chromium-driver, installed by `make setup` as root) at 1400 and 1000 px, assert
 that no error element appears and no chart is cut or overflows the page, check the rendered
 height of the dose heatmap's rows, and save a full-page screenshot of each page (the Dosed
-generation page showing the newest stored dose run).
+generation page showing the newest stored dose run; the 1000 px ones are named ``*-1000px.png``).
 
 Screenshots go to $PSILONET_SCREENSHOTS (the README's come from a run with the default model's
 data: PSILONET_BROWSER_DATA=data PSILONET_SCREENSHOTS=docs/screenshots), else to a temp folder.
@@ -31,6 +31,7 @@ PAGES = {"": "Runs", "training": "Training", "similarity": "Similarity", "trajec
 SHOT_NAMES = {"": "runs", "dose": "dose_form", "dose?view=stored": "dose"}
 CHARTS = '[data-testid="stVegaLiteChart"]'
 WIDTH = 1400
+WIDTHS = (1400, 1000)  # a wide window and a narrow one: every chart must fit both
 ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
 
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
@@ -112,10 +113,10 @@ def chart_boxes(driver) -> list[dict]:
         });""", CHARTS)
 
 
-def full_page_screenshot(driver, path: Path) -> None:
+def full_page_screenshot(driver, path: Path, width: int = WIDTH) -> None:
     height = driver.execute_script(
         "return document.querySelector('[data-testid=\"stMainBlockContainer\"]').scrollHeight")
-    driver.set_window_size(WIDTH, max(900, int(height) + 120))
+    driver.set_window_size(width, max(900, int(height) + 120))
     time.sleep(1.0)  # charts re-lay out
     assert driver.save_screenshot(str(path))
     driver.set_window_size(WIDTH, 1600)
@@ -129,11 +130,13 @@ def largest_dose_run(data: str) -> str:
     return max(runs.itertuples(), key=lambda r: (r.summary or {}).get("generations", 0)).run_id
 
 
+@pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("path", list(PAGES))
-def test_page_renders_without_errors(server, browser, browser_data, path, tmp_path_factory):
+def test_page_renders_without_errors(server, browser, browser_data, path, width, tmp_path_factory):
     from selenium.webdriver.common.by import By
 
     query = f"&dose_run={largest_dose_run(browser_data)}" if path == "dose?view=stored" else ""
+    browser.set_window_size(width, 1600)
     browser.get(f"{server}/{path}{query}")
     settle(browser, PAGES[path])
     errors = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ERRORS)]
@@ -144,7 +147,8 @@ def test_page_renders_without_errors(server, browser, browser_data, path, tmp_pa
         assert box["right"] <= min(box["room"], box["page"]) + 1, box
     out = Path(os.environ.get("PSILONET_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
     out.mkdir(parents=True, exist_ok=True)
-    full_page_screenshot(browser, out / f"{SHOT_NAMES.get(path, path)}.png")
+    name = SHOT_NAMES.get(path, path) + ("" if width == WIDTH else f"-{width}px")
+    full_page_screenshot(browser, out / f"{name}.png", width)
 
 
 def test_dose_heatmap_rows_are_readable(server, browser, browser_data):

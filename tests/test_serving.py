@@ -327,6 +327,35 @@ def test_the_copied_link_reopens_the_same_view(server, browser):
 
 
 @needs_browser
+def test_a_password_in_the_url_never_reaches_the_address_or_the_link(server, filled):
+    """`make share` with ``?password=...`` typed into the address (which does not log in): it
+    leaves the address bar on the password screen, and after the form the page's own state comes
+    back, but the password is neither in the address nor in Copy link. An unknown page says so."""
+    from selenium.webdriver.common.by import By
+
+    url, password, _, _ = server
+    train_id = filled[1]
+    driver = headless_chromium(1400, 1000)  # a browser with no remembered login
+    try:
+        driver.get(f"{url}/training?password={password}&run={train_id}&bogus=1")
+        _wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=password]"), "the password form")
+        _wait_for(driver, lambda d: "password=" not in d.current_url, "the address without the password")
+        _give_password(driver, password)
+        _wait_for(driver, lambda d: "Training" in _h1(d), "the Training page")
+        _wait_for(driver, lambda d: f"run={train_id}" in d.current_url, "the run back in the address")
+        copied = _wait_for(driver, lambda d: [c.text.replace("\n", "") for c in d.find_elements(
+            By.CSS_SELECTOR, '[data-testid="stSidebar"] [data-testid="stCode"] code') if "training" in c.text],
+            "Copy link")
+        assert copied == [f"{url}/training?run={train_id}"], copied
+        assert password not in driver.current_url and "bogus" not in driver.current_url, driver.current_url
+        driver.get(f"{url}/no_such_page")
+        _wait_for(driver, lambda d: "There is no page no_such_page" in d.find_element(By.TAG_NAME, "body").text,
+                  "the unknown-page warning")
+    finally:
+        driver.quit()
+
+
+@needs_browser
 def test_viewer_mode_page_says_what_is_off(server, browser, filled, tmp_path_factory):
     from selenium.webdriver.common.by import By
 

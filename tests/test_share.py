@@ -14,10 +14,17 @@ from conftest import headless_chromium
 from psilonet.app import share
 
 
-def test_permalink_joins_lists_and_drops_empty_values():
-    assert share.permalink("similarity", {"run": "a", "layers": [3, 9], "x": None, "y": ""}) == \
-        "similarity?run=a&layers=3%2C9"
-    assert share.permalink("runs", {}) == "runs"
+def test_dose_export_carries_texts_and_settings():
+    line = alt.Chart(pd.DataFrame({"x": [1, 2], "y": [3, 4]})).mark_line().encode(x="x", y="y")
+    config = {"intensities": [0.0, 0.3], "seeds": [0], "mechanisms": ["noise", "bleed"], "max_tokens": 32,
+              "temperature": 0.0, "fatigue": [0.0, 0.5], "hebbian": [0.0], "skip_run": "train-x", "prompts": 1}
+    state = share.dose_settings(config, model="SmolLM2")
+    assert state["model"] == "SmolLM2" and state["mechanisms"] == "noise, bleed" and state["max tokens"] == 32
+    assert state["fatigue strengths"] == "0.0, 0.5" and state["skip run"] == "train-x" and "prompts" not in state
+    page = share.export_html("Dosed generation", [("line", line)], state,
+                             texts=[("intensity 0.3", "a <b>continuation</b>")])
+    assert "<h3>intensity 0.3</h3><pre>a &lt;b&gt;continuation&lt;/b&gt;</pre>" in page
+    assert "<th>max tokens</th><td>32</td>" in page
 
 
 def test_export_is_standalone_and_escapes_the_state():
@@ -62,7 +69,8 @@ def test_export_renders_offline_and_runs_nothing_from_hostile_prompts(tmp_path):
     exported = [(HOSTILE[0], charts.entropy_heatmap(tokens)), (HOSTILE[1], charts.layer_entropy_profile(layers))]
     path = tmp_path / "export.html"
     path.write_text(share.export_html("Dosed generation", exported, {"prompt": " ".join(HOSTILE)},
-                                      notes=[f"Permalink: dose?prompt={HOSTILE[1]}"]), encoding="utf-8")
+                                      notes=[f"Permalink: http://h/dose?prompt={'x' * 3000}{HOSTILE[1]}"]),
+                    encoding="utf-8")
     driver = _chromium()
     try:
         driver.get(path.as_uri())
@@ -76,6 +84,8 @@ def test_export_renders_offline_and_runs_nothing_from_hostile_prompts(tmp_path):
         drawn = driver.find_elements("css selector", "main section > div svg, main section > div canvas")
         assert len(drawn) == 2
         assert drawn[1].size["width"] >= share.EXPORT_WIDTH  # the layer profile is not cut
+        widths = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= widths[1], widths  # a long permalink wraps instead of widening the page
         logs = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not logs, logs
     finally:

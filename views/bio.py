@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from psilonet.app import bio_charts, helpers as app
+from psilonet.app import bio_charts, helpers as app, layout
 from psilonet.generation import bio, bio_eval
 
 st.title("Bio interventions")
@@ -11,8 +11,8 @@ st.caption(
     f"**Synaptic fatigue**: every attention head keeps a pool r in [0, 1] per key; logits get + s·log(max(r, "
     f"{fp.eps:g})), then r ← clip(r − {fp.k_use:g}·p + (1 − r)/{fp.tau_rrp:g}, 0, 1). **Hebbian fast weights**: every "
     f"block adds s·(x̂ W_fast) to its MLP output, W_fast ← {hp.decay:g}·W_fast + {hp.eta:g}·g·x̂ ⊗ y (the last "
-    f"{hp.rank} writes, so rank ≤ {hp.rank}), g = sigmoid({hp.gain:g}·(a − {hp.theta:g})) with a the token's MLP "
-    "activity over its running mean. Generate with them on the Dosed generation page or `python -m jobs.dose "
+    f"{hp.rank} writes, so rank ≤ {hp.rank}), g = sigmoid({hp.gain:g}·(a − {hp.theta:g})), where a is the ratio of the token's "
+    "MLP activity to its running mean. Generate with them on the Dosed generation page or `python -m jobs.dose "
     "--fatigue ... --hebbian ...`; measure them with `python -m jobs.bio_eval`.")
 
 run = app.run_picker("Bio evaluation run", ("bio_eval",))
@@ -26,8 +26,8 @@ if run is not None:
                    "differences with sober are paired by window; 95% Student-t confidence intervals.")
         loss = bio_charts.bio_eval_chart(summary, "loss")
         entropy = bio_charts.bio_eval_chart(summary, "entropy")
-        st.altair_chart(loss)
-        st.altair_chart(entropy)
+        for value in ("loss", "entropy"):
+            layout.draw_panels(bio_charts.bio_eval_panels(summary, value))
         st.dataframe(summary, hide_index=True, width="stretch")
         with st.expander("Configuration"):
             st.json(cfg)

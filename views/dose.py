@@ -4,7 +4,7 @@ file as one run; stored dose runs reopened with their texts, entropies and chart
 import pandas as pd
 import streamlit as st
 
-from psilonet.app import bio_widgets, cause_widgets, charts, dose_frames, dose_requests, helpers as app, serving
+from psilonet.app import bio_widgets, cause_widgets, charts, dose_frames, dose_requests, helpers as app, presets, serving, share
 from psilonet.generation import dose_config, dosing, perturb, prompts
 from psilonet.model import loading as modeling
 from psilonet.model import quantized
@@ -32,16 +32,16 @@ def show_results(gens: pd.DataFrame, tokens: pd.DataFrame, layers: pd.DataFrame,
     keys = ["gen_id", "intensity"] + (["label"] if named else [])
     prompt_list = gens[["prompt_line", "prompt"]].drop_duplicates().reset_index(drop=True)
     exported = []
+    k = app.param("p", 1, int, lo=1, hi=len(prompt_list)) - 1  # read even for one prompt: p=2 then warns
     if len(prompt_list) > 1:
         overview = charts.dose_overview(gens)
         st.altair_chart(overview, width="content")
         exported.append(("Mean entropy per prompt and intensity", overview))
         labels = [f"{k + 1}. {' '.join(str(p).split())[:90]}" for k, p in enumerate(prompt_list.prompt)]
-        k = app.param("p", 1, int, lo=1, hi=len(prompt_list)) - 1
         k = st.selectbox("Prompt", range(len(prompt_list)), index=k, format_func=lambda i: labels[i])
-        app.set_params(p=k + 1 if k else None)
     else:
         k = 0
+    app.set_params(p=k + 1 if k else None)
     line, prompt = prompt_list.prompt_line[k], prompt_list.prompt[k]
     mine = gens[(gens.prompt_line == line) & (gens.prompt == prompt)].sort_values(["seed", "intensity"])
     with st.expander("Prompt", expanded=len(prompt_list) == 1):
@@ -58,7 +58,7 @@ def show_results(gens: pd.DataFrame, tokens: pd.DataFrame, layers: pd.DataFrame,
     per_token = tokens[tokens.gen_id.isin(mine.gen_id)].merge(mine[keys], on="gen_id")
     if not per_token.empty:
         heat = charts.entropy_heatmap(per_token)
-        st.altair_chart(heat, width="content")
+        st.altair_chart(charts.fit_width(heat), width="stretch")
         exported.append(("Next-token entropy", heat))
     per_layer = layers[layers.gen_id.isin(mine.gen_id)].merge(mine[keys], on="gen_id")
     if not per_layer.empty:
@@ -67,7 +67,8 @@ def show_results(gens: pd.DataFrame, tokens: pd.DataFrame, layers: pd.DataFrame,
         exported.append(("Hidden-state entropy by layer", profile))
     if bio_state is not None and named:
         exported += bio_widgets.state_charts(*bio_state, dict(zip(mine.gen_id, mine.label)))
-    app.export_button("Dosed generation", exported, {**state, "prompt": prompt})
+    app.export_button("Dosed generation", exported, {**state, "prompt": prompt},
+                      texts=[(g.label if named else f"intensity {g.intensity:g}", g.text) for g in mine.itertuples()])
 
 
 def stored_view() -> None:
@@ -90,7 +91,7 @@ def stored_view() -> None:
                f"max tokens {config.get('max_tokens', 'n/a')}, temperature {config.get('temperature', 'n/a')}.")
     for note in config.get("skipped", []):
         st.warning(f"Skipped when the run was made: {note}")
-    show_results(gens, tokens, layers, {"run": run.name, "dataset": run.dataset},
+    show_results(gens, tokens, layers, {"run": run.name, "dataset": run.dataset, **share.dose_settings(config, run.model)},
                  bio_state if all(f is not None for f in bio_state) else None)
 
 
@@ -130,11 +131,11 @@ def generate_view() -> None:
                                                       max_len=MAX_PROMPT_CHARS), max_chars=MAX_PROMPT_CHARS)
         chat = st.toggle("Chat template", value=app.param("chat", "1", str, ["0", "1"]) == "1")
     with right:
-        doses = app.param("doses", list(PRESETS.values()), app.float_list, lo=0.0, hi=1.0)
-        chosen_presets = st.multiselect("Intensities", list(PRESETS),
-                                        default=[k for k, v in PRESETS.items() if v in doses] or list(PRESETS))
-        custom = st.slider("Custom intensity (added when > 0)", 0.0, 1.0,
-                           float(app.param("custom", 0.0, float, lo=0.0, hi=1.0)), 0.05)
+        named, custom = presets.split("doses", app.param("doses", list(PRESETS.values()), app.float_list, lo=0.0,
+                                                          hi=1.0), PRESETS, app.param("custom", None, float, lo=0.0, hi=1.0))
+        chosen_presets = st.multiselect("Intensities", list(PRESETS), default=named or (None if custom else list(PRESETS)),
+                                        format_func=presets.label(PRESETS))
+        custom = st.slider("Custom intensity (added when > 0)", 0.0, 1.0, custom, 0.05)
         mechanisms = st.multiselect("Mechanisms", perturb.MECHANISMS, default=app.param(
             "mech", list(perturb.MECHANISMS), app.choice_list(perturb.MECHANISMS)))
         c1, c2, c3 = st.columns(3)
@@ -208,7 +209,7 @@ def generate_view() -> None:
         gens, tokens, layers = dose_frames.result_frames(last["items"])
         strengths, pool, norms = dose_frames.bio_frames(last["items"])
         show_results(dose_frames.label_rows(gens, strengths), tokens, layers,
-                     {"seed": last["config"]["seeds"][0], "intensities": last["config"]["intensities"]}, (pool, norms))
+                     share.dose_settings(last["config"]), (pool, norms))
         if last["saved"]:
             st.success(f"Saved as run `{last['saved']}`.")
             st.page_link("views/dose.py", label="Open the saved run", icon=":material/open_in_new:",

@@ -5,7 +5,7 @@ from functools import partial
 import streamlit as st
 
 from psilonet.analysis import representation as rep
-from psilonet.app import charts
+from psilonet.app import charts, layout
 from psilonet.app import helpers as app
 
 METRICS = charts.METRIC_TITLES
@@ -33,14 +33,12 @@ if run is not None:
         names = {s: f"{s} · {sim[sim.source == s].dataset.iloc[0]}" for s in sources}
         metric = st.radio("Metric", list(METRICS), format_func=METRICS.get, horizontal=True,
                           index=list(METRICS).index(app.param("metric", "cka", str, list(METRICS))))
-        shown = st.multiselect("Sources (side by side)", sources, format_func=names.get,
-                               default=[s for s in app.param("sources", ",".join(sources)).split(",") if s in sources]
-                               or sources)
+        shown = st.multiselect("Sources (side by side)", sources, format_func=names.get, default=app.known_items(
+            "sources", [s for s in app.param("sources", ",".join(sources)).split(",") if s], sources) or sources)
         per_layer = sim[(sim.view == "layer") & sim.source.isin(shown)]
         n_layers = int(sim.layer.max()) + 1 if sim.layer.notna().any() else 1
-        lo, hi = app.param("layers", (n_layers // 3, 2 * n_layers // 3), app.int_pair)
-        lo, hi = max(0, min(lo, n_layers - 1)), max(0, min(hi, n_layers - 1))
-        window = st.slider("Novelty window (layers, 0 = embeddings)", 0, max(n_layers - 1, 1), (lo, min(max(hi, lo), n_layers - 1)))
+        lo, hi = app.param("layers", (n_layers // 3, 2 * n_layers // 3), app.int_pair, lo=0, hi=n_layers - 1)
+        window = st.slider("Novelty window (states, 0 = embeddings)", 0, max(n_layers - 1, 1), (lo, hi))
         app.set_params(rep=representation, metric=metric, sources=shown if set(shown) != set(sources) else None,
                        layers=list(window))
         # Charts are drawn from specs cached per (run, choices) (app.chart): the keys name every choice.
@@ -60,14 +58,18 @@ if run is not None:
             if representation == "rms":
                 st.caption("Head outputs are compared as captured: nothing normalises them in the model and they "
                            "carry no sink outlier, so this grid equals the raw one.")
+            panels = partial(charts.head_heatmap_panels, heads, head_metric, picked, representation)
+            layout.chart_panels(("similarity-heads", run.name, representation, head_metric, picked),
+                                lambda: [charts.fit_width(c) for c in panels()], heads.source.nunique())
             grid = partial(charts.head_heatmaps, heads, head_metric, picked, representation)
-            app.chart(("similarity-heads", run.name, representation, head_metric, picked), grid)
             exported.append((f"{METRICS[head_metric]} per head ({representation})", grid))
         cross = sim[(sim.view == "cross_layer") & sim.source.isin(shown)]
         if not cross.empty:
             st.subheader("Cross-layer CKA")
+            panels = partial(charts.cross_layer_panels, cross, picked, representation)
+            layout.chart_panels(("similarity-cross", run.name, representation, picked),
+                                lambda: [charts.fit_width(c) for c in panels()], cross.source.nunique())
             matrix = partial(charts.cross_layer_heatmaps, cross, picked, representation)
-            app.chart(("similarity-cross", run.name, representation, picked), matrix)
             exported.append((f"Cross-layer linear CKA ({representation})", matrix))
         st.caption("Look for layers where CKA drops below 1: that is where the skip pathways changed the "
                    "representation. In the heatmaps, a bright diagonal means layers still correspond one to one; "

@@ -4,7 +4,7 @@ from functools import partial
 
 import streamlit as st
 
-from psilonet.app import charts, helpers as app
+from psilonet.app import charts, helpers as app, layout
 
 st.title("Tap weights")
 st.caption("Each block mixes its skip taps (history distances) with a softmax over the distances available "
@@ -21,8 +21,8 @@ if run is not None:
                                                                    gates is not None and not gates.empty else ""))
     elif distances:
         # Drawn from specs cached per run (app.chart): a published run never changes.
+        layout.chart_panels(("tap-evolution", run.name), partial(charts.tap_weight_panels, taps), len(distances))
         evolution = partial(charts.tap_weight_evolution, taps)
-        app.chart(("tap-evolution", run.name), evolution, width="content")
         final = partial(charts.tap_weight_heatmap, taps)
         app.chart(("tap-final", run.name), final, width="content")
         exported += [("Tap weights over training", evolution), ("Final tap weights", final)]

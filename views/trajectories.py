@@ -35,7 +35,8 @@ if run is not None:
         mine = paths[(paths.source == source) & (paths.unit == unit)]
         labels = mine.drop_duplicates("unit_id").set_index("unit_id").label
         key = ID_PARAMS[unit]
-        wanted = [int(x) for x in app.param(key, "", str).split(",") if x.strip().isdigit() and int(x) in labels.index]
+        wanted = app.known_items(key, [int(x) if x.strip().isdigit() else x for x in app.param(key, "", str).split(",")
+                                       if x.strip()], list(labels.index))
         ids = st.multiselect(f"{unit.title()}s", list(labels.index), default=wanted or list(labels.index[:6]),
                              format_func=lambda i: labels[i], key=f"ids_{unit}")
         app.set_params(rep=representation, source=source, unit=unit, **{key: ids})

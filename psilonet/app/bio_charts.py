@@ -50,12 +50,11 @@ def fast_norm_chart(norms: pd.DataFrame) -> alt.Chart:
                  width="container", height=280)
 
 
-def bio_eval_chart(summary: pd.DataFrame, value: str = "loss") -> alt.FacetChart:
-    """Paired difference with sober (mean and 95% CI over windows) against strength, one line per
-    mechanism, one panel per corpus. ``value`` is ``loss`` (nats) or ``entropy`` (bits)."""
+def _bio_eval_layers(summary: pd.DataFrame, value: str, what: str):
+    """(the mechanisms' rows, the layered chart without data, its title) for ``value``."""
     if value not in ("loss", "entropy"):
         raise ValueError(f"value: 'loss' or 'entropy', got {value!r}")
-    _require(summary, EVAL_COLUMNS, "bio_eval_chart")
+    _require(summary, EVAL_COLUMNS, what)
     data = summary[summary["mechanism"] != "sober"][
         ["corpus", "mechanism", "strength", "n", f"{value}_diff", f"{value}_ci_low", f"{value}_ci_high"]].copy()
     data.columns = ["corpus", "mechanism", "strength", "n", "diff", "low", "high"]
@@ -73,7 +72,24 @@ def bio_eval_chart(summary: pd.DataFrame, value: str = "loss") -> alt.FacetChart
                                               tooltip=tooltip)
     bars = base.mark_errorbar(ticks=True).encode(y=alt.Y("low:Q", title=""), y2="high:Q")
     zero = alt.Chart().mark_rule(strokeDash=[4, 4], color="gray").encode(y=alt.datum(0))
-    return alt.layer(zero, bars, lines, data=data.reset_index(drop=True)).properties(width=300, height=240).facet(
+    return data.reset_index(drop=True), (zero, bars, lines), f"Bio mechanisms: {title} against sober"
+
+
+_EVAL_SUBTITLE = "paired by window; mean and Student-t 95% CI over windows"
+
+
+def bio_eval_chart(summary: pd.DataFrame, value: str = "loss") -> alt.FacetChart:
+    """Paired difference with sober (mean and 95% CI over windows) against strength, one line per
+    mechanism, one panel per corpus. ``value`` is ``loss`` (nats) or ``entropy`` (bits). The
+    export's chart; the page draws :func:`bio_eval_panels`."""
+    data, layers, title = _bio_eval_layers(summary, value, "bio_eval_chart")
+    return alt.layer(*layers, data=data).properties(width=300, height=240).facet(
         column=alt.Column("corpus:N", title=None)
-    ).properties(title=_title(f"Bio mechanisms: {title} against sober",
-                              "paired by window; mean and Student-t 95% CI over windows"))
+    ).properties(title=_title(title, _EVAL_SUBTITLE))
+
+
+def bio_eval_panels(summary: pd.DataFrame, value: str = "loss") -> list[alt.LayerChart]:
+    """:func:`bio_eval_chart` as one chart per corpus (a page fits each to its column)."""
+    data, layers, title = _bio_eval_layers(summary, value, "bio_eval_panels")
+    return [alt.layer(*layers, data=data[data["corpus"] == c]).properties(
+        height=240, title=_title(f"{title}: {c}", _EVAL_SUBTITLE)) for c in dict.fromkeys(data["corpus"])]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from psilonet.app import bio_charts, charts, helpers as app
+from psilonet.app import bio_charts, charts, helpers as app, layout, presets
 from psilonet.generation import bio
 
 MAX_ROWS = 16  # rows of one page generation (intensities x fatigue x hebbian)
@@ -20,11 +20,11 @@ MAX_ROWS = 16  # rows of one page generation (intensities x fatigue x hebbian)
 
 def _strengths(title: str, key: str, help: str) -> list[float]:
     names = list(bio.PRESETS)
-    wanted = app.param(key, [0.0], app.float_list)
-    chosen = st.multiselect(title, names, default=[n for n in names if bio.PRESETS[n] in wanted] or ["off"],
-                            key=f"bio_{key}", help=help)
-    custom = st.slider(f"Custom {title.lower()} (added when > 0)", 0.0, bio.MAX_STRENGTH,
-                       float(next((w for w in wanted if w not in bio.PRESETS.values()), 0.0)), 0.05,
+    named, custom = presets.split(key, app.param(key, [0.0], app.float_list, lo=0.0, hi=bio.MAX_STRENGTH),
+                                  bio.PRESETS, None)
+    chosen = st.multiselect(title, names, default=named or (None if custom else ["off"]), key=f"bio_{key}",
+                            help=help, format_func=presets.label(bio.PRESETS))
+    custom = st.slider(f"Custom {title.lower()} (added when > 0)", 0.0, bio.MAX_STRENGTH, custom, 0.05,
                        key=f"bio_{key}_custom")
     values = sorted({bio.PRESETS[n] for n in chosen} | ({float(custom)} if custom > 0 else set()))
     return values or [0.0]
@@ -49,7 +49,7 @@ def controls() -> tuple[list[float], list[float]]:
 def state_charts(pool: pd.DataFrame, norms: pd.DataFrame, labels: dict[int, str]) -> list[tuple[str, object]]:
     """Draw the bio state of the generations in ``labels`` (gen_id -> row label): their pool
     levels and fast-weight norms as stored (``RunReader.bio_pool()``/``bio_fast_norm()``, or
-    ``dosing.bio_frames`` live). Returns ``(title, chart)`` pairs for the export."""
+    ``dose_frames.bio_frames`` live). Returns ``(title, chart)`` pairs for the export."""
     pool = pool[pool.gen_id.isin(list(labels))].assign(label=lambda d: d.gen_id.map(labels))
     norms = norms[norms.gen_id.isin(list(labels))].assign(label=lambda d: d.gen_id.map(labels))
     if pool.empty and norms.empty:
@@ -59,7 +59,7 @@ def state_charts(pool: pd.DataFrame, norms: pd.DataFrame, labels: dict[int, str]
     if not pool.empty:
         heatmaps = [bio_charts.pool_heatmap(pool, label) for label in pool["label"].unique()]
         combined = heatmaps[0] if len(heatmaps) == 1 else charts.side_by_side(heatmaps)
-        st.altair_chart(combined, width="content")
+        layout.draw_panels(heatmaps)
         out.append(("Synaptic fatigue: pool level per layer and head", combined))
     if not norms.empty:
         chart = bio_charts.fast_norm_chart(norms)

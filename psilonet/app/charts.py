@@ -416,6 +416,13 @@ def cross_layer_heatmap(sim: pd.DataFrame, source: str, domain: tuple[float, flo
                            "cross_layer_heatmap", representation, max_width)
 
 
+def fit_width(chart: alt.Chart) -> alt.Chart:
+    """``chart`` (one view) drawn at its container's width, axes and legend included, its height
+    kept: what a page uses so that a heatmap fits any window (800 to 1600 px and beyond) instead
+    of keeping a pixel width that a narrow window cuts."""
+    return chart.properties(width="container", autosize=_FIT_WIDTH)
+
+
 def side_by_side(charts: Sequence[alt.TopLevelMixin]) -> alt.HConcatChart:
     """Charts next to each other with one shared colour scale (use with a common ``domain``)."""
     charts = list(charts)
@@ -440,20 +447,33 @@ def _side_by_side_rows(sim: pd.DataFrame, view: str, metric: str, sources: Seque
     return rows, present, similarity_domain(rows, view, metric), SIDE_BY_SIDE_WIDTH // len(present)
 
 
+def head_heatmap_panels(sim: pd.DataFrame, metric: str, sources: Sequence[str],
+                        representation: str | None = None) -> list[alt.Chart]:
+    """:func:`head_heatmap` of each of ``sources`` that has per-head rows, on one colour scale (the
+    range over those sources), each within its share of :data:`SIDE_BY_SIDE_WIDTH`: the panels a
+    page lays out side by side (:func:`fit_width` each) and :func:`head_heatmaps` joins."""
+    rows, present, domain, width = _side_by_side_rows(sim, "head", metric, sources, "head_heatmaps")
+    return [head_heatmap(rows, metric, s, domain, representation, width) for s in present]
+
+
+def cross_layer_panels(sim: pd.DataFrame, sources: Sequence[str], representation: str | None = None,
+                       metric: str = "cka") -> list[alt.Chart]:
+    """:func:`cross_layer_heatmap` of each of ``sources`` that has cross-layer rows, on one
+    colour scale, as :func:`head_heatmap_panels`."""
+    rows, present, domain, width = _side_by_side_rows(sim, "cross_layer", metric, sources, "cross_layer_heatmaps")
+    return [cross_layer_heatmap(rows, s, domain, metric, representation, width) for s in present]
+
+
 def head_heatmaps(sim: pd.DataFrame, metric: str, sources: Sequence[str],
                   representation: str | None = None) -> alt.HConcatChart:
-    """:func:`head_heatmap` of each of ``sources`` that has per-head rows, side by side on one
-    colour scale (the range over those sources) within :data:`SIDE_BY_SIDE_WIDTH`."""
-    rows, present, domain, width = _side_by_side_rows(sim, "head", metric, sources, "head_heatmaps")
-    return side_by_side([head_heatmap(rows, metric, s, domain, representation, width) for s in present])
+    """:func:`head_heatmap_panels` side by side in one chart (for an export)."""
+    return side_by_side(head_heatmap_panels(sim, metric, sources, representation))
 
 
 def cross_layer_heatmaps(sim: pd.DataFrame, sources: Sequence[str], representation: str | None = None,
                          metric: str = "cka") -> alt.HConcatChart:
-    """:func:`cross_layer_heatmap` of each of ``sources`` that has cross-layer rows, side by side
-    on one colour scale within :data:`SIDE_BY_SIDE_WIDTH`."""
-    rows, present, domain, width = _side_by_side_rows(sim, "cross_layer", metric, sources, "cross_layer_heatmaps")
-    return side_by_side([cross_layer_heatmap(rows, s, domain, metric, representation, width) for s in present])
+    """:func:`cross_layer_panels` side by side in one chart (for an export)."""
+    return side_by_side(cross_layer_panels(sim, sources, representation, metric))
 
 
 def novelty_stats(sim: pd.DataFrame, metric: str, start: int, end: int) -> pd.DataFrame:
@@ -592,17 +612,10 @@ def trajectory_chart(paths: pd.DataFrame, variance: pd.DataFrame, unit: str,
 MAX_TAP_STEPS = 80
 
 
-def tap_weight_evolution(taps: pd.DataFrame) -> alt.Chart:
-    """Tap weight over training as one layer x step heatmap per skip distance (side by side,
-    sized to fit :data:`PAGE_WIDTH` together), colour = weight on its observed range (named in
-    the subtitle).
-
-    A block's weights over its available distances sum to 1, so reading one column across the
-    panels shows how that block splits its mix at that step; cells are empty where a block has
-    no tap at that distance.  ``taps`` is ``RunReader.tap_weights()``.  Steps are thinned to at
-    most :data:`MAX_TAP_STEPS` evenly spaced ones (first and last kept; the subtitle says so).
-    A single-distance run has weight 1 everywhere: the page says so instead of drawing this."""
-    _require(taps, TAP_COLUMNS, "tap_weight_evolution")
+def _tap_steps(taps: pd.DataFrame, what: str):
+    """The tap weights thinned to at most :data:`MAX_TAP_STEPS` steps: (rows, kept steps, their
+    colour domain, subtitle lines, distances)."""
+    _require(taps, TAP_COLUMNS, what)
     data = taps[list(TAP_COLUMNS)].dropna().copy()
     for col in ("step", "layer", "distance"):
         data[col] = _int_column(data[col])
@@ -614,22 +627,50 @@ def tap_weight_evolution(taps: pd.DataFrame) -> alt.Chart:
     if len(keep) < total:
         subtitle.append(f"showing {len(keep)} of {total} logged steps (evenly subsampled, first and last kept)")
     distances = sorted(data["distance"].unique()) or [0]
-    n_layers = max(1, int(data["layer"].nunique()))
-    panel = int(max(100, min(420, (PAGE_WIDTH - 20 * (len(distances) - 1)) / len(distances))))
-    height = int(min(480, max(120, 14 * n_layers)))
     data = data.sort_values(["distance", "layer", "step"]).reset_index(drop=True)
-    n_steps = max(1, len(keep))
-    label_every = max(1, int(np.ceil(n_steps / max(1, panel // 40))))
+    return data, keep, domain, subtitle, distances
+
+
+def _tap_panel(data: pd.DataFrame, keep, domain, panel: int, height: int) -> alt.Chart:
+    label_every = max(1, int(np.ceil(max(1, len(keep)) / max(1, panel // 40))))
     shown_steps = [int(v) for v in list(keep)[::label_every]]
     return alt.Chart(data).mark_rect().encode(
         x=alt.X("step:O", title="step", axis=alt.Axis(values=shown_steps, labelAngle=0)),
-        y=alt.Y("layer:O", title="layer", sort="ascending"),
+        y=alt.Y("layer:O", title="block (layer)", sort="ascending"),
         color=alt.Color("weight:Q", title="tap weight", scale=alt.Scale(domain=domain, scheme=HEATMAP_SCHEME)),
-        tooltip=[alt.Tooltip("layer:O"), alt.Tooltip("distance:O"), alt.Tooltip("step:Q"),
+        tooltip=[alt.Tooltip("layer:O", title="block"), alt.Tooltip("distance:O"), alt.Tooltip("step:Q"),
                  alt.Tooltip("weight:Q", format=".4f")],
-    ).properties(width=panel, height=height).facet(
+    ).properties(width=panel, height=height)
+
+
+def _tap_height(data: pd.DataFrame) -> int:
+    return int(min(480, max(120, 14 * max(1, int(data["layer"].nunique())))))
+
+
+def tap_weight_evolution(taps: pd.DataFrame) -> alt.Chart:
+    """Tap weight over training as one layer x step heatmap per skip distance (side by side,
+    sized to fit :data:`PAGE_WIDTH` together), colour = weight on its observed range (named in
+    the subtitle): the export's chart; the page draws :func:`tap_weight_panels`.
+
+    A block's weights over its available distances sum to 1, so reading one column across the
+    panels shows how that block splits its mix at that step; cells are empty where a block has
+    no tap at that distance.  ``taps`` is ``RunReader.tap_weights()``.  Steps are thinned to at
+    most :data:`MAX_TAP_STEPS` evenly spaced ones (first and last kept; the subtitle says so).
+    A single-distance run has weight 1 everywhere: the page says so instead of drawing this."""
+    data, keep, domain, subtitle, distances = _tap_steps(taps, "tap_weight_evolution")
+    panel = int(max(100, min(420, (PAGE_WIDTH - 20 * (len(distances) - 1)) / len(distances))))
+    return _tap_panel(data, keep, domain, panel, _tap_height(data)).facet(
         column=alt.Column("distance:O", title="skip distance", sort=distances),
     ).properties(title=_title("Tap weights over training", subtitle))
+
+
+def tap_weight_panels(taps: pd.DataFrame) -> list[alt.Chart]:
+    """:func:`tap_weight_evolution` as one chart per skip distance, each at its container's
+    width (:func:`fit_width`) on the shared colour domain, for a page to lay out in columns."""
+    data, keep, domain, subtitle, distances = _tap_steps(taps, "tap_weight_panels")
+    height = _tap_height(data)
+    return [fit_width(_tap_panel(data[data["distance"] == d], keep, domain, 300, height).properties(
+        title=_title(f"Tap weights over training: distance {d}", subtitle))) for d in distances]
 
 
 def _final_step(df: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:

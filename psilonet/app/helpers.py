@@ -22,7 +22,7 @@ import pandas as pd
 import streamlit as st
 
 from psilonet import runtime
-from psilonet.app import serving, share, streamlit_private
+from psilonet.app import links, serving, share, streamlit_private
 from psilonet.store import Store, StoreError
 
 log = logging.getLogger("psilonet.app.helpers")
@@ -164,8 +164,8 @@ class BadParam(ValueError):
 
 
 def _warn_param(name: str, raw: str, why: str) -> None:
-    shown = raw if len(raw) <= 60 else raw[:57] + "..."
-    st.warning(f"Ignoring the link's `{name}={shown}`: {why}. Using the default.")
+    links.refused(name)
+    links.warn(f"Ignoring the link's `{name}={links.shorten(raw)}`: {why}. Using the default.")
 
 
 def param(name: str, default: Any, cast: Callable[[str], Any] = str, choices: list | None = None,
@@ -173,7 +173,7 @@ def param(name: str, default: Any, cast: Callable[[str], Any] = str, choices: li
     """A query parameter parsed with ``cast`` and checked against ``choices``, ``[lo, hi]`` (for
     numbers, which must also be finite) and ``max_len`` (for text).  Anything else gives
     ``default`` with exactly one warning naming the parameter: a link never breaks a page."""
-    raw = st.query_params.get(name)
+    raw = links.raw(name)
     if raw is None or raw == "":
         return default
     if max_len is not None and len(raw) > max_len:
@@ -206,8 +206,20 @@ def float_list(text: str) -> list[float]:
 
 
 def int_pair(text: str) -> tuple[int, int]:
+    """``a,b`` with a <= b (a reversed pair is refused, not swapped)."""
     a, b = (int(x) for x in text.split(","))
+    if a > b:
+        raise BadParam(f"the first number is above the second (write {b},{a})")
     return a, b
+
+
+def known_items(name: str, wanted: Sequence, known: Sequence) -> list:
+    """The items of the link's ``name`` list that ``known`` holds, warning about the others."""
+    missing = [w for w in wanted if w not in known]
+    if missing:
+        links.warn(f"Ignoring {len(missing)} item(s) of the link's `{name}` not in this view: "
+                   f"{links.shorten(', '.join(map(str, missing)))}.")
+    return [w for w in wanted if w in known]
 
 
 def choice_list(allowed: Sequence[str]) -> Callable[[str], list[str]]:
@@ -224,12 +236,21 @@ def choice_list(allowed: Sequence[str]) -> Callable[[str], list[str]]:
 def set_params(**values: Any) -> None:
     """Write the page state into the URL (lists joined by commas; None removes the key)."""
     for key, value in values.items():
+        links.wrote(key)
         if value is None or value == "" or value == []:
             st.query_params.pop(key, None)
         else:
             text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
             if st.query_params.get(key) != text:
                 st.query_params[key] = text
+
+
+#: The job (and small settings) that makes a run of each kind, named by an empty page.
+FILL_COMMANDS = {
+    ("bio_eval",): "jobs.bio_eval --windows 4 --seq-len 16 --strengths 0.5 1",
+    ("dose",): 'jobs.dose --prompt "The nature of consciousness is" --intensities 0 0.1 0.2 0.3 --max-tokens 32',
+    ("train", "sweep"): "jobs.train --train-samples 40 --val-samples 16 --distances 2 3 4 --gates",
+}
 
 
 def fill_hint(kinds: tuple[str, ...], all_runs: pd.DataFrame) -> str:
@@ -246,6 +267,9 @@ def fill_hint(kinds: tuple[str, ...], all_runs: pd.DataFrame) -> str:
         train = trains.run_id.iloc[0]
         return (f"Capture a training run, then analyse the capture:\n\n```\n{py} jobs.capture --run {train}\n"
                 f"{py} jobs.analyze --captures <the capture run it prints>\n```")
+    own = next((cmd for names, cmd in FILL_COMMANDS.items() if set(kinds) & set(names)), None)
+    if own:
+        return f"Create one with\n\n```\n{py} {own}\n```\n\n(`make demo` also makes one run of every kind.)"
     return f"`make demo` creates one run of every kind in {data_dir_label()}."
 
 
@@ -260,6 +284,11 @@ def run_picker(label: str, kinds: tuple[str, ...], key: str = "run", help: str |
         return None
     choices = all_runs[(all_runs.kind.isin(kinds)) & (all_runs.state == "complete")]
     if choices.empty:
+        asked = param(key, None)
+        if asked is not None:
+            links.refused(key)
+            links.warn(f"Run `{links.shorten(asked)}` from the link is not here: there is no complete "
+                       f"{' or '.join(kinds)} run yet.")
         st.info(f"No complete {' or '.join(kinds)} run yet.\n\n" + fill_hint(kinds, all_runs))
         return None
     ids = list(choices.run_id)
@@ -269,7 +298,7 @@ def run_picker(label: str, kinds: tuple[str, ...], key: str = "run", help: str |
     if wanted not in ids:
         gone = (all_runs.run_id == wanted) & (all_runs.state == "missing")  # its folder was deleted
         why = "is missing (its folder was deleted)" if gone.any() else f"is not a complete {'/'.join(kinds)} run here"
-        st.warning(f"Run `{wanted}` from the link {why}; showing the newest.")
+        links.warn(f"Run `{links.shorten(wanted)}` from the link {why}; showing the newest.")
         wanted = first
     labels = {r.run_id: f"{r.run_id} · {r.dataset or ''}" for r in choices.itertuples()}
     chosen = st.selectbox(label, ids, index=ids.index(wanted), format_func=labels.get, help=help, key=f"pick_{key}")
@@ -277,19 +306,23 @@ def run_picker(label: str, kinds: tuple[str, ...], key: str = "run", help: str |
     return choices.set_index("run_id").loc[chosen]
 
 
-def export_button(title: str, charts: list, state: dict) -> None:
-    """Download the page's charts as one standalone HTML file (opens offline).
+def export_button(title: str, charts: list, state: dict, texts: list[tuple[str, str]] | None = None) -> None:
+    """Download the page's charts (and ``texts``) as one standalone HTML file (opens offline).
 
+    Its permalink is the view's absolute address with exactly the page's state
+    (:func:`psilonet.app.links.permalink`: call this after the page has read its parameters).
     The file (about 1 MB with Vega inlined) is built only when the button is clicked, not on
     every rerun of the page.
     """
     if not charts:
         return
-    notes = [f"Permalink: {share.permalink(title.lower(), state)}"]
+    permalink = links.permalink()
+    notes = [f"Permalink: {permalink}"]
     name = title.lower().replace(" ", "_")
-    st.download_button("Export HTML", lambda: share.export_html(title, charts, state, notes=notes),
+    st.download_button("Export HTML", lambda: share.export_html(title, charts, state, notes=notes, texts=texts),
                        file_name=f"psilonet_{name}.html", mime="text/html",
-                       help="A standalone file with these charts and their data; opens offline in any browser.")
+                       help="A standalone file with these charts and their data; opens offline in any browser. "
+                            f"Its link back to this view: `{permalink}`")
 
 
 def sidebar() -> None:

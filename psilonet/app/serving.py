@@ -328,6 +328,9 @@ def gate() -> None:
     s = settings()
     if not _locked(s):
         return
+    from psilonet.app import links
+
+    links.hold_for_login()  # out of the address bar now; the page reads what it needs after the password
     st.title("psilonet")
     with st.form("psilonet_password", clear_on_submit=True):
         given = st.text_input("Password", type="password",
@@ -439,7 +442,9 @@ def sidebar(page) -> None:
                       f"at most {s.viewer_tokens} tokens per request, one request per visitor, queued")
         st.sidebar.info(f"**Viewer mode**: browsing only. Saving runs and uploading files are off, live "
                         f"generation is {generation}: visitors cannot change the store or hold the shared CPU.")
-    base = s.public_url or _browser_base(page)
+    from psilonet.app import links
+
+    base = links.base_url()
     if base is None:
         return
     query = {k: v for k, v in st.query_params.to_dict().items()}
@@ -449,14 +454,3 @@ def sidebar(page) -> None:
     if s.public_url is None and (host == "localhost" or host.startswith("127.") or host == "::1"):
         st.sidebar.caption("This address only works on this machine: set PSILONET_PUBLIC_URL to the address "
                            "collaborators use (see the README, Sharing).")
-
-
-def _browser_base(page) -> str | None:
-    """The app's root in the visitor's browser: st.context.url without the page's path."""
-    url = st.context.url
-    if not url:
-        return None
-    url = url.rstrip("/")
-    if page.url_path and url.endswith("/" + page.url_path):
-        url = url[: -len(page.url_path) - 1]
-    return url

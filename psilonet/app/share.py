@@ -1,7 +1,7 @@
 """Sharing a view: query-string permalinks and standalone HTML exports of a page's charts.
 
-A page's state lives in ``st.query_params``, so its URL is the permalink; :func:`permalink`
-builds the same query string for a report. :func:`export_html` writes one self-contained HTML
+A page's state lives in ``st.query_params``, so its URL is the permalink (the report names it:
+``links.permalink``, absolute, with exactly the page's keys). :func:`export_html` writes one self-contained HTML
 file (Vega, Vega-Lite and vega-embed inlined from ``vl-convert-python``, the data embedded in
 each chart's spec) that opens offline in any browser.
 
@@ -19,7 +19,6 @@ import html
 import json
 from datetime import datetime
 from typing import Callable
-from urllib.parse import urlencode
 
 import altair as alt
 
@@ -38,7 +37,9 @@ _PAGE = """<!DOCTYPE html>
   header table {{ border-collapse: collapse; margin: 8px 0; }}
   header th, header td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top;
                           white-space: pre-wrap; word-break: break-word; max-width: 900px; }}
+  header p {{ overflow-wrap: anywhere; max-width: 1100px; }}
   section {{ margin: 28px 0; overflow-x: auto; }}
+  pre {{ white-space: pre-wrap; overflow-wrap: anywhere; max-width: 1100px; background: #f6f6f6; padding: 8px; }}
   .psilonet-error {{ color: #b00; }}
 </style>
 <script>
@@ -66,13 +67,6 @@ document.querySelectorAll("script[data-chart]").forEach(function (node) {{
 """
 
 
-def permalink(page: str, state: dict) -> str:
-    """``page?key=value&...`` with the state's non-empty values (lists joined by commas)."""
-    params = {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
-              for k, v in state.items() if v not in (None, "", [], ())}
-    return f"{page}?{urlencode(params)}" if params else page
-
-
 def safe_json(value) -> str:
     """JSON that can sit inside an HTML ``<script>`` element whatever strings it holds."""
     text = json.dumps(value, ensure_ascii=False, allow_nan=False)
@@ -98,11 +92,28 @@ def _bundle() -> str:
     return js.replace("</script", "<\\/script")  # never close our element early
 
 
+#: What a dose export's header shows of a run's settings (config key -> row name).
+DOSE_SETTINGS = {"model": "model", "skip_run": "skip run", "intensities": "intensities", "seeds": "seeds",
+                 "mechanisms": "mechanisms", "max_tokens": "max tokens", "temperature": "temperature",
+                 "top_p": "top p", "chat": "chat template", "fatigue": "fatigue strengths",
+                 "hebbian": "Hebbian strengths"}
+
+
+def dose_settings(config: dict, model: str | None = None) -> dict:
+    """The header rows of a dose export from a dose config (live or stored): model or run,
+    intensities, mechanisms, strengths, max tokens, sampling; lists joined by commas."""
+    merged = {**config, **({"model": model} if model and not config.get("model") else {})}
+    return {name: ", ".join(map(str, merged[key])) if isinstance(merged[key], (list, tuple)) else merged[key]
+            for key, name in DOSE_SETTINGS.items() if merged.get(key) not in (None, "", [])}
+
+
 def export_html(title: str, charts: list[tuple[str, alt.TopLevelMixin | Callable[[], alt.TopLevelMixin]]],
-                state: dict | None = None, notes: list[str] | None = None) -> str:
+                state: dict | None = None, notes: list[str] | None = None,
+                texts: list[tuple[str, str]] | None = None) -> str:
     """One standalone HTML document: a header (title, date, the view's state, notes such as the
-    permalink) followed by every (caption, chart) at its full size; a chart may also be given
-    as the function that builds it (called here, when the file is asked for)."""
+    permalink, then each (label, text) of ``texts`` as literal text, e.g. generated continuations)
+    followed by every (caption, chart) at its full size; a chart may also be given as the
+    function that builds it (called here, when the file is asked for)."""
     if not charts:
         raise ValueError("nothing to export: the page shows no chart")
     lines = [f"<h1>{html.escape(title)}</h1>",
@@ -112,6 +123,7 @@ def export_html(title: str, charts: list[tuple[str, alt.TopLevelMixin | Callable
     if rows:
         lines.append(f"<table>{rows}</table>")
     lines += [f"<p>{html.escape(n)}</p>" for n in notes or []]
+    lines += [f"<h3>{html.escape(str(label))}</h3><pre>{html.escape(str(text))}</pre>" for label, text in texts or []]
     sections = []
     for k, (caption, chart) in enumerate(charts):
         if not isinstance(chart, alt.TopLevelMixin) and callable(chart):
