@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from psilonet.generation import prompts
 from psilonet.store import Store
 
 from conftest import open_app_page
@@ -143,11 +144,13 @@ def test_good_dose_link_values_are_used_without_warnings(tmp_path, monkeypatch):
     at = open_page("dose", {"seed": str(2**32 - 1), "max": "512", "temp": "2", "custom": "0.45",
                             "mech": "noise,bleed", "doses": "0.1,0.3", "prompt": "y" * 4000})
     assert not at.warning, [w.value for w in at.warning]
-    assert [n.value for n in at.number_input] == [2**32 - 1, 512, 2.0]
+    assert [n.value for n in at.number_input][:3] == [2**32 - 1, 512, 2.0]  # then the causes panel's seed
     assert at.slider[0].value == 0.45 and at.multiselect[1].value == ["noise", "bleed"]
     assert at.multiselect[0].value == ["micro-dose", "double dose"]
     uploader = at.get("file_uploader")[0].proto
-    assert uploader.max_upload_size_mb == 1 and "1 MB and 1,000 prompts" in uploader.label  # the real limits
+    assert "1 MB and 1,000 prompts" in uploader.label  # the real limits
+    # The browser lets a file over the limit through, so that the page can refuse it inline.
+    assert uploader.max_upload_size_mb * 1_000_000 > prompts.MAX_BYTES
 
 
 def test_runs_page_shows_the_selected_run_and_opens_a_dose_run(filled, monkeypatch):
@@ -218,9 +221,20 @@ def test_a_request_over_the_work_bound_is_refused_before_any_work(filled, monkey
 def test_a_refused_upload_blocks_generation_and_skipped_lines_are_listed(tmp_path, monkeypatch):
     monkeypatch.setenv("PSILONET_DATA", str(tmp_path))
     at = open_page("dose")
-    at.get("file_uploader")[0].set_value(("bad.txt", b"\x00\x01binary", "text/plain")).run()
-    assert at.error and "binary" in at.error[0].value
-    assert not [b for b in at.button if b.label in ("Generate",) or b.label.startswith("Run all")]
+    def generate_buttons():
+        return [b for b in at.button if b.label in ("Generate",) or b.label.startswith("Run all")]
+
+    assert generate_buttons()  # the typed default prompt can run
+    refusals = [("bad.txt", b"\x00\x01binary", "binary"), ("empty.txt", b"", "empty"),
+                ("latin.txt", "caf\u00e9\n".encode("latin-1"), "not UTF-8"),
+                ("big.txt", b"a prompt\n" * (prompts.MAX_BYTES // 9 + 1), "the limit is 1,000,000")]
+    for name, data, why in refusals:
+        at.get("file_uploader")[0].set_value((name, data, "text/plain")).run()
+        assert at.error and why in at.error[0].value and name in at.error[0].value, (name, at.error)
+        assert not generate_buttons(), name  # the typed prompt does not run instead
+        assert any("Remove or fix the prompts file" in i.value for i in at.info)
+    at.get("file_uploader")[0].set_value(None).run()  # removed: the typed prompt can run again
+    assert not at.error and generate_buttons()
     at.get("file_uploader")[0].set_value(("p.jsonl", b'{"prompt": "a"}\nnot json\n{"x": 1}\n', "application/json")).run()
     warning = at.warning[0].value
     assert "- line 2:" in warning and "\n- line 3:" in warning  # one list item per skipped line
