@@ -310,3 +310,15 @@ def test_empty_states_name_the_command_that_fills_them(tmp_path, monkeypatch):
     assert "jobs.bio_eval --windows" in helpers.fill_hint(("bio_eval",), runs)  # the job itself, not "make demo"
     assert "jobs.dose --prompt" in helpers.fill_hint(("dose",), runs)
 
+    assert "jobs.ablate --run train-b" in helpers.fill_hint(("ablation",), runs)
+    only_capture = helpers.fill_hint(("ablation",), runs[runs.kind == "capture"])
+    assert "jobs.train" in only_capture and "jobs.ablate" in only_capture and "make demo" not in only_capture
+    # "make demo" is named only for the kinds it really makes (the steps of jobs.demo.main).
+    import inspect
+    import re
+
+    from jobs import demo
+
+    assert set(re.findall(r'step\("(\w+)"', inspect.getsource(demo.main))) == set(helpers.DEMO_KINDS)
+    assert "make demo makes one too" in helpers.fill_hint(("bio_eval",), runs).replace("`", "")
+    assert "every kind" not in " ".join(helpers.fill_hint((k,), runs) for k in ("bio_eval", "dose", "ablation"))
