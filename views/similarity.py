@@ -46,6 +46,7 @@ if run is not None:
         if not per_layer.empty:
             curve = partial(charts.layer_similarity_curve, per_layer, metric, representation)
             app.chart(("similarity-curve", run.name, representation, metric, picked), curve, width="stretch")
+            st.markdown(f"**{charts.novelty_title(metric, *window)}**")
             st.dataframe(charts.novelty_stats(per_layer, metric, *window), hide_index=True)
             exported.append((f"{METRICS[metric]} per layer ({representation})", curve))
         else:
