@@ -389,6 +389,18 @@ def test_trajectory_chart():
     assert tags == {"", "L0", "L6"}  # start and end labelled, by a filter on the path rows
 
 
+def test_trajectory_end_labels_that_would_overlap_are_drawn_once():
+    paths = paths_frame()
+    # Every trained path ends where its baseline path ends: one "L6" per token, not two.
+    last = paths.layer == paths.layer.max()
+    paths.loc[last & (paths.side == "trained"), "pc2"] = 0.0
+    rows = rows_with(spec_of(charts.trajectory_chart(paths, variance_frame(), "token")), "tag")
+    ends = [(r["pc1"], r["pc2"]) for r in rows if r["tag"] == "L6"]
+    assert len(ends) == 4 and len(set(ends)) == 4  # tokens 1 apart on PC1 keep their own labels
+    apart = rows_with(spec_of(charts.trajectory_chart(paths_frame(), variance_frame(), "token")), "tag")
+    assert sum(r["tag"] == "L6" for r in apart) == 8  # ends far apart keep every label
+
+
 def test_trajectory_chart_filters_units_and_sources():
     spec = spec_of(charts.trajectory_chart(paths_frame(), variance_frame(), "token", [1, 3]))
     assert {r["unit_id"] for r in rows_with(spec, "pc1")} == {1, 3}

@@ -559,6 +559,25 @@ def _pc_titles(variance: pd.DataFrame, source: str) -> tuple[str, str]:
     return titles[0], titles[1]
 
 
+#: Labels with the same text closer than this share of the plot's extent (either axis) are drawn once.
+LABEL_CELL = 0.04
+
+
+def _declutter_tags(data: pd.DataFrame) -> pd.Series:
+    """``data.tag`` with repeats of one label in the same small cell of the plot blanked: paths
+    that end (or start) close together get one "L<n>" between them, not a pile of them."""
+    tags = data["tag"].copy()
+    spans = [max(float(data[c].max() - data[c].min()), 1e-12) for c in ("pc1", "pc2")]
+    seen = set()
+    for i in np.flatnonzero(tags.to_numpy() != ""):
+        cell = (tags.iat[i], *(int(np.floor((data[c].iat[i] - data[c].min()) / (LABEL_CELL * span)))
+                                for c, span in zip(("pc1", "pc2"), spans)))
+        if cell in seen:
+            tags.iat[i] = ""
+        seen.add(cell)
+    return tags
+
+
 def trajectory_chart(paths: pd.DataFrame, variance: pd.DataFrame, unit: str,
                      unit_ids: list[int] | None = None, source: str | None = None,
                      representation: str | None = None) -> alt.LayerChart:
@@ -603,6 +622,7 @@ def trajectory_chart(paths: pd.DataFrame, variance: pd.DataFrame, unit: str,
     last = data.groupby("path")["layer"].transform("max")
     is_end = ((data["layer"] == first) & (data["side"] == SIDES[0])) | (data["layer"] == last)
     data["tag"] = np.where(is_end, "L" + data["layer"].astype(str), "")
+    data["tag"] = _declutter_tags(data)
 
     x_title, y_title = _pc_titles(variance, source)
     x = alt.X("pc1:Q", title=x_title, scale=alt.Scale(zero=False))
