@@ -1,0 +1,67 @@
+"""Attention patterns: where each head of a block looks, for the base attention and each skip tap.
+
+``patterns(model, inputs, layer)`` returns, per row, head, query and key position, the
+probabilities ``softmax(mask(q k^T * scale))`` of block ``layer``:
+
+* ``"base"``: the block's own attention, captured from the hooked forward's explicit attention
+  path (``hook_pattern``): queries and keys from ``norm_l(h[l])`` through the family's q/k
+  projections, per-head q/k norms (qwen3), RoPE, grouped-query heads and the layer's mask
+  (causal, or llama's sliding window);
+* for a skip model, one entry per skip tap distance ``d`` (an int): the skip attention's queries
+  from ``norm_l(h[l])`` over keys of the history state ``norm_l(h[l - d])``, with the same mask
+  and RoPE positions, computed through the same explicit-attention code on the states that
+  forward pass produced. The tap weight (softmax over taps) and gate alpha that scale a tap's
+  output are not in the pattern: :meth:`~psilonet.model.skip.SkipModel.tap_weights` and
+  :meth:`~psilonet.model.skip.SkipModel.gate_alphas` give them.
+
+Rows sum to one over the keys a query may see; masked keys get probability 0.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+from psilonet.model import forward
+from psilonet.model.skip import _key as skip_key
+
+BASE = "base"
+
+
+def patterns(model, inputs, layer: int, *, hooks: forward.Hooks | None = None) -> dict[str | int, np.ndarray]:
+    """``{"base" or skip distance: probabilities (B, H, T, T)}`` of block ``layer``."""
+    base, skip = forward.unwrap(model)
+    layers = base.model.layers
+    if not 0 <= layer < len(layers):
+        raise ValueError(f"layer: {layer} is out of range (the model has layers 0..{len(layers) - 1})")
+    ids = np.asarray(inputs, dtype=np.int64)
+    if ids.ndim == 1:
+        ids = ids[None]
+    captured: dict[int, mx.array] = {}
+    h = hooks or forward.Hooks()
+    run_hooks = forward.Hooks(after_block=h.after_block, z=h.z, attn_scores=h.attn_scores, pattern=captured,
+                              attention=h.attention, mlp=h.mlp)
+    states = forward.hidden_states(model, mx.array(ids), hooks=run_hooks)
+    out: dict[str | int, np.ndarray] = {BASE: np.array(captured[layer].astype(mx.float32))}
+    if skip is None or layer not in skip.skip_layers:
+        return out
+    mask = forward.layer_masks(base.model, states[0], [None] * len(layers))[layer]
+    norm = layers[layer].input_layernorm
+    attn = skip.blocks[skip_key(layer)].attn
+    q = forward.queries(attn, norm(states[layer]))
+    for d in skip.cfg.taps(layer):
+        k, v = forward.keys_values(attn, norm(states[layer - d]))
+        tap: dict[int, mx.array] = {}
+        forward.attend(attn, q, k, v, mask, None, layer, forward.Hooks(pattern=tap))
+        out[d] = np.array(tap[layer].astype(mx.float32))
+    return out
+
+
+def records(pats: dict[str | int, np.ndarray], row: int = 0) -> list[dict]:
+    """One JSON-ready dict per (tap, head, query position): ``weights`` over keys ``0..position``."""
+    out = []
+    for tap, p in pats.items():
+        for head in range(p.shape[1]):
+            for t in range(p.shape[2]):
+                out.append(dict(head=head, tap=tap, position=t, weights=[float(w) for w in p[row, head, t, : t + 1]]))
+    return out
