@@ -1,0 +1,199 @@
+"""The logit lens and attention patterns (psilonet.analysis.lens / attention, jobs.lens / jobs.attention)."""
+
+from __future__ import annotations
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from jobs import attention as attention_job
+from jobs import lens as lens_job
+from psilonet.analysis import attention as A
+from psilonet.analysis import lens as L
+from psilonet.model import forward
+from psilonet.model.skip import SkipConfig, SkipModel
+from tests.conftest import make_tiny_model
+
+TOKENS = np.array([[3, 14, 15, 92, 65, 35, 89, 79, 32, 38], [2, 71, 82, 81, 82, 84, 59, 4, 52, 6]])
+FAMILIES = {
+    "llama": {},
+    "llama-sliding": {"layer_types": ["sliding_attention", "full_attention"] * 3, "sliding_window": 3},
+    "qwen2": {"model_type": "qwen2", "tie_word_embeddings": False},
+    "qwen3": {"model_type": "qwen3"},
+}
+
+
+def family_model(name: str, seed: int = 0):
+    """A tiny model of the family whose norms are away from 1, so a skipped q/k norm shows."""
+    model = make_tiny_model(seed=seed, **FAMILIES[name])
+    mx.random.seed(seed + 7)
+    norms = [(k, 1 + 0.5 * mx.random.normal(v.shape)) for k, v in tree_flatten(model.parameters()) if "norm" in k]
+    model.load_weights(norms, strict=False)
+    return model
+
+
+def skip_model(base, **cfg):
+    model = SkipModel.from_base(base, SkipConfig(**{"distances": [1, 2], "skip_start": 2, "alpha": 0.5, **cfg}))
+    mx.random.seed(5)
+    params = [(k, mx.random.normal(v.shape) * 0.2) for k, v in tree_flatten(model.trainable_parameters())]
+    model.load_weights(params, strict=False)
+    return model
+
+
+# ---------------------------------------------------------------------- logit lens
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_last_layer_is_the_models_own_prediction(name):
+    model = family_model(name)
+    lens = L.logit_lens(model, TOKENS, top_k=4)
+    states = forward.hidden_states(model, mx.array(TOKENS))
+    own = model(mx.array(TOKENS)).astype(mx.float32)
+    own_lp = np.array(own - mx.logsumexp(own, axis=-1, keepdims=True))
+    last = np.array(L.layer_logprobs(model, states[-1]))
+    np.testing.assert_array_equal(last, own_lp)  # the lens at L is the model's log-softmax, bit for bit
+    np.testing.assert_array_equal(lens.top_ids[:, -1, :, 0], own_lp.argmax(-1))
+    np.testing.assert_allclose(lens.top_p[:, -1], np.exp(np.sort(own_lp, -1)[..., ::-1][..., :4]), rtol=1e-6)
+    assert (lens.kl_final[:, -1] == 0).all()
+    p_next = np.exp(np.take_along_axis(own_lp[:, :-1], TOKENS[:, 1:, None], -1)[..., 0])
+    np.testing.assert_allclose(lens.p_next[:, -1, :-1], p_next, rtol=1e-6)
+    assert np.isnan(lens.p_next[:, :, -1]).all() and (lens.rank_next[:, :, -1] == 0).all()
+    ranks = (own_lp[:, :-1] > np.log(p_next)[..., None]).sum(-1) + 1
+    np.testing.assert_array_equal(lens.rank_next[:, -1, :-1], ranks)
+    # Every layer: the entropy and KL by their definitions (nats), from that layer's state.
+    for l in (0, 3):
+        lp = np.array(L.layer_logprobs(model, states[l]), dtype=np.float64)
+        np.testing.assert_allclose(lens.entropy[:, l], -(np.exp(lp) * lp).sum(-1), rtol=1e-4)
+        kl = (np.exp(own_lp) * (own_lp - lp)).sum(-1)
+        np.testing.assert_allclose(lens.kl_final[:, l], kl, rtol=1e-3, atol=1e-5)
+        assert (lens.kl_final[:, l] > 0).all()
+    assert lens.top_ids.shape == (2, 7, 10, 4)
+
+
+def test_skip_model_lens_reads_its_blended_states():
+    model = skip_model(family_model("llama"))
+    lens = L.logit_lens(model, TOKENS)
+    own = np.array(mx.argmax(model(mx.array(TOKENS)), axis=-1))
+    np.testing.assert_array_equal(lens.top_ids[:, -1, :, 0], own)
+    plain = L.logit_lens(model.base, TOKENS)
+    # Before the first skip block (states 0..2) the read-outs are the base model's.
+    np.testing.assert_array_equal(lens.entropy[:, :3], plain.entropy[:, :3])
+    first = forward.hidden_states(model, mx.array(TOKENS))
+    base = forward.hidden_states(model.base, mx.array(TOKENS))
+    assert mx.array_equal(first[2], base[2]).item()
+    assert not np.allclose(lens.entropy[:, -1], plain.entropy[:, -1], atol=1e-4)
+
+
+@pytest.mark.parametrize("fatigue, hebbian", [(None, None), ([0.0, 1.0], None), (None, [0.0, 1.0])])
+def test_sober_row_of_a_dosed_batch_is_the_baseline(fatigue, hebbian):
+    model = family_model("llama")
+    batch = np.repeat(TOKENS[:1], 2, axis=0)
+    intensities = [0.0, 0.3] if fatigue is None and hebbian is None else [0.0, 0.0]
+    hooks = L.side_hooks(model, intensities, fatigue=fatigue, hebbian=hebbian, seed=2)
+    dosed = L.logit_lens(model, batch, hooks=hooks)
+    sober = L.logit_lens(model, TOKENS[:1])
+    for field in ("kl_final", "entropy", "top_p"):
+        np.testing.assert_allclose(getattr(dosed, field)[0], getattr(sober, field)[0], atol=1e-5)
+    np.testing.assert_array_equal(dosed.top_ids[0, :, :, 0], sober.top_ids[0, :, :, 0])
+    assert not np.allclose(dosed.entropy[1, -1], sober.entropy[0, -1], atol=1e-4)  # the other row did change
+
+
+# ---------------------------------------------------------------------- attention
+
+def softmax_pattern(attn, x_q: mx.array, x_k: mx.array, window: int | None = None) -> np.ndarray:
+    """softmax(q k^T * scale) recomputed in numpy from an attention module's own projections,
+    its q/k norms (qwen3) and RoPE, with grouped-query heads and a causal (or windowed) mask."""
+    b, t, _ = x_q.shape
+
+    def heads(proj, x, n, norm):
+        y = proj(x).reshape(b, t, n, -1)
+        y = norm(y) if norm is not None else y
+        return attn.rope(y.transpose(0, 2, 1, 3))
+
+    q = np.array(heads(attn.q_proj, x_q, attn.n_heads, getattr(attn, "q_norm", None)), dtype=np.float64)
+    k = np.array(heads(attn.k_proj, x_k, attn.n_kv_heads, getattr(attn, "k_norm", None)), dtype=np.float64)
+    k = np.repeat(k, attn.n_heads // attn.n_kv_heads, axis=1)
+    scores = q @ k.swapaxes(-1, -2) * attn.scale
+    i, j = np.arange(t)[:, None], np.arange(t)[None]
+    allowed = (j <= i) & ((i - j < window) if window else True)
+    scores = np.where(allowed, scores, -np.inf)
+    e = np.exp(scores - scores.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_base_patterns_are_the_softmax_of_q_dot_k(name):
+    model = family_model(name)
+    states = forward.hidden_states(model, mx.array(TOKENS))
+    for l in (0, 3):  # llama-sliding: layer 0 sees a 3-token window, layer 3 everything before it
+        window = 3 if name == "llama-sliding" and l % 2 == 0 else None
+        p = A.patterns(model, TOKENS, l)
+        assert set(p) == {"base"} and p["base"].shape == (2, 4, 10, 10)
+        np.testing.assert_allclose(p["base"].sum(-1), 1.0, atol=1e-5)
+        layer = model.model.layers[l]
+        x = layer.input_layernorm(states[l])
+        np.testing.assert_allclose(p["base"], softmax_pattern(layer.self_attn, x, x, window), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3"])
+def test_skip_tap_patterns_read_state_l_minus_d(name):
+    model = skip_model(family_model(name))
+    states = forward.hidden_states(model, mx.array(TOKENS))
+    p = A.patterns(model, TOKENS, 3)
+    assert set(p) == {"base", 1, 2}
+    layer = model.layers[3]
+    norm = layer.input_layernorm
+    for d in (1, 2):
+        np.testing.assert_allclose(p[d].sum(-1), 1.0, atol=1e-5)
+        want = softmax_pattern(model.blocks["l3"].attn, norm(states[3]), norm(states[3 - d]))
+        np.testing.assert_allclose(p[d], want, atol=1e-5)
+    assert not np.allclose(p[1], p[2], atol=1e-3)
+    assert set(A.patterns(model, TOKENS, 1)) == {"base"}  # below skip_start: no taps
+    with pytest.raises(ValueError, match="layer: 6 is out of range"):
+        A.patterns(model, TOKENS, 6)
+
+
+# ---------------------------------------------------------------------- jobs
+
+def test_lens_job_prints_one_object_per_layer_and_position(tiny_model_dir, capsys):
+    assert lens_job.main(["--model", str(tiny_model_dir), "--prompt", "Hello there, friend", "--no-chat", "--json",
+                          "--intensity", "0.3"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    keys = {"layer", "position", "top1", "p_top1", "kl_final", "entropy", "p_next", "rank_next", "row", "intensity"}
+    assert keys <= set(rows[0])
+    sober = [r for r in rows if r["intensity"] == 0]
+    assert sorted({r["layer"] for r in sober}) == list(range(7))
+    assert all(r["kl_final"] == 0 for r in sober if r["layer"] == 6)
+    assert {r["intensity"] for r in rows} == {0.0, 0.3}
+
+
+def test_attention_job_prints_one_object_per_head_and_position(tiny_model_dir, capsys):
+    assert attention_job.main(["--model", str(tiny_model_dir), "--prompt", "Hello there, friend", "--no-chat",
+                               "--json", "--layer", "2"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {"head", "tap", "position", "weights"} <= set(rows[0])
+    assert {r["head"] for r in rows} == {0, 1, 2, 3} and {r["tap"] for r in rows} == {"base"}
+    assert all(len(r["weights"]) == r["position"] + 1 and abs(sum(r["weights"]) - 1) < 1e-5 for r in rows)
+
+
+@pytest.mark.parametrize("job, argv, message", [
+    (lens_job, ["--prompt", "Hi", "--lens", "tuned"], "--lens: the tuned lens is not trained"),
+    (lens_job, ["--prompt", "  "], "--prompt: is empty"),
+    (lens_job, ["--prompt", "Hi", "--intensity", "1.5"], "--intensity: must be in [0, 1], got 1.5"),
+    (lens_job, ["--prompt", "Hi", "--top-k", "0"], "--top-k: must be >= 1"),
+    (lens_job, ["--prompt", "Hi", "--run", "train-nope"], "--run:"),
+    (lens_job, ["--prompt", "word " * 600, "--no-chat"], "over the model's context of 512"),
+    (attention_job, ["--prompt", "Hi", "--layer", "6", "--no-chat"], "--layer: 6 is out of range"),
+    (attention_job, ["--prompt", "Hi", "--layer", "-1"], "--layer: must be >= 0"),
+    (attention_job, ["--prompt", "Hi", "--layer", "1", "--run", "train-nope"], "--run:"),
+    (lens_job, ["--prompt", "Hi", "--run", "train-nope", "--model", "default"], "--model: --run train-nope reads"),
+])
+def test_bad_input_is_one_line(tiny_model_dir, tmp_path, capsys, job, argv, message):
+    data = tmp_path / "data"
+    model = [] if "--run" in argv else ["--model", str(tiny_model_dir)]
+    assert job.main([*model, "--data-dir", str(data), *argv]) == 2
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not data.exists() or not any(data.rglob("*.duckdb"))
