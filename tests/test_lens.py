@@ -197,3 +197,43 @@ def test_bad_input_is_one_line(tiny_model_dir, tmp_path, capsys, job, argv, mess
     lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
     assert len(lines) == 1 and message in lines[0], lines
     assert not data.exists() or not any(data.rglob("*.duckdb"))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    """A real (short) multi-tap, gated training run on the tiny model."""
+    from jobs import train as train_job
+    from psilonet.store import Store
+
+    data = tmp_path_factory.mktemp("lens-data")
+    assert train_job.main(["--model", str(tiny_model_dir), "--seq-len", "16", "--train-samples", "4", "--val-samples", "2",
+                           "--lr", "1e-3", "--skip-start", "1", "--distances", "1", "2", "--gates", "--alpha", "0.5",
+                           "--data-dir", str(data), "--quiet"]) == 0
+    return data, Store(data).list_runs(kind="train").run_id.iloc[0]
+
+
+def test_jobs_read_a_training_runs_skip_model(trained, capsys):
+    data, run = trained
+    common = ["--run", run, "--prompt", "Hello there, friend", "--no-chat", "--json", "--data-dir", str(data)]
+    assert attention_job.main([*common, "--layer", "2"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {r["tap"] for r in rows} == {"base", 1, 2}
+    assert all(abs(sum(r["weights"]) - 1) < 1e-5 for r in rows)
+    assert lens_job.main(common) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted({r["layer"] for r in rows}) == list(range(7))
+    assert lens_job.main([*common[:2], "--prompt", "Hi", "--data-dir", str(data), "--lens", "tuned"]) == 2
+
+
+def test_bad_input_fails_before_any_model_loads(tmp_path, capsys):
+    weightless = tmp_path / "weightless"  # a config but no weights or tokenizer: loading it would fail
+    weightless.mkdir()
+    (weightless / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 6}))
+    data = ["--data-dir", str(tmp_path / "data")]
+    assert attention_job.main(["--model", str(weightless), "--prompt", "Hi", "--layer", "6", *data]) == 2
+    assert lens_job.main(["--model", str(weightless), "--prompt", "Hi", "--lens", "tuned", *data]) == 2
+    assert lens_job.main(["--model", str(weightless), "--prompt", "Hi", "--fatigue", "3", *data]) == 2
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert len(lines) == 3 and "--layer: 6 is out of range" in lines[0] and "--lens: the tuned lens" in lines[1]
+    assert "--fatigue: must be in [0, 2], got 3" in lines[2]
+    assert not (tmp_path / "data").exists()
