@@ -25,4 +25,5 @@ app.sidebar()
 links.begin(page)  # the link's warnings go to the top of the page
 app.guarded(page.run)
 links.tidy()  # the URL keeps only the state this page read or wrote (never a password)
-serving.sidebar(page)  # viewer-mode notice and the link to this view
+serving.sidebar(page)  # sign out and the viewer-mode notice
+links.copy_link(page)  # the link to this view

@@ -65,9 +65,10 @@ def paragraph_losses(reference, other, tokenizer) -> tuple[float, float]:
 
 
 def greedy_tokens(model, tokenizer, prompt: str, tokens: int) -> list[int]:
-    from psilonet.generation.decoding import SamplingConfig, decode
+    from psilonet.generation.decoding import DecodeConfig, decode
+    from psilonet.generation.sampling import SamplingConfig
 
-    return [s.tokens[0] for s in decode(model, tokenizer.encode(prompt), SamplingConfig(max_tokens=tokens))]
+    return [s.tokens[0] for s in decode(model, tokenizer.encode(prompt), DecodeConfig(SamplingConfig(max_tokens=tokens)))]
 
 
 def greedy_agreement(reference, other, tokenizer, tokens: int = 64) -> tuple[int, list[Difference]]:

@@ -143,7 +143,7 @@ def test_good_dose_link_values_are_used_without_warnings(tmp_path, monkeypatch):
     at = open_page("dose", {"seed": str(2**32 - 1), "max": "512", "temp": "2", "custom": "0.45",
                             "mech": "noise,bleed", "doses": "0.1,0.3", "prompt": "y" * 4000})
     assert not at.warning, [w.value for w in at.warning]
-    assert [n.value for n in at.number_input] == [2**32 - 1, 512, 2.0]
+    assert [n.value for n in at.number_input][:3] == [2**32 - 1, 512, 2.0]  # then the patching view's
     assert at.slider[0].value == 0.45 and at.multiselect[1].value == ["noise", "bleed"]
     assert at.multiselect[0].value == ["micro-dose", "double dose"]
     uploader = at.get("file_uploader")[0].proto

@@ -58,7 +58,7 @@ def test_job_prints_one_object_per_layer(tiny_model_dir, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--prompt", "  ", "--intensity", "0.2"], "--prompt: empty prompt"),
+    (["--prompt", "  ", "--intensity", "0.2"], "--prompt: is empty"),
     (["--prompt", "Hi", "--intensity", "1.5"], "--intensity: a dose intensity must be in (0, 1], got 1.5"),
     (["--prompt", "Hi", "--intensity", "0"], "--intensity: a dose intensity must be in (0, 1], got 0"),
     (["--prompt", "Hi", "--intensity", "3", "--mechanism", "fatigue"], "--intensity: a fatigue strength must be in (0, 2]"),

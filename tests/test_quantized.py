@@ -11,7 +11,8 @@ import pytest
 
 from psilonet.generation import bio
 from psilonet.generation import decoding as generation
-from psilonet.generation.decoding import SamplingConfig
+from psilonet.generation.decoding import DecodeConfig
+from psilonet.generation.sampling import SamplingConfig
 from psilonet.generation.perturb import Doser
 from psilonet.kernels import qmm
 from psilonet.model import forward, quantized
@@ -36,8 +37,13 @@ def q4_and_twin(seed=0):
     return model, twin
 
 
+def dec(model, sampling, **kw):
+    """generation.decode of PROMPT with a DecodeConfig of ``sampling`` and ``kw``."""
+    return generation.decode(model, PROMPT, DecodeConfig(sampling, **kw))
+
+
 def greedy(model, n=10, **kw):
-    return [s.tokens for s in generation.decode(model, PROMPT, SamplingConfig(max_tokens=n), **kw)]
+    return [s.tokens for s in dec(model, SamplingConfig(max_tokens=n), **kw)]
 
 
 def test_every_product_is_quantized_and_frozen():
@@ -81,10 +87,10 @@ def test_a_row_gives_the_same_tokens_alone_or_in_a_batch():
     layers, width = forward.num_layers(model), model.args.hidden_size
     cfg = SamplingConfig(max_tokens=10, temperature=0.8, seed=3)
     intensities = [0.0, 0.3, 0.6]
-    batch = list(generation.decode(model, PROMPT, cfg, batch=3, seeds=[3, 3, 3], track=True,
+    batch = list(dec(model, cfg, batch=3, seeds=[3, 3, 3], track=True,
                                    doser=Doser(intensities, [3, 3, 3], layers, width)))
     for r, level in enumerate(intensities):
-        alone = list(generation.decode(model, PROMPT, cfg, seeds=[3], track=True,
+        alone = list(dec(model, cfg, seeds=[3], track=True,
                                        doser=Doser([level], [3], layers, width)))
         assert [s.tokens[0] for s in alone] == [s.tokens[r] for s in batch]
         np.testing.assert_allclose([s.entropy[0] for s in alone], [s.entropy[r] for s in batch], rtol=1e-3, atol=1e-4)
@@ -93,7 +99,7 @@ def test_a_row_gives_the_same_tokens_alone_or_in_a_batch():
 def test_bio_rows_run_on_q4():
     model, twin = q4_and_twin()
     rows = bio.Bio([0.0, 1.0], [1.0, 0.0], forward.num_layers(model))
-    steps = list(generation.decode(model, PROMPT, SamplingConfig(max_tokens=6), batch=2, bio=rows, track=True))
+    steps = list(dec(model, SamplingConfig(max_tokens=6), batch=2, bio=rows, track=True))
     assert len(steps) == 6 and all(len(s.tokens) == 2 for s in steps)
 
 

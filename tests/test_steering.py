@@ -108,7 +108,7 @@ def test_job_stores_the_vector_the_rows_and_their_cost(tiny_model_dir, tmp_path,
 @pytest.mark.parametrize("argv, message", [
     (["--b", "x"], "--a: give set A once"),
     (["--a", "x", "--a-corpus", "python-docs", "--b", "y"], "--a: give set A once"),
-    (["--a", "  ", "--b", "y"], "--a: prompt set A is empty"),
+    (["--a", "  ", "--b", "y"], "--a: is empty"),
     (["--a", "x", "--b-file", "nope.txt"], "--b-file: nope.txt does not exist"),
     (["--a", "x", "--b", "y", "--strengths", "1000"], "--strengths: each must be in [-64, 64], got 1000"),
     (["--a", "x", "--b", "y", "--layer", "9"], "--layer: 9 is out of range"),

@@ -12,7 +12,7 @@ from typing import Callable
 
 import streamlit as st
 
-from psilonet.app import helpers as app
+from psilonet.app import charts, helpers as app
 
 #: Panels per row: two heatmaps stay readable in the main column of an 800 px window.
 PER_ROW = 2
@@ -35,7 +35,6 @@ def chart_panels(key: tuple, build: Callable[[], list], count: int, per_row: int
 
 def draw_panels(panels: list, per_row: int = PER_ROW) -> None:
     """Draw ready single-view charts as :func:`chart_panels` does (for a live, uncached result)."""
-    from psilonet.app import charts
 
     for col, k in _cells(len(panels), per_row):
         with col:

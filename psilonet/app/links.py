@@ -11,7 +11,7 @@ streamlit_app.py calls :func:`begin` and :func:`tidy`:
   export's permalink, :func:`permalink`) every key the page neither read nor wrote in this run:
   a ``password=...`` typed into a URL, another page's parameters, misspelt keys.
 
-Behind the shared password, :func:`hold_for_login` takes the whole query out of the address
+Behind the shared password, :func:`psilonet.app.serving.hold_query_for_login` takes the whole query out of the address
 bar on the password screen and keeps it in the session; the page reads it from there once
 the password is given, and :func:`tidy` puts back only the keys the page read.
 """
@@ -22,10 +22,12 @@ from urllib.parse import urlsplit
 
 import streamlit as st
 
+from psilonet.app import serving
+
 _READ = "_psilonet_link_read"      # keys the page read in this run
 _WROTE = "_psilonet_link_wrote"    # keys the page wrote (or removed) in this run
 _BAD = "_psilonet_link_bad"        # keys whose value was refused (with a warning) in this run
-_HELD = "_psilonet_link_held"      # the query held back while the password screen showed
+_HELD = serving.HELD_QUERY          # the query held back while the password screen showed
 _BOX = "_psilonet_link_box"        # the warning box at the top of the page
 _PAGE = "_psilonet_link_page"      # the url path of the page being drawn
 SHOWN_CHARS = 60                   # a value longer than this is shortened in a warning
@@ -113,21 +115,9 @@ def tidy() -> None:
             st.query_params[key] = held[key][-1]
 
 
-def hold_for_login() -> None:
-    """On the password screen: take the query out of the address bar (a password typed into the
-    URL leaves it at once) and keep it for the page the visitor asked for."""
-    if st.query_params:
-        held = st.session_state.get(_HELD) or {}
-        held.update({k: st.query_params.get_all(k) for k in st.query_params.keys()})
-        st.session_state[_HELD] = held
-        st.query_params.clear()
-
-
 def base_url() -> str | None:
     """The app's root address: PSILONET_PUBLIC_URL, else the address in the visitor's browser
     (None outside a browser, as under AppTest without a public URL)."""
-    from psilonet.app import serving
-
     public = serving.settings().public_url
     if public:
         return public
@@ -144,8 +134,6 @@ def base_url() -> str | None:
 def permalink() -> str:
     """The absolute address of the view as drawn so far: the current page with the page state
     (the keys it read or wrote) from the URL; relative when no address is known."""
-    from psilonet.app import serving
-
     keys = page_keys()
     query = {k: v for k, v in st.query_params.to_dict().items() if k in keys}
     page = st.session_state.get(_PAGE) or ""
@@ -153,3 +141,17 @@ def permalink() -> str:
     if base is None:
         return serving.link("", page, query).lstrip("/") or "/"
     return serving.link(base, page, query)
+
+
+def copy_link(page) -> None:
+    """The sidebar's link to this view (drawn after the page, so that it is current)."""
+    base = base_url()
+    if base is None:
+        return
+    query = {k: v for k, v in st.query_params.to_dict().items()}
+    st.sidebar.caption("**Copy link** to this view: the icon at the right of the address")
+    st.sidebar.code(serving.link(base, page.url_path, query), language=None, wrap_lines=True)
+    host = urlsplit(base).hostname or ""
+    if serving.settings().public_url is None and (host == "localhost" or host.startswith("127.") or host == "::1"):
+        st.sidebar.caption("This address only works on this machine: set PSILONET_PUBLIC_URL to the address "
+                           "collaborators use (see the README, Sharing).")

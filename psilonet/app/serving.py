@@ -323,14 +323,26 @@ def nav_position() -> str:
     return "hidden" if _locked(settings()) else "sidebar"
 
 
+#: Session key of the query held back while the password screen shows (``links`` restores it).
+HELD_QUERY = "_psilonet_link_held"
+
+
+def hold_query_for_login() -> None:
+    """On the password screen: take the query out of the address bar (a password typed into the
+    URL leaves it at once) and keep it for the page the visitor asked for."""
+    if st.query_params:
+        held = st.session_state.get(HELD_QUERY) or {}
+        held.update({k: st.query_params.get_all(k) for k in st.query_params.keys()})
+        st.session_state[HELD_QUERY] = held
+        st.query_params.clear()
+
+
 def gate() -> None:
     """Stop the page run here unless this session has given the shared password (if one is set)."""
     s = settings()
     if not _locked(s):
         return
-    from psilonet.app import links
-
-    links.hold_for_login()  # out of the address bar now; the page reads what it needs after the password
+    hold_query_for_login()  # out of the address bar now; the page reads what it needs after the password
     st.title("psilonet")
     with st.form("psilonet_password", clear_on_submit=True):
         given = st.text_input("Password", type="password",
@@ -428,7 +440,7 @@ def _sign_out() -> None:
 
 
 def sidebar(page) -> None:
-    """The viewer-mode notice and the link to this view (drawn after the page, so it is current)."""
+    """Sign out and the viewer-mode notice (``links.copy_link`` draws the link to this view)."""
     s = settings()
     if s.password_digest is not None:
         ticket = st.session_state.pop(_TICKET_KEY, None)
@@ -442,15 +454,3 @@ def sidebar(page) -> None:
                       f"at most {s.viewer_tokens} tokens per request, one request per visitor, queued")
         st.sidebar.info(f"**Viewer mode**: browsing only. Saving runs and uploading files are off, live "
                         f"generation is {generation}: visitors cannot change the store or hold the shared CPU.")
-    from psilonet.app import links
-
-    base = links.base_url()
-    if base is None:
-        return
-    query = {k: v for k, v in st.query_params.to_dict().items()}
-    st.sidebar.caption("**Copy link** to this view: the icon at the right of the address")
-    st.sidebar.code(link(base, page.url_path, query), language=None, wrap_lines=True)
-    host = urlsplit(base).hostname or ""
-    if s.public_url is None and (host == "localhost" or host.startswith("127.") or host == "::1"):
-        st.sidebar.caption("This address only works on this machine: set PSILONET_PUBLIC_URL to the address "
-                           "collaborators use (see the README, Sharing).")

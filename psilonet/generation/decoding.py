@@ -75,6 +75,8 @@ def decode(model, prompt_ids: Sequence[int], cfg: DecodeConfig) -> Iterator[Step
     as done. A caller ends the generation early by not asking for the next step (the app's Stop
     button and a closed tab raise inside the streaming callback).
     """
+    if not isinstance(cfg, DecodeConfig):  # the pre-DecodeConfig signature took a SamplingConfig here
+        raise TypeError(f"decode takes a DecodeConfig, got {type(cfg).__name__}")
     if not prompt_ids:
         raise ValueError("the prompt is empty")
     batch, doser, bio = cfg.batch, cfg.doser, cfg.bio

@@ -12,6 +12,7 @@ any weights.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import zipfile
 from pathlib import Path
 
 from psilonet import runtime
+from psilonet.files import json_problem, path_problem, safetensors_problem
 
 log = logging.getLogger("psilonet.model.loading")
 
@@ -56,8 +58,6 @@ def default_gguf_path(data_dir: str | os.PathLike | None = None) -> Path:
 
 def is_complete(folder: Path) -> bool:
     """Every file of a converted model is there and whole (weights and JSON checked by header)."""
-    from psilonet.files import json_problem, safetensors_problem
-
     if not all((folder / name).is_file() for name in _MODEL_FILES):
         return False
     return not (safetensors_problem(folder / "model.safetensors") or json_problem(folder / "config.json")
@@ -66,10 +66,6 @@ def is_complete(folder: Path) -> bool:
 
 def gguf_problem(path: Path) -> str | None:
     """None if ``path`` is the pinned wheel's GGUF (size, then SHA-256), else why not."""
-    import hashlib
-
-    from psilonet.files import path_problem
-
     problem = path_problem(path)
     if problem:
         return problem
@@ -184,8 +180,6 @@ def check_model_name(name: str | None, data_dir: str | os.PathLike | None = None
             raise ModelError(f"model: {path} is not a model folder (it has no config.json)")
         return str(local)
     if os.path.lexists(local):  # a symlink loop or a dangling link: say so, it is no hub name
-        from psilonet.files import path_problem
-
         raise ModelError(f"model: {path} {path_problem(local, 'folder')}")
     if path.startswith(("/", ".", "~")) or path.count("/") != 1 or not all(path.split("/")):
         raise ModelError(f"model: {path!r} is neither an existing folder nor a hub name (owner/name)")

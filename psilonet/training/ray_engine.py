@@ -1,7 +1,7 @@
 """Sweep configs as Ray Tune trials, on one machine or a Ray cluster (optional: ``make setup-scale``).
 
 Each trial is a fresh worker process that loads the fast BLAS before MLX exactly as a local
-run does (any ``psilonet`` import does that first), with its BLAS thread count set to its CPU share so that
+run does (the trial calls ``runtime.setup()`` first), with its BLAS thread count set to its CPU share so that
 trials do not oversubscribe the cores, and trains one config through the same code and store
 as a local run: its own run file, published atomically into ``data_dir`` (which may be shared
 storage seen by every node at the same path).
