@@ -104,6 +104,11 @@ def load(args, data_dir: Path):
     return model, tokenizer, tokens
 
 
+def check_strength(name: str, value: float) -> None:
+    if math.isnan(value) or not 0 <= value <= bio.MAX_STRENGTH:
+        raise JobError(f"--{name}: must be in [0, {bio.MAX_STRENGTH:g}], got {value:g}")
+
+
 def check_args(args) -> None:
     check_common(args)
     if args.lens != "logit":
@@ -113,9 +118,7 @@ def check_args(args) -> None:
     if math.isnan(args.intensity) or not 0 <= args.intensity <= 1:
         raise JobError(f"--intensity: must be in [0, 1], got {args.intensity:g}")
     for name in ("fatigue", "hebbian"):
-        value = getattr(args, name)
-        if math.isnan(value) or not 0 <= value <= bio.MAX_STRENGTH:
-            raise JobError(f"--{name}: must be in [0, {bio.MAX_STRENGTH:g}], got {value:g}")
+        check_strength(name, getattr(args, name))
     if args.top_k < 1:
         raise JobError(f"--top-k: must be >= 1, got {args.top_k}")
     if args.seed < 0:

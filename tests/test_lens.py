@@ -13,6 +13,7 @@ from jobs import attention as attention_job
 from jobs import lens as lens_job
 from psilonet.analysis import attention as A
 from psilonet.analysis import lens as L
+from psilonet.generation.bio import Bio
 from psilonet.model import forward
 from psilonet.model.skip import SkipConfig, SkipModel
 from tests.conftest import make_tiny_model
@@ -155,6 +156,28 @@ def test_skip_tap_patterns_read_state_l_minus_d(name):
         A.patterns(model, TOKENS, 6)
 
 
+def test_fatigued_pattern_is_the_one_the_block_used():
+    model = skip_model(family_model("llama"))
+    batch = np.repeat(TOKENS[:1], 2, axis=0)
+    tired = A.patterns(model, batch, 3, fatigue=[0.0, 1.5])
+    plain = A.patterns(model, TOKENS[:1], 3)
+    for tap in ("base", 1, 2):
+        np.testing.assert_allclose(tired[tap][0], plain[tap][0], atol=1e-5)  # strength 0: the plain pattern
+        np.testing.assert_allclose(tired[tap].sum(-1), 1.0, atol=1e-5)
+    assert not np.allclose(tired["base"][1], plain["base"][0], atol=1e-3)  # fatigue moved the attention
+    # The fatigued probabilities are the ones whose weighted values the block added: o_proj(p v) + MLP.
+    bio = Bio([0.0, 1.5], [0.0, 0.0], 6)
+    states = forward.hidden_states(model.base, mx.array(batch), hooks=bio.hooks())
+    base_tired = A.patterns(model.base, batch, 3, fatigue=[0.0, 1.5])["base"]
+    layer = model.base.model.layers[3]
+    x = layer.input_layernorm(states[3])
+    _, v = forward.keys_values(layer.self_attn, x)
+    heads = forward.grouped_values(mx.array(base_tired), v)
+    h = states[3] + layer.self_attn.o_proj(forward.merge_heads(heads))
+    h = h + layer.mlp(layer.post_attention_layernorm(h))
+    np.testing.assert_allclose(np.array(h), np.array(states[4]), atol=1e-4)
+
+
 # ---------------------------------------------------------------------- jobs
 
 def test_lens_job_prints_one_object_per_layer_and_position(tiny_model_dir, capsys):
@@ -176,6 +199,12 @@ def test_attention_job_prints_one_object_per_head_and_position(tiny_model_dir, c
     assert {"head", "tap", "position", "weights"} <= set(rows[0])
     assert {r["head"] for r in rows} == {0, 1, 2, 3} and {r["tap"] for r in rows} == {"base"}
     assert all(len(r["weights"]) == r["position"] + 1 and abs(sum(r["weights"]) - 1) < 1e-5 for r in rows)
+    assert attention_job.main(["--model", str(tiny_model_dir), "--prompt", "Hello there, friend", "--no-chat",
+                               "--json", "--layer", "2", "--fatigue", "1.5"]) == 0
+    tired = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {r["fatigue"] for r in tired} == {0.0, 1.5} and len(tired) == 2 * len(rows)
+    sober = [r for r in tired if r["fatigue"] == 0]
+    assert all(np.allclose(a["weights"], b["weights"], atol=1e-5) for a, b in zip(sober, rows))
 
 
 @pytest.mark.parametrize("job, argv, message", [
@@ -187,6 +216,7 @@ def test_attention_job_prints_one_object_per_head_and_position(tiny_model_dir, c
     (lens_job, ["--prompt", "word " * 600, "--no-chat"], "over the model's context of 512"),
     (attention_job, ["--prompt", "Hi", "--layer", "6", "--no-chat"], "--layer: 6 is out of range"),
     (attention_job, ["--prompt", "Hi", "--layer", "-1"], "--layer: must be >= 0"),
+    (attention_job, ["--prompt", "Hi", "--layer", "1", "--fatigue", "-1"], "--fatigue: must be in [0, 2], got -1"),
     (attention_job, ["--prompt", "Hi", "--layer", "1", "--run", "train-nope"], "--run:"),
     (lens_job, ["--prompt", "Hi", "--run", "train-nope", "--model", "default"], "--model: --run train-nope reads"),
 ])

@@ -14,6 +14,11 @@ probabilities ``softmax(mask(q k^T * scale))`` of block ``layer``:
   output are not in the pattern: :meth:`~psilonet.model.skip.SkipModel.tap_weights` and
   :meth:`~psilonet.model.skip.SkipModel.gate_alphas` give them.
 
+Under synaptic fatigue (``fatigue``: one strength per row, :mod:`psilonet.generation.bio`)
+the base pattern is the one after fatigue, the probabilities the fatigued block actually used
+(each key's weight scaled by its remaining pool and renormalised); a strength-0 row's is the
+plain softmax. Skip taps are not fatigued, but read the states of the fatigued pass.
+
 Rows sum to one over the keys a query may see; masked keys get probability 0.
 """
 
@@ -22,14 +27,16 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
+from psilonet.generation import bio as bio_mod
 from psilonet.model import forward
 from psilonet.model.skip import _key as skip_key
 
 BASE = "base"
 
 
-def patterns(model, inputs, layer: int, *, hooks: forward.Hooks | None = None) -> dict[str | int, np.ndarray]:
-    """``{"base" or skip distance: probabilities (B, H, T, T)}`` of block ``layer``."""
+def patterns(model, inputs, layer: int, *, fatigue: list[float] | None = None) -> dict[str | int, np.ndarray]:
+    """``{"base" or skip distance: probabilities (B, H, T, T)}`` of block ``layer`` for each row
+    of ``inputs`` (B, T), row ``r`` under fatigue strength ``fatigue[r]`` (default none)."""
     base, skip = forward.unwrap(model)
     layers = base.model.layers
     if not 0 <= layer < len(layers):
@@ -38,10 +45,15 @@ def patterns(model, inputs, layer: int, *, hooks: forward.Hooks | None = None) -
     if ids.ndim == 1:
         ids = ids[None]
     captured: dict[int, mx.array] = {}
-    h = hooks or forward.Hooks()
-    run_hooks = forward.Hooks(after_block=h.after_block, z=h.z, attn_scores=h.attn_scores, pattern=captured,
-                              attention=h.attention, mlp=h.mlp)
-    states = forward.hidden_states(model, mx.array(ids), hooks=run_hooks)
+    if fatigue is not None and len(fatigue) != ids.shape[0]:
+        raise ValueError(f"fatigue: one strength per row is needed, got {len(fatigue)} for {ids.shape[0]} rows")
+    if fatigue is not None and any(s > 0 for s in fatigue):
+        bio_mod.check_family(model)
+        bio = bio_mod.Bio(list(fatigue), [0.0] * len(fatigue), len(layers), patterns=captured)
+        hooks = bio.hooks()
+    else:
+        hooks = forward.Hooks(pattern=captured)
+    states = forward.hidden_states(model, mx.array(ids), hooks=hooks)
     out: dict[str | int, np.ndarray] = {BASE: np.array(captured[layer].astype(mx.float32))}
     if skip is None or layer not in skip.skip_layers:
         return out
