@@ -71,6 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     if skip is not None and args.layer in skip.skip_layers:
         print(f"layer {args.layer}: tap weights {skip.tap_weights()[args.layer]}"
               + (f", gate alphas {[round(a, 3) for a in skip.gate_alphas()[args.layer]]}" if skip.cfg.gates else ""))
+    if len(tokens) > 1:
+        print("per head, over query positions 1..T-1: entropy (nats), share on position 0 (sink), mean distance back")
+        for r, strength in enumerate(fatigue):
+            for tap, p in pats.items():
+                s = attention_mod.summaries(p[r : r + 1])
+                for head in range(p.shape[1]):
+                    print(f"  {f'fatigue {strength:g} ' if strength else ''}tap {tap} head {head:>2}: "
+                          f"entropy {s['entropy'][0, head]:.3f} sink {s['sink'][0, head]:.3f} "
+                          f"distance {s['distance'][0, head]:.2f}")
     for r, strength in enumerate(fatigue):
         for tap, p in pats.items():
             for head in range(p.shape[1]):

@@ -178,6 +178,22 @@ def test_fatigued_pattern_is_the_one_the_block_used():
     np.testing.assert_allclose(np.array(h), np.array(states[4]), atol=1e-4)
 
 
+def test_summaries_follow_their_definitions():
+    t = 4
+    sink = np.zeros((1, 2, t, t))
+    sink[0, 0, :, 0] = 1  # head 0 reads only position 0
+    sink[0, 1] = np.tril(np.ones((t, t))) / np.arange(1, t + 1)[:, None]  # head 1: uniform over the past
+    s = A.summaries(sink)
+    np.testing.assert_allclose(s["sink"][0], [1.0, np.mean([1 / 2, 1 / 3, 1 / 4])])
+    np.testing.assert_allclose(s["entropy"][0], [0.0, np.mean(np.log([2, 3, 4]))])
+    np.testing.assert_allclose(s["distance"][0], [np.mean([1, 2, 3]), np.mean([0.5, 1.0, 1.5])])
+    real = A.summaries(A.patterns(family_model("qwen3"), TOKENS, 2)["base"])
+    assert real["sink"].shape == (2, 4) and ((0 <= real["sink"]) & (real["sink"] <= 1)).all()
+    assert (real["entropy"] <= np.log(10)).all() and (real["distance"] >= 0).all()
+    with pytest.raises(ValueError, match="at least two positions"):
+        A.summaries(np.ones((1, 1, 1, 1)))
+
+
 # ---------------------------------------------------------------------- jobs
 
 def test_lens_job_prints_one_object_per_layer_and_position(tiny_model_dir, capsys):

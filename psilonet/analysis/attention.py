@@ -77,3 +77,23 @@ def records(pats: dict[str | int, np.ndarray], row: int = 0) -> list[dict]:
             for t in range(p.shape[2]):
                 out.append(dict(head=head, tap=tap, position=t, weights=[float(w) for w in p[row, head, t, : t + 1]]))
     return out
+
+
+def summaries(p: np.ndarray) -> dict[str, np.ndarray]:
+    """Per row and head (B, H), means over the query positions ``t >= 1`` of a pattern (B, H, T, T):
+
+    * ``entropy``: ``-sum_j p_tj log p_tj`` in nats;
+    * ``sink``: ``p_t0``, the share of attention on position 0 (the attention sink);
+    * ``distance``: ``sum_j p_tj (t - j)``, how many positions back the head reads on average.
+
+    Query 0 is left out: it can only attend to itself, which would pull every head towards a
+    sink share of one and a distance of zero on short prompts. Needs at least two positions.
+    """
+    t = p.shape[-1]
+    if t < 2:
+        raise ValueError("summaries: a pattern over at least two positions is needed")
+    q = np.asarray(p, dtype=np.float64)[:, :, 1:, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.where(q > 0, q * np.log(q), 0.0).sum(-1)
+    back = np.arange(1, t)[:, None] - np.arange(t)[None, :]  # (T-1, T): t - j
+    return dict(entropy=ent.mean(-1), sink=q[..., 0].mean(-1), distance=(q * back).sum(-1).mean(-1))
