@@ -5,8 +5,9 @@ sober baseline, then a dosed row (--intensity), a fatigued row (--fatigue) and a
 (--hebbian) for those given. Every layer's residual state (0 = the embeddings, then after each
 block) goes through the model's own final norm and unembedding; per (layer, position) it prints
 the top-1 token and its probability, the entropy and the KL to the last layer (nats), and the
-probability and rank (1 = top) of the token that actually comes next. With --run the model is
-that training run's skip model.
+probability and rank (1 = top) of the token that actually comes next, and for the other rows
+the KL of their read-out from the sober row's at the same layer (where a dose takes hold).
+With --run the model is that training run's skip model.
 
 Examples:
   python -m jobs.lens --prompt "The capital of France is" --no-chat
@@ -156,11 +157,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({"row": r, **side, **rec}))
             continue
         label = ", ".join(f"{k} {v:g}" for k, v in side.items() if v) or "sober"
-        print(f"row {r} ({label}): top-1 token per layer (rows) and position (columns); last column KL to final, nats")
+        print(f"row {r} ({label}): top-1 token per layer (rows) and position (columns); at the last position, "
+              "KL to the final layer" + (" and from the sober row" if r else "") + " (nats)")
         t = len(tokens)
         for l in range(lens.num_layers + 1):
             cells = [repr(rec["top1"])[:10].ljust(10) for rec in records[l * t:(l + 1) * t]]
-            print(f"{l:>3} {' '.join(cells)} {records[(l + 1) * t - 1]['kl_final']:8.4f}")
+            last = records[(l + 1) * t - 1]
+            print(f"{l:>3} {' '.join(cells)} {last['kl_final']:8.4f}" + (f" {last['kl_sober']:8.4f}" if r else ""))
     return 0
 
 

@@ -99,6 +99,11 @@ def test_sober_row_of_a_dosed_batch_is_the_baseline(fatigue, hebbian):
         np.testing.assert_allclose(getattr(dosed, field)[0], getattr(sober, field)[0], atol=1e-5)
     np.testing.assert_array_equal(dosed.top_ids[0, :, :, 0], sober.top_ids[0, :, :, 0])
     assert not np.allclose(dosed.entropy[1, -1], sober.entropy[0, -1], atol=1e-4)  # the other row did change
+    assert (dosed.kl_sober[0] == 0).all()
+    lp0, lp1 = (np.array(L.layer_logprobs(model, st), dtype=np.float64)
+                for st in (forward.hidden_states(model, mx.array(batch), hooks=hooks)[-1][r:r + 1] for r in (0, 1)))
+    np.testing.assert_allclose(dosed.kl_sober[1, -1], (np.exp(lp0) * (lp0 - lp1)).sum(-1)[0], rtol=1e-3, atol=1e-6)
+    assert dosed.kl_sober[1, -1].max() > 1e-4
 
 
 # ---------------------------------------------------------------------- attention
@@ -200,12 +205,13 @@ def test_lens_job_prints_one_object_per_layer_and_position(tiny_model_dir, capsy
     assert lens_job.main(["--model", str(tiny_model_dir), "--prompt", "Hello there, friend", "--no-chat", "--json",
                           "--intensity", "0.3"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    keys = {"layer", "position", "top1", "p_top1", "kl_final", "entropy", "p_next", "rank_next", "row", "intensity"}
+    keys = {"layer", "position", "top1", "p_top1", "kl_final", "kl_sober", "entropy", "p_next", "rank_next", "row", "intensity"}
     assert keys <= set(rows[0])
     sober = [r for r in rows if r["intensity"] == 0]
     assert sorted({r["layer"] for r in sober}) == list(range(7))
     assert all(r["kl_final"] == 0 for r in sober if r["layer"] == 6)
     assert {r["intensity"] for r in rows} == {0.0, 0.3}
+    assert all(r["kl_sober"] == 0 for r in sober) and max(r["kl_sober"] for r in rows) > 0
 
 
 def test_attention_job_prints_one_object_per_head_and_position(tiny_model_dir, capsys):

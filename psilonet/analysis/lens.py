@@ -15,7 +15,10 @@ Per (row, layer, position) :func:`logit_lens` records, all in **nats**:
   the number of tokens with a strictly larger log-probability;
 * ``entropy`` ``-sum p_l log p_l``;
 * ``kl_final`` ``KL(p_L || p_l) = sum p_L (log p_L - log p_l)``, how far the layer's read-out is
-  from the final one (0 at ``l = L``). This is the direction the tuned lens trains on.
+  from the final one (0 at ``l = L``). This is the direction the tuned lens trains on;
+* ``kl_sober`` ``KL(p_l[row 0] || p_l[row])``, how far a row's read-out at the same layer and
+  position is from row 0's, the sober row of a :func:`side_hooks` batch: the depth where a
+  dose's ``kl_sober`` leaves zero is where it takes hold (0 in row 0 itself).
 
 The rows may differ only by their hooks: :func:`side_hooks` builds one batch whose rows are
 the sober baseline and dosed or fatigued / Hebbian rows of the same input; a skip model's lens
@@ -46,6 +49,7 @@ class Lens:
     rank_next: np.ndarray  # (B, L+1, T), 1 = top; 0 where no next token
     entropy: np.ndarray  # (B, L+1, T) nats
     kl_final: np.ndarray  # (B, L+1, T) nats
+    kl_sober: np.ndarray  # (B, L+1, T) nats, from row 0 at the same layer
     next_tokens: np.ndarray  # (B, T), -1 where none
 
     @property
@@ -82,7 +86,7 @@ def logit_lens(model, inputs, *, hooks: forward.Hooks = forward.NO_HOOKS, next_t
     p_final = mx.exp(final)
     has_next = mx.array(nxt >= 0)
     safe = mx.array(np.maximum(nxt, 0))[..., None]
-    fields = {k: [] for k in ("top_ids", "top_p", "p_next", "rank_next", "entropy", "kl_final")}
+    fields = {k: [] for k in ("top_ids", "top_p", "p_next", "rank_next", "entropy", "kl_final", "kl_sober")}
     for l, state in enumerate(states):
         lp = final if l == len(states) - 1 else layer_logprobs(model, state)
         top = mx.argsort(-lp, axis=-1)[..., :top_k]
@@ -94,6 +98,7 @@ def logit_lens(model, inputs, *, hooks: forward.Hooks = forward.NO_HOOKS, next_t
             rank_next=mx.where(has_next, rank, 0),
             entropy=-(mx.exp(lp) * lp).sum(axis=-1),
             kl_final=(p_final * (final - lp)).sum(axis=-1),
+            kl_sober=(mx.exp(lp[:1]) * (lp[:1] - lp)).sum(axis=-1),
         )
         mx.eval(values)
         for k, v in values.items():
@@ -130,7 +135,7 @@ def records(lens: Lens, decode, row: int = 0, top_k: int | None = None) -> list[
             p_next = float(lens.p_next[row, l, t])
             out.append(dict(
                 layer=l, position=t, top1=decode(int(ids[0])), p_top1=float(lens.top_p[row, l, t, 0]),
-                kl_final=float(lens.kl_final[row, l, t]), entropy=float(lens.entropy[row, l, t]),
+                kl_final=float(lens.kl_final[row, l, t]), kl_sober=float(lens.kl_sober[row, l, t]), entropy=float(lens.entropy[row, l, t]),
                 next=decode(nxt) if nxt >= 0 else None, p_next=None if np.isnan(p_next) else p_next,
                 rank_next=int(lens.rank_next[row, l, t]) if nxt >= 0 else None,
                 top=[[decode(int(i)), float(p)] for i, p in zip(ids, lens.top_p[row, l, t, :k])],
