@@ -13,6 +13,7 @@ from jobs import attention as attention_job
 from jobs import lens as lens_job
 from psilonet.analysis import attention as A
 from psilonet.analysis import lens as L
+from psilonet.analysis import tuned_lens as T
 from psilonet.generation.bio import Bio
 from psilonet.model import forward
 from psilonet.model.skip import SkipConfig, SkipModel
@@ -104,6 +105,22 @@ def test_sober_row_of_a_dosed_batch_is_the_baseline(fatigue, hebbian):
                 for st in (forward.hidden_states(model, mx.array(batch), hooks=hooks)[-1][r:r + 1] for r in (0, 1)))
     np.testing.assert_allclose(dosed.kl_sober[1, -1], (np.exp(lp0) * (lp0 - lp1)).sum(-1)[0], rtol=1e-3, atol=1e-6)
     assert dosed.kl_sober[1, -1].max() > 1e-4
+
+
+def test_tuned_lens_starts_as_the_logit_lens_and_training_lowers_held_out_kl():
+    model = family_model("llama")
+    fresh = T.TunedLens.for_model(model)
+    plain, tuned = L.logit_lens(model, TOKENS), L.logit_lens(model, TOKENS, tuned=fresh)
+    for field in ("kl_final", "entropy", "top_p", "top_ids", "rank_next"):
+        np.testing.assert_array_equal(getattr(tuned, field), getattr(plain, field))
+    windows = np.random.default_rng(1).integers(0, 97, (24, 12))
+    lens, history = T.train(model, windows[:16], steps=40, batch=8, lr=3e-3)
+    kl = T.held_out_kl(model, lens, windows[16:])
+    before = T.held_out_kl(model, fresh, windows[16:])
+    np.testing.assert_allclose(before["tuned"], before["logit"], rtol=1e-6)
+    np.testing.assert_allclose(kl["logit"], before["logit"], rtol=1e-6)
+    assert history[-1] < history[0] and (kl["tuned"] < kl["logit"]).all(), (kl, history[:3], history[-3:])
+    np.testing.assert_allclose(kl["logit"][3], L.logit_lens(model, windows[16:]).kl_final[:, 3].mean(), rtol=1e-4)
 
 
 # ---------------------------------------------------------------------- attention

@@ -75,8 +75,10 @@ def _next_tokens(inputs: np.ndarray, next_tokens) -> np.ndarray:
 
 
 def logit_lens(model, inputs, *, hooks: forward.Hooks = forward.NO_HOOKS, next_tokens=None,
-               top_k: int = 5) -> Lens:
-    """The logit lens of every row of ``inputs`` (B, T) token ids in one hooked forward pass."""
+               top_k: int = 5, tuned=None) -> Lens:
+    """The logit lens of every row of ``inputs`` (B, T) token ids in one hooked forward pass;
+    with ``tuned`` (a :class:`psilonet.analysis.tuned_lens.TunedLens`) each state goes through
+    its layer's translator first, which makes it the tuned lens."""
     ids = np.asarray(inputs, dtype=np.int64)
     if ids.ndim == 1:
         ids = ids[None]
@@ -88,7 +90,10 @@ def logit_lens(model, inputs, *, hooks: forward.Hooks = forward.NO_HOOKS, next_t
     safe = mx.array(np.maximum(nxt, 0))[..., None]
     fields = {k: [] for k in ("top_ids", "top_p", "p_next", "rank_next", "entropy", "kl_final", "kl_sober")}
     for l, state in enumerate(states):
-        lp = final if l == len(states) - 1 else layer_logprobs(model, state)
+        if l == len(states) - 1:
+            lp = final
+        else:
+            lp = layer_logprobs(model, state if tuned is None else tuned.translate(l, state))
         top = mx.argsort(-lp, axis=-1)[..., :top_k]
         chosen = mx.take_along_axis(lp, safe, axis=-1)  # (B, T, 1)
         rank = (lp > chosen).sum(axis=-1) + 1
