@@ -29,6 +29,7 @@ from pathlib import Path
 from jobs import cli
 from jobs.cli import JobError, JobParser, add_data_dir
 from psilonet.analysis import lens as lens_mod
+from psilonet.analysis import tuned_lens
 from psilonet.generation import bio
 from psilonet.generation.prompts import context_length, encode_prompt
 from psilonet.model import loading as modeling
@@ -52,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fatigue", type=float, default=0.0, help=f"add a fatigued row at this strength, in [0, {bio.MAX_STRENGTH:g}]")
     p.add_argument("--hebbian", type=float, default=0.0, help=f"add a Hebbian row at this strength, in [0, {bio.MAX_STRENGTH:g}]")
     p.add_argument("--seed", type=int, default=0, help="the dose's random numbers")
-    p.add_argument("--lens", default="logit", help="logit (the tuned lens is not available yet)")
+    p.add_argument("--lens", default="logit", choices=lens_mod.LENSES,
+                   help="logit, or tuned (needs --tuned RUN from python -m jobs.tuned_lens)")
+    p.add_argument("--tuned", help="a tuned-lens run id (python -m jobs.tuned_lens) for --lens tuned")
     p.add_argument("--top-k", type=int, default=5, help="tokens listed per (layer, position) in --json")
     return p
 
@@ -90,14 +93,19 @@ def model_config(args, data_dir: Path) -> dict:
         return {}  # a hub name not yet downloaded: loading says what is wrong
 
 
-def load(args, data_dir: Path):
-    """``(model, tokenizer, prompt token ids)``; a prompt over the model's context is refused."""
+def load_model(args, data_dir: Path):
+    """``(model, tokenizer)``: the run's skip model with --run, else --model."""
     if args.run:
         from psilonet.training import loop as training
 
         model, tokenizer, _ = training.load_trained(Store(data_dir), args.run, data_dir=data_dir)
-    else:
-        model, tokenizer = modeling.load_model(args.model, data_dir)
+        return model, tokenizer
+    return modeling.load_model(args.model, data_dir)
+
+
+def load(args, data_dir: Path):
+    """``(model, tokenizer, prompt token ids)``; a prompt over the model's context is refused."""
+    model, tokenizer = load_model(args, data_dir)
     tokens = encode_prompt(tokenizer, args.prompt, chat=not args.no_chat)
     context = context_length(model)
     if len(tokens) > context:
@@ -112,10 +120,11 @@ def check_strength(name: str, value: float) -> None:
 
 def check_args(args) -> None:
     check_common(args)
-    if args.lens != "logit":
-        if args.lens == "tuned":
-            raise JobError("--lens: the tuned lens is not trained or available yet; use --lens logit")
-        raise JobError(f"--lens: one of {', '.join(lens_mod.LENSES)}, got {args.lens!r}")
+    if args.lens == "tuned" and not args.tuned:
+        raise JobError("--lens: the tuned lens is not trained or available here; train one with "
+                       "python -m jobs.tuned_lens and give its run with --tuned RUN")
+    if args.tuned and args.lens != "tuned":
+        raise JobError("--tuned: only with --lens tuned")
     if math.isnan(args.intensity) or not 0 <= args.intensity <= 1:
         raise JobError(f"--intensity: must be in [0, 1], got {args.intensity:g}")
     for name in ("fatigue", "hebbian"):
@@ -124,6 +133,25 @@ def check_args(args) -> None:
         raise JobError(f"--top-k: must be >= 1, got {args.top_k}")
     if args.seed < 0:
         raise JobError(f"--seed: must be >= 0, got {args.seed}")
+
+
+def tuned_run(args, data_dir: Path) -> Path:
+    """The stored lens of --tuned, checked (before any model loads) to be fitted to this model."""
+    store = Store(data_dir)
+    try:
+        stored = store.get_run(args.tuned)
+    except StoreError as exc:
+        raise JobError(f"--tuned: {exc}") from exc
+    if stored["kind"] != "tuned_lens" or stored["status"] != "complete":
+        raise JobError(f"--tuned: {args.tuned} is a {stored['status']} {stored['kind']} run, not a complete tuned-lens run")
+    fitted = stored["config"] or {}
+    if fitted.get("run") != args.run or (not args.run and fitted.get("model") != args.model):
+        what = f"run {fitted['run']}" if fitted.get("run") else f"model {fitted.get('model') or 'default'}"
+        raise JobError(f"--tuned: {args.tuned} was fitted to {what}; read that with it")
+    path = store.run_dir(args.tuned) / tuned_lens.WEIGHTS_FILE
+    if not path.is_file():
+        raise JobError(f"--tuned: run {args.tuned} has no {tuned_lens.WEIGHTS_FILE}; train it again")
+    return path
 
 
 def sides(args) -> list[dict]:
@@ -141,14 +169,21 @@ def main(argv: list[str] | None = None) -> int:
     check_args(args)
     data_dir = cli.data_dir(args.data_dir, writable=False)
     model_config(args, data_dir)
+    lens_path = tuned_run(args, data_dir) if args.tuned else None
     model, tokenizer, tokens = load(args, data_dir)
+    tuned = None
+    if lens_path is not None:
+        try:
+            tuned = tuned_lens.load(lens_path, model)
+        except ValueError as exc:
+            raise JobError(f"--tuned: run {args.tuned}: {exc}") from exc
     rows = sides(args)
     try:
         hooks = lens_mod.side_hooks(model, [r["intensity"] for r in rows], fatigue=[r["fatigue"] for r in rows],
                                     hebbian=[r["hebbian"] for r in rows], seed=args.seed)
     except ValueError as exc:
         raise JobError(f"--fatigue/--hebbian: {exc}") from exc
-    lens = lens_mod.logit_lens(model, [tokens] * len(rows), hooks=hooks, top_k=args.top_k)
+    lens = lens_mod.logit_lens(model, [tokens] * len(rows), hooks=hooks, top_k=args.top_k, tuned=tuned)
     decode = lambda i: tokenizer.decode([i])
     for r, side in enumerate(rows):
         records = lens_mod.records(lens, decode, row=r)

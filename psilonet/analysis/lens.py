@@ -36,7 +36,7 @@ from psilonet.generation import bio as bio_mod
 from psilonet.generation.perturb import Doser, DoseSpec
 from psilonet.model import forward
 
-LENSES = ("logit",)  # the tuned lens is not built yet
+LENSES = ("logit", "tuned")  # tuned: psilonet.analysis.tuned_lens
 
 
 @dataclass

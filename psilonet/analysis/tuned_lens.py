@@ -8,8 +8,8 @@ of the frozen model (base or skip), the mean over layers and positions of
 ``KL(p_L || p_l^tuned)`` (nats), the same divergence the logit lens reports as ``kl_final``.
 The model itself never changes: its states are computed once per batch without gradients.
 
-Only the library side exists so far: a job that trains it on the offline corpora, stores it as
-a run and serves ``--lens tuned`` is still to come.
+``python -m jobs.tuned_lens`` trains one on an offline corpus and stores it as a run
+(:data:`WEIGHTS_FILE` in the run's folder); ``python -m jobs.lens --lens tuned --tuned RUN`` reads it.
 """
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
+from mlx.utils import tree_flatten
 
 from psilonet.analysis.lens import layer_logprobs
 from psilonet.model import forward
+
+WEIGHTS_FILE = "tuned_lens.safetensors"
 
 
 class TunedLens(nn.Module):
@@ -43,6 +46,17 @@ class TunedLens(nn.Module):
         if l == len(self.translators):
             return h
         return h + self.translators[l](h)
+
+
+def load(path, model) -> TunedLens:
+    """The tuned lens saved at ``path`` for ``model``: ValueError if it was fitted to another shape."""
+    lens = TunedLens.for_model(model)
+    weights = mx.load(str(path))
+    expected = dict(tree_flatten(lens.parameters()))
+    if set(weights) != set(expected) or any(weights[k].shape != v.shape for k, v in expected.items()):
+        raise ValueError("the lens was fitted to a model of another shape")
+    lens.load_weights(list(weights.items()))
+    return lens
 
 
 def _kl_per_layer(model, lens: TunedLens | None, states: list[mx.array]) -> mx.array:
