@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
     data_dir = cli.data_dir(args.data_dir, writable=False)
-    model_config(args, data_dir)
     lens_path = tuned_run(args, data_dir) if args.tuned else None
+    model_config(args, data_dir)
     model, tokenizer, tokens = load(args, data_dir)
     tuned = None
     if lens_path is not None:

@@ -306,3 +306,28 @@ def test_bad_input_fails_before_any_model_loads(tmp_path, capsys):
     assert len(lines) == 3 and "--layer: 6 is out of range" in lines[0] and "--lens: the tuned lens" in lines[1]
     assert "--fatigue: must be in [0, 2], got 3" in lines[2]
     assert not (tmp_path / "data").exists()
+
+
+def test_tuned_lens_job_trains_a_run_that_the_lens_job_reads(tiny_model_dir, tmp_path, capsys):
+    from jobs import tuned_lens as tuned_job
+    from psilonet.store import Store
+
+    data = tmp_path / "data"
+    model = ["--model", str(tiny_model_dir), "--data-dir", str(data)]
+    assert tuned_job.main([*model, "--dataset", "smol-stories", "--seq-len", "16", "--train-samples", "8",
+                           "--val-samples", "4", "--steps", "6", "--lr", "3e-3", "--json", "--quiet"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["layer"] for r in rows] == list(range(6))
+    assert sum(r["kl_tuned"] for r in rows) < sum(r["kl_logit"] for r in rows)
+    run = Store(data).list_runs(kind="tuned_lens").run_id.iloc[0]
+    prompt = ["--prompt", "Hello there, friend", "--no-chat", "--json"]
+    assert lens_job.main([*model, *prompt]) == 0
+    logit = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lens_job.main([*model, *prompt, "--lens", "tuned", "--tuned", run]) == 0
+    tuned = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(tuned) == len(logit) and tuned[-1] == logit[-1]  # the last layer is read as it is
+    assert any(a["kl_final"] != b["kl_final"] for a, b in zip(tuned, logit))
+    assert lens_job.main(["--data-dir", str(data), *prompt, "--lens", "tuned", "--tuned", run]) == 2
+    assert lens_job.main([*model, *prompt, "--lens", "tuned", "--tuned", "tuned_lens-nope"]) == 2
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert len(err) == 2 and f"--tuned: {run} was fitted to model" in err[0] and "--tuned: unknown run id" in err[1]
