@@ -11,6 +11,7 @@ from mlx.utils import tree_flatten
 
 from jobs import attention as attention_job
 from jobs import lens as lens_job
+from jobs import tuned_lens as tuned_job
 from psilonet.analysis import attention as A
 from psilonet.analysis import lens as L
 from psilonet.analysis import tuned_lens as T
@@ -258,6 +259,11 @@ def test_attention_job_prints_one_object_per_head_and_position(tiny_model_dir, c
     (attention_job, ["--prompt", "Hi", "--layer", "1", "--fatigue", "-1"], "--fatigue: must be in [0, 2], got -1"),
     (attention_job, ["--prompt", "Hi", "--layer", "1", "--run", "train-nope"], "--run:"),
     (lens_job, ["--prompt", "Hi", "--run", "train-nope", "--model", "default"], "--model: --run train-nope reads"),
+    (lens_job, ["--prompt", "Hi", "--tuned", "tuned_lens-x"], "--tuned: only with --lens tuned"),
+    (tuned_job, ["--steps", "0"], "--steps: must be >= 1, got 0"),
+    (tuned_job, ["--seq-len", "1"], "--seq-len: must be >= 2, got 1"),
+    (tuned_job, ["--lr", "0"], "--lr: must be > 0, got 0"),
+    (tuned_job, ["--run", "train-nope"], "--run: unknown run id"),
 ])
 def test_bad_input_is_one_line(tiny_model_dir, tmp_path, capsys, job, argv, message):
     data = tmp_path / "data"
@@ -309,7 +315,6 @@ def test_bad_input_fails_before_any_model_loads(tmp_path, capsys):
 
 
 def test_tuned_lens_job_trains_a_run_that_the_lens_job_reads(tiny_model_dir, tmp_path, capsys):
-    from jobs import tuned_lens as tuned_job
     from psilonet.store import Store
 
     data = tmp_path / "data"
