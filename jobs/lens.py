@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         records = lens_mod.records(lens, decode, row=r)
         if args.json:
             for rec in records:
-                print(json.dumps({"row": r, **side, **rec}))
+                print(json.dumps({"row": r, "lens": args.lens, **side, **rec}))
             continue
         label = ", ".join(f"{k} {v:g}" for k, v in side.items() if v) or "sober"
         print(f"row {r} ({label}): top-1 token per layer (rows) and position (columns); at the last position, "

@@ -330,7 +330,9 @@ def test_tuned_lens_job_trains_a_run_that_the_lens_job_reads(tiny_model_dir, tmp
     logit = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lens_job.main([*model, *prompt, "--lens", "tuned", "--tuned", run]) == 0
     tuned = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(tuned) == len(logit) and tuned[-1] == logit[-1]  # the last layer is read as it is
+    assert {r["lens"] for r in tuned} == {"tuned"} and {r["lens"] for r in logit} == {"logit"}
+    same = lambda r: {k: v for k, v in r.items() if k != "lens"}
+    assert len(tuned) == len(logit) and same(tuned[-1]) == same(logit[-1])  # the last layer is read as it is
     assert any(a["kl_final"] != b["kl_final"] for a, b in zip(tuned, logit))
     assert lens_job.main(["--data-dir", str(data), *prompt, "--lens", "tuned", "--tuned", run]) == 2
     assert lens_job.main([*model, *prompt, "--lens", "tuned", "--tuned", "tuned_lens-nope"]) == 2
