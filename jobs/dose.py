@@ -7,8 +7,16 @@ with a "prompt" column); bad lines are skipped with a reason and the rest still 
 Bio-inspired interventions (--fatigue, --hebbian strengths) run beside the doses: every
 combination of an intensity and a fatigue and a Hebbian strength is one row of the batch.
 
+A steering vector (psilonet.generation.steering) runs beside them too: --steer-a/--steer-b (or
+their -file/-corpus forms, as in jobs.steer) give two prompt sets, the difference of their mean
+residual states after block --steer-layer is added after --steer-add-layers (default: that
+block), and every row above is taken at each --steer-strengths value (strength 0 = the row
+unsteered, bit for bit). The vector is stored with the run.
+
 Example: python -m jobs.dose --prompt "The nature of consciousness is" --intensities 0 0.1 0.2 0.3
          python -m jobs.dose --prompt "Write a poem about the sea." --intensities 0 --fatigue 0 1 --hebbian 0 1
+         python -m jobs.dose --prompt "My day was" --intensities 0 0.2 --steer-a "I love it." --steer-b "I hate it." \
+             --steer-layer 12 --steer-strengths 0 4 8
 """
 
 from __future__ import annotations
@@ -21,11 +29,15 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from jobs import cli
+from jobs import steer as steer_job
 from jobs.cli import JobParser, add_config_options, add_data_dir
 from psilonet import config
 from psilonet.files import path_problem
 from psilonet.generation.dose_config import DoseConfig
+from psilonet.generation import steering
 from psilonet.generation.dosing import run_doses
 from psilonet.generation.prompts import PromptFile, PromptFileError, context_check, context_length, parse_prompts
 from psilonet.model import loading as modeling
@@ -46,8 +58,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="a trained skip run id: generate with its skip model")
     p.add_argument("--dial", type=float, help="gate dial for a gated skip run (needs --run)")
     quantized.add_weights_option(p)
+    steer_job.add_set_options(p, prefix="steer-")
+    p.add_argument("--steer-layer", type=int, help="block whose output the steering vector is read from")
+    p.add_argument("--steer-add-layers", type=int, nargs="+", help="blocks it is added after (default: --steer-layer)")
+    p.add_argument("--steer-strengths", type=float, nargs="+", default=[0.0, 4.0],
+                   help="every dose row at each strength (0 = unsteered)")
     add_data_dir(p)
     return p
+
+
+def check_steering(args) -> tuple | None:
+    """The two prompt sets if steering was asked for (checked before the model loads), else None."""
+    if not steer_job.given_sets(args, "steer-"):
+        if args.steer_layer is not None or args.steer_add_layers:
+            raise cli.JobError("--steer-layer: needs the two prompt sets, --steer-a and --steer-b (or their "
+                               "-file/-corpus forms)")
+        return None
+    sets = tuple(steer_job.prompt_set(args, side, prefix="steer-") for side in ("a", "b"))
+    if args.steer_layer is None:
+        raise cli.JobError("--steer-layer: give the block to read the steering vector from")
+    for layer in [args.steer_layer, *(args.steer_add_layers or [])]:
+        if layer < 0:
+            raise cli.JobError(f"--steer-layer: {layer} is out of range (layers count from 0)")
+    try:
+        steering.check_strengths(args.steer_strengths)
+    except steering.SteeringError as exc:
+        raise cli.JobError(f"--steer-{exc}") from exc
+    return sets
 
 
 def load_prompts(args, tokenizer, context: int) -> PromptFile:
@@ -83,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         raise cli.JobError("--dial: needs --run (a training run with --gates); the base model has no gates")
     if args.run and args.model is not None:
         raise cli.JobError(f"--model: --run {args.run} generates with the run's own base model; drop --model")
+    steer_sets = check_steering(args)
     if args.run:
         try:
             stored = store.get_run(args.run)
@@ -102,13 +140,23 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = quantized.load_model(model_name, store.data_dir, weights=args.weights)
     context = context_length(model)
     prompts = load_prompts(args, tokenizer, context)
+    steer, steer_config = None, {}
+    if steer_sets is not None:
+        add_layers = args.steer_add_layers or [args.steer_layer]
+        vector = steer_job.build_vector(model, tokenizer, steer_sets, args.steer_layer, add_layers,
+                                        seed=cfg.seeds[0], data_dir=store.data_dir, prefix="steer-")
+        steer = steering.Steering(vector, args.steer_layer, tuple(add_layers), tuple(args.steer_strengths))
+        steer_config = {"steering": {"layer": args.steer_layer, "add_layers": add_layers,
+                                     "strengths": list(args.steer_strengths),
+                                     "a": steer_sets[0][0] or steer_sets[0][1], "b": steer_sets[1][0] or steer_sets[1][1],
+                                     "vector_norm": float(np.linalg.norm(vector))}}
 
     if prompts.skipped:
         print(prompts.report(), file=sys.stderr)
     run_config = {"model": model_name, "weights": args.weights, "skip_run": args.run, "dial": args.dial, "prompts": len(prompts.prompts),
-                  "skipped": [f"line {n}: {why}" for n, why in prompts.skipped]}
+                  "skipped": [f"line {n}: {why}" for n, why in prompts.skipped], **steer_config}
     run_id, _ = run_doses(store, model, tokenizer, prompts.prompts, cfg, run_config=run_config, model_name=model_name,
-                          dataset=args.prompts_file or "command line", parent=args.run)
+                          dataset=args.prompts_file or "command line", parent=args.run, steer=steer)
     print(f"\nrun {run_id}")
     return 0
 

@@ -44,10 +44,7 @@ CORPUS_WINDOWS, CORPUS_TOKENS = 16, 64
 def build_parser() -> argparse.ArgumentParser:
     p = JobParser(prog="python -m jobs.steer", description=__doc__,
                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    for side in ("a", "b"):
-        p.add_argument(f"--{side}", action="append", default=[], help=f"a prompt of set {side.upper()} (repeatable)")
-        p.add_argument(f"--{side}-file", help=f"a file of set {side.upper()}'s prompts")
-        p.add_argument(f"--{side}-corpus", help=f"set {side.upper()} = {CORPUS_WINDOWS} windows of this corpus")
+    add_set_options(p)
     p.add_argument("--layer", type=int, required=True, help="block whose output the vector is read from")
     p.add_argument("--add-layers", type=int, nargs="+", help="blocks the vector is added after (default: --layer)")
     p.add_argument("--strengths", type=float, nargs="+", default=[0.0, 4.0, 8.0], help="one row each (0 = sober)")
@@ -64,28 +61,68 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def prompt_set(args, side: str) -> tuple[list[str] | None, str | None]:
+def add_set_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The two prompt sets' options, ``--{prefix}a``/``-file``/``-corpus`` and the same for b
+    (``jobs.dose`` takes them with the prefix ``steer-``)."""
+    for side in ("a", "b"):
+        opt, name = f"{prefix}{side}", side.upper()
+        p.add_argument(f"--{opt}", action="append", default=[], help=f"a prompt of set {name} (repeatable)")
+        p.add_argument(f"--{opt}-file", help=f"a file of set {name}'s prompts")
+        p.add_argument(f"--{opt}-corpus", help=f"set {name} = {CORPUS_WINDOWS} windows of this corpus")
+
+
+def given_sets(args, prefix: str = "") -> bool:
+    """Whether any option of either prompt set was given."""
+    dest = prefix.replace("-", "_")
+    return any(getattr(args, f"{dest}{side}{end}") for side in ("a", "b") for end in ("", "_file", "_corpus"))
+
+
+def prompt_set(args, side: str, prefix: str = "") -> tuple[list[str] | None, str | None]:
     """(texts, corpus name): the texts of a side's prompts/file, or the corpus to read later."""
-    texts, file, corpus = getattr(args, side), getattr(args, f"{side}_file"), getattr(args, f"{side}_corpus")
+    opt, dest = f"{prefix}{side}", f"{prefix.replace('-', '_')}{side}"
+    texts, file, corpus = getattr(args, dest), getattr(args, f"{dest}_file"), getattr(args, f"{dest}_corpus")
     given = [x for x in (texts, file, corpus) if x]
     name = side.upper()
     if len(given) != 1:
-        raise JobError(f"--{side}: give set {name} once, as --{side} TEXT, --{side}-file FILE or --{side}-corpus NAME")
+        raise JobError(f"--{opt}: give set {name} once, as --{opt} TEXT, --{opt}-file FILE or --{opt}-corpus NAME")
     if corpus:
         corpora.check_name(corpus)
         return None, corpus
     if file:
         path = Path(file)
         if not path.is_file():
-            raise JobError(f"--{side}-file: {path} does not exist")
+            raise JobError(f"--{opt}-file: {path} does not exist")
         try:
             texts = [t for _, t in parse_prompts(path.read_bytes(), path.name).prompts]
         except PromptFileError as exc:
-            raise JobError(f"--{side}-file: {exc}") from exc
+            raise JobError(f"--{opt}-file: {exc}") from exc
     texts = [t for t in texts if t.strip()]
     if not texts:
-        raise JobError(f"--{side}: prompt set {name} is empty")
+        raise JobError(f"--{opt}: prompt set {name} is empty")
     return texts, None
+
+
+def set_texts(tokenizer, side: tuple[list[str] | None, str | None], *, seed: int, data_dir) -> list[str]:
+    """A :func:`prompt_set`'s texts, reading a corpus's windows (decoded to text) where it named one."""
+    own, corpus = side
+    if corpus is None:
+        return own
+    wins = corpora.load_windows(tokenizer, corpus, seq_len=CORPUS_TOKENS, n_train=0, n_val=CORPUS_WINDOWS,
+                                seed=seed, data_dir=data_dir).val
+    return [tokenizer.decode(list(w)) for w in wins]
+
+
+def build_vector(model, tokenizer, sets, layer: int, add_layers: list[int], *, seed: int, data_dir,
+                 prefix: str = ""):
+    """The difference of means at ``layer`` between the two :func:`prompt_set` s, checked for
+    ``add_layers``; a bad set or layer is a :class:`JobError` naming the ``--{prefix}`` option."""
+    try:
+        vector = steering.steering_vector(model, tokenizer, *(set_texts(tokenizer, s, seed=seed, data_dir=data_dir)
+                                                              for s in sets), layer)
+        steering.check_vector(vector, model, add_layers)
+    except steering.SteeringError as exc:
+        raise JobError(f"--{prefix}{exc}") from exc
+    return vector
 
 
 def check_args(args) -> None:
@@ -113,19 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = modeling.load_model(args.model, store.data_dir)
     layers = args.add_layers or [args.layer]
 
-    def texts(side):
-        own, corpus = side
-        if corpus is None:
-            return own
-        wins = corpora.load_windows(tokenizer, corpus, seq_len=CORPUS_TOKENS, n_train=0, n_val=CORPUS_WINDOWS,
-                                    seed=args.seed, data_dir=store.data_dir).val
-        return [tokenizer.decode(list(w)) for w in wins]
-
-    try:
-        vector = steering.steering_vector(model, tokenizer, texts(sets[0]), texts(sets[1]), args.layer)
-        steering.check_vector(vector, model, layers)
-    except steering.SteeringError as exc:
-        raise JobError(f"--{exc}") from exc
+    vector = build_vector(model, tokenizer, sets, args.layer, layers, seed=args.seed, data_dir=store.data_dir)
     costs = []
     if args.eval_windows:
         wins = corpora.load_windows(tokenizer, args.eval_corpus, seq_len=CORPUS_TOKENS + 1, n_train=0,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from psilonet.generation import prompts
 from psilonet.store import Store
 
 from conftest import open_app_page
@@ -147,7 +148,9 @@ def test_good_dose_link_values_are_used_without_warnings(tmp_path, monkeypatch):
     assert at.slider[0].value == 0.45 and at.multiselect[1].value == ["noise", "bleed"]
     assert at.multiselect[0].value == ["micro-dose", "double dose"]
     uploader = at.get("file_uploader")[0].proto
-    assert uploader.max_upload_size_mb == 1 and "1 MB and 1,000 prompts" in uploader.label  # the real limits
+    assert "1 MB and 1,000 prompts" in uploader.label  # the real limits
+    # The browser lets a file over the limit through, so that the page can refuse it inline.
+    assert uploader.max_upload_size_mb * 1_000_000 > prompts.MAX_BYTES
 
 
 def test_runs_page_shows_the_selected_run_and_opens_a_dose_run(filled, monkeypatch):
@@ -218,9 +221,20 @@ def test_a_request_over_the_work_bound_is_refused_before_any_work(filled, monkey
 def test_a_refused_upload_blocks_generation_and_skipped_lines_are_listed(tmp_path, monkeypatch):
     monkeypatch.setenv("PSILONET_DATA", str(tmp_path))
     at = open_page("dose")
-    at.get("file_uploader")[0].set_value(("bad.txt", b"\x00\x01binary", "text/plain")).run()
-    assert at.error and "binary" in at.error[0].value
-    assert not [b for b in at.button if b.label in ("Generate",) or b.label.startswith("Run all")]
+    def generate_buttons():
+        return [b for b in at.button if b.label in ("Generate",) or b.label.startswith("Run all")]
+
+    assert generate_buttons()  # the typed default prompt can run
+    refusals = [("bad.txt", b"\x00\x01binary", "binary"), ("empty.txt", b"", "empty"),
+                ("latin.txt", "caf\u00e9\n".encode("latin-1"), "not UTF-8"),
+                ("big.txt", b"a prompt\n" * (prompts.MAX_BYTES // 9 + 1), "the limit is 1,000,000")]
+    for name, data, why in refusals:
+        at.get("file_uploader")[0].set_value((name, data, "text/plain")).run()
+        assert at.error and why in at.error[0].value and name in at.error[0].value, (name, at.error)
+        assert not generate_buttons(), name  # the typed prompt does not run instead
+        assert any("Remove or fix the prompts file" in i.value for i in at.info)
+    at.get("file_uploader")[0].set_value(None).run()  # removed: the typed prompt can run again
+    assert not at.error and generate_buttons()
     at.get("file_uploader")[0].set_value(("p.jsonl", b'{"prompt": "a"}\nnot json\n{"x": 1}\n', "application/json")).run()
     warning = at.warning[0].value
     assert "- line 2:" in warning and "\n- line 3:" in warning  # one list item per skipped line
@@ -296,3 +310,15 @@ def test_empty_states_name_the_command_that_fills_them(tmp_path, monkeypatch):
     assert "jobs.bio_eval --windows" in helpers.fill_hint(("bio_eval",), runs)  # the job itself, not "make demo"
     assert "jobs.dose --prompt" in helpers.fill_hint(("dose",), runs)
 
+    assert "jobs.ablate --run train-b" in helpers.fill_hint(("ablation",), runs)
+    only_capture = helpers.fill_hint(("ablation",), runs[runs.kind == "capture"])
+    assert "jobs.train" in only_capture and "jobs.ablate" in only_capture and "make demo" not in only_capture
+    # "make demo" is named only for the kinds it really makes (the steps of jobs.demo.main).
+    import inspect
+    import re
+
+    from jobs import demo
+
+    assert set(re.findall(r'step\("(\w+)"', inspect.getsource(demo.main))) == set(helpers.DEMO_KINDS)
+    assert "make demo makes one too" in helpers.fill_hint(("bio_eval",), runs).replace("`", "")
+    assert "every kind" not in " ".join(helpers.fill_hint((k,), runs) for k in ("bio_eval", "dose", "ablation"))

@@ -308,8 +308,10 @@ def test_cross_layer_heatmap():
     rows = rows_with(spec, "layer_b")
     assert len(rows) == (N_LAYERS + 1) ** 2
     assert spec["encoding"]["color"]["scale"]["domain"] == [0.0, 1.0]
-    assert spec["encoding"]["x"]["field"] == "layer_b" and spec["encoding"]["x"]["title"] == "trained layer"
-    assert spec["encoding"]["y"]["field"] == "layer" and spec["encoding"]["y"]["title"] == "baseline layer"
+    assert spec["encoding"]["x"]["field"] == "layer_b"
+    assert spec["encoding"]["x"]["title"] == "trained state (0 = embeddings)"  # residual states, not blocks
+    assert spec["encoding"]["y"]["field"] == "layer"
+    assert spec["encoding"]["y"]["title"] == "baseline state (0 = embeddings)"
     assert min(r["value"] for r in rows) == pytest.approx(1.0 / (1 + N_LAYERS) - 0.2)
 
 
@@ -385,6 +387,18 @@ def test_trajectory_chart():
     assert points["size"]["field"] == "layer" and points["size"]["type"] == "quantitative"
     tags = {r["tag"] for r in rows_with(spec, "tag")}
     assert tags == {"", "L0", "L6"}  # start and end labelled, by a filter on the path rows
+
+
+def test_trajectory_end_labels_that_would_overlap_are_drawn_once():
+    paths = paths_frame()
+    # Every trained path ends where its baseline path ends: one "L6" per token, not two.
+    last = paths.layer == paths.layer.max()
+    paths.loc[last & (paths.side == "trained"), "pc2"] = 0.0
+    rows = rows_with(spec_of(charts.trajectory_chart(paths, variance_frame(), "token")), "tag")
+    ends = [(r["pc1"], r["pc2"]) for r in rows if r["tag"] == "L6"]
+    assert len(ends) == 4 and len(set(ends)) == 4  # tokens 1 apart on PC1 keep their own labels
+    apart = rows_with(spec_of(charts.trajectory_chart(paths_frame(), variance_frame(), "token")), "tag")
+    assert sum(r["tag"] == "L6" for r in apart) == 8  # ends far apart keep every label
 
 
 def test_trajectory_chart_filters_units_and_sources():
@@ -481,7 +495,8 @@ def test_entropy_heatmap():
     assert len(rows) == 3 * 8
     assert "next-token entropy (bits)" in title_text(spec)
     assert spec["encoding"]["x"]["field"] == "pos" and spec["encoding"]["x"]["type"] == "ordinal"
-    assert spec["encoding"]["y"]["type"] == "ordinal" and spec["encoding"]["y"]["sort"] == ["0", "0.5", "1"]
+    assert spec["encoding"]["y"]["type"] == "ordinal"
+    assert spec["encoding"]["y"]["sort"] == ["0 (sober)", "0.5", "1"]  # presets named
     assert {t["field"] for t in spec["encoding"]["tooltip"]} >= {"token_text", "entropy"}
     assert isinstance(spec["width"], int)
     assert spec["height"] >= 20 * 3  # rows tall enough to read
@@ -496,7 +511,7 @@ def test_dose_overview_one_row_per_prompt():
     rows = rows_with(spec, "mean_entropy")
     assert len(rows) == 6  # seeds averaged
     assert spec["encoding"]["y"]["sort"][0].startswith("1. prompt <1>") and spec["height"] >= 3 * 20
-    assert spec["encoding"]["x"]["sort"] == ["0", "0.2"]
+    assert spec["encoding"]["x"]["sort"] == ["0 (sober)", "0.2 (dose)"]  # the number, then the preset
 
 
 def test_entropy_heatmap_shared_intensity_and_limit():
@@ -543,3 +558,45 @@ def test_empty_frames_still_give_specs():
                   charts.entropy_heatmap(tokens_frame().iloc[0:0]),
                   charts.layer_entropy_profile(pd.DataFrame(columns=["intensity", "layer", "entropy"]))):
         spec_of(chart)
+
+
+# --------------------------------------------------------------------------- charts name what they show
+
+
+def test_layer_axes_say_whether_they_count_states_or_blocks():
+    sim = sim_frame()
+    curve = spec_of(charts.layer_similarity_curve(sim[sim.view == "layer"], "cka"))
+    assert charts.STATES_AXIS in titles(curve) and "0 = embeddings" in charts.STATES_AXIS
+    heads = spec_of(charts.head_heatmap(sim, "cka", "run-a", (0, 1)))
+    assert heads["encoding"]["y"]["title"] == charts.BLOCKS_AXIS  # heads live in blocks
+    assert "block" in charts.BLOCKS_AXIS and "embeddings" not in charts.BLOCKS_AXIS
+    taps = spec_of(charts.tap_weight_heatmap(taps_frame(3)))
+    assert taps["encoding"]["y"]["title"] == charts.BLOCKS_AXIS
+    assert all(spec_of(p)["encoding"]["y"]["title"] == charts.BLOCKS_AXIS
+               for p in charts.tap_weight_panels(taps_frame(3)))
+
+
+def test_the_novelty_table_is_titled_with_its_window_and_metric():
+    title = charts.novelty_title("svcca", 3, 7)
+    assert charts.METRIC_TITLES["svcca"] in title and "3–7" in title and "0 = embeddings" in title
+    assert charts.novelty_title("cka", 3, 7) != title
+
+
+def test_the_outlier_threshold_is_in_the_legend_with_its_ratio():
+    stats = pd.DataFrame([(side, layer, 1.0 + layer, 5.0, 40.0, 10.0 * (1.0 + layer), layer)
+                          for side in ("baseline", "trained") for layer in range(3)],
+                         columns=list(charts.NORM_COLUMNS))
+    spec = spec_of(charts.token_norm_profile(stats, "capture-x"))
+    colour = spec["encoding"]["color"]
+    assert colour["scale"]["domain"][-1] == "outlier threshold (10x median)"
+    assert colour["scale"]["range"][-1] == "#999999" and "legend" in colour  # drawn, and named in the legend
+    assert {r["statistic"] for r in rows_with(spec, "statistic")} == set(colour["scale"]["domain"])
+    assert [r["norm"] for r in rows_with(spec, "statistic") if r["statistic"].startswith("outlier")] == \
+        [10.0, 20.0, 30.0] * 2
+
+
+def test_intensities_show_their_number_and_preset_name():
+    gens = pd.DataFrame([(1, "p", i, 1.0 + i) for i in (0.0, 0.1, 0.3, 0.45)],
+                        columns=["prompt_line", "prompt", "intensity", "mean_entropy"])
+    sort = spec_of(charts.dose_overview(gens))["encoding"]["x"]["sort"]
+    assert sort == ["0 (sober)", "0.1 (micro-dose)", "0.3 (double dose)", "0.45"]

@@ -59,3 +59,69 @@ def test_default_model_sober_dose_equals_plain_greedy(default_model):
     results = generate_doses(model, tokenizer, prompt, [0.0, 0.3], sampling=cfg)
     assert results[0].text == plain and "Paris" in plain
     assert results[1].mean_entropy > results[0].mean_entropy
+
+
+# ------------------------------------------------------------------ steering rows (--steer-*)
+
+STEER = ["--steer-a", "a happy sunny day", "--steer-a", "joy and light", "--steer-b", "a sad dark night",
+         "--steer-layer", "2"]
+
+
+def test_steering_rows_beside_the_doses_and_strength_zero_is_the_plain_row(tiny_model_dir, tmp_path, capsys):
+    from psilonet.generation import steering
+    from psilonet.model import loading
+    from psilonet.store import tables as T
+
+    common = ["--model", str(tiny_model_dir), "--prompt", "Once upon a time", "--intensities", "0", "0.3",
+              "--max-tokens", "6", "--no-chat"]
+    steered_dir, plain_dir = tmp_path / "steered", tmp_path / "plain"
+    assert dose_job.main([*common, *STEER, "--steer-add-layers", "2", "3", "--steer-strengths", "0", "6",
+                          "--data-dir", str(steered_dir)]) == 0
+    assert "intensity 0.3 + steering 6 |" in capsys.readouterr().out
+    assert dose_job.main([*common, "--data-dir", str(plain_dir)]) == 0
+    store = Store(steered_dir)
+    run = store.list_runs(kind="dose").iloc[0]
+    with store.open_run(run.run_id) as reader:
+        gens, tokens = reader.generations(), reader.token_entropy()
+        rows, vector = reader.rows(T.STEERING_ROWS), reader.rows(T.STEERING_VECTOR)
+    plain = Store(plain_dir)
+    with plain.open_run(plain.list_runs(kind="dose").run_id.iloc[0]) as reader:
+        plain_tokens = reader.token_entropy()
+    # every dose row at every strength, strengths fastest: (0, 0), (0, 6), (0.3, 0), (0.3, 6)
+    assert list(gens.sort_values("gen_id").intensity) == [0.0, 0.0, 0.3, 0.3]
+    assert list(rows.strength) == [0.0, 6.0, 0.0, 6.0]
+    for steered_gen, plain_gen in ((0, 0), (2, 1)):  # strength 0: the plain row, bit for bit
+        a = tokens[tokens.gen_id == steered_gen].reset_index(drop=True)
+        b = plain_tokens[plain_tokens.gen_id == plain_gen].reset_index(drop=True)
+        assert list(a.token_id) == list(b.token_id) and list(a.entropy) == list(b.entropy)
+    assert list(tokens[tokens.gen_id == 1].entropy) != list(tokens[tokens.gen_id == 0].entropy)
+    model, tokenizer = loading.load_model(str(tiny_model_dir), tmp_path)
+    want = steering.steering_vector(model, tokenizer, ["a happy sunny day", "joy and light"], ["a sad dark night"], 2)
+    assert set(vector.layer) == {2} and vector.value.to_numpy() == pytest.approx(want, abs=1e-6)
+    assert run.summary["generations"] == 4 and "mean_entropy@0.3+steer6" in run.summary
+    assert run.config["steering"]["add_layers"] == [2, 3]
+
+
+@pytest.mark.parametrize("argv, message, loads", [
+    (["--steer-a", "x", "--steer-layer", "1"], "--steer-b: give set B once", False),
+    (["--steer-a-file", "blank.txt", "--steer-b", "y", "--steer-layer", "1"], "--steer-a-file: blank.txt is empty", False),
+    (["--steer-a", "x", "--steer-b-file", "nope.txt", "--steer-layer", "1"], "nope.txt does not exist",
+     False),
+    (["--steer-a", "x", "--steer-b", "y"], "--steer-layer: give the block", False),
+    (["--steer-layer", "1"], "--steer-layer: needs the two prompt sets", False),
+    (["--steer-a", "x", "--steer-b", "y", "--steer-layer", "-1"], "--steer-layer: -1 is out of range", False),
+    (["--steer-a", "x", "--steer-b", "y", "--steer-layer", "1", "--steer-strengths", "1000"],
+     "--steer-strengths: each must be in [-64, 64], got 1000", False),
+    (["--steer-a", "x", "--steer-b", "y", "--steer-layer", "9"], "--steer-layer: 9 is out of range", True),
+    (["--steer-a", "x", "--steer-b", "y", "--steer-layer", "1", "--steer-add-layers", "7"],
+     "--steer-layers: 7 is out of range", True),
+])
+def test_steering_bad_input_is_one_line_and_writes_nothing(tiny_model_dir, tmp_path, capsys, argv, message, loads):
+    # Checks that need no model run with a model folder that does not exist: they come first.
+    model = str(tiny_model_dir) if loads else str(tmp_path / "no-such-model")
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    argv = [str(tmp_path / a) if a.endswith(".txt") else a for a in argv]
+    assert dose_job.main(["--model", model, "--prompt", "Hi", "--no-chat", "--data-dir", str(tmp_path), *argv]) == 2
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert len(lines) == 1 and message in lines[0], lines
+    assert Store(tmp_path).list_runs().empty

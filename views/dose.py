@@ -111,7 +111,10 @@ def generate_view() -> None:
         upload = None if not serving.allows_upload() else st.file_uploader(
             f"Prompts file: .txt (one per line), .jsonl (\"prompt\" key) or .csv (prompt column); at most "
             f"{prompts.MAX_BYTES / 1e6:g} MB and {prompts.MAX_PROMPTS:,} prompts",
-            type=["txt", "jsonl", "csv"], max_upload_size=1)
+            # The widget's own limit is the server's (.streamlit/config.toml), well above MAX_BYTES: a
+            # file the browser refuses never reaches the page (only an icon says why, and the typed
+            # prompt would run), so files up to that size arrive and are refused here, inline.
+            type=["txt", "jsonl", "csv"])
         file_prompts, file_failed = None, False
         if upload is not None:
             try:

@@ -7,6 +7,7 @@ import streamlit as st
 from psilonet.analysis import representation as rep
 from psilonet.app import charts, layout
 from psilonet.app import helpers as app
+from psilonet.app import old_runs
 
 METRICS = charts.METRIC_TITLES
 
@@ -25,9 +26,7 @@ if run is not None:
              f"the tokens whose norm exceeds {rep.SINK_RATIO:g}x the layer's median at any layer.")
     sim = app.read(run.name, "similarity", None, None, representation)
     if sim is not None and sim.empty:
-        st.info(f"This analysis has no results under the {representation} representation; analyses made before "
-                "representations existed hold none. Re-analyse its captures with "
-                f"`.venv/bin/python -m jobs.analyze --captures {' '.join(app.config_of(run).get('captures', []))}`.")
+        old_runs.no_results_under(run, representation, "results")
     elif sim is not None:
         sources = list(dict.fromkeys(sim.source))
         names = {s: f"{s} · {sim[sim.source == s].dataset.iloc[0]}" for s in sources}
@@ -47,6 +46,7 @@ if run is not None:
         if not per_layer.empty:
             curve = partial(charts.layer_similarity_curve, per_layer, metric, representation)
             app.chart(("similarity-curve", run.name, representation, metric, picked), curve, width="stretch")
+            st.markdown(f"**{charts.novelty_title(metric, *window)}**")
             st.dataframe(charts.novelty_stats(per_layer, metric, *window), hide_index=True)
             exported.append((f"{METRICS[metric]} per layer ({representation})", curve))
         else:

@@ -7,6 +7,7 @@ import streamlit as st
 from psilonet.analysis import representation as rep
 from psilonet.app import charts
 from psilonet.app import helpers as app
+from psilonet.app import old_runs
 
 UNITS = ["token", "sequence"]
 # Each unit keeps its own selection in the URL, so that switching unit never reuses token ids.
@@ -25,9 +26,7 @@ if run is not None:
     paths = app.read(run.name, "trajectories", representation)
     variance = app.read(run.name, "pca_variance", representation)
     if paths is not None and variance is not None and paths.empty:
-        st.info(f"This analysis has no trajectories under the {representation} representation; analyses made "
-                "before representations existed hold none. Re-analyse its captures with "
-                f"`.venv/bin/python -m jobs.analyze --captures {' '.join(app.config_of(run).get('captures', []))}`.")
+        old_runs.no_results_under(run, representation, "trajectories")
     elif paths is not None and variance is not None:
         sources = list(dict.fromkeys(paths.source))
         source = st.selectbox("Capture", sources, index=sources.index(app.param("source", sources[0], str, sources)))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-from psilonet.app.charts import _heatmap, _int_column, _require, _title
+from psilonet.app.charts import BLOCKS_AXIS, _heatmap, _int_column, _require, _title
 
 POOL_COLUMNS = ("label", "layer", "head", "level", "attended")
 FAST_NORM_COLUMNS = ("label", "layer", "norm")
@@ -41,7 +41,7 @@ def fast_norm_chart(norms: pd.DataFrame) -> alt.Chart:
     data = data[data["norm"] > 0]
     data["layer"] = _int_column(data["layer"])
     return alt.Chart(data.reset_index(drop=True)).mark_line(point=True).encode(
-        x=alt.X("layer:Q", title="layer", axis=alt.Axis(tickMinStep=1)),
+        x=alt.X("layer:Q", title=BLOCKS_AXIS, axis=alt.Axis(tickMinStep=1)),
         y=alt.Y("norm:Q", title="|W_fast| (Frobenius)", scale=alt.Scale(type="log")),
         color=alt.Color("label:N", title="generation", legend=alt.Legend(labelLimit=0)),
         tooltip=[alt.Tooltip("label:N", title="generation"), alt.Tooltip("layer:Q"),

@@ -27,6 +27,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from psilonet.generation.perturb import PRESETS as DOSE_PRESETS
 from psilonet.store import tables as T
 
 __all__ = [
@@ -96,6 +97,12 @@ PAGE_WIDTH = 780
 NATURAL_SIZE = alt.AutoSizeParams(type="pad", contains="padding")
 
 # --------------------------------------------------------------------------- helpers
+
+
+#: Layer axes say what they count: residual states (0 = the embeddings, L = the last block's
+#: output) or transformer blocks (0 = the first block; heads and skip taps live in blocks).
+STATES_AXIS = "layer (states, 0 = embeddings)"
+BLOCKS_AXIS = "block (0 = first block)"
 
 
 def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
@@ -345,7 +352,7 @@ def layer_similarity_curve(sim: pd.DataFrame, metric: str, representation: str |
     domain = [lo - pad, hi + pad]
     name = _metric_title(metric)
     line = alt.Chart(data[["series", "layer", "value"]]).mark_line(point=True).encode(
-        x=alt.X("layer:Q", title="layer (0 = embeddings)", axis=alt.Axis(tickMinStep=1, format="d")),
+        x=alt.X("layer:Q", title=STATES_AXIS, axis=alt.Axis(tickMinStep=1, format="d")),
         y=alt.Y("value:Q", title=name, scale=alt.Scale(domain=domain, nice=False)),
         color=alt.Color("series:N", title="source (dataset)",
                         legend=alt.Legend(orient="bottom", columns=1, labelLimit=0, titleLimit=0)),
@@ -401,7 +408,7 @@ def head_heatmap(sim: pd.DataFrame, metric: str, source: str,
     value on the scale ``domain`` (default: :func:`similarity_domain` over every source, so two
     heatmaps side by side are comparable). ``max_width`` bounds the plot's width in pixels (square
     cells shrink, down to 8 px) so that several fit side by side on the page."""
-    return _source_heatmap(sim, "head", metric, source, domain, "head", "head", "layer",
+    return _source_heatmap(sim, "head", metric, source, domain, "head", "head", BLOCKS_AXIS,
                            f"{_metric_title(metric)} per head", "head_heatmap", representation, max_width)
 
 
@@ -411,8 +418,9 @@ def cross_layer_heatmap(sim: pd.DataFrame, source: str, domain: tuple[float, flo
     """CKA of every baseline layer (y) against every trained layer (x) for one ``source``; colour on
     the scale ``domain`` (default: :func:`similarity_domain` over every source); ``max_width`` as
     in :func:`head_heatmap`."""
-    return _source_heatmap(sim, "cross_layer", metric, source, domain, "layer_b", "trained layer",
-                           "baseline layer", f"Cross-layer {_metric_title(metric)}: baseline vs trained",
+    return _source_heatmap(sim, "cross_layer", metric, source, domain, "layer_b",
+                           "trained state (0 = embeddings)", "baseline state (0 = embeddings)",
+                           f"Cross-layer {_metric_title(metric)}: baseline vs trained",
                            "cross_layer_heatmap", representation, max_width)
 
 
@@ -488,35 +496,53 @@ def novelty_stats(sim: pd.DataFrame, metric: str, start: int, end: int) -> pd.Da
     return out[["source", "dataset", "mean", "min", "max"]].sort_values("source").reset_index(drop=True)
 
 
-def token_norm_profile(stats: pd.DataFrame, source: str | None = None) -> alt.LayerChart:
-    """The outlier diagnostic of a capture: per layer the median, p99 and max token norm (log
-    scale; colour = statistic, baseline solid, trained dashed) and the outlier threshold (grey).
+#: Colours of the token-norm statistics; the outlier threshold is grey, beside them in the legend.
+_NORM_COLOURS = {"max": "#d62728", "p99": "#ff7f0e", "median": "#1f77b4"}
+_THRESHOLD_COLOUR = "#999999"
+
+
+def threshold_label(stats: pd.DataFrame) -> str:
+    """The outlier threshold as the legend names it, with its ratio to the layer's median as
+    stored (e.g. "outlier threshold (10x median)")."""
+    ratio = (stats["threshold"] / stats["median"]).replace([np.inf, -np.inf], np.nan).dropna()
+    return f"outlier threshold ({ratio.median():.3g}x median)" if len(ratio) else "outlier threshold"
+
+
+def token_norm_profile(stats: pd.DataFrame, source: str | None = None) -> alt.Chart:
+    """The outlier diagnostic of a capture: per layer the median, p99 and max token norm and the
+    outlier threshold (log scale; colour = statistic, the threshold grey and named in the legend
+    with its ratio to the median; baseline solid, trained dashed).
 
     ``stats`` is ``RunReader.norm_stats()`` (side, layer, median, p99, max, threshold, n_over)."""
     _require(stats, NORM_COLUMNS, "token_norm_profile")
-    long = stats.melt(id_vars=["side", "layer", "n_over"], value_vars=["median", "p99", "max"],
-                      var_name="statistic", value_name="norm").dropna(subset=["norm"])
+    limit = threshold_label(stats)
+    long = stats.rename(columns={"threshold": limit}).melt(
+        id_vars=["side", "layer", "n_over"], value_vars=[*_NORM_COLOURS, limit],
+        var_name="statistic", value_name="norm").dropna(subset=["norm"])
     long["layer"] = _int_column(long["layer"])
     long["n_over"] = _int_column(long["n_over"])
-    x = alt.X("layer:Q", title="layer (0 = embeddings)", axis=alt.Axis(tickMinStep=1, format="d"))
+    x = alt.X("layer:Q", title=STATES_AXIS, axis=alt.Axis(tickMinStep=1, format="d"))
     y = alt.Y("norm:Q", title="token norm (log scale)", scale=alt.Scale(type="log"))
     dash = alt.StrokeDash("side:N", title="side", scale=alt.Scale(domain=list(SIDES), range=[[1, 0], [5, 3]]))
-    lines = alt.Chart(long).mark_line(point=True).encode(
-        x=x, y=y, strokeDash=dash,
-        color=alt.Color("statistic:N", title="token norm", sort=["max", "p99", "median"],
-                        legend=alt.Legend(orient="bottom", labelLimit=0)),
+    colour = alt.Color("statistic:N", title="token norm",
+                       scale=alt.Scale(domain=[*_NORM_COLOURS, limit],
+                                       range=[*_NORM_COLOURS.values(), _THRESHOLD_COLOUR]),
+                       legend=alt.Legend(orient="bottom", labelLimit=0))
+    return alt.Chart(long).mark_line(point=True).encode(
+        x=x, y=y, strokeDash=dash, color=colour,
         tooltip=[alt.Tooltip("side:N"), alt.Tooltip("layer:Q"), alt.Tooltip("statistic:N"),
-                 alt.Tooltip("norm:Q", format=",.1f"), alt.Tooltip("n_over:Q", title="tokens over threshold")])
-    threshold = stats[["side", "layer", "threshold"]].dropna().copy()
-    threshold["layer"] = _int_column(threshold["layer"])
-    rule = alt.Chart(threshold).mark_line(color="#999", strokeWidth=1).encode(
-        x=x, y=alt.Y("threshold:Q", scale=alt.Scale(type="log")), strokeDash=dash,
-        tooltip=[alt.Tooltip("layer:Q"), alt.Tooltip("threshold:Q", format=",.1f", title="outlier threshold")])
-    return alt.layer(rule, lines).properties(
+                 alt.Tooltip("norm:Q", format=",.1f"), alt.Tooltip("n_over:Q", title="tokens over threshold")],
+    ).properties(
         title=_title("Token norms per layer (outlier diagnostic)",
-                     ([source] if source else []) + ["median, 99th percentile and largest token norm; "
-                                                     "grey: the outlier threshold"]),
+                     ([source] if source else []) + ["median, 99th percentile and largest token norm, "
+                                                     "and the outlier threshold"]),
         width="container", height=320, autosize=_FIT_WIDTH)
+
+
+def novelty_title(metric: str, start: int, end: int) -> str:
+    """The heading of the novelty-window table: its window (states, 0 = embeddings) and metric."""
+    return (f"Novelty window: {_metric_title(metric)} over layers {start}–{end} "
+            f"(states, 0 = embeddings), mean / min / max per source")
 
 
 # --------------------------------------------------------------------------- trajectories
@@ -531,6 +557,25 @@ def _pc_titles(variance: pd.DataFrame, source: str) -> tuple[str, str]:
         else:
             titles.append(f"PC{i + 1}")
     return titles[0], titles[1]
+
+
+#: Labels with the same text closer than this share of the plot's extent (either axis) are drawn once.
+LABEL_CELL = 0.04
+
+
+def _declutter_tags(data: pd.DataFrame) -> pd.Series:
+    """``data.tag`` with repeats of one label in the same small cell of the plot blanked: paths
+    that end (or start) close together get one "L<n>" between them, not a pile of them."""
+    tags = data["tag"].copy()
+    spans = [max(float(data[c].max() - data[c].min()), 1e-12) for c in ("pc1", "pc2")]
+    seen = set()
+    for i in np.flatnonzero(tags.to_numpy() != ""):
+        cell = (tags.iat[i], *(int(np.floor((data[c].iat[i] - data[c].min()) / (LABEL_CELL * span)))
+                                for c, span in zip(("pc1", "pc2"), spans)))
+        if cell in seen:
+            tags.iat[i] = ""
+        seen.add(cell)
+    return tags
 
 
 def trajectory_chart(paths: pd.DataFrame, variance: pd.DataFrame, unit: str,
@@ -577,6 +622,7 @@ def trajectory_chart(paths: pd.DataFrame, variance: pd.DataFrame, unit: str,
     last = data.groupby("path")["layer"].transform("max")
     is_end = ((data["layer"] == first) & (data["side"] == SIDES[0])) | (data["layer"] == last)
     data["tag"] = np.where(is_end, "L" + data["layer"].astype(str), "")
+    data["tag"] = _declutter_tags(data)
 
     x_title, y_title = _pc_titles(variance, source)
     x = alt.X("pc1:Q", title=x_title, scale=alt.Scale(zero=False))
@@ -594,7 +640,7 @@ def trajectory_chart(paths: pd.DataFrame, variance: pd.DataFrame, unit: str,
         tooltip=tooltip)
     points = base.mark_point(filled=True, opacity=0.9).encode(
         x=x, y=y, color=colour,
-        size=alt.Size("layer:Q", title="layer", scale=alt.Scale(range=[10, 120])),
+        size=alt.Size("layer:Q", title=STATES_AXIS, scale=alt.Scale(range=[10, 120])),
         shape=alt.Shape("side:N", title="side", scale=alt.Scale(domain=list(SIDES), range=["circle", "triangle"])),
         tooltip=tooltip)
     labels = base.transform_filter("datum.tag != ''").mark_text(dx=7, dy=-7, fontSize=11, fontWeight="bold").encode(
@@ -636,7 +682,7 @@ def _tap_panel(data: pd.DataFrame, keep, domain, panel: int, height: int) -> alt
     shown_steps = [int(v) for v in list(keep)[::label_every]]
     return alt.Chart(data).mark_rect().encode(
         x=alt.X("step:O", title="step", axis=alt.Axis(values=shown_steps, labelAngle=0)),
-        y=alt.Y("layer:O", title="block (layer)", sort="ascending"),
+        y=alt.Y("layer:O", title=BLOCKS_AXIS, sort="ascending"),
         color=alt.Color("weight:Q", title="tap weight", scale=alt.Scale(domain=domain, scheme=HEATMAP_SCHEME)),
         tooltip=[alt.Tooltip("layer:O", title="block"), alt.Tooltip("distance:O"), alt.Tooltip("step:Q"),
                  alt.Tooltip("weight:Q", format=".4f")],
@@ -691,7 +737,7 @@ def _final_step_heatmap(df: pd.DataFrame, columns: Sequence[str], x: str, value:
         data[col] = _int_column(data[col])
     domain = _observed_domain(data[value])
     sub = f"step {last}; {_range_note(domain)}" if last is not None else empty
-    return _heatmap(data[["layer", x, value]], x, x, "layer", "layer", value, value, domain,
+    return _heatmap(data[["layer", x, value]], x, x, "layer", BLOCKS_AXIS, value, value, domain,
                     _title(title, sub)).properties(autosize=NATURAL_SIZE)
 
 
@@ -717,7 +763,10 @@ ENTROPY_ROW_PX = 28
 
 
 def _intensity_label(x: float) -> str:
-    return f"{float(x):g}"
+    """An intensity as charts name it: its number, and the preset's name where it is one
+    (``0.1 (micro-dose)``), as the page's picker does the other way round."""
+    name = next((k for k, v in DOSE_PRESETS.items() if v == float(x)), None)
+    return f"{float(x):g}" + (f" ({name})" if name else "")
 
 
 def entropy_heatmap(tokens: pd.DataFrame) -> alt.Chart:
@@ -824,7 +873,7 @@ def layer_entropy_profile(layers: pd.DataFrame) -> alt.Chart:
              if named else alt.Color("intensity:O", title="intensity", scale=alt.Scale(scheme="plasma"),
                                      legend=alt.Legend(orient="right")))
     return alt.Chart(data).mark_line(point=True).encode(
-        x=alt.X("layer:Q", title="layer (0 = embeddings)", axis=alt.Axis(tickMinStep=1)),
+        x=alt.X("layer:Q", title=STATES_AXIS, axis=alt.Axis(tickMinStep=1)),
         y=alt.Y("entropy:Q", title="mean entropy (bits)", scale=alt.Scale(zero=False)),
         color=color,
         tooltip=[alt.Tooltip("intensity:Q", format="g"), alt.Tooltip("layer:Q"),

@@ -29,7 +29,7 @@ log = logging.getLogger("psilonet.app.helpers")
 
 EMPTY_STORE_HELP = (
     "No runs yet in {data_dir}. Create some from the repository folder with\n\n"
-    "```\nmake demo    # fetch the default model; train, capture, analyse and dose (about 5 minutes)\n"
+    "```\nmake demo    # fetch the default model; train, capture, analyse, dose and a bio evaluation (~5 min)\n"
     ".venv/bin/python -m jobs.check_model\n"
     ".venv/bin/python -m jobs.train --train-samples 40 --val-samples 16\n```"
 )
@@ -245,6 +245,8 @@ def set_params(**values: Any) -> None:
                 st.query_params[key] = text
 
 
+#: The kinds of run ``make demo`` (``jobs.demo``) makes; only these empty pages point to it.
+DEMO_KINDS = ("train", "capture", "analysis", "dose", "bio_eval")
 #: The job (and small settings) that makes a run of each kind, named by an empty page.
 FILL_COMMANDS = {
     ("bio_eval",): "jobs.bio_eval --windows 4 --seq-len 16 --strengths 0.5 1",
@@ -267,10 +269,16 @@ def fill_hint(kinds: tuple[str, ...], all_runs: pd.DataFrame) -> str:
         train = trains.run_id.iloc[0]
         return (f"Capture a training run, then analyse the capture:\n\n```\n{py} jobs.capture --run {train}\n"
                 f"{py} jobs.analyze --captures <the capture run it prints>\n```")
+    if "ablation" in kinds and not trains.empty:
+        return f"Ablate a training run:\n\n```\n{py} jobs.ablate --run {trains.run_id.iloc[0]} --windows 4\n```"
     own = next((cmd for names, cmd in FILL_COMMANDS.items() if set(kinds) & set(names)), None)
+    demo = " (`make demo` makes one too.)" if set(kinds) & set(DEMO_KINDS) else ""
     if own:
-        return f"Create one with\n\n```\n{py} {own}\n```\n\n(`make demo` also makes one run of every kind.)"
-    return f"`make demo` creates one run of every kind in {data_dir_label()}."
+        return f"Create one with\n\n```\n{py} {own}\n```\n\n{demo.strip()}".rstrip()
+    if "ablation" in kinds:
+        return (f"Train a run, then ablate it:\n\n```\n{py} {FILL_COMMANDS[('train', 'sweep')]}\n"
+                f"{py} jobs.ablate --run <the training run it prints> --windows 4\n```")
+    return f"`make demo` makes a {', '.join(DEMO_KINDS)} run in {data_dir_label()}."
 
 
 def run_picker(label: str, kinds: tuple[str, ...], key: str = "run", help: str | None = None,

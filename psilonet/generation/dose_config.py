@@ -68,9 +68,10 @@ def combine_rows(intensities: list[float], fatigue: list[float], hebbian: list[f
     return [c[0] for c in combos], [c[1] for c in combos], [c[2] for c in combos]
 
 
-def row_label(intensity: float, fatigue: float = 0.0, hebbian: float = 0.0) -> str:
-    """``intensity 0.2``, with ``+ fatigue 0.5`` / ``+ hebbian 1`` where those are on."""
+def row_label(intensity: float, fatigue: float = 0.0, hebbian: float = 0.0, steering: float = 0.0) -> str:
+    """``intensity 0.2``, with ``+ fatigue 0.5`` / ``+ hebbian 1`` / ``+ steering 4`` where those are on."""
     parts = [f"intensity {intensity:g}"]
     parts += [f"fatigue {fatigue:g}"] if fatigue else []
     parts += [f"hebbian {hebbian:g}"] if hebbian else []
+    parts += [f"steering {steering:g}"] if steering else []
     return " + ".join(parts)

@@ -27,6 +27,7 @@ from psilonet.generation.dose_config import MAX_NEW_TOKENS, DoseConfig, row_labe
 from psilonet.generation.perturb import DoseSpec, Doser, check_intensity
 from psilonet.generation.prompts import encode_prompt, stop_ids
 from psilonet.generation.sampling import SamplingConfig
+from psilonet.generation.steering import Steering
 from psilonet.model import forward
 from psilonet.store.dose_runs import DoseItem, save_dose_run
 
@@ -48,6 +49,7 @@ class DoseResult:
     pool: list[list[float]] | None = None  # mean fatigue pool level per layer and head over its tokens
     pool_attended: list[list[float]] | None = None  # pool level of the keys each head attends to, same
     fast_norm: list[float] | None = None  # mean fast-weight norm per layer over its tokens
+    steering: float = 0.0  # steering strength of this row (psilonet.generation.steering)
 
     @property
     def mean_entropy(self) -> float:
@@ -56,7 +58,7 @@ class DoseResult:
     @property
     def label(self) -> str:
         """``intensity 0.2``, with ``+ fatigue 0.5`` / ``+ hebbian 1`` where those are on."""
-        return row_label(self.intensity, self.fatigue, self.hebbian)
+        return row_label(self.intensity, self.fatigue, self.hebbian, self.steering)
 
 
 def generate_doses(
@@ -140,15 +142,25 @@ def _attach_bio_state(results: list[DoseResult], bio: bio_mod.Bio, steps: list[i
 
 
 def dose_items(model, tokenizer, prompts: list[tuple[int, str]], cfg: DoseConfig,
-               on_item: Callable[[DoseItem], None] | None = None) -> Iterator[DoseItem]:
-    """Every (line, prompt) x seed of ``cfg`` generated at all its rows, one item at a time."""
+               on_item: Callable[[DoseItem], None] | None = None, steer: Steering | None = None) -> Iterator[DoseItem]:
+    """Every (line, prompt) x seed of ``cfg`` generated at all its rows, one item at a time.
+
+    With ``steer``, each of ``cfg``'s rows is taken at every steering strength (one batch row each)."""
     cfg.validate()
     spec = cfg.spec()
     intensities, fatigue, hebbian = cfg.rows()
+    wrap, strengths = None, [0.0] * len(intensities)
+    if steer is not None:
+        strengths = steer.rows(len(intensities))
+        k = len(steer.strengths)
+        intensities, fatigue, hebbian = ([x for x in xs for _ in range(k)] for xs in (intensities, fatigue, hebbian))
+        wrap = steer.wrap(strengths)
     for line, prompt in prompts:
         for seed in cfg.seeds:
             results = generate_doses(model, tokenizer, prompt, intensities, sampling=cfg.sampling(seed),
-                                     spec=spec, chat=cfg.chat, fatigue=fatigue, hebbian=hebbian)
+                                     spec=spec, chat=cfg.chat, fatigue=fatigue, hebbian=hebbian, wrap_doser=wrap)
+            for res, s in zip(results, strengths):
+                res.steering = s
             item = DoseItem(line, prompt, seed, results)
             if on_item is not None:
                 on_item(item)
@@ -156,12 +168,14 @@ def dose_items(model, tokenizer, prompts: list[tuple[int, str]], cfg: DoseConfig
 
 
 def run_doses(store, model, tokenizer, prompts: list[tuple[int, str]], cfg: DoseConfig, *, run_config: dict,
-              model_name: str, dataset: str, parent: str | None = None, progress: bool = True) -> tuple[str, dict]:
+              model_name: str, dataset: str, parent: str | None = None, progress: bool = True,
+              steer: Steering | None = None) -> tuple[str, dict]:
     """Every (line, prompt) x seed at every intensity of ``cfg`` into one ``dose`` run; (run_id, summary).
 
     The one library call behind ``jobs.dose``; ``run_config`` adds what the caller knows (model,
     skip run, skipped prompts) to the stored config. Progress and each continuation are
-    printed through tqdm when ``progress``.
+    printed through tqdm when ``progress``. ``steer`` adds steering rows (:func:`dose_items`)
+    and stores its vector with the run.
     """
     cfg.validate()
     bar = tqdm(total=len(prompts) * len(cfg.seeds), desc="dose", unit="prompt", disable=not progress)
@@ -173,7 +187,8 @@ def run_doses(store, model, tokenizer, prompts: list[tuple[int, str]], cfg: Dose
                 bar.write(f"  {res.label} | mean entropy {res.mean_entropy:.2f} bits | {res.text.strip()!r}")
 
     try:
-        return save_dose_run(store, {**cfg.to_dict(), **run_config}, dose_items(model, tokenizer, prompts, cfg, show),
-                             model=model_name, dataset=dataset, parent=parent, progress=lambda k: bar.update(1))
+        return save_dose_run(store, {**cfg.to_dict(), **run_config}, dose_items(model, tokenizer, prompts, cfg, show, steer),
+                             model=model_name, dataset=dataset, parent=parent, progress=lambda k: bar.update(1),
+                             vector=None if steer is None else (steer.layer, steer.vector))
     finally:
         bar.close()

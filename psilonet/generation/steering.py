@@ -97,6 +97,25 @@ def check_strengths(strengths: Sequence[float]) -> list[float]:
     return out
 
 
+@dataclass(frozen=True)
+class Steering:
+    """A checked steering vector read at ``layer``, added after ``add_layers`` at each of
+    ``strengths``: what ``jobs.dose`` crosses with a dose config's rows (one row per strength)."""
+
+    vector: np.ndarray
+    layer: int
+    add_layers: tuple[int, ...]
+    strengths: tuple[float, ...]
+
+    def rows(self, n: int) -> list[float]:
+        """Per-row strengths of ``n`` dose rows each taken at every strength (strengths fastest)."""
+        return [s for _ in range(n) for s in self.strengths]
+
+    def wrap(self, row_strengths: list[float]):
+        """The ``wrap_doser`` hook of :func:`psilonet.generation.dosing.generate_doses`."""
+        return lambda doser: SteeredDoser(doser, self.vector, list(self.add_layers), row_strengths)
+
+
 @dataclass
 class SteeredDoser:
     """A :class:`~psilonet.generation.perturb.Doser` with a steering vector added after it, per row:

@@ -35,7 +35,7 @@ import pandas as pd
 from psilonet.store.db import connect, from_json, now, reason, to_json
 from psilonet.store.errors import RunNotFoundError, StoreError, StoreLockedError
 from psilonet.store.runs import RUN_DB_FILE, RunReader, RunWriter
-from psilonet.store.tables import RUNS
+from psilonet.store.tables import CATALOG_META, RUNS, SCHEMA_VERSION
 
 CATALOG_FILE = "catalog.duckdb"
 STAGING_NAME = ".staging"
@@ -51,6 +51,8 @@ UPDATE runs SET status = 'complete', finished = ?, summary = ?, progress = 1.0
 WHERE run_id = ? AND status <> 'complete'"""
 _SQL_MARK_MISSING = "UPDATE runs SET status = 'missing', error = ? WHERE run_id = ? AND status = 'complete'"
 _SQL_RESUME_RUN = "UPDATE runs SET status = 'running', error = NULL, finished = NULL, host = ?, pid = ? WHERE run_id = ?"
+# The catalog's runs table is the same in every version, so any catalog written to reads as current.
+_SQL_RECORD_VERSION = "INSERT OR IGNORE INTO catalog_meta (key, value) VALUES (?, ?)"
 _SQL_INSERT_RUN = RUNS.insert(("run_id", "kind", "status", "created", "model", "dataset", "config", "parent",
                                "host", "pid"))
 
@@ -141,6 +143,8 @@ class Store:
         try:
             if not read_only:
                 con.execute(RUNS.create())
+                con.execute(CATALOG_META.create())
+                con.execute(_SQL_RECORD_VERSION, ["schema_version", str(SCHEMA_VERSION)])
             yield con
         except duckdb.Error as e:
             raise StoreError(f"catalog operation on {self.catalog_path} failed: {reason(e)}") from e
@@ -230,6 +234,19 @@ class Store:
         df["pid"] = df["pid"].astype("Int64")
         df["progress"] = df["progress"].astype("float64")
         return df
+
+    def schema_version(self) -> int | None:
+        """The catalog's recorded ``schema_version`` (1 for a catalog made before versions were
+        recorded, None where there is no catalog yet)."""
+        if not self.catalog_path.exists():
+            return None
+        with self._catalog(read_only=True) as con:
+            try:
+                where_sql, params = CATALOG_META.where(key="schema_version")
+                row = con.execute(CATALOG_META.select(where_sql), params).fetchone()
+            except duckdb.CatalogException:
+                return 1
+        return int(row[1]) if row and str(row[1]).isdigit() else 1
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         """One catalog row as a dict (config/summary parsed, plus ``state``)."""

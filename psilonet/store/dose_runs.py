@@ -26,7 +26,8 @@ def summary_key(res) -> str:
     """``0.2`` for a dose alone, ``0.2+fatigue0.5+hebbian1`` with bio strengths."""
     key = f"{res.intensity:g}"
     key += f"+fatigue{res.fatigue:g}" if res.fatigue else ""
-    return key + (f"+hebbian{res.hebbian:g}" if res.hebbian else "")
+    key += f"+hebbian{res.hebbian:g}" if res.hebbian else ""
+    return key + (f"+steer{res.steering:g}" if getattr(res, "steering", 0.0) else "")
 
 
 def pool_rows(gen_id: int, res) -> list[tuple]:
@@ -50,18 +51,21 @@ def _write_bio(run, gen_id: int, res) -> None:
 
 
 def save_dose_run(store, config: dict, items: Iterable[DoseItem], *, model: str, dataset: str,
-                  parent: str | None = None, progress=None) -> tuple[str, dict]:
+                  parent: str | None = None, progress=None, vector=None) -> tuple[str, dict]:
     """Write (prompt_line, prompt, seed, results) items as one ``dose`` run; return (run_id, summary).
 
     ``items`` may be a generator (the batch job generates while it writes); ``progress(k)`` is
     called after each item. Where the config has bio strengths, each generation's strengths and
-    its mechanisms' state go to the bio tables too.
+    its mechanisms' state go to the bio tables too; with a steering ``vector`` ``(layer, values)``,
+    the vector and each generation's steering strength go to the steering tables.
     """
     mechanisms = ",".join(config.get("mechanisms", []))
     with_bio = any(v for v in [*config.get("fatigue", []), *config.get("hebbian", [])])
     means: dict[str, list[float]] = {}
     gen_id = 0
     with store.begin_run("dose", config=config, model=model, dataset=dataset, parent=parent) as run:
+        if vector is not None:
+            run.write_rows(T.STEERING_VECTOR, [(vector[0], d, float(v)) for d, v in enumerate(vector[1])])
         for k, (line, prompt, seed, results) in enumerate(items):
             for res in results:
                 run.log_generation(gen_id, prompt_line=line, prompt=prompt, intensity=res.intensity, seed=seed,
@@ -70,6 +74,8 @@ def save_dose_run(store, config: dict, items: Iterable[DoseItem], *, model: str,
                                    layer_entropy=res.layer_entropy, stopped=res.stopped)
                 if with_bio:
                     _write_bio(run, gen_id, res)
+                if vector is not None:
+                    run.write_rows(T.STEERING_ROWS, [(gen_id, float(res.steering))])
                 means.setdefault(summary_key(res), []).append(res.mean_entropy)
                 gen_id += 1
             if progress is not None:

@@ -66,6 +66,7 @@ class RunWriter:
             for table in T.EVERY_RUN:
                 self._create(table)
             if meta is not None:
+                meta = {**meta, "schema_version": T.SCHEMA_VERSION}
                 rows = [(k, None if v is None else str(v)) for k, v in meta.items()]
                 self._con.executemany(T.RUN_META.insert(), rows)
         except duckdb.Error as e:
@@ -325,6 +326,7 @@ class RunReader:
     def __init__(self, run_id: str, run_dir: Path, lock_timeout: float = 15.0) -> None:
         self.run_id = run_id
         self.dir = run_dir
+        self._columns: dict[str, list[str]] | None = None
         self._con: duckdb.DuckDBPyConnection | None = connect(
             run_dir / RUN_DB_FILE, read_only=True, timeout=lock_timeout
         )
@@ -357,13 +359,40 @@ class RunReader:
             raise StoreError(f"query on run {self.run_id!r} failed: {reason(e)}") from e
 
     def rows(self, table: T.Table, **filters: Any) -> pd.DataFrame:
-        """Every row of ``table`` in its declared order, filtered by ``column=value`` (see ``where``)."""
+        """Every row of ``table`` in its declared order, filtered by ``column=value`` (see ``where``).
+
+        A column an older run's table lacks is read as its documented default
+        (:data:`tables.LEGACY_DEFAULTS`: ``raw`` for analyses made before representations).
+        """
         where_sql, params = table.where(**filters)
+        stored = self._stored_columns(table) if table.name in T.LEGACY_TABLES else None
+        if stored:
+            try:
+                legacy = table.legacy_params(stored)
+            except ValueError as e:
+                raise StoreError(f"run {self.run_id!r} cannot be read: {e}") from None
+            return self._query(table.select(where_sql, stored), legacy + params).fetchdf()
         return self._query(table.select(where_sql), params).fetchdf()
 
+    def _stored_columns(self, table: T.Table) -> list[str]:
+        """The columns ``table`` has in this run's file (empty where the run never wrote it)."""
+        if self._columns is None:
+            self._columns = {}
+        if table.name not in self._columns:
+            found = self._query("SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                                [table.name]).fetchall()
+            self._columns[table.name] = [c for (c,) in found]
+        return self._columns[table.name]
+
     def meta(self) -> dict[str, str | None]:
-        """The run's self-description (run_id, kind, config json, ...)."""
+        """The run's self-description (run_id, kind, config json, schema_version, ...)."""
         return dict(self._query(T.RUN_META.select(), []).fetchall())
+
+    def schema_version(self) -> int:
+        """The layout the run was written in: its recorded ``schema_version``, or 1 for a run made
+        before versions were recorded (see :data:`tables.SCHEMA_VERSION`)."""
+        value = self.meta().get("schema_version")
+        return int(value) if value and value.isdigit() else 1
 
     def metrics(self, names: list[str] | None = None, split: str | None = None) -> pd.DataFrame:
         """Logged metrics (step, split, name, value, time), ordered by step then name."""
@@ -445,8 +474,9 @@ class RunReader:
         return self.rows(T.PCA_VARIANCE, representation=representation)
 
     def sink_tokens(self) -> pd.DataFrame:
-        """The tokens an analysis's no-sink representation dropped, per source."""
-        return self.rows(T.SINK_TOKENS)
+        """The tokens an analysis's no-sink representation dropped, per source (none for an
+        analysis made before representations existed)."""
+        return self._rows_if_stored(T.SINK_TOKENS)
 
     def norm_stats(self) -> pd.DataFrame:
         """A capture's token-norm distribution per side and layer (median, p99, max, threshold, n_over)."""

@@ -89,10 +89,34 @@ class Table:
         names = self.names if names is None else self.pick(*names)
         return f"INSERT INTO {self.name} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
 
-    def select(self, where_sql: str = "") -> str:
-        """``where_sql`` must come from :func:`where` (or :meth:`where`)."""
+    def select(self, where_sql: str = "", stored: Iterable[str] | None = None) -> str:
+        """``where_sql`` must come from :func:`where` (or :meth:`where`).
+
+        ``stored`` names the columns the stored table really has (an older run's may lack some):
+        each missing column with a :data:`LEGACY_DEFAULTS` entry is read as that value, through
+        one ``?`` parameter per missing column, in declared order, *before* ``where_sql``'s.
+        """
         order = f" ORDER BY {self.order_by}" if self.order_by else ""
-        return f"SELECT {', '.join(self.names)} FROM {self.name} {where_sql}".rstrip() + order
+        source = self.name
+        if stored is not None and self.legacy_missing(stored):
+            have = set(stored)
+            cols = ", ".join(n if n in have else f"? AS {n}" for n in self.names)
+            source = f"(SELECT {cols} FROM {self.name}) AS {self.name}"
+        return f"SELECT {', '.join(self.names)} FROM {source} {where_sql}".rstrip() + order
+
+    def legacy_missing(self, stored: Iterable[str]) -> list[str]:
+        """Declared columns absent from ``stored``, in declared order; an error where one of them
+        has no documented default (the run cannot be read as this table)."""
+        have = set(stored)
+        missing = [n for n in self.names if n not in have]
+        unknown = [n for n in missing if (self.name, n) not in LEGACY_DEFAULTS]
+        if unknown:
+            raise ValueError(f"table {self.name!r} lacks column(s) {unknown}, which have no default for old runs")
+        return missing
+
+    def legacy_params(self, stored: Iterable[str]) -> list:
+        """The parameters :meth:`select` needs for ``stored`` (the defaults of missing columns)."""
+        return [LEGACY_DEFAULTS[(self.name, n)] for n in self.legacy_missing(stored)]
 
     def delete_all(self) -> str:
         return f"DELETE FROM {self.name}"
@@ -100,6 +124,22 @@ class Table:
     def where(self, **filters: Any) -> tuple[str, list]:
         return where(self.names, **filters)
 
+
+# --------------------------------------------------------------------------- schema versions
+
+#: The layout every new catalog and run is written in, recorded in the catalog's
+#: ``catalog_meta`` and each run's ``run_meta`` under ``schema_version``. Version 1 is
+#: everything written before versions were recorded (no ``schema_version`` key): its analysis
+#: tables have no ``representation`` column. Version 2 adds that column.
+SCHEMA_VERSION = 2
+#: How an older run's missing column is read, per (table, column): analyses made before
+#: representations existed compared the states as captured, i.e. the ``raw`` representation.
+LEGACY_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("similarity", "representation"): "raw",
+    ("trajectories", "representation"): "raw",
+    ("pca_variance", "representation"): "raw",
+}
+LEGACY_TABLES = frozenset(name for name, _ in LEGACY_DEFAULTS)
 
 # --------------------------------------------------------------------------- the catalog
 
@@ -111,6 +151,9 @@ RUNS = Table("runs", (
     ("dataset", "VARCHAR"), ("config", "VARCHAR"), ("summary", "VARCHAR"), ("error", "VARCHAR"),
     ("parent", "VARCHAR"), ("host", "VARCHAR"), ("pid", "INTEGER"), ("progress", "DOUBLE"),
 ), order_by="created DESC, run_id DESC")  # fmt: skip
+
+# Key/value facts about the catalog itself (its schema_version).
+CATALOG_META = Table("catalog_meta", (("key", "VARCHAR PRIMARY KEY"), ("value", "VARCHAR")))
 
 # --------------------------------------------------------------------------- every run
 
