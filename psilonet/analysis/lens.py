@@ -1,0 +1,148 @@
+"""The logit lens: what each layer's residual state would predict if the model stopped there.
+
+For a batch of rows read teacher-forced through the one hooked forward
+(:func:`psilonet.model.forward.hidden_states`), every residual state ``h[l]`` (``l = 0`` the
+token embeddings, ``l`` in ``1..L`` the output of block ``l - 1``, as the forward's ``states``)
+goes through the model's own final norm and unembedding (:func:`~psilonet.model.forward.logits_from`:
+the tied embedding matrix or ``lm_head``), giving next-token log-probabilities
+``log p_l = log_softmax(unembed(norm(h[l])))``. At ``l = L`` that is the model's own prediction.
+
+Per (row, layer, position) :func:`logit_lens` records, all in **nats**:
+
+* the ``top_k`` tokens and their probabilities under ``p_l``;
+* ``p_next`` and ``rank_next`` of the token that actually comes next (by default the next input
+  token; the last position has none: NaN and 0). Rank 1 is the top token: the rank is one plus
+  the number of tokens with a strictly larger log-probability;
+* ``entropy`` ``-sum p_l log p_l``;
+* ``kl_final`` ``KL(p_L || p_l) = sum p_L (log p_L - log p_l)``, how far the layer's read-out is
+  from the final one (0 at ``l = L``). This is the direction the tuned lens trains on;
+* ``kl_sober`` ``KL(p_l[row 0] || p_l[row])``, how far a row's read-out at the same layer and
+  position is from row 0's, the sober row of a :func:`side_hooks` batch: the depth where a
+  dose's ``kl_sober`` leaves zero is where it takes hold (0 in row 0 itself).
+
+The rows may differ only by their hooks: :func:`side_hooks` builds one batch whose rows are
+the sober baseline and dosed or fatigued / Hebbian rows of the same input; a skip model's lens
+reads its blended states the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+
+from psilonet.generation import bio as bio_mod
+from psilonet.generation.perturb import Doser, DoseSpec
+from psilonet.model import forward
+
+LENSES = ("logit", "tuned")  # tuned: psilonet.analysis.tuned_lens
+
+
+@dataclass
+class Lens:
+    """Arrays over (row, layer 0..L, position); ``top_ids`` and ``top_p`` add the ``k`` axis."""
+
+    top_ids: np.ndarray  # (B, L+1, T, k) int
+    top_p: np.ndarray  # (B, L+1, T, k)
+    p_next: np.ndarray  # (B, L+1, T), NaN where no next token
+    rank_next: np.ndarray  # (B, L+1, T), 1 = top; 0 where no next token
+    entropy: np.ndarray  # (B, L+1, T) nats
+    kl_final: np.ndarray  # (B, L+1, T) nats
+    kl_sober: np.ndarray  # (B, L+1, T) nats, from row 0 at the same layer
+    next_tokens: np.ndarray  # (B, T), -1 where none
+
+    @property
+    def num_layers(self) -> int:
+        return self.entropy.shape[1] - 1
+
+
+def layer_logprobs(model, state: mx.array) -> mx.array:
+    """``log_softmax`` of the final norm and LM head applied to one residual state (B, T, V), float32."""
+    logits = forward.logits_from(model, state).astype(mx.float32)
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
+def _next_tokens(inputs: np.ndarray, next_tokens) -> np.ndarray:
+    if next_tokens is not None:
+        out = np.asarray(next_tokens, dtype=np.int64)
+        if out.shape != inputs.shape:
+            raise ValueError(f"next_tokens: shape {out.shape}, expected {inputs.shape}")
+        return out
+    out = np.full(inputs.shape, -1, dtype=np.int64)
+    out[:, :-1] = inputs[:, 1:]
+    return out
+
+
+def logit_lens(model, inputs, *, hooks: forward.Hooks = forward.NO_HOOKS, next_tokens=None,
+               top_k: int = 5, tuned=None) -> Lens:
+    """The logit lens of every row of ``inputs`` (B, T) token ids in one hooked forward pass;
+    with ``tuned`` (a :class:`psilonet.analysis.tuned_lens.TunedLens`) each state goes through
+    its layer's translator first, which makes it the tuned lens."""
+    ids = np.asarray(inputs, dtype=np.int64)
+    if ids.ndim == 1:
+        ids = ids[None]
+    nxt = _next_tokens(ids, next_tokens)
+    states = forward.hidden_states(model, mx.array(ids), hooks=hooks)
+    final = layer_logprobs(model, states[-1])
+    p_final = mx.exp(final)
+    has_next = mx.array(nxt >= 0)
+    safe = mx.array(np.maximum(nxt, 0))[..., None]
+    fields = {k: [] for k in ("top_ids", "top_p", "p_next", "rank_next", "entropy", "kl_final", "kl_sober")}
+    for l, state in enumerate(states):
+        if l == len(states) - 1:
+            lp = final
+        else:
+            lp = layer_logprobs(model, state if tuned is None else tuned.translate(l, state))
+        top = mx.argsort(-lp, axis=-1)[..., :top_k]
+        chosen = mx.take_along_axis(lp, safe, axis=-1)  # (B, T, 1)
+        rank = (lp > chosen).sum(axis=-1) + 1
+        values = dict(
+            top_ids=top, top_p=mx.exp(mx.take_along_axis(lp, top, axis=-1)),
+            p_next=mx.where(has_next, mx.exp(chosen[..., 0]), mx.nan),
+            rank_next=mx.where(has_next, rank, 0),
+            entropy=-(mx.exp(lp) * lp).sum(axis=-1),
+            kl_final=(p_final * (final - lp)).sum(axis=-1),
+            kl_sober=(mx.exp(lp[:1]) * (lp[:1] - lp)).sum(axis=-1),
+        )
+        mx.eval(values)
+        for k, v in values.items():
+            fields[k].append(np.array(v))
+    return Lens(**{k: np.stack(v, axis=1) for k, v in fields.items()}, next_tokens=nxt)
+
+
+def side_hooks(model, intensities: list[float], *, fatigue: list[float] | None = None,
+               hebbian: list[float] | None = None, seed: int = 0, spec: DoseSpec = DoseSpec()) -> forward.Hooks:
+    """Hooks for one batch whose row ``r`` carries dose ``intensities[r]`` (the same seed in every
+    row, so rows differ only by intensity) and fatigue / Hebbian strength ``fatigue[r]`` /
+    ``hebbian[r]`` (default 0). A row with all of them 0 is the sober baseline."""
+    n = len(intensities)
+    fatigue = list(fatigue) if fatigue is not None else [0.0] * n
+    hebbian = list(hebbian) if hebbian is not None else [0.0] * n
+    if not len(fatigue) == len(hebbian) == n:
+        raise ValueError("one fatigue and one hebbian strength per row are needed")
+    layers = forward.num_layers(model)
+    doser = Doser(list(intensities), [seed] * n, layers, model.args.hidden_size, spec).at_step(0)
+    bio = bio_mod.Bio(fatigue, hebbian, layers)
+    if bio.active:
+        bio_mod.check_family(model)
+    return bio.hooks(after_block=None if doser.sober else doser)
+
+
+def records(lens: Lens, decode, row: int = 0, top_k: int | None = None) -> list[dict]:
+    """One JSON-ready dict per (layer, position) of ``row``; ``decode(id) -> str`` names tokens."""
+    out = []
+    k = lens.top_ids.shape[-1] if top_k is None else top_k
+    for l in range(lens.num_layers + 1):
+        for t in range(lens.entropy.shape[2]):
+            ids = lens.top_ids[row, l, t, :k]
+            nxt = int(lens.next_tokens[row, t])
+            p_next = float(lens.p_next[row, l, t])
+            out.append(dict(
+                layer=l, position=t, top1=decode(int(ids[0])), p_top1=float(lens.top_p[row, l, t, 0]),
+                kl_final=float(lens.kl_final[row, l, t]), kl_sober=float(lens.kl_sober[row, l, t]), entropy=float(lens.entropy[row, l, t]),
+                next=decode(nxt) if nxt >= 0 else None, p_next=None if np.isnan(p_next) else p_next,
+                rank_next=int(lens.rank_next[row, l, t]) if nxt >= 0 else None,
+                top=[[decode(int(i)), float(p)] for i, p in zip(ids, lens.top_p[row, l, t, :k])],
+            ))
+    return out
