@@ -846,14 +846,14 @@ def dose_overview(gens: pd.DataFrame) -> alt.Chart:
         domain = (domain[0], domain[0] + 1e-6)
     return alt.Chart(data[["row", "prompt", "dose", "intensity", "mean_entropy"]]).mark_rect().encode(
         x=alt.X("dose:O", title="row" if named else "intensity", sort=doses,
-                axis=alt.Axis(labelAngle=-30 if named else 0, labelLimit=0)),
+                axis=alt.Axis(labelAngle=-30, labelLimit=0)),  # "0.3 (double dose)" labels collide flat
         y=alt.Y("row:O", title="prompt", sort=list(labels.values()), axis=alt.Axis(labelLimit=320)),
         color=alt.Color("mean_entropy:Q", title="mean entropy (bits)",
                         scale=alt.Scale(domain=list(domain), scheme="inferno")),
         tooltip=[alt.Tooltip("prompt:N"), alt.Tooltip("intensity:Q", format="g"),
                  alt.Tooltip("mean_entropy:Q", title="mean entropy (bits)", format=".3f")],
     ).properties(title=_title("Mean next-token entropy per prompt and intensity (bits)"),
-                 width=int(min(PAGE_WIDTH - 400, max(160, 60 * len(doses)))),
+                 width=int(min(PAGE_WIDTH - 400, max(160, 90 * len(doses)))),
                  height=ENTROPY_ROW_PX * max(1, len(labels)), autosize=NATURAL_SIZE)
 
 
