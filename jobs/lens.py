@@ -28,6 +28,7 @@ from pathlib import Path
 
 from jobs import cli
 from jobs.cli import JobError, JobParser, add_data_dir
+from psilonet import config
 from psilonet.analysis import lens as lens_mod
 from psilonet.analysis import tuned_lens
 from psilonet.generation import bio
@@ -131,8 +132,7 @@ def check_args(args) -> None:
         check_strength(name, getattr(args, name))
     if args.top_k < 1:
         raise JobError(f"--top-k: must be >= 1, got {args.top_k}")
-    if args.seed < 0:
-        raise JobError(f"--seed: must be >= 0, got {args.seed}")
+    config.check_seed("--seed", args.seed)  # the one seed range of every job
 
 
 def tuned_run(args, data_dir: Path) -> Path:

@@ -24,6 +24,7 @@ import sys
 
 from jobs import cli
 from jobs.cli import JobError, JobParser, add_data_dir
+from psilonet import config
 from psilonet.analysis import patching
 from psilonet.generation import bio
 from psilonet.generation.prompts import encode_prompt
@@ -56,8 +57,7 @@ def check_args(args) -> None:
     if not 0 < args.intensity <= top:  # NaN fails too
         raise JobError(f"--intensity: a {args.mechanism} {'intensity' if args.mechanism == 'dose' else 'strength'} "
                        f"must be in (0, {top:g}], got {args.intensity:g}")
-    if args.seed < 0:
-        raise JobError(f"--seed: must be >= 0, got {args.seed}")
+    config.check_seed("--seed", args.seed)  # the one seed range of every job
 
 
 @cli.job

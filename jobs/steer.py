@@ -28,7 +28,7 @@ import numpy as np
 
 from jobs import cli
 from jobs.cli import JobError, JobParser, add_data_dir
-from psilonet import corpora
+from psilonet import config, corpora
 from psilonet.generation import steering
 from psilonet.generation.dosing import generate_doses
 from psilonet.generation.sampling import SamplingConfig
@@ -139,6 +139,7 @@ def check_args(args) -> None:
         raise JobError(f"--max-tokens: must be in [1, 512], got {args.max_tokens}")
     if args.eval_windows < 0:
         raise JobError(f"--eval-windows: must be >= 0, got {args.eval_windows}")
+    config.check_seed("--seed", args.seed)  # the one seed range of every job
 
 
 @cli.job
@@ -160,12 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     results = generate_doses(model, tokenizer, args.prompt, [0.0] * len(args.strengths),
                              sampling=SamplingConfig(max_tokens=args.max_tokens, seed=args.seed),
                              chat=not args.no_chat, wrap_doser=wrap)
-    config = {"model": args.model, "layer": args.layer, "add_layers": layers, "strengths": args.strengths,
+    run_config = {"model": args.model, "layer": args.layer, "add_layers": layers, "strengths": args.strengths,
               "a": sets[0][0] or sets[0][1], "b": sets[1][0] or sets[1][1], "prompt": args.prompt,
               "max_tokens": args.max_tokens, "seed": args.seed, "chat": not args.no_chat,
               "eval_windows": args.eval_windows, "eval_corpus": args.eval_corpus,
               "dose_intensities": args.dose_intensities, "vector_norm": float(np.linalg.norm(vector))}
-    with store.begin_run("steering", config=config, model=args.model, dataset="prompts") as run:
+    with store.begin_run("steering", config=run_config, model=args.model, dataset="prompts") as run:
         run.write_rows(T.STEERING_VECTOR, [(args.layer, d, float(v)) for d, v in enumerate(vector)])
         for gen_id, (s, res) in enumerate(zip(args.strengths, results)):
             run.log_generation(gen_id, prompt_line=1, prompt=args.prompt, intensity=0.0, seed=args.seed,
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         if costs:
             run.write_rows(T.STEERING_COST, costs)
         run.finish({f"mean_entropy@steer{s:g}": r.mean_entropy for s, r in zip(args.strengths, results)})
-    print(f"steering vector: layer {args.layer}, |v| = {config['vector_norm']:.2f}, added after blocks {layers}")
+    print(f"steering vector: layer {args.layer}, |v| = {run_config['vector_norm']:.2f}, added after blocks {layers}")
     for s, res in zip(args.strengths, results):
         print(f"  strength {s:g} | mean entropy {res.mean_entropy:.2f} bits | {res.text.strip()!r}")
     if costs:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from jobs import cli
 from jobs.cli import JobError, JobParser, add_data_dir
 from jobs.lens import load_model, model_config
-from psilonet import corpora
+from psilonet import config, corpora
 from psilonet.analysis import tuned_lens
 from psilonet.store import Store
 
@@ -60,8 +60,7 @@ def check_args(args) -> None:
         raise JobError(f"--seq-len: must be >= 2, got {args.seq_len}")
     if not args.lr > 0:
         raise JobError(f"--lr: must be > 0, got {args.lr:g}")
-    if args.seed < 0:
-        raise JobError(f"--seed: must be >= 0, got {args.seed}")
+    config.check_seed("--seed", args.seed)  # the one seed range of every job
 
 
 @cli.job
@@ -74,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = load_model(args, store.data_dir)
     windows = corpora.load_windows(tokenizer, args.dataset, seq_len=args.seq_len, n_train=args.train_samples,
                                    n_val=args.val_samples, seed=args.seed, data_dir=store.data_dir)
-    config = {k: getattr(args, k) for k in ("run", "model", "dataset", "seq_len", "train_samples", "val_samples",
+    run_config = {k: getattr(args, k) for k in ("run", "model", "dataset", "seq_len", "train_samples", "val_samples",
                                               "steps", "batch", "lr", "seed")}
     bar = tqdm(total=args.steps, desc="tuned lens", unit="step", disable=args.quiet or args.json)
-    with store.begin_run("tuned_lens", config=config, model=args.model, dataset=args.dataset, parent=args.run) as run:
+    with store.begin_run("tuned_lens", config=run_config, model=args.model, dataset=args.dataset, parent=args.run) as run:
         def progress(done: int, total: int) -> None:
             bar.update(done - bar.n)
             run.set_progress(done / total)

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from jobs import analyze, bio_eval, capture, check_model, dose, fetch_model, make_story_corpus, sweep, train
+from jobs import (analyze, bio_eval, capture, check_model, dose, fetch_model, lens, make_story_corpus, patch, steer, sweep,
+                  train, tuned_lens)
 from psilonet.store import Store
 
 JOBS = {"train": train, "sweep": sweep, "dose": dose, "capture": capture, "analyze": analyze,
         "make_story_corpus": make_story_corpus, "check_model": check_model, "fetch_model": fetch_model,
-        "bio_eval": bio_eval}
+        "bio_eval": bio_eval, "patch": patch, "lens": lens, "tuned_lens": tuned_lens, "steer": steer}
 
 
 def run_job(name: str, argv: list[str], capsys) -> tuple[int, str]:
@@ -115,6 +116,10 @@ CASES = [
     ("sweep", ["--seeds", "0", "0"], "--seeds: repeated values"),
     ("sweep", ["--seeds", "-1"], "--seeds: each must be in [0, 4294967295]"),
     ("sweep", ["--seeds", "0", "4294967296"], "--seeds: each must be in [0, 4294967295], got 4294967296"),
+    ("patch", ["--prompt", "Hi", "--intensity", "0.2", "--seed", "18446744073709551616"], "--seed: must be in [0, 4294967295], got 18446744073709551616"),
+    ("lens", ["--prompt", "Hi", "--seed", "18446744073709551616"], "--seed: must be in [0, 4294967295], got 18446744073709551616"),
+    ("tuned_lens", ["--seed", "18446744073709551616"], "--seed: must be in [0, 4294967295], got 18446744073709551616"),
+    ("steer", ["--prompt", "Hi", "--a", "x", "--b", "y", "--layer", "3", "--seed", "18446744073709551616"], "--seed: must be in [0, 4294967295], got 18446744073709551616"),
     ("sweep", ["--variants", "odd"], "--variants: invalid choice: 'odd'"),
     ("sweep", ["--cpus-per-trial", "0"], "--cpus-per-trial: must be at least 1"),
     ("sweep", ["--distances", "0"], "--distances: each must be at least 1"),
