@@ -147,6 +147,7 @@ def test_good_dose_link_values_are_used_without_warnings(tmp_path, monkeypatch):
     assert [n.value for n in at.number_input][:3] == [2**32 - 1, 512, 2.0]  # then the patching view's
     assert at.slider[0].value == 0.45 and at.multiselect[1].value == ["noise", "bleed"]
     assert at.multiselect[0].value == ["micro-dose", "double dose"]
+    at = open_page("dose", {"src": "file"})
     uploader = at.get("file_uploader")[0].proto
     assert "1 MB and 1,000 prompts" in uploader.label  # the real limits
     # The browser lets a file over the limit through, so that the page can refuse it inline.
@@ -184,7 +185,7 @@ def test_run_all_prompts_of_a_file_skips_over_context_ones_and_saves_one_run(fil
     one run; generated text is shown literally (no Markdown)."""
     data, train_id = filled
     monkeypatch.setenv("PSILONET_DATA", str(data))
-    at = open_page("dose", {"run": train_id, "doses": "0.0,0.3", "max": "3", "chat": "0"})
+    at = open_page("dose", {"run": train_id, "doses": "0.0,0.3", "max": "3", "chat": "0", "src": "file"})
     lines = ['{"prompt": "Hello **there**"}', '{"prompt": "' + "word " * 900 + '"}', '{"prompt": "Once upon"}']
     at.get("file_uploader")[0].set_value(("prompts.jsonl", "\n".join(lines).encode(), "application/json")).run()
     assert not at.exception and not at.error
@@ -219,12 +220,19 @@ def test_a_request_over_the_work_bound_is_refused_before_any_work(filled, monkey
 
 
 def test_a_refused_upload_blocks_generation_and_skipped_lines_are_listed(tmp_path, monkeypatch):
+    """With the file as the source nothing runs until a usable file has arrived: not after a refused
+    file, and not while none has arrived (a file over the server's limit never reaches the page,
+    the browser refuses it), so the typed prompt never runs in a file's place."""
     monkeypatch.setenv("PSILONET_DATA", str(tmp_path))
     at = open_page("dose")
     def generate_buttons():
         return [b for b in at.button if b.label in ("Generate",) or b.label.startswith("Run all")]
 
-    assert generate_buttons()  # the typed default prompt can run
+    assert generate_buttons() and not at.get("file_uploader")  # the typed default prompt can run
+    at.radio(key="prompt_source").set_value("file").run()
+    assert at.query_params["src"] == "file" and at.get("file_uploader")
+    assert not generate_buttons()
+    assert any("refused by the browser before it is sent" in i.value and "10 MB" in i.value for i in at.info)
     refusals = [("bad.txt", b"\x00\x01binary", "binary"), ("empty.txt", b"", "empty"),
                 ("latin.txt", "caf\u00e9\n".encode("latin-1"), "not UTF-8"),
                 ("big.txt", b"a prompt\n" * (prompts.MAX_BYTES // 9 + 1), "the limit is 1,000,000")]
@@ -233,12 +241,14 @@ def test_a_refused_upload_blocks_generation_and_skipped_lines_are_listed(tmp_pat
         assert at.error and why in at.error[0].value and name in at.error[0].value, (name, at.error)
         assert not generate_buttons(), name  # the typed prompt does not run instead
         assert any("Remove or fix the prompts file" in i.value for i in at.info)
-    at.get("file_uploader")[0].set_value(None).run()  # removed: the typed prompt can run again
-    assert not at.error and generate_buttons()
+    at.get("file_uploader")[0].set_value(None).run()  # removed: still nothing runs from the file source
+    assert not at.error and not generate_buttons()
     at.get("file_uploader")[0].set_value(("p.jsonl", b'{"prompt": "a"}\nnot json\n{"x": 1}\n', "application/json")).run()
     warning = at.warning[0].value
     assert "- line 2:" in warning and "\n- line 3:" in warning  # one list item per skipped line
     assert [b.label for b in at.button if b.label.startswith("Run all")] == ["Run all 1 prompt"]
+    at.radio(key="prompt_source").set_value("text").run()  # back to the typed prompt: it can run again
+    assert generate_buttons() and "src" not in at.query_params
 
 
 def test_runs_page_bad_kinds_link_warns_once(filled, monkeypatch):

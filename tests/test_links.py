@@ -114,7 +114,7 @@ def test_each_export_permalink_reopens_the_same_view(filled, monkeypatch):
         "similarity": {"run": analysis, "metric": "svcca", "layers": "1,4", "rep": "raw"},
         "trajectories": {"run": analysis, "unit": "sequence", "rep": "raw"},
         "taps": {"run": train_id},
-        "dose": {"view": "stored", "dose_run": store.list_runs(kind="dose").run_id.iloc[0]},
+        "dose": {"view": "stored", "dose_run": store.list_runs(kind="dose").run_id.iloc[-1]},  # the fixture's own
     }
     for page, params in cases.items():
         at = open_app_page(page, params)

@@ -4,7 +4,8 @@ file as one run; stored dose runs reopened with their texts, entropies and chart
 import pandas as pd
 import streamlit as st
 
-from psilonet.app import bio_widgets, cause_widgets, charts, dose_frames, dose_requests, helpers as app, presets, serving, share
+from psilonet.app import (bio_widgets, cause_widgets, charts, dose_frames, dose_requests, helpers as app, presets,
+                          prompt_widgets, serving, share)
 from psilonet.generation import dose_config, dosing, perturb, prompts
 from psilonet.model import loading as modeling
 from psilonet.model import quantized
@@ -108,30 +109,8 @@ def generate_view() -> None:
 
     left, right = st.columns([1, 1])
     with left:
-        upload = None if not serving.allows_upload() else st.file_uploader(
-            f"Prompts file: .txt (one per line), .jsonl (\"prompt\" key) or .csv (prompt column); at most "
-            f"{prompts.MAX_BYTES / 1e6:g} MB and {prompts.MAX_PROMPTS:,} prompts",
-            # The widget's own limit is the server's (.streamlit/config.toml), well above MAX_BYTES: a
-            # file the browser refuses never reaches the page (only an icon says why, and the typed
-            # prompt would run), so files up to that size arrive and are refused here, inline.
-            type=["txt", "jsonl", "csv"])
-        file_prompts, file_failed = None, False
-        if upload is not None:
-            try:
-                file_prompts = prompts.parse_prompts(upload.getvalue(), upload.name)
-                if file_prompts.skipped:
-                    st.warning(f"{len(file_prompts.skipped)} line(s) skipped:\n\n"
-                               + "\n".join(f"- line {n}: {why}" for n, why in file_prompts.skipped))
-            except prompts.PromptFileError as exc:
-                file_failed = True
-                st.error(f"This file cannot be used, so nothing will run until it is fixed or removed: {exc}")
-        if file_prompts is not None:
-            st.caption(f"{len(file_prompts.prompts)} prompt(s) from `{upload.name}`: "
-                       "all of them run at every intensity and are saved as one run.")
-            prompt = None
-        else:
-            prompt = st.text_area("Prompt", app.param("prompt", "The nature of consciousness is",
-                                                      max_len=MAX_PROMPT_CHARS), max_chars=MAX_PROMPT_CHARS)
+        given = prompt_widgets.prompt_input("The nature of consciousness is", MAX_PROMPT_CHARS)
+        file_prompts, prompt = given.file, given.prompt
         chat = st.toggle("Chat template", value=app.param("chat", "1", str, ["0", "1"]) == "1")
     with right:
         named, custom = presets.split("doses", app.param("doses", list(PRESETS.values()), app.float_list, lo=0.0,
@@ -150,7 +129,7 @@ def generate_view() -> None:
 
     intensities = sorted({PRESETS[p] for p in chosen_presets} | ({custom} if custom > 0 else set()))
     n_rows = len(intensities) * len(fatigue) * len(hebbian)  # every intensity x bio combination
-    app.set_params(run=run_id, prompt=prompt if file_prompts is None else None, chat="1" if chat else "0",
+    app.set_params(run=run_id, chat="1" if chat else "0",
                    doses=intensities, custom=custom or None, mech=mechanisms, seed=seed, max=max_tokens,
                    temp=temperature or None)
 
@@ -161,10 +140,8 @@ def generate_view() -> None:
                 "the finished prompts are below and can be saved.")
 
     action = None
-    if file_failed:
-        st.info("Remove or fix the prompts file to generate.")
-    elif file_prompts is None and not prompt.strip():
-        st.info("Type a prompt or upload a prompts file.")
+    if given.blocked:
+        st.info(given.blocked)
     elif not intensities:
         st.info("Choose at least one intensity.")
     elif not mechanisms:
@@ -200,7 +177,7 @@ def generate_view() -> None:
             config = {**dose.to_dict(), "model": modeling.DEFAULT_MODEL, "skip_run": run_id, "source": "app",
                       "prompts": len(runnable), "skipped": skipped}
             last = {"config": config, "dose": dose, "items": [], "total": len(runnable), "saved": None,
-                    "dataset": upload.name if file_prompts is not None else "app"}
+                    "dataset": given.file_name if file_prompts is not None else "app"}
             st.session_state["dose_results"] = last
             st.session_state["dose_running"] = True
             generate(model, tokenizer, runnable, last)
