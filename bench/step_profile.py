@@ -1,0 +1,152 @@
+"""Where a 4-bit decode step's time goes: each kind of op of the step, alone, at the step's shapes.
+
+Each part runs as a compiled chain of what one step does with it (30 blocks; random inputs of
+the default model's shapes, ``--rows`` rows, ``--span`` cached positions), timed as ms per step;
+the full compiled q4 step of ``psilonet.generation.decode_step`` runs beside them. Parts run
+interleaved over rounds; medians [min-max] are printed with each part's share of the full step.
+
+Parts: the q4 weight products (q, k, v, o, gate, up, down and the 8-bit LM head through
+:mod:`psilonet.kernels.qmm`), RMS norm (``mx.fast.rms_norm``, 61 per step), RoPE
+(``nn.RoPE``, q and k), the KV cache write (two ``slice_update``), attention over the span
+(``mx.fast.scaled_dot_product_attention`` with the boolean span mask), SiLU-gating, the
+vocabulary-wide entropies (log-softmax over 49,152 logits, and the 31 hidden-state entropies)
+and greedy sampling (argmax).
+
+    python -m bench.step_profile [--rows 1] [--span 64] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+from psilonet import runtime
+
+runtime.setup()  # bind the fast BLAS before anything imports mlx
+
+import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
+
+from psilonet.generation.decode_step import Decoder  # noqa: E402
+from psilonet.generation.entropy import hidden_entropy_bits, token_entropy_bits  # noqa: E402
+from psilonet.kernels import qmm  # noqa: E402
+from psilonet.model import quantized  # noqa: E402
+
+D, F, H, KV, HD, L, VOCAB = 576, 1536, 9, 3, 64, 30, 49152
+
+
+def parts(model, rows: int, span: int) -> dict:
+    layers = model.model.layers
+    x = mx.random.normal((rows, 1, D))
+    xf = mx.random.normal((rows, 1, F))
+    q = mx.random.normal((rows, H, 1, HD))
+    k = mx.random.normal((rows, KV, 1, HD))
+    cache = mx.random.normal((rows, KV, 4 * span, HD))
+    mask = mx.arange(span)[None, :] <= span - 1
+    logits = mx.random.normal((rows, VOCAB))
+    states = mx.random.normal((rows, L + 1, D))
+    norm_w = mx.ones((D,))
+    rope = nn.RoPE(HD, traditional=False, base=100000.0)
+    offset = mx.array(span - 1)
+    mx.eval(x, xf, q, k, cache, mask, logits, states)
+
+    def products():
+        outs = []
+        for layer in layers:
+            a, m = layer.self_attn, layer.mlp
+            outs += [a.q_proj(x), a.k_proj(x), a.v_proj(x), a.o_proj(x), m.gate_proj(x), m.up_proj(x), m.down_proj(xf)]
+        return outs + [model.model.embed_tokens.as_linear(x)]
+
+    # Each chain feeds every op's output into the next one: mx.compile would merge repeated ops
+    # on the same inputs into one.
+    def chain(op, start, n):
+        def run():
+            h = start
+            for _ in range(n):
+                h = op(h)
+            return [h]
+        return run
+
+    norms = chain(lambda h: mx.fast.rms_norm(h, norm_w, 1e-5), x, 2 * L + 1)
+    ropes = chain(lambda h: rope(h, offset=span - 1), q, 2 * L)  # q's and k's rotations
+    start = offset.reshape(1)
+    kv_writes = chain(lambda c: mx.slice_update(c, k, start, axes=(2,)), cache, 2 * L)
+    kk, vv = cache[:, :, :span], cache[:, :, :span]
+    attention = chain(lambda h: mx.fast.scaled_dot_product_attention(h, kk, vv, scale=HD ** -0.5, mask=mask), q, L)
+    gating = chain(lambda h: nn.silu(h) * h, xf, L)
+
+    def entropies():
+        return [token_entropy_bits(logits), hidden_entropy_bits(states)]
+
+    def sampling():
+        return [mx.argmax(logits, axis=-1)]
+
+    out = {}
+    for name, fn in (("q4 weight products", products), ("RMS norm", norms), ("RoPE", ropes),
+                     ("KV cache write", kv_writes), ("attention over the span", attention),
+                     ("SiLU gating", gating), ("both entropies", entropies), ("greedy sampling", sampling)):
+        compiled = mx.compile(fn)
+        out[name] = (lambda c: lambda: mx.eval(c()))(compiled)
+    return out
+
+
+def full_step(model, rows: int, span: int, track: bool):
+    dec = Decoder(model, rows, 4 * span, track=track)
+    out = dec.prefill(list(range(10, 10 + span - 8)))
+    tokens = out["tokens"]
+    mx.eval(tokens)
+
+    def step():
+        nonlocal tokens, dec
+        if dec.position >= span - 1:  # stay within one span (one compiled graph)
+            dec.position -= 1
+            dec.offset = dec.offset - 1
+        o = dec.step(tokens)
+        tokens = o["tokens"]
+        mx.eval(o)
+    return step
+
+
+def ms(fn, repeats: int = 5) -> float:
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return 1000 * (time.perf_counter() - start) / repeats
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1)
+    parser.add_argument("--span", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    if not 1 <= args.rows <= 16 or args.span < 16 or args.span % 64 or args.rounds < 1:
+        print("error: --rows in 1..16, --span a multiple of 64, --rounds >= 1", file=sys.stderr)
+        return 2
+    print(f"BLAS: {runtime.active_blas().describe()}")
+    print(qmm.describe())
+    model, _ = quantized.load_model(weights="q4")
+    variants = {"full q4 step (greedy)": full_step(model, args.rows, args.span, False),
+                "full q4 step + both entropies": full_step(model, args.rows, args.span, True)}
+    variants.update(parts(model, args.rows, args.span))
+    for fn in variants.values():
+        fn()
+    times = {n: [] for n in variants}
+    names = list(variants)
+    for r in range(args.rounds):
+        for n in names[r % len(names):] + names[: r % len(names)]:
+            times[n].append(ms(variants[n]))
+    full = "full q4 step (greedy)"
+    print(f"ms per step, {args.rows} row(s), span {args.span}, median [min-max] over {args.rounds} rounds; "
+          "share of the full greedy step (paired within rounds):")
+    for n in names:
+        share = [t / f for t, f in zip(times[n], times[full])]
+        print(f"  {n:32s} {statistics.median(times[n]):7.2f} [{min(times[n]):.2f}-{max(times[n]):.2f}]"
+              f"   {statistics.median(share):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
