@@ -20,8 +20,7 @@ elif runs is not None:
     table = st.dataframe(
         view[["run_id", "kind", "state", "dataset", "created", "progress", "parent"]],
         hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row", key="runs_table",
-        column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0),
-                       "run_id": st.column_config.TextColumn("run", width="large")},
+        column_config=app.RUNS_TABLE_COLUMNS,
     )
     rows = table.selection.rows if table is not None and hasattr(table, "selection") else []
     ids = list(view.run_id)

@@ -245,6 +245,21 @@ def set_params(**values: Any) -> None:
                 st.query_params[key] = text
 
 
+#: The Runs table's columns, in pixels: together (with the selection column) about 920 px, the
+#: page's width at a 1400 px window, so progress and parent are not cut there; a run id of
+#: ``kind-YYYYMMDD-HHMMSS-xxxxxx`` needs about 230 px, a parent longer than 170 px ends in "..."
+#: (the whole id on hover and in the run's details).
+RUNS_TABLE_COLUMNS = {
+    "run_id": st.column_config.TextColumn("run", width=230, pinned=True),
+    "kind": st.column_config.TextColumn("kind", width=70),
+    "state": st.column_config.TextColumn("state", width=80),
+    "dataset": st.column_config.TextColumn("dataset", width=105),
+    "created": st.column_config.DatetimeColumn("created", width=140, format="YYYY-MM-DD HH:mm"),
+    "progress": st.column_config.ProgressColumn("progress", width=90, min_value=0.0, max_value=1.0, format="percent"),
+    "parent": st.column_config.TextColumn("parent", width=170),
+}
+
+
 #: The kinds of run ``make demo`` (``jobs.demo``) makes; only these empty pages point to it.
 DEMO_KINDS = ("train", "capture", "analysis", "dose", "bio_eval")
 #: The job (and small settings) that makes a run of each kind, named by an empty page.
