@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--init", choices=tuned_lens.INITS, default="zero",
+                   help="zero: start at the logit lens; lstsq: start from a ridge fit of each state to the final one")
+    p.add_argument("--ridge", type=float, default=1e-2, help="the lstsq start's shrinkage towards the logit lens")
     p.add_argument("--seed", type=int, default=0, help="the window split and the batch draws")
     p.add_argument("--json", action="store_true", help="one JSON object per layer")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -53,9 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args) -> None:
     if args.run and args.model is not None:
         raise JobError(f"--model: --run {args.run} fits the run's own base model; drop --model")
-    for name in ("seq_len", "train_samples", "val_samples", "steps", "batch"):
+    for name in ("seq_len", "train_samples", "val_samples", "batch"):
         if getattr(args, name) < 1:
             raise JobError(f"{cli.flag_name(name)}: must be >= 1, got {getattr(args, name)}")
+    if args.steps < (0 if args.init == "lstsq" else 1):
+        raise JobError(f"--steps: must be >= {0 if args.init == 'lstsq' else 1} with --init {args.init}, got {args.steps}")
+    if not args.ridge > 0:
+        raise JobError(f"--ridge: must be > 0, got {args.ridge:g}")
     if args.seq_len < 2:
         raise JobError(f"--seq-len: must be >= 2, got {args.seq_len}")
     if not args.lr > 0:
@@ -74,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     windows = corpora.load_windows(tokenizer, args.dataset, seq_len=args.seq_len, n_train=args.train_samples,
                                    n_val=args.val_samples, seed=args.seed, data_dir=store.data_dir)
     run_config = {k: getattr(args, k) for k in ("run", "model", "dataset", "seq_len", "train_samples", "val_samples",
-                                              "steps", "batch", "lr", "seed")}
+                                              "steps", "batch", "lr", "init", "ridge", "seed")}
     bar = tqdm(total=args.steps, desc="tuned lens", unit="step", disable=args.quiet or args.json)
     with store.begin_run("tuned_lens", config=run_config, model=args.model, dataset=args.dataset, parent=args.run) as run:
         def progress(done: int, total: int) -> None:
@@ -82,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             run.set_progress(done / total)
 
         lens, history = tuned_lens.train(model, windows.train, steps=args.steps, batch=args.batch, lr=args.lr,
-                                         seed=args.seed, progress=progress)
+                                         seed=args.seed, init=args.init, ridge=args.ridge, progress=progress)
         for step, loss in enumerate(history):
             run.log_metrics(step, {"kl": loss})
         kl = tuned_lens.held_out_kl(model, lens, windows.val, batch=args.batch)
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             run.log_metrics(l, {"kl_logit": float(kl["logit"][l]), "kl_tuned": float(kl["tuned"][l])}, split="val_layer")
         mx.save_safetensors(str(run.dir / tuned_lens.WEIGHTS_FILE), dict(tree_flatten(lens.parameters())))
         run.finish({"kl_logit": float(kl["logit"].mean()), "kl_tuned": float(kl["tuned"].mean()),
-                    "final_train_kl": history[-1]})
+                    "final_train_kl": history[-1] if history else None})
     bar.close()
     rows = [dict(layer=l, kl_logit=float(kl["logit"][l]), kl_tuned=float(kl["tuned"][l])) for l in range(len(kl["logit"]))]
     if args.json:
