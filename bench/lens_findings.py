@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     parser.add_argument("--run", help="a training run: its skip model's lens beside the baseline's")
     parser.add_argument("--tuned", help="a tuned-lens run fitted to the base model")
     parser.add_argument("--intensities", type=float, nargs="+", default=[0.1, 0.2, 0.3])
-    parser.add_argument("--dose-windows", type=int, default=4)
+    parser.add_argument("--dose-windows", type=int, default=4, help="windows of the dose and sink findings; 0 skips them")
     parser.add_argument("--threshold", type=float, default=0.1, help="nats of mean kl_sober that count as diverged")
     parser.add_argument("--fatigue", type=float, default=1.0)
     parser.add_argument("--every", type=int, default=5, help="print every n-th layer (and the last three)")
@@ -102,6 +102,8 @@ def main(argv=None) -> int:
         if tuned is not None:
             print_lens(f"tuned lens {args.tuned}, baseline", lens_stats(read_all(base, windows, args.batch, tuned), windows), args.every)
 
+        if args.dose_windows < 1:
+            continue
         rows = [0.0, *args.intensities]
         hooks = lens.side_hooks(base, rows, seed=0)
         kl = np.mean([lens.logit_lens(base, np.repeat(w[None], len(rows), axis=0), hooks=hooks, top_k=1).kl_sober.mean(axis=2)

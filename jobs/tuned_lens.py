@@ -1,12 +1,16 @@
 """Train a tuned lens (one affine translator per layer) on an offline corpus and store it as a run.
 
-The translators start at zero (the logit lens) and are fitted with Adam on KL(final || layer)
-over the corpus's training windows; the held-out KL per layer of the logit lens and of the
-tuned lens, on the validation windows, is stored as the run's metrics and printed. With --run
-the lens is fitted to that training run's skip model.
+By default (--init lstsq) each translator starts from a closed-form ridge fit of the final
+state (rescaled to the layer's RMS) on the layer's state over the corpus's training windows;
+--steps N then refines every translator with N Adam steps on KL(final || layer). With
+--init zero the translators start at zero (the logit lens) and only the Adam steps fit them.
+The held-out KL per layer of the logit lens and of the tuned lens, on the validation windows,
+is stored as the run's metrics and printed. With --run the lens is fitted to that training
+run's skip model.
 
 Examples:
-  python -m jobs.tuned_lens --dataset smol-stories --steps 200
+  python -m jobs.tuned_lens --dataset smol-stories
+  python -m jobs.tuned_lens --init zero --steps 30
   python -m jobs.tuned_lens --run RUN --dataset python-docs --json
 """
 
@@ -40,10 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--train-samples", type=int, default=64)
     p.add_argument("--val-samples", type=int, default=16)
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--steps", type=int, default=0, help="Adam steps on KL after the start (>= 1 with --init zero)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--init", choices=tuned_lens.INITS, default="zero",
+    p.add_argument("--init", choices=tuned_lens.INITS, default="lstsq",
                    help="zero: start at the logit lens; lstsq: start from a ridge fit of each state to the final one")
     p.add_argument("--ridge", type=float, default=1e-2, help="the lstsq start's shrinkage towards the logit lens")
     p.add_argument("--seed", type=int, default=0, help="the window split and the batch draws")

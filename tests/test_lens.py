@@ -273,7 +273,7 @@ def test_attention_job_prints_one_object_per_head_and_position(tiny_model_dir, c
     (attention_job, ["--prompt", "Hi", "--layer", "1", "--run", "train-nope"], "--run:"),
     (lens_job, ["--prompt", "Hi", "--run", "train-nope", "--model", "default"], "--model: --run train-nope reads"),
     (lens_job, ["--prompt", "Hi", "--tuned", "tuned_lens-x"], "--tuned: only with --lens tuned"),
-    (tuned_job, ["--steps", "0"], "--steps: must be >= 1 with --init zero, got 0"),
+    (tuned_job, ["--init", "zero", "--steps", "0"], "--steps: must be >= 1 with --init zero, got 0"),
     (tuned_job, ["--seq-len", "1"], "--seq-len: must be >= 2, got 1"),
     (tuned_job, ["--lr", "0"], "--lr: must be > 0, got 0"),
     (tuned_job, ["--init", "lstsq", "--ridge", "0"], "--ridge: must be > 0, got 0"),
