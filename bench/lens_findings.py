@@ -34,7 +34,6 @@ import numpy as np
 from jobs.cli import data_dir as resolve_data_dir
 from psilonet import corpora
 from psilonet.analysis import attention, lens, tuned_lens
-from psilonet.analysis.capture import CaptureConfig, evaluation_windows
 from psilonet.model import loading as modeling
 from psilonet.store import Store
 
@@ -73,6 +72,8 @@ def main(argv=None) -> int:
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--offset", type=int, default=0,
+                        help="skip the first N seeded windows (0: a capture's windows; 64: a default tuned lens's validation windows)")
     parser.add_argument("--run", help="a training run: its skip model's lens beside the baseline's")
     parser.add_argument("--tuned", help="a tuned-lens run fitted to the base model")
     parser.add_argument("--intensities", type=float, nargs="+", default=[0.1, 0.2, 0.3])
@@ -93,9 +94,11 @@ def main(argv=None) -> int:
     tuned = tuned_lens.load(store.run_dir(args.tuned) / tuned_lens.WEIGHTS_FILE, base) if args.tuned else None
     print(f"BLAS: {runtime.active_blas().describe()}")
     for dataset in args.datasets:
-        windows = evaluation_windows(tokenizer, CaptureConfig(dataset=dataset, seq_len=args.seq_len, samples=args.windows,
-                                                              max_tokens=4), store.data_dir)
-        print(f"\n{dataset}: {len(windows)} windows x {args.seq_len} tokens")
+        # Window i of the seeded order is the same for every job of this seed, so an offset past
+        # the windows a lens or adapter was fitted on reads held-out text.
+        windows = corpora.load_windows(tokenizer, dataset, seq_len=args.seq_len, n_train=args.offset, n_val=args.windows,
+                                       seed=0, data_dir=store.data_dir).val
+        print(f"\n{dataset}: {len(windows)} windows x {args.seq_len} tokens after the first {args.offset}")
         print_lens("logit lens, baseline", lens_stats(read_all(base, windows, args.batch), windows), args.every)
         if trained is not None:
             print_lens(f"logit lens, trained {args.run}", lens_stats(read_all(trained, windows, args.batch), windows), args.every)
