@@ -8,8 +8,8 @@ In one process on the default model and the same evaluation windows (``--windows
 * ``lens``: :func:`psilonet.analysis.lens.logit_lens` over the same batches (every position of
   every window: top-k, next-token probability and rank, entropy, KL to final and to row 0).
 
-The two alternate over ``--rounds`` after a warm-up; the ratio lens / capture of each round is
-reported as median and quartiles. Then one batch is profiled stage by stage with the lens
+The two alternate batch by batch over ``--rounds`` after a warm-up; the ratio lens / capture of
+each round is reported as median and quartiles. Then one batch is profiled stage by stage with the lens
 module's own functions (the forward pass, the ``L + 1`` unembeddings, numpy's log-softmax,
 the top-k, the remaining statistics), which says where the time goes. The last line is
 ``goal lens vs capture: VALUE (target 2x) met|missed``.
@@ -107,20 +107,34 @@ def main(argv=None) -> int:
     print(f"{len(windows)} {args.dataset} windows x {args.seq_len} tokens, capture keeps {len(keep)}, "
           f"the lens reads all {windows.size}; batches of {args.batch_size}")
 
-    def captured():
-        capture.capture_model(model, windows, keep, args.batch_size, progress=False)
+    seq = args.seq_len
+    batches = []
+    for start in range(0, len(windows), args.batch_size):
+        part = windows[start : start + args.batch_size]
+        kept = keep[(keep >= start * seq) & (keep < (start + len(part)) * seq)] - start * seq
+        batches.append((part, kept))
 
-    def lensed():
-        for start in range(0, len(windows), args.batch_size):
-            lens.logit_lens(model, windows[start : start + args.batch_size])
+    def captured(part, kept):
+        capture.capture_model(model, part, kept, args.batch_size, progress=False)
 
-    captured(), lensed()  # warm-up
+    def lensed(part, kept):
+        lens.logit_lens(model, part)
+
+    for part, kept in batches:  # warm-up
+        captured(part, kept), lensed(part, kept)
+    # The two alternate batch by batch (which goes first alternates too), so that a burst of load
+    # from the other jobs on this machine falls on both rather than on one whole pass.
     times: dict[str, list[float]] = {"capture": [], "lens": []}
     for r in range(args.rounds):
-        for label, fn in (("capture", captured), ("lens", lensed)) if r % 2 == 0 else (("lens", lensed), ("capture", captured)):
-            start = time.perf_counter()
-            fn()
-            times[label].append(time.perf_counter() - start)
+        spent = {"capture": 0.0, "lens": 0.0}
+        for b, (part, kept) in enumerate(batches):
+            pair = (("capture", captured), ("lens", lensed)) if (r + b) % 2 == 0 else (("lens", lensed), ("capture", captured))
+            for label, fn in pair:
+                start = time.perf_counter()
+                fn(part, kept)
+                spent[label] += time.perf_counter() - start
+        for label, seconds in spent.items():
+            times[label].append(seconds)
     ratios = [l / c for l, c in zip(times["lens"], times["capture"])]
     for label, ts in times.items():
         print(f"{label:8s} median {statistics.median(ts):6.2f} s ({windows.size / statistics.median(ts):5.0f} tok/s), "
