@@ -34,6 +34,21 @@ from psilonet.model.skip import _key as skip_key
 BASE = "base"
 
 
+def base_patterns(model, ids: np.ndarray, fatigue: list[float] | None = None) -> tuple[dict[int, mx.array], list[mx.array]]:
+    """``({layer: base attention probabilities (B, H, T, T)}, states)`` of every block in one
+    hooked forward of ``ids`` (B, T), row ``r`` under fatigue strength ``fatigue[r]``."""
+    captured: dict[int, mx.array] = {}
+    if fatigue is not None and len(fatigue) != ids.shape[0]:
+        raise ValueError(f"fatigue: one strength per row is needed, got {len(fatigue)} for {ids.shape[0]} rows")
+    if fatigue is not None and any(s > 0 for s in fatigue):
+        bio_mod.check_family(model)
+        bio = bio_mod.Bio(list(fatigue), [0.0] * len(fatigue), forward.num_layers(model), patterns=captured)
+        hooks = bio.hooks()
+    else:
+        hooks = forward.Hooks(pattern=captured)
+    return captured, forward.hidden_states(model, mx.array(ids), hooks=hooks)
+
+
 def patterns(model, inputs, layer: int, *, fatigue: list[float] | None = None) -> dict[str | int, np.ndarray]:
     """``{"base" or skip distance: probabilities (B, H, T, T)}`` of block ``layer`` for each row
     of ``inputs`` (B, T), row ``r`` under fatigue strength ``fatigue[r]`` (default none)."""
@@ -44,16 +59,7 @@ def patterns(model, inputs, layer: int, *, fatigue: list[float] | None = None) -
     ids = np.asarray(inputs, dtype=np.int64)
     if ids.ndim == 1:
         ids = ids[None]
-    captured: dict[int, mx.array] = {}
-    if fatigue is not None and len(fatigue) != ids.shape[0]:
-        raise ValueError(f"fatigue: one strength per row is needed, got {len(fatigue)} for {ids.shape[0]} rows")
-    if fatigue is not None and any(s > 0 for s in fatigue):
-        bio_mod.check_family(model)
-        bio = bio_mod.Bio(list(fatigue), [0.0] * len(fatigue), len(layers), patterns=captured)
-        hooks = bio.hooks()
-    else:
-        hooks = forward.Hooks(pattern=captured)
-    states = forward.hidden_states(model, mx.array(ids), hooks=hooks)
+    captured, states = base_patterns(model, ids, fatigue)
     out: dict[str | int, np.ndarray] = {BASE: np.array(captured[layer].astype(mx.float32))}
     if skip is None or layer not in skip.skip_layers:
         return out

@@ -74,40 +74,91 @@ def _next_tokens(inputs: np.ndarray, next_tokens) -> np.ndarray:
     return out
 
 
+def _log_softmax(logits: mx.array, lp: np.ndarray, p: np.ndarray) -> None:
+    """``log p`` and ``p`` of one layer's float32 logits into the buffers ``lp`` and ``p``, in
+    numpy: its vectorised ``exp`` is many times MLX's on this CPU, and the lens runs one over the
+    whole vocabulary per layer and token. The buffers are reused from layer to layer because
+    fresh arrays this size are new pages that the kernel must zero first."""
+    np.copyto(lp, np.asarray(logits))
+    lp -= lp.max(axis=-1, keepdims=True)
+    np.exp(lp, out=p)
+    total = p.sum(axis=-1, keepdims=True)
+    lp -= np.log(total)
+    p /= total
+
+
+def _dot(p: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``sum_v p[..., v] x[..., v]`` (broadcast over the leading axes)."""
+    return np.einsum("...v,...v->...", p, x)
+
+
+def _top_k(lp: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
+    """Indices of the ``k`` largest entries of the last axis, largest first (an exact top-k).
+
+    A full sort of 49,152 entries per (layer, token) is most of a naive lens's time; instead
+    the ``k`` blocks of ``block`` entries with the largest maxima must hold the top ``k`` (any
+    other block's entries are below ``k`` block maxima), so only those are partitioned."""
+    shape, vocab = lp.shape[:-1], lp.shape[-1]
+    flat = lp.reshape(-1, vocab)
+    blocks = vocab // block
+    if blocks <= k or vocab % block:  # small vocabularies: one partition of everything
+        top = np.argpartition(-flat, k - 1, axis=-1)[:, :k] if k < vocab else np.argsort(-flat, axis=-1)
+    else:
+        tiles = flat.reshape(len(flat), blocks, block)
+        best = np.argpartition(-tiles.max(axis=-1), k - 1, axis=-1)[:, :k]  # (n, k) block numbers
+        rows = np.arange(len(flat))[:, None]
+        cand = tiles[rows, best].reshape(len(flat), k * block)
+        pick = np.argpartition(-cand, k - 1, axis=-1)[:, :k]
+        top = best[rows, pick // block] * block + pick % block
+    order = np.argsort(-np.take_along_axis(flat, top, axis=-1), axis=-1, kind="stable")
+    return np.take_along_axis(top, order, axis=-1).reshape(*shape, -1)[..., :k]
+
+
 def logit_lens(model, inputs, *, hooks: forward.Hooks = forward.NO_HOOKS, next_tokens=None,
                top_k: int = 5, tuned=None) -> Lens:
     """The logit lens of every row of ``inputs`` (B, T) token ids in one hooked forward pass;
     with ``tuned`` (a :class:`psilonet.analysis.tuned_lens.TunedLens`) each state goes through
-    its layer's translator first, which makes it the tuned lens."""
+    its layer's translator first, which makes it the tuned lens.
+
+    MLX computes the states and each layer's logits (the next layer's while numpy reduces the
+    current one); numpy does the per-vocabulary statistics (``bench/lens.py`` measures it)."""
     ids = np.asarray(inputs, dtype=np.int64)
     if ids.ndim == 1:
         ids = ids[None]
     nxt = _next_tokens(ids, next_tokens)
     states = forward.hidden_states(model, mx.array(ids), hooks=hooks)
-    final = layer_logprobs(model, states[-1])
-    p_final = mx.exp(final)
-    has_next = mx.array(nxt >= 0)
-    safe = mx.array(np.maximum(nxt, 0))[..., None]
-    fields = {k: [] for k in ("top_ids", "top_p", "p_next", "rank_next", "entropy", "kl_final", "kl_sober")}
-    for l, state in enumerate(states):
-        if l == len(states) - 1:
-            lp = final
-        else:
-            lp = layer_logprobs(model, state if tuned is None else tuned.translate(l, state))
-        top = mx.argsort(-lp, axis=-1)[..., :top_k]
-        chosen = mx.take_along_axis(lp, safe, axis=-1)  # (B, T, 1)
-        rank = (lp > chosen).sum(axis=-1) + 1
-        values = dict(
-            top_ids=top, top_p=mx.exp(mx.take_along_axis(lp, top, axis=-1)),
-            p_next=mx.where(has_next, mx.exp(chosen[..., 0]), mx.nan),
-            rank_next=mx.where(has_next, rank, 0),
-            entropy=-(mx.exp(lp) * lp).sum(axis=-1),
-            kl_final=(p_final * (final - lp)).sum(axis=-1),
-            kl_sober=(mx.exp(lp[:1]) * (lp[:1] - lp)).sum(axis=-1),
-        )
-        mx.eval(values)
-        for k, v in values.items():
-            fields[k].append(np.array(v))
+    last = len(states) - 1
+
+    def logits(l: int) -> mx.array:
+        state = states[l] if tuned is None else tuned.translate(l, states[l])
+        out = forward.logits_from(model, state).astype(mx.float32)
+        mx.async_eval(out)
+        return out
+
+    has_next = nxt >= 0
+    safe = np.maximum(nxt, 0)[..., None]
+    order = [last] + list(range(last))  # the final read-out first: every KL needs it
+    fields = {k: [None] * len(states) for k in ("top_ids", "top_p", "p_next", "rank_next", "entropy",
+                                                 "kl_final", "kl_sober")}
+    pending = logits(order[0])
+    lp, p, diff = (np.empty(pending.shape, np.float32) for _ in range(3))
+    above = np.empty(pending.shape, bool)
+    for i, l in enumerate(order):
+        _log_softmax(pending, lp, p)
+        if i + 1 < len(order):
+            pending = logits(order[i + 1])
+        if l == last:
+            final_lp, final_p = lp.copy(), p.copy()
+        top = _top_k(lp, top_k)
+        chosen = np.take_along_axis(lp, safe, axis=-1)  # (B, T, 1)
+        fields["top_ids"][l] = top
+        fields["top_p"][l] = np.exp(np.take_along_axis(lp, top, axis=-1))
+        fields["p_next"][l] = np.where(has_next, np.exp(chosen[..., 0]), np.nan)
+        np.greater(lp, chosen, out=above)
+        fields["rank_next"][l] = np.where(has_next, np.count_nonzero(above, axis=-1) + 1, 0)
+        fields["entropy"][l] = -_dot(p, lp)
+        fields["kl_final"][l] = _dot(final_p, np.subtract(final_lp, lp, out=diff))
+        fields["kl_sober"][l] = _dot(p[:1], np.subtract(lp[:1], lp, out=diff))
     return Lens(**{k: np.stack(v, axis=1) for k, v in fields.items()}, next_tokens=nxt)
 
 
