@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -88,3 +90,98 @@ def test_capture_without_summaries_and_an_old_run_read_empty(filled, tmp_path):
         assert list(reader.lens_summary().columns) == ["side", "layer", "positions", "kl_final", "rank_mean",
                                                        "rank_median", "top1_final", "entropy"]
     assert Store(data).get_run(run_id)["summary"]["lens_windows"] == 0
+
+
+# ---------------------------------------------------------------------- pages
+
+def open_page(page: str, params: dict | None = None):
+    at = open_app_page(page, params)
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def specs(at) -> list[str]:
+    """Each chart's spec as text, its unicode unescaped (labels hold · and α)."""
+    return [json.dumps(json.loads(c.proto.spec), ensure_ascii=False) for c in at.get("vega_lite_chart")]
+
+
+def test_lens_page_draws_the_stored_grid_and_curves_and_keeps_its_state_in_the_url(filled, monkeypatch):
+    data, _ = filled
+    monkeypatch.setenv("PSILONET_DATA", str(data))
+    run_id = capture_run(data)
+    at = open_page("lens", {"run": run_id, "colour": "kl_final", "side": "baseline", "pos": "2,9"})
+    assert at.radio(key="lens_colour").value == "kl_final" and at.radio(key="lens_side").value == "baseline"
+    assert at.slider(key="slider_pos").value == (2, 9)
+    drawn = specs(at)
+    assert len(drawn) == 3  # the grid, KL to final, next-token rank
+    assert "KL to the final layer (nats)" in drawn[0] and '"text"' in drawn[0]
+    assert "baseline (frozen model)" in drawn[1] and "trained (skip model)" in drawn[1]
+    assert at.get("download_button")
+    at.radio(key="lens_colour").set_value("p_top1").run()
+    assert at.query_params["colour"] == "p_top1" and at.query_params["run"] == run_id
+    assert at.query_params["pos"] == "2,9"
+
+
+def test_lens_page_reads_a_typed_prompt_with_a_dose(filled, monkeypatch):
+    data, train_id = filled
+    monkeypatch.setenv("PSILONET_DATA", str(data))
+    at = open_page("lens", {"view": "live", "model": train_id, "prompt": "Hello there friend", "doses": "0.1,0.3"})
+    assert at.multiselect(key="lens_doses").value == ["micro-dose", "double dose"]
+    at.button(key="lens_go").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    drawn = specs(at)
+    assert len(drawn) == 3
+    for label in ("baseline (frozen model)", "trained, sober", "trained, dose 0.1", "trained, dose 0.3"):
+        assert label in drawn[1], label
+    assert at.query_params["view"] == "live" and at.query_params["doses"] == "0.1,0.3"
+    # The tuned lens without a tuned-lens run: refused in words, nothing runs.
+    at = open_page("lens", {"view": "live", "lens": "tuned"})
+    assert any("No tuned lens is trained" in w.value for w in at.warning)
+    assert at.button(key="lens_go").disabled
+
+
+def test_attention_page_draws_the_head_grid_and_summaries_and_keeps_its_state(filled, monkeypatch):
+    data, _ = filled
+    monkeypatch.setenv("PSILONET_DATA", str(data))
+    run_id = capture_run(data)
+    at = open_page("attention", {"run": run_id, "layer": "2", "n": "6", "metric": "entropy", "side": "trained"})
+    assert at.selectbox(key="att_layer").value == 2 and at.slider(key="att_n").value == 6
+    drawn = specs(at)
+    assert len(drawn) == 3  # head grid, baseline and trained summary heatmaps
+    assert "tap d=1" in drawn[0] and "tap d=2" in drawn[0] and "base attention" in drawn[0]
+    assert "α " in drawn[0] and "weight " in drawn[0]  # the gated run's learned weights in the labels
+    assert "baseline: attention entropy" in drawn[1] and "trained: attention entropy" in drawn[2]
+    at.radio(key="att_metric").set_value("distance").run()
+    assert at.query_params["metric"] == "distance" and at.query_params["layer"] == "2"
+    at = open_page("attention", {"run": run_id, "layer": "99"})
+    assert len(at.warning) == 1 and "`layer=99`" in at.warning[0].value
+
+
+def test_pages_name_the_command_for_a_capture_without_summaries(filled, tmp_path, monkeypatch):
+    import shutil
+
+    from psilonet.store import tables as T
+
+    data = tmp_path / "data"
+    shutil.copytree(filled[0], data)
+    run_id = capture_run(data)
+    db = Store(data).run_dir(run_id) / "run.duckdb"
+    import duckdb  # an old capture: made before these tables existed
+
+    with duckdb.connect(str(db)) as con:
+        for table in (T.LENS_SUMMARY, T.ATTENTION_SUMMARY, T.LENS_GRID):
+            con.execute(f"DROP TABLE {table.name}")
+    (Store(data).run_dir(run_id) / capture_lens.PATTERNS_FILE).unlink()
+    monkeypatch.setenv("PSILONET_DATA", str(data))
+    for page in ("lens", "attention"):
+        at = open_page(page, {"run": run_id})
+        assert any("jobs.capture --run" in i.value for i in at.info), page
+        assert not at.get("vega_lite_chart")
+
+
+def test_empty_store_pages(tmp_path, monkeypatch):
+    monkeypatch.setenv("PSILONET_DATA", str(tmp_path))
+    for page in ("lens", "attention"):
+        at = open_page(page)
+        assert any("No complete capture run" in i.value for i in at.info)

@@ -51,15 +51,11 @@ def summary_windows(n_windows: int, seq_len: int, lens_positions: int) -> int:
 
 def lens_rows(side: str, lens: lens_mod.Lens) -> list[tuple]:
     """(side, layer, positions, kl_final, rank_mean, rank_median, top1_final, entropy) per state."""
-    rows = []
-    final_top = lens.top_ids[:, -1, :, 0]
-    has_next = lens.next_tokens >= 0
-    for l in range(lens.num_layers + 1):
-        ranks = lens.rank_next[:, l][has_next].astype(np.float64)
-        rows.append((side, l, int(lens.entropy[:, l].size), float(lens.kl_final[:, l].mean()),
-                     float(ranks.mean()) if ranks.size else None, float(np.median(ranks)) if ranks.size else None,
-                     float((lens.top_ids[:, l, :, 0] == final_top).mean()), float(lens.entropy[:, l].mean())))
-    return rows
+    means = lens_mod.layer_means(lens)
+    positions = int(lens.entropy[:, 0].size)
+    return [(side, l, positions, *(means[k][l] for k in ("kl_final", "rank_mean", "rank_median", "top1_final",
+                                                          "entropy")))
+            for l in range(lens.num_layers + 1)]
 
 
 def grid_rows(side: str, lens: lens_mod.Lens, window: np.ndarray, decode, n: int) -> list[tuple]:

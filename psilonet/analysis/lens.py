@@ -27,6 +27,7 @@ reads its blended states the same way.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -130,6 +131,24 @@ def lens_of_states(model, states: list[mx.array], next_tokens: np.ndarray, *, to
         for k, v in values.items():
             fields[k].append(np.array(v))
     return Lens(**{k: np.stack(v, axis=1) for k, v in fields.items()}, next_tokens=nxt)
+
+
+def layer_means(lens: Lens, rows=slice(None)) -> dict[str, np.ndarray]:
+    """Per state ``l = 0..L``, over every position of ``rows`` (default all; an int or a slice):
+    the mean ``kl_final``, ``kl_sober`` and ``entropy`` (nats), the mean and median ``rank_next``
+    over the positions that have a next token (NaN where none has), and ``top1_final``, the share
+    of positions whose top-1 token is the last layer's top-1."""
+    rows = [rows] if isinstance(rows, (int, np.integer)) else rows
+    has = lens.next_tokens[rows] >= 0  # (b, T)
+    ranks = lens.rank_next[rows].astype(np.float64)  # (b, L+1, T)
+    ranks = np.where(has[:, None, :], ranks, np.nan)
+    top = lens.top_ids[rows][..., 0]
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row without next tokens: NaN ranks
+        rank_mean, rank_median = np.nanmean(ranks, axis=(0, 2)), np.nanmedian(ranks.transpose(1, 0, 2).reshape(ranks.shape[1], -1), axis=1)
+    return dict(kl_final=lens.kl_final[rows].mean(axis=(0, 2)), kl_sober=lens.kl_sober[rows].mean(axis=(0, 2)),
+                entropy=lens.entropy[rows].mean(axis=(0, 2)), rank_mean=rank_mean, rank_median=rank_median,
+                top1_final=(top == top[:, -1:]).mean(axis=(0, 2)))
 
 
 def side_hooks(model, intensities: list[float], *, fatigue: list[float] | None = None,
