@@ -185,3 +185,16 @@ def test_empty_store_pages(tmp_path, monkeypatch):
     for page in ("lens", "attention"):
         at = open_page(page)
         assert any("No complete capture run" in i.value for i in at.info)
+
+
+def test_dose_page_shows_where_each_dose_takes_hold_for_a_stored_run(filled, monkeypatch):
+    data, _ = filled
+    monkeypatch.setenv("PSILONET_DATA", str(data))
+    dose_id = Store(data).list_runs(kind="dose").run_id.iloc[-1]
+    at = open_page("dose", {"view": "stored", "dose_run": dose_id})
+    before = len(at.get("vega_lite_chart"))
+    at.button(key="depth_go").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    drawn = specs(at)
+    assert len(drawn) == before + 1 and "Where each dose takes hold" in drawn[-1]
+    assert at.query_params["depth"] == "1"

@@ -68,17 +68,23 @@ def row_label(row: dict) -> str:
     return ", ".join(p for p in parts if p) or "sober"
 
 
-def run_lens(model, tokens: list[int], rows: list[dict], *, seed: int = 0, tuned=None) -> lens_mod.Lens:
+def run_lens(model, tokens: list[int], rows: list[dict], *, seed: int = 0, tuned=None,
+             spec: perturb.DoseSpec = perturb.DoseSpec()) -> lens_mod.Lens:
     """The lens of ``tokens`` for every row of :func:`batch_rows`, in one hooked forward pass."""
     hooks = lens_mod.side_hooks(model, [r["intensity"] for r in rows], fatigue=[r["fatigue"] for r in rows],
-                                hebbian=[r["hebbian"] for r in rows], seed=seed)
+                                hebbian=[r["hebbian"] for r in rows], seed=seed, spec=spec)
     return lens_mod.logit_lens(model, [tokens] * len(rows), hooks=hooks, top_k=1, tuned=tuned)
 
 
-def dose_depth(model, tokens: list[int], rows: list[dict], labels: list[str], seed: int = 0) -> pd.DataFrame:
-    """Per row and state, the mean over positions of ``kl_sober``: how far each dosed row's lens
-    read-out is from the sober row's at that depth (the first row must be the sober one)."""
-    return curves_of(run_lens(model, tokens, rows, seed=seed), labels)[["row", "layer", "kl_sober"]]
+def dose_depth(model, tokens: list[int], intensities: list[float], *, seed: int = 0,
+               spec: perturb.DoseSpec = perturb.DoseSpec()) -> pd.DataFrame:
+    """Per dose intensity and state, the mean over positions of ``kl_sober``: how far the dosed
+    row's lens read-out is from the sober row's at that depth, with the dose's own seed and
+    mechanisms, teacher-forced on ``tokens`` in one batch (the sober row first)."""
+    rows = batch_rows([i for i in intensities if i > 0], [], [])
+    lens = run_lens(model, tokens, rows, seed=seed, spec=spec)
+    curves = curves_of(lens, [f"intensity {r['intensity']:g}" for r in rows])
+    return curves[curves.row != curves.row.iloc[0]][["row", "layer", "kl_sober"]].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------- the stored view
@@ -243,3 +249,55 @@ def read_prompt(run_id: str | None, prompt: str, rows: list[dict], tuned_run: st
         status.update(label="Done", state="complete")
     decode = lambda i: tokenizer.decode([i])
     return {"grid": grid_of(lens, tokens, decode), "grid_row": labels[0], "curves": curves}
+
+
+# ---------------------------------------------------------------------- the Dosed generation page
+
+def _dose_config(state: dict) -> dict:
+    """The dose config behind the results the Dosed generation page shows: the stored run's
+    (``state["run"]``) from the catalog, else the page's live request (its ``dose_results``)."""
+    if state.get("run"):
+        all_runs = app.runs()
+        row = None if all_runs is None else all_runs[all_runs.run_id == state["run"]]
+        return row.config.iloc[0] if row is not None and len(row) and isinstance(row.config.iloc[0], dict) else {}
+    return (st.session_state.get("dose_results") or {}).get("config", {})
+
+
+def dose_depth_view(mine: pd.DataFrame, state: dict) -> list:
+    """Where each dose of one prompt's generations takes hold: per layer, the KL of each dosed
+    row's lens read-out from the sober row's, teacher-forced on the prompt and the sober row's
+    continuation, behind a button. Returns the chart for the page's export (once computed)."""
+    config = _dose_config(state)
+    prompt = str(mine.prompt.iloc[0])
+    intensities = sorted(float(i) for i in mine.intensity.unique())
+    sober = mine[(mine.intensity == 0)]
+    with st.expander("Where does each dose take hold? Lens per layer", expanded=app.param("depth", "0") == "1"):
+        st.caption("The prompt and the sober row's continuation read teacher-forced in one batch: the sober row and one "
+                   "row per intensity (the same seed and mechanisms as the generation). Per layer, KL(sober ‖ dosed) "
+                   "of the two rows' logit-lens read-outs, averaged over positions: the depth where a line leaves 0 "
+                   "is where that dose takes hold.")
+        if not any(i > 0 for i in intensities):
+            st.info("These generations have no dosed row.")
+            return []
+        key = (state.get("run"), config.get("skip_run"), prompt, tuple(intensities))
+        if st.button("Read the layers", key="depth_go", help=f"One forward pass of {len(intensities) + (0 not in intensities)} rows."):
+            app.set_params(depth="1")
+            with st.status("Reading each layer…") as status:
+                model, tokenizer = app.generator(config.get("model") or modeling.DEFAULT_MODEL, config.get("skip_run"),
+                                                 str(app.data_dir()))
+                tokens = encode_prompt(tokenizer, prompt, chat=bool(config.get("chat", True)))
+                if len(sober):
+                    tokens = list(tokens) + tokenizer.encode(str(sober.text.iloc[0]), add_special_tokens=False)
+                tokens = tokens[: context_length(model)]
+                seed = int(mine.seed.iloc[0])
+                spec = perturb.DoseSpec.only(*(config.get("mechanisms") or perturb.MECHANISMS))
+                with serving.model_turn():
+                    frame = dose_depth(model, tokens, intensities, seed=seed, spec=spec)
+                status.update(label=f"Read {len(tokens)} tokens", state="complete")
+            st.session_state["dose_depth"] = (key, frame)
+        kept = st.session_state.get("dose_depth")
+        if kept is None or kept[0] != key:
+            return []
+        chart = lens_charts.layer_curve(kept[1], "kl_sober")
+        st.altair_chart(chart, width="stretch")
+    return [("Where each dose takes hold", chart)]
