@@ -198,3 +198,94 @@ def test_dose_page_shows_where_each_dose_takes_hold_for_a_stored_run(filled, mon
     drawn = specs(at)
     assert len(drawn) == before + 1 and "Where each dose takes hold" in drawn[-1]
     assert at.query_params["depth"] == "1"
+
+
+# ---------------------------------------------------------------------- charts and frames
+
+def grid_frame(layers: int = 4, positions: int = 20) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame([dict(layer=l, pos=t, token_text=f" tok{t}\n", top1=f"next{l}{t}", p_top1=rng.random(),
+                              kl_final=rng.random() * 5) for l in range(layers) for t in range(positions)])
+
+
+def test_lens_grid_marks_every_cell_with_its_token_and_fits_a_narrow_page():
+    from psilonet.app import lens_charts as C
+
+    chart = C.lens_grid(grid_frame(), "kl_final", "a window")
+    spec = chart.to_dict()
+    assert [layer["mark"]["type"] for layer in spec["layer"]] == ["rect", "text"]
+    assert spec["width"] <= C.NARROW_WIDTH and spec["height"] == 4 * 16
+    assert spec["layer"][0]["encoding"]["y"]["sort"] == "descending"  # the last state at the top
+    colour = spec["layer"][0]["encoding"]["color"]
+    assert colour["field"] == "kl_final" and colour["scale"]["domain"][1] <= 5
+    rows = chart.data
+    assert rows["input"].iloc[1] == "1 ·tok1⏎" and len(rows) == 80  # whitespace made visible
+    assert C.lens_grid(grid_frame(), "p_top1").to_dict()["layer"][0]["encoding"]["color"]["scale"]["domain"] == [0, 1]
+    with pytest.raises(ValueError, match="colour must be one of"):
+        C.lens_grid(grid_frame(), "rank")
+    with pytest.raises(ValueError, match="missing column"):
+        C.lens_grid(grid_frame().drop(columns="top1"))
+    assert C.token_label("abcdefghij") == "abcdef…" and C.token_label(" a") == "·a"
+
+
+def test_layer_curves_overlay_rows_and_put_the_rank_on_a_log_scale():
+    from psilonet.app import lens_charts as C
+
+    curves = pd.DataFrame({"row": ["baseline"] * 3 + ["dose 0.2"] * 3, "layer": [0, 1, 2] * 2,
+                           "kl_final": [3.0, 1.0, 0.0, 4.0, 2.0, 0.0], "rank_median": [900, 10, 1, np.nan, 30, 2],
+                           "kl_sober": [0.0] * 3 + [0.0, 0.5, 0.7]})
+    rank = C.layer_curve(curves, "rank_median")
+    assert rank.to_dict()["encoding"]["y"]["scale"]["type"] == "log"
+    assert len(rank.data) == 5  # a NaN rank (no next token) is left out, not drawn at 0
+    kl = C.layer_curve(curves, "kl_final").to_dict()
+    assert kl["encoding"]["color"]["sort"] == ["baseline", "dose 0.2"] and "type" not in kl["encoding"]["y"]["scale"]
+    assert "takes hold" in str(C.layer_curve(curves, "kl_sober").to_dict()["title"])
+    with pytest.raises(ValueError, match="value must be one of"):
+        C.layer_curve(curves, "entropy")
+
+
+def test_head_grid_facets_heads_by_tap_and_sizes_cells_to_fit():
+    from psilonet.app import attention_widgets as W
+    from psilonet.app import lens_charts as C
+
+    rng = np.random.default_rng(1)
+    mats = {"base": {(2, h): rng.random((8, 8)) for h in range(3)}, "2": {(2, h): rng.random((8, 8)) for h in range(3)}}
+    frame = W.pattern_frame(mats, 2, 6, {2: 0.25}, {0: 0.9})
+    assert len(frame) == 2 * 3 * 21  # the lower triangle of 6 x 6 per head and tap: keys after the query left out
+    assert set(frame.tap_label) == {"base attention", "tap d=2 · weight 0.25"}
+    assert set(frame.head_label) == {"head 0 · α 0.90", "head 1", "head 2"}
+    spec = C.head_grid(frame, [f"t{i}" for i in range(8)], "Block 2").to_dict()
+    assert spec["facet"]["row"]["field"] == "head_label" and spec["facet"]["column"]["sort"][0] == "base attention"
+    side = spec["spec"]["width"]
+    assert side == spec["spec"]["height"] and 2 * side + 150 <= C.NARROW_WIDTH
+    base_only = C.head_grid(frame[frame.tap == "base"], ["t"] * 8, "Block 2").to_dict()
+    assert base_only["columns"] == 3 and base_only["facet"]["field"] == "head_label"
+    with pytest.raises(ValueError, match="missing column"):
+        C.head_grid(frame.drop(columns="weight"), [], "x")
+
+
+def test_summary_heatmaps_share_one_colour_scale():
+    from psilonet.app import lens_charts as C
+
+    summary = pd.DataFrame([dict(side=s, tap="base", layer=l, head=h, entropy=1.0, sink=v, distance=2.0)
+                            for s, v in (("baseline", 0.2), ("trained", 0.8)) for l in range(3) for h in range(4)])
+    a = C.summary_heatmap(summary, "sink", "baseline").to_dict()
+    b = C.summary_heatmap(summary, "sink", "trained").to_dict()
+    assert a["encoding"]["color"]["scale"]["domain"] == b["encoding"]["color"]["scale"]["domain"] == [0.2, 0.8]
+    with pytest.raises(ValueError, match="metric must be one of"):
+        C.summary_heatmap(summary, "head", "baseline")
+
+
+def test_layer_means_and_batch_rows():
+    from psilonet.app import lens_widgets as W
+
+    lens = L.Lens(top_ids=np.array([[[[1], [2]], [[1], [1]]]]), top_p=np.ones((1, 2, 2, 1)),
+                  p_next=np.array([[[0.5, np.nan], [0.5, np.nan]]]), rank_next=np.array([[[7, 0], [1, 0]]]),
+                  entropy=np.array([[[1.0, 3.0], [0.0, 1.0]]]), kl_final=np.array([[[2.0, 4.0], [0.0, 0.0]]]),
+                  kl_sober=np.zeros((1, 2, 2)), next_tokens=np.array([[5, -1]]))
+    means = L.layer_means(lens)
+    np.testing.assert_allclose(means["kl_final"], [3.0, 0.0])
+    np.testing.assert_allclose(means["rank_median"], [7, 1])  # only the position with a next token
+    np.testing.assert_allclose(means["top1_final"], [0.5, 1.0])
+    rows = W.batch_rows([0.1, 0.0], [1.0], [])
+    assert [W.row_label(r) for r in rows] == ["sober", "dose 0.1", "fatigue 1"]

@@ -77,12 +77,12 @@ def layer_curve(curves: pd.DataFrame, value: str = "kl_final") -> alt.Chart:
     """One line per row (baseline, trained, sober, a dose...) over the states 0..L: the mean KL to
     the final layer (``kl_final``), or the median rank of the true next token (``rank_median``,
     log scale, 1 = top)."""
-    _require(curves, ("row", "layer", value), "layer_curve")
     titles = {"kl_final": ("mean KL to the final layer (nats)", "How far each layer's read-out is from the final one"),
               "rank_median": ("median rank of the next token (log)", "Where the true next token ranks at each layer"),
               "kl_sober": ("mean KL from the sober row (nats)", "Where each dose takes hold")}
     if value not in titles:
         raise ValueError(f"layer_curve: value must be one of {', '.join(titles)}, got {value!r}")
+    _require(curves, ("row", "layer", value), "layer_curve")
     data = curves[["row", "layer", value]].dropna().copy()
     data["layer"] = data["layer"].astype("int64")
     y_title, title = titles[value]
@@ -115,12 +115,14 @@ def head_grid(patterns: pd.DataFrame, tokens: list[str], title: str, subtitle: s
         dict.fromkeys(data["tap_label"]))
     heads = list(dict.fromkeys(data.sort_values("head")["head_label"]))
     columns = len(taps) if len(taps) > 1 else 3
-    cell = int(np.clip((NARROW_WIDTH - 70) // (columns * n + columns), 3, 16))
+    # Row headers (head and gate alpha, about 90 px) and the token labels (about 60 px) come on top.
+    room = NARROW_WIDTH - (150 if len(taps) > 1 else 70)
+    cell = int(np.clip(room // (columns * n + columns), 3, 16))
     side = cell * n
     show_labels = cell >= 8
     chart = alt.Chart(data).mark_rect().encode(
         x=alt.X("k:N", title="key position", sort=labels, axis=alt.Axis(labels=show_labels, labelFontSize=8)),
-        y=alt.Y("q:N", title="query position", sort=labels, axis=alt.Axis(labels=show_labels, labelFontSize=8)),
+        y=alt.Y("q:N", title=None, sort=labels, axis=alt.Axis(labels=show_labels, labelFontSize=8)),
         color=alt.Color("weight:Q", title="attention", scale=alt.Scale(scheme=HEATMAP_SCHEME, domain=[0, 1]),
                         legend=alt.Legend(orient="bottom", gradientLength=200)),
         tooltip=[alt.Tooltip("head_label:N", title="head"), alt.Tooltip("tap_label:N", title="tap"),
@@ -133,7 +135,9 @@ def head_grid(patterns: pd.DataFrame, tokens: list[str], title: str, subtitle: s
                               column=alt.Column("tap_label:N", title=None, sort=taps))
     else:
         faceted = chart.facet(facet=alt.Facet("head_label:N", title=None, sort=heads), columns=columns)
-    return faceted.properties(title=_title(title, subtitle or None)).resolve_scale(color="shared")
+    reading = "rows: query position, columns: key position (both with their input token)"
+    return faceted.properties(title=_title(title, [subtitle, reading] if subtitle else reading)).resolve_scale(
+        color="shared")
 
 
 def summary_heatmap(summary: pd.DataFrame, metric: str, side: str, domain=None) -> alt.Chart:
