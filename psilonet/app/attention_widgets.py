@@ -68,7 +68,9 @@ def head_grid_view(run: pd.Series, summary: pd.DataFrame, grid: pd.DataFrame) ->
                     index=sides.index(app.param("side", sides[-1], str, sides)))
     layers = sorted(int(l) for l in summary.layer.unique())
     c1, c2 = st.columns(2)
-    layer = c1.selectbox("Block", layers, key="att_layer", index=layers.index(app.param("layer", layers[0], int, layers)))
+    tapped = sorted(int(l) for l in summary[(summary.side == side) & (summary.tap != attention.BASE)].layer.unique())
+    first = tapped[0] if tapped else layers[0]  # a skip block shows its taps beside the base attention
+    layer = c1.selectbox("Block", layers, key="att_layer", index=layers.index(app.param("layer", first, int, layers)))
     tokens = list(grid[(grid.side == side) & (grid.layer == 0)].sort_values("pos").token_text)
     most = max(len(tokens), 2)
     n = c2.slider("Positions", 2, most, app.param("n", min(12, most), int, lo=2, hi=most), key="att_n",
