@@ -38,12 +38,6 @@ def tap_name(tap) -> str:
     return str(tap)
 
 
-def _next_tokens(windows: np.ndarray) -> np.ndarray:
-    nxt = np.full(windows.shape, -1, dtype=np.int64)
-    nxt[:, :-1] = windows[:, 1:]
-    return nxt
-
-
 def summary_windows(n_windows: int, seq_len: int, lens_positions: int) -> int:
     """How many of the first windows hold ``lens_positions`` positions (0: no summaries)."""
     return 0 if lens_positions <= 0 else min(n_windows, math.ceil(lens_positions / seq_len))
@@ -94,7 +88,7 @@ def summarise(side: str, model, windows: np.ndarray, decode, *, grid_positions: 
     for start in range(0, len(windows), batch_size):
         batch = windows[start : start + batch_size]
         states, pats = attention.every_pattern(model, batch)
-        lens = lens_mod.lens_of_states(model, states, _next_tokens(batch), top_k=1)
+        lens = lens_mod.lens_of_states(model, states, lens_mod._next_tokens(batch, None), top_k=1)
         del states
         lens_parts.append(lens)
         for layer, taps in pats.items():

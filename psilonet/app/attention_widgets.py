@@ -14,11 +14,16 @@ import pandas as pd
 import streamlit as st
 
 from psilonet.analysis import attention, capture_lens
-from psilonet.app import helpers as app, layout, lens_charts
+from psilonet.app import helpers as app, layout, lens_charts, lens_widgets
 from psilonet.app.charts import _observed_domain
 from psilonet.app.lens_widgets import CAPTURE_HINT, SIDE_LABELS
 
 METRICS = {"entropy": "entropy", "sink": "sink share", "distance": "mean distance"}
+
+
+def tap_order(tap: str) -> tuple[bool, int]:
+    """Stored taps in reading order: the base attention, then the skip distances ascending."""
+    return tap != attention.BASE, 0 if tap == attention.BASE else int(tap)
 
 
 def _last_step(frame: pd.DataFrame | None) -> pd.DataFrame:
@@ -63,9 +68,7 @@ def pattern_frame(matrices: dict[str, dict[tuple[int, int], object]], layer: int
 
 def head_grid_view(run: pd.Series, summary: pd.DataFrame, grid: pd.DataFrame) -> list:
     """Side, block and positions pickers, then the block's head grid; returns the export pairs."""
-    sides = [s for s in SIDE_LABELS if s in set(summary.side)]
-    side = st.radio("Patterns of", sides, format_func=SIDE_LABELS.get, horizontal=True, key="att_side",
-                    index=sides.index(app.param("side", sides[-1], str, sides)))
+    side = lens_widgets.side_choice("Patterns of", summary, "att_side")
     layers = sorted(int(l) for l in summary.layer.unique())
     c1, c2 = st.columns(2)
     tapped = sorted(int(l) for l in summary[(summary.side == side) & (summary.tap != attention.BASE)].layer.unique())
@@ -75,9 +78,8 @@ def head_grid_view(run: pd.Series, summary: pd.DataFrame, grid: pd.DataFrame) ->
     most = max(len(tokens), 2)
     n = c2.slider("Positions", 2, most, app.param("n", min(12, most), int, lo=2, hi=most), key="att_n",
                   help="The first window's first positions; fewer keep the token labels readable.")
-    app.set_params(side=side, layer=layer, n=n)
-    taps = [t for t in summary[(summary.side == side) & (summary.layer == layer)].tap.unique()]
-    taps = sorted(taps, key=lambda t: (t != attention.BASE, int(t) if t != attention.BASE else 0))
+    app.set_params(layer=layer, n=n)
+    taps = sorted(summary[(summary.side == side) & (summary.layer == layer)].tap.unique(), key=tap_order)
     matrices = {}
     for tap in taps:
         stored = app.read(run.name, "stored_matrices", capture_lens.PATTERNS_FILE, side, tap)
@@ -107,7 +109,7 @@ def summary_view(run: pd.Series, summary: pd.DataFrame) -> list:
     c1, c2 = st.columns(2)
     metric = c1.radio("Summary", list(METRICS), format_func=METRICS.get, horizontal=True, key="att_metric",
                       index=list(METRICS).index(app.param("metric", "sink", str, list(METRICS))))
-    taps = sorted(summary.tap.unique(), key=lambda t: (t != attention.BASE, int(t) if t != attention.BASE else 0))
+    taps = sorted(summary.tap.unique(), key=tap_order)
     tap = c2.selectbox("Attention", taps, key="att_tap", format_func=lambda t: "base" if t == attention.BASE else f"skip tap d={t}",
                        index=taps.index(app.param("stap", attention.BASE, str, taps)))
     app.set_params(metric=metric, stap=tap)
@@ -123,17 +125,10 @@ def summary_view(run: pd.Series, summary: pd.DataFrame) -> list:
 
 
 def stored_view() -> None:
-    run = app.run_picker("Capture run", ("capture",), key="run")
-    if run is None:
+    found = lens_widgets.stored_capture("attention_summary", "attention summaries")
+    if found is None:
         return
-    summary = app.read(run.name, "attention_summary")
-    grid = app.read(run.name, "lens_grid")
-    if summary is None or grid is None:
-        return
-    if summary.empty:
-        st.info(f"Capture `{run.name}` has no stored attention summaries (it was made before captures stored them, "
-                f"or with `--lens-positions 0`). {CAPTURE_HINT}")
-        return
+    run, summary, grid = found
     exported = head_grid_view(run, summary, grid)
     st.subheader("Per block and head")
     exported += summary_view(run, summary)

@@ -113,23 +113,39 @@ def draw_curves(curves: pd.DataFrame) -> list:
     return [("KL to the final layer per layer", charts[0]), ("Next-token rank per layer", charts[1])]
 
 
-def stored_view() -> None:
+def stored_capture(what: str, words: str) -> tuple[pd.Series, pd.DataFrame, pd.DataFrame] | None:
+    """A capture picker, then the run, its stored ``what`` table and its lens grid; None after
+    saying why (no capture, unreadable, or a capture without them, naming the command)."""
     run = app.run_picker("Capture run", ("capture",), key="run")
     if run is None:
-        return
-    summary = app.read(run.name, "lens_summary")
+        return None
+    summary = app.read(run.name, what)
     grid = app.read(run.name, "lens_grid")
     if summary is None or grid is None:
-        return
+        return None
     if summary.empty:
-        st.info(f"Capture `{run.name}` has no stored lens (it was made before captures stored one, or with "
+        st.info(f"Capture `{run.name}` has no stored {words} (it was made before captures stored them, or with "
                 f"`--lens-positions 0`). {CAPTURE_HINT}")
-        return
-    sides = [s for s in SIDE_LABELS if s in set(grid.side)]
-    side = st.radio("Grid of", sides, format_func=SIDE_LABELS.get, horizontal=True, key="lens_side",
+        return None
+    return run, summary, grid
+
+
+def side_choice(label: str, stored: pd.DataFrame, key: str) -> str:
+    """The side (baseline or trained) a view shows: a radio over the sides ``stored`` has, in the URL's ``side``."""
+    sides = [s for s in SIDE_LABELS if s in set(stored.side)]
+    side = st.radio(label, sides, format_func=SIDE_LABELS.get, horizontal=True, key=key,
                     index=sides.index(app.param("side", sides[-1], str, sides)))
-    colour = colour_choice()
     app.set_params(side=side)
+    return side
+
+
+def stored_view() -> None:
+    found = stored_capture("lens_summary", "lens")
+    if found is None:
+        return
+    run, summary, grid = found
+    side = side_choice("Grid of", grid, "lens_side")
+    colour = colour_choice()
     mine = grid[grid.side == side]
     lo, hi = position_range(int(mine.pos.max()) + 1)
     shown = mine[(mine.pos >= lo) & (mine.pos <= hi)]
