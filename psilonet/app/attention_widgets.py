@@ -90,9 +90,8 @@ def head_grid_view(run: pd.Series, summary: pd.DataFrame, grid: pd.DataFrame) ->
         return []
     weights, alphas = learned(run.get("parent"), layer) if side == "trained" else ({}, {})
     frame = pattern_frame(matrices, layer, n, weights, alphas)
-    subtitle = (f"{run.name} ({run.dataset}), {SIDE_LABELS[side]}: queries (rows) over keys (columns) of the first "
-                f"window, positions 0-{n - 1}")
-    title = f"Block {layer}: where each head looks" + (", base attention beside each skip tap" if len(matrices) > 1 else "")
+    subtitle = [f"{run.name} ({run.dataset})", f"{SIDE_LABELS[side]}, the first window's positions 0-{n - 1}"]
+    title = f"Block {layer}: where each head looks"
     chart = lens_charts.head_grid(frame, tokens, title, subtitle)
     app.chart(("head_grid", run.name, side, layer, n), lambda: chart)
     if weights or alphas:

@@ -18,6 +18,7 @@ SUMMARY_COLUMNS = T.ATTENTION_SUMMARY.pick("side", "layer", "head")
 GRID_COLOURS = {"p_top1": "probability of the top-1 token", "kl_final": "KL to the final layer (nats)"}
 SUMMARY_TITLES = {"entropy": "attention entropy (nats)", "sink": "share of attention on position 0 (sink)",
                   "distance": "mean distance attended (positions back)"}
+SUMMARY_SHORT = {"entropy": "attention entropy", "sink": "sink share", "distance": "mean distance"}
 #: The plot width a chart must keep to fit the main column of a 1000 px window with the sidebar open.
 NARROW_WIDTH = 520
 TOKEN_CHARS = 7  # a cell shows this many characters of its token (the tooltip has it whole)
@@ -68,8 +69,7 @@ def lens_grid(grid: pd.DataFrame, colour: str = "p_top1", subtitle: str = "") ->
         text="cell:N", color=alt.condition(light, alt.value("white"), alt.value("black")))
     return alt.layer(cells, text).properties(
         title=_title("Top-1 next token per layer and position",
-                     [subtitle, "logit lens: each state through the final norm and unembedding"] if subtitle
-                     else "logit lens: each state through the final norm and unembedding"),
+                     ([subtitle] if subtitle else []) + ["each state through the final norm and unembedding"]),
         width=width, height=height)
 
 
@@ -77,8 +77,8 @@ def layer_curve(curves: pd.DataFrame, value: str = "kl_final") -> alt.Chart:
     """One line per row (baseline, trained, sober, a dose...) over the states 0..L: the mean KL to
     the final layer (``kl_final``), or the median rank of the true next token (``rank_median``,
     log scale, 1 = top)."""
-    titles = {"kl_final": ("mean KL to the final layer (nats)", "How far each layer's read-out is from the final one"),
-              "rank_median": ("median rank of the next token (log)", "Where the true next token ranks at each layer"),
+    titles = {"kl_final": ("mean KL to the final layer (nats)", "KL to the final layer"),
+              "rank_median": ("median rank of the next token (log)", "Rank of the true next token"),
               "kl_sober": ("mean KL from the sober row (nats)", "Where each dose takes hold")}
     if value not in titles:
         raise ValueError(f"layer_curve: value must be one of {', '.join(titles)}, got {value!r}")
@@ -93,14 +93,14 @@ def layer_curve(curves: pd.DataFrame, value: str = "kl_final") -> alt.Chart:
         x=alt.X("layer:Q", title=STATES_AXIS, axis=alt.Axis(tickMinStep=1, format="d")),
         y=alt.Y(f"{value}:Q", title=y_title, scale=scale),
         color=alt.Color("row:N", title=None, sort=list(dict.fromkeys(data.row)),
-                        legend=alt.Legend(orient="bottom", columns=2, labelLimit=0)),
+                        legend=alt.Legend(orient="bottom", columns=1, labelLimit=0)),
         tooltip=[alt.Tooltip("row:N"), alt.Tooltip("layer:Q", title="state"),
                  alt.Tooltip(f"{value}:Q", title=y_title, format=".4g")],
     ).properties(title=_title(title, "mean over positions" if value != "rank_median" else "median over positions"),
                  width="container", height=260)
 
 
-def head_grid(patterns: pd.DataFrame, tokens: list[str], title: str, subtitle: str = "") -> alt.FacetChart:
+def head_grid(patterns: pd.DataFrame, tokens: list[str], title: str, subtitle: str | list[str] = "") -> alt.FacetChart:
     """The attention of one block, one small query x key heatmap per head (rows) and tap (columns:
     the base attention, then each skip tap). ``patterns`` has ``head, tap, query, key, weight``
     and the facet labels ``head_label`` and ``tap_label`` (which carry gate alphas and tap weights);
@@ -135,9 +135,9 @@ def head_grid(patterns: pd.DataFrame, tokens: list[str], title: str, subtitle: s
                               column=alt.Column("tap_label:N", title=None, sort=taps))
     else:
         faceted = chart.facet(facet=alt.Facet("head_label:N", title=None, sort=heads), columns=columns)
-    reading = "rows: query position, columns: key position (both with their input token)"
-    return faceted.properties(title=_title(title, [subtitle, reading] if subtitle else reading)).resolve_scale(
-        color="shared")
+    lines = [subtitle] if isinstance(subtitle, str) and subtitle else list(subtitle or [])
+    lines.append("in each panel, rows: query, columns: key (position and input token)")
+    return faceted.properties(title=_title(title, lines)).resolve_scale(color="shared")
 
 
 def summary_heatmap(summary: pd.DataFrame, metric: str, side: str, domain=None) -> alt.Chart:
@@ -154,9 +154,10 @@ def summary_heatmap(summary: pd.DataFrame, metric: str, side: str, domain=None) 
     return alt.Chart(data).mark_rect().encode(
         x=alt.X("head:O", title="head"),
         y=alt.Y("layer:O", title=BLOCKS_AXIS, sort="ascending"),
-        color=alt.Color(f"{metric}:Q", title=SUMMARY_TITLES[metric].split(" (")[0],
-                        scale=alt.Scale(scheme=HEATMAP_SCHEME, domain=domain, clamp=True)),
+        color=alt.Color(f"{metric}:Q", title=SUMMARY_SHORT[metric],
+                        scale=alt.Scale(scheme=HEATMAP_SCHEME, domain=domain, clamp=True),
+                        legend=alt.Legend(orient="bottom", gradientLength=160)),
         tooltip=[alt.Tooltip("layer:O", title="block"), alt.Tooltip("head:O"),
                  alt.Tooltip(f"{metric}:Q", title=SUMMARY_TITLES[metric], format=".3f")],
-    ).properties(title=_title(f"{side}: {SUMMARY_TITLES[metric]}", "mean over the capture's summary windows"),
+    ).properties(title=_title(f"{side}: {SUMMARY_SHORT[metric]}", SUMMARY_TITLES[metric]),
                  width=min(width, PAGE_WIDTH), height=height)

@@ -16,7 +16,7 @@ import streamlit as st
 
 from psilonet.analysis import lens as lens_mod
 from psilonet.analysis import tuned_lens
-from psilonet.app import bio_widgets, helpers as app, layout, lens_charts, presets, serving
+from psilonet.app import bio_widgets, charts, helpers as app, layout, lens_charts, presets, serving
 from psilonet.generation import perturb
 from psilonet.generation.prompts import context_length, encode_prompt
 from psilonet.model import forward
@@ -108,9 +108,9 @@ def colour_choice() -> str:
 
 
 def draw_curves(curves: pd.DataFrame) -> list:
-    charts = [lens_charts.layer_curve(curves, "kl_final"), lens_charts.layer_curve(curves, "rank_median")]
-    layout.draw_panels(charts)
-    return [("KL to the final layer per layer", charts[0]), ("Next-token rank per layer", charts[1])]
+    panels = [lens_charts.layer_curve(curves, "kl_final"), lens_charts.layer_curve(curves, "rank_median")]
+    layout.draw_panels(panels)
+    return [("KL to the final layer per layer", panels[0]), ("Next-token rank per layer", panels[1])]
 
 
 def stored_capture(what: str, words: str) -> tuple[pd.Series, pd.DataFrame, pd.DataFrame] | None:
@@ -149,12 +149,12 @@ def stored_view() -> None:
     mine = grid[grid.side == side]
     lo, hi = position_range(int(mine.pos.max()) + 1)
     shown = mine[(mine.pos >= lo) & (mine.pos <= hi)]
-    sub = f"{run.name} ({run.dataset}), {SIDE_LABELS[side]}, the first window's positions {lo}-{hi}"
-    app.chart(("lens_grid", run.name, side, colour, lo, hi), lambda: lens_charts.lens_grid(shown, colour, sub),
-              width="stretch")
+    sub = f"{run.name} ({run.dataset}), {SIDE_LABELS[side]}, first window, positions {lo}-{hi}"
+    app.chart(("lens_grid", run.name, side, colour, lo, hi),
+              lambda: charts.fit_width(lens_charts.lens_grid(shown, colour, sub)), width="stretch")
     positions = int(summary.positions.iloc[0])
     st.caption(f"Curves: means over {positions} positions (the capture's first windows), baseline and trained. "
-               "Type a prompt below to add sober and dosed rows of your own.")
+               "**Your prompt** (above) reads a prompt of your own with dosed and bio rows.")
     exported = [("Top-1 next token per layer and position", lens_charts.lens_grid(shown, colour, sub))]
     exported += draw_curves(stored_curves(summary))
     app.export_button("Lens", exported, {"run": run.name, "dataset": run.dataset, "side": side, "colour": colour})
@@ -226,7 +226,7 @@ def live_view() -> None:
     lo, hi = position_range(int(grid.pos.max()) + 1, key="lpos")
     chart = lens_charts.lens_grid(grid[(grid.pos >= lo) & (grid.pos <= hi)], colour,
                                   f"your prompt, the {live['grid_row']} row")
-    st.altair_chart(chart, width="stretch")
+    st.altair_chart(charts.fit_width(chart), width="stretch")
     exported = [("Top-1 next token per layer and position", chart)] + draw_curves(live["curves"])
     app.export_button("Lens", exported, {"model": source, "prompt": prompt, "rows": ", ".join(map(row_label, rows)),
                                          "lens": tuned_run or "logit"})
