@@ -289,3 +289,24 @@ def test_layer_means_and_batch_rows():
     np.testing.assert_allclose(means["top1_final"], [0.5, 1.0])
     rows = W.batch_rows([0.1, 0.0], [1.0], [])
     assert [W.row_label(r) for r in rows] == ["sober", "dose 0.1", "fatigue 1"]
+
+
+def test_each_export_permalink_reopens_the_same_lens_or_attention_view(filled, monkeypatch):
+    from urllib.parse import parse_qsl, urlsplit
+
+    from test_links import PUBLIC, export_permalink, widget_state
+
+    data, _ = filled
+    monkeypatch.setenv("PSILONET_DATA", str(data))
+    monkeypatch.setenv("PSILONET_PUBLIC_URL", PUBLIC)
+    run_id = capture_run(data)
+    cases = {"lens": {"run": run_id, "colour": "kl_final", "pos": "1,5", "zzz": "1"},
+             "attention": {"run": run_id, "layer": "3", "n": "5", "metric": "distance", "side": "trained"}}
+    for page, params in cases.items():
+        at = open_page(page, params)
+        assert not at.warning, [w.value for w in at.warning]
+        link = export_permalink(at)
+        query = dict(parse_qsl(urlsplit(link).query))
+        assert link.startswith(f"{PUBLIC}/{page}?") and query == dict(at.query_params) and "zzz" not in query
+        again = open_page(page, query)
+        assert widget_state(again) == widget_state(at) and dict(again.query_params) == query, page
