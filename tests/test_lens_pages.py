@@ -310,3 +310,26 @@ def test_each_export_permalink_reopens_the_same_lens_or_attention_view(filled, m
         assert link.startswith(f"{PUBLIC}/{page}?") and query == dict(at.query_params) and "zzz" not in query
         again = open_page(page, query)
         assert widget_state(again) == widget_state(at) and dict(again.query_params) == query, page
+
+
+def test_lens_page_reads_a_prompt_through_a_tuned_lens_of_the_run(filled, tmp_path, monkeypatch):
+    import shutil
+
+    from jobs import tuned_lens as tuned_job
+
+    data, train_id = tmp_path / "data", filled[1]
+    shutil.copytree(filled[0], data)
+    assert tuned_job.main(["--run", train_id, "--data-dir", str(data), "--dataset", "smol-stories", "--seq-len", "16",
+                           "--train-samples", "4", "--val-samples", "2", "--steps", "2", "--quiet"]) == 0
+    tuned_id = Store(data).list_runs(kind="tuned_lens").run_id.iloc[0]
+    monkeypatch.setenv("PSILONET_DATA", str(data))
+    at = open_page("lens", {"view": "live", "model": train_id, "lens": "tuned", "prompt": "Hello there"})
+    assert at.selectbox(key="lens_tuned").value == tuned_id and at.query_params["tuned"] == tuned_id
+    at.button(key="lens_go").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    drawn = specs(at)
+    assert len(drawn) == 3 and "trained, dose 0.2" in drawn[1]
+    assert "baseline (frozen model)" not in drawn[1]  # the tuned lens is fitted to the trained run only
+    # The base model has no tuned lens fitted to it: the page says so and the button stays off.
+    at = open_page("lens", {"view": "live", "lens": "tuned"})
+    assert any("No tuned lens is trained for base model" in w.value for w in at.warning)
