@@ -143,9 +143,10 @@ def layer_means(lens: Lens, rows=slice(None)) -> dict[str, np.ndarray]:
     ranks = lens.rank_next[rows].astype(np.float64)  # (b, L+1, T)
     ranks = np.where(has[:, None, :], ranks, np.nan)
     top = lens.top_ids[rows][..., 0]
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a row without next tokens: NaN ranks
-        rank_mean, rank_median = np.nanmean(ranks, axis=(0, 2)), np.nanmedian(ranks.transpose(1, 0, 2).reshape(ranks.shape[1], -1), axis=1)
+    per_layer = ranks.transpose(1, 0, 2).reshape(ranks.shape[1], -1)  # (L+1, b*T)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # rows without a next token: NaN, not a warning
+        rank_mean, rank_median = np.nanmean(per_layer, axis=1), np.nanmedian(per_layer, axis=1)
     return dict(kl_final=lens.kl_final[rows].mean(axis=(0, 2)), kl_sober=lens.kl_sober[rows].mean(axis=(0, 2)),
                 entropy=lens.entropy[rows].mean(axis=(0, 2)), rank_mean=rank_mean, rank_median=rank_median,
                 top1_final=(top == top[:, -1:]).mean(axis=(0, 2)))
