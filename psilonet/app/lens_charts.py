@@ -50,8 +50,12 @@ def lens_grid(grid: pd.DataFrame, colour: str = "p_top1", subtitle: str = "") ->
     n_x, n_y = data.pos.nunique(), data.layer.nunique()
     width = int(min(NARROW_WIDTH, max(160, 40 * n_x)))
     height = int(min(16 * n_y, 640)) if n_y else 120
+    # The embeddings' read-out is the input token read back, tens of nats from the final one: its
+    # KL would flatten every other layer's colour, so the scale spans the blocks' range (clamped).
+    blocks = data[data.layer > 0] if (data.layer > 0).any() else data
     scale = (alt.Scale(scheme="viridis", domain=[0, 1]) if colour == "p_top1"
-             else alt.Scale(scheme="magma", reverse=True, domain=_observed_domain(data.kl_final, (0.0, 1.0))))
+             else alt.Scale(scheme="magma", reverse=True, clamp=True,
+                            domain=_observed_domain(blocks.kl_final, (0.0, 1.0))))
     base = alt.Chart(data).encode(
         x=alt.X("input:N", title="position and its input token", sort=order,
                 axis=alt.Axis(labelAngle=-60, labelLimit=90)),
