@@ -333,3 +333,21 @@ def test_lens_page_reads_a_prompt_through_a_tuned_lens_of_the_run(filled, tmp_pa
     # The base model has no tuned lens fitted to it: the page says so and the button stays off.
     at = open_page("lens", {"view": "live", "lens": "tuned"})
     assert any("No tuned lens is trained for base model" in w.value for w in at.warning)
+
+
+def test_a_baseline_only_capture_draws_both_pages(filled, tiny_model_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from jobs import capture as capture_job
+
+    data = tmp_path / "data"
+    shutil.copytree(filled[0], data)
+    assert capture_job.main(["--model", str(tiny_model_dir), "--seq-len", "8", "--samples", "2", "--max-tokens", "8",
+                             "--data-dir", str(data), "--quiet"]) == 0
+    run_id = capture_run(data)
+    monkeypatch.setenv("PSILONET_DATA", str(data))
+    at = open_page("lens", {"run": run_id})
+    assert at.radio(key="lens_side").options == ["baseline (frozen model)"] and len(specs(at)) == 3
+    at = open_page("attention", {"run": run_id})
+    drawn = specs(at)
+    assert len(drawn) == 2 and '"columns": 3' in drawn[0] and "tap d=" not in drawn[0]  # heads wrapped, no taps
