@@ -16,6 +16,8 @@ page = st.navigation([
     st.Page("views/trajectories.py", title="Trajectories", icon=":material/timeline:"),
     st.Page("views/taps.py", title="Tap weights", icon=":material/tune:"),
     st.Page("views/causes.py", title="Causes", icon=":material/call_split:"),
+    st.Page("views/lens.py", title="Lens", icon=":material/visibility:"),
+    st.Page("views/attention.py", title="Attention", icon=":material/center_focus_strong:"),
     st.Page("views/dose.py", title="Dosed generation", icon=":material/science:"),
     st.Page("views/bio.py", title="Bio interventions", icon=":material/neurology:"),
 ], position=serving.nav_position())

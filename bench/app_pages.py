@@ -31,7 +31,7 @@ from psilonet.app import helpers as app_helpers
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 PAGES = {"runs": {}, "training": {}, "similarity": {}, "trajectories": {}, "taps": {}, "dose": {},
-         "dose (stored run)": {"view": "stored"}, "bio": {}}
+         "dose (stored run)": {"view": "stored"}, "bio": {}, "lens": {}, "attention": {}}
 FIRST_TARGET, WARM_TARGET = 1.5, 0.3
 
 

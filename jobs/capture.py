@@ -3,6 +3,9 @@
 Records, for the kept tokens, the residual stream of every layer (embeddings included) and
 every head's attention output before the o-projection, for the frozen baseline and, with
 --run, for the trained skip model. One forward pass per batch returns every capture point.
+Beside them it stores each side's corpus-level logit lens and attention summaries over the first
+--lens-positions positions' windows, and the first window's layer x position lens grid and
+attention patterns (the Lens and Attention pages read them without a model).
 
 Examples:
   python -m jobs.capture --run train-20261128-042514-ff7ca5 --dataset python-docs

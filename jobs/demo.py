@@ -27,7 +27,9 @@ from psilonet.store import Store
 # blend at alpha 0.65, lr 3e-4 (same data, 12 steps).
 TRAIN = ["--dataset", "python-docs", "--train-samples", "48", "--val-samples", "16", "--epochs", "1",
          "--distances", "2", "3", "4", "--gates", "--blend", "additive", "--alpha", "0.5", "--lr", "1e-3"]
-CAPTURE = ["--samples", "24", "--max-tokens", "1000"]
+# The stored lens and attention summaries read one 64-token window per side: 0.08x the capture's
+# own time on these settings (bench.capture_summaries; README, "The Lens and Attention pages").
+CAPTURE = ["--samples", "24", "--max-tokens", "1000", "--lens-positions", "64"]
 DOSE = ["--prompt", "The nature of consciousness is", "--intensities", "0", "0.1", "0.2", "0.3",
         "--max-tokens", "32"]
 # Enough to draw every chart of the Bio interventions page (4 windows of 16 tokens per corpus,

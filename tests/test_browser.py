@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 PAGES = {"": "Runs", "training": "Training", "similarity": "Similarity", "trajectories": "Trajectories",
          "taps": "Tap weights", "dose": "Dosed generation", "dose?view=stored": "Dosed generation",
-         "bio": "Bio interventions", "causes": "Causes"}
+         "bio": "Bio interventions", "causes": "Causes", "lens": "Lens", "attention": "Attention"}
 SHOT_NAMES = {"": "runs", "dose": "dose_form", "dose?view=stored": "dose"}
 CHARTS = '[data-testid="stVegaLiteChart"]'
 WIDTH = 1400

@@ -4,8 +4,8 @@ file as one run; stored dose runs reopened with their texts, entropies and chart
 import pandas as pd
 import streamlit as st
 
-from psilonet.app import (bio_widgets, cause_widgets, charts, dose_frames, dose_requests, helpers as app, presets,
-                          prompt_widgets, serving, share)
+from psilonet.app import (bio_widgets, cause_widgets, charts, dose_frames, dose_requests, helpers as app, lens_widgets,
+                          presets, prompt_widgets, serving, share)
 from psilonet.generation import dose_config, dosing, perturb, prompts
 from psilonet.model import loading as modeling
 from psilonet.model import quantized
@@ -68,6 +68,7 @@ def show_results(gens: pd.DataFrame, tokens: pd.DataFrame, layers: pd.DataFrame,
         exported.append(("Hidden-state entropy by layer", profile))
     if bio_state is not None and named:
         exported += bio_widgets.state_charts(*bio_state, dict(zip(mine.gen_id, mine.label)))
+    exported += lens_widgets.dose_depth_view(mine, state)  # where each dose takes hold, per layer
     app.export_button("Dosed generation", exported, {**state, "prompt": prompt},
                       texts=[(g.label if named else f"intensity {g.intensity:g}", g.text) for g in mine.itertuples()])
 

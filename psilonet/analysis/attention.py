@@ -52,7 +52,7 @@ def base_patterns(model, ids: np.ndarray, fatigue: list[float] | None = None) ->
 def patterns(model, inputs, layer: int, *, fatigue: list[float] | None = None) -> dict[str | int, np.ndarray]:
     """``{"base" or skip distance: probabilities (B, H, T, T)}`` of block ``layer`` for each row
     of ``inputs`` (B, T), row ``r`` under fatigue strength ``fatigue[r]`` (default none)."""
-    base, skip = forward.unwrap(model)
+    base, _ = forward.unwrap(model)
     layers = base.model.layers
     if not 0 <= layer < len(layers):
         raise ValueError(f"layer: {layer} is out of range (the model has layers 0..{len(layers) - 1})")
@@ -60,19 +60,39 @@ def patterns(model, inputs, layer: int, *, fatigue: list[float] | None = None) -
     if ids.ndim == 1:
         ids = ids[None]
     captured, states = base_patterns(model, ids, fatigue)
-    out: dict[str | int, np.ndarray] = {BASE: np.array(captured[layer].astype(mx.float32))}
+    return {BASE: np.array(captured[layer].astype(mx.float32)), **tap_patterns(model, states, layer)}
+
+
+def tap_patterns(model, states: list[mx.array], layer: int) -> dict[int, np.ndarray]:
+    """``{skip distance: probabilities (B, H, T, T)}`` of block ``layer``'s skip taps, recomputed
+    from the residual ``states`` of one forward pass (empty where the block has no skip taps)."""
+    base, skip = forward.unwrap(model)
     if skip is None or layer not in skip.skip_layers:
-        return out
+        return {}
+    layers = base.model.layers
     mask = forward.layer_masks(base.model, states[0], [None] * len(layers))[layer]
     norm = layers[layer].input_layernorm
     attn = skip.blocks[skip_key(layer)].attn
     q = forward.queries(attn, norm(states[layer]))
+    out: dict[int, np.ndarray] = {}
     for d in skip.cfg.taps(layer):
         k, v = forward.keys_values(attn, norm(states[layer - d]))
         tap: dict[int, mx.array] = {}
         forward.attend(attn, q, k, v, mask, None, layer, forward.Hooks(pattern=tap))
         out[d] = np.array(tap[layer].astype(mx.float32))
     return out
+
+
+def every_pattern(model, inputs) -> tuple[list[mx.array], dict[int, dict[str | int, np.ndarray]]]:
+    """``(states, {layer: {"base" or skip distance: probabilities (B, H, T, T)}})`` of every block
+    in one forward pass (no fatigue): what :func:`patterns` gives for one layer, for all of them."""
+    ids = np.asarray(inputs, dtype=np.int64)
+    if ids.ndim == 1:
+        ids = ids[None]
+    captured, states = base_patterns(model, ids)
+    out = {l: {BASE: np.array(p.astype(mx.float32)), **tap_patterns(model, states, l)}
+           for l, p in sorted(captured.items())}
+    return states, out
 
 
 def records(pats: dict[str | int, np.ndarray], row: int = 0) -> list[dict]:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from psilonet import config, corpora
 from psilonet.config import ConfigError, option
-from psilonet.analysis import representation
+from psilonet.analysis import capture_lens, representation
 from psilonet.model import forward
 from psilonet.store import tables
 
@@ -46,6 +46,10 @@ class CaptureConfig(config.Declared):
     max_tokens: int = option(2000, min=4, help="token positions kept (seeded sample; at least 4 for debiased CKA)")
     seed: int = config.seed_option(0, help="which windows and positions")
     batch_size: int = option(8, min=1)
+    lens_positions: int = option(128, min=0, help="positions (from the first windows) of the stored lens and "
+                                 "attention summaries; 0: none. About L+1 unembeddings each")
+    grid_positions: int = option(32, min=0, max=128, help="positions of the first window in the stored "
+                                 "layer x position lens grid and attention patterns")
 
     def validate(self) -> "CaptureConfig":
         self.check_fields()
@@ -114,6 +118,23 @@ def token_rows(tokenizer, windows: np.ndarray, keep: np.ndarray) -> list[tuple[i
     return rows
 
 
+def store_summaries(writer, sides, windows: np.ndarray, tokenizer, cfg: CaptureConfig, progress: bool) -> None:
+    """The corpus lens and attention summaries of each side (:mod:`psilonet.analysis.capture_lens`)."""
+    n = capture_lens.summary_windows(len(windows), cfg.seq_len, cfg.lens_positions)
+    if n == 0:
+        return
+    decode = lambda i: tokenizer.decode([i])
+    patterns = []
+    for side, m in tqdm(sides, desc="lens and attention summaries", unit="side", disable=not progress):
+        out = capture_lens.summarise(side, m, windows[:n], decode, grid_positions=cfg.grid_positions)
+        writer.write_rows(tables.LENS_SUMMARY, out["lens"])
+        writer.write_rows(tables.ATTENTION_SUMMARY, out["attention"])
+        writer.write_rows(tables.LENS_GRID, out["grid"])
+        patterns += out["patterns"]
+    if patterns:
+        writer.write_matrices(capture_lens.PATTERNS_FILE, patterns)
+
+
 def run_capture(store, cfg: CaptureConfig, *, train_run: str | None = None, model: str | None = None,
                 data_dir=None, progress: bool = True) -> tuple[str, dict]:
     """Capture the baseline (and, with ``train_run``, its trained skip model) into a new run.
@@ -158,12 +179,14 @@ def run_capture(store, cfg: CaptureConfig, *, train_run: str | None = None, mode
         diagnostic: list = []
         writer.write_matrices(ACTIVATIONS_FILE, records())
         writer.write_capture_tokens(token_rows(tokenizer, windows, keep))
+        store_summaries(writer, sides, windows, tokenizer, cfg, progress)
         for stats, outliers, dims in diagnostic:  # the outlier diagnostic: norms cost nothing here
             writer.write_rows(tables.NORM_STATS, stats)
             writer.write_rows(tables.NORM_OUTLIERS, outliers)
             writer.write_rows(tables.OUTLIER_DIMS, dims)
         resid_shape, head_shape = shapes["baseline"]
         summary = {"sides": [s for s, _ in sides], "tokens": int(len(keep)), "layers": resid_shape[0],
+                   "lens_windows": capture_lens.summary_windows(len(windows), cfg.seq_len, cfg.lens_positions),
                    "heads": head_shape[1], "hidden": resid_shape[2], "head_dim": head_shape[3]}
         writer.finish(summary)
     return writer.run_id, summary

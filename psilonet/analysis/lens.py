@@ -27,6 +27,7 @@ reads its blended states the same way.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -127,6 +128,14 @@ def logit_lens(model, inputs, *, hooks: forward.Hooks = forward.NO_HOOKS, next_t
         ids = ids[None]
     nxt = _next_tokens(ids, next_tokens)
     states = forward.hidden_states(model, mx.array(ids), hooks=hooks)
+    return lens_of_states(model, states, nxt, top_k=top_k, tuned=tuned)
+
+
+def lens_of_states(model, states: list[mx.array], next_tokens: np.ndarray, *, top_k: int = 5, tuned=None) -> Lens:
+    """The lens of residual states already computed (``[h[0..L]]``, each (B, T, D), as
+    :func:`psilonet.model.forward.hidden_states` returns them): what :func:`logit_lens` does after
+    its forward pass. ``next_tokens`` (B, T) holds -1 where there is no next token."""
+    nxt = np.asarray(next_tokens, dtype=np.int64)
     last = len(states) - 1
 
     def logits(l: int) -> mx.array:
@@ -160,6 +169,25 @@ def logit_lens(model, inputs, *, hooks: forward.Hooks = forward.NO_HOOKS, next_t
         fields["kl_final"][l] = _dot(final_p, np.subtract(final_lp, lp, out=diff))
         fields["kl_sober"][l] = _dot(p[:1], np.subtract(lp[:1], lp, out=diff))
     return Lens(**{k: np.stack(v, axis=1) for k, v in fields.items()}, next_tokens=nxt)
+
+
+def layer_means(lens: Lens, rows=slice(None)) -> dict[str, np.ndarray]:
+    """Per state ``l = 0..L``, over every position of ``rows`` (default all; an int or a slice):
+    the mean ``kl_final``, ``kl_sober`` and ``entropy`` (nats), the mean and median ``rank_next``
+    over the positions that have a next token (NaN where none has), and ``top1_final``, the share
+    of positions whose top-1 token is the last layer's top-1."""
+    rows = [rows] if isinstance(rows, (int, np.integer)) else rows
+    has = lens.next_tokens[rows] >= 0  # (b, T)
+    ranks = lens.rank_next[rows].astype(np.float64)  # (b, L+1, T)
+    ranks = np.where(has[:, None, :], ranks, np.nan)
+    top = lens.top_ids[rows][..., 0]
+    per_layer = ranks.transpose(1, 0, 2).reshape(ranks.shape[1], -1)  # (L+1, b*T)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # rows without a next token: NaN, not a warning
+        rank_mean, rank_median = np.nanmean(per_layer, axis=1), np.nanmedian(per_layer, axis=1)
+    return dict(kl_final=lens.kl_final[rows].mean(axis=(0, 2)), kl_sober=lens.kl_sober[rows].mean(axis=(0, 2)),
+                entropy=lens.entropy[rows].mean(axis=(0, 2)), rank_mean=rank_mean, rank_median=rank_median,
+                top1_final=(top == top[:, -1:]).mean(axis=(0, 2)))
 
 
 def side_hooks(model, intensities: list[float], *, fatigue: list[float] | None = None,

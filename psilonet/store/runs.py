@@ -500,6 +500,24 @@ class RunReader:
         except duckdb.Error as e:
             raise StoreError(f"query on run {self.run_id!r} failed: {reason(e)}") from e
 
+    def lens_summary(self) -> pd.DataFrame:
+        """A capture's corpus lens per side and state (empty for captures made before it existed)."""
+        return self._rows_if_stored(T.LENS_SUMMARY)
+
+    def attention_summary(self) -> pd.DataFrame:
+        """A capture's attention summaries per side, tap, block and head (empty for older captures)."""
+        return self._rows_if_stored(T.ATTENTION_SUMMARY)
+
+    def lens_grid(self) -> pd.DataFrame:
+        """A capture's layer x position lens grid of its first window (empty for older captures)."""
+        return self._rows_if_stored(T.LENS_GRID)
+
+    def stored_matrices(self, filename: str, side: str, point: str) -> dict[tuple[int, int], np.ndarray]:
+        """Like :meth:`matrices`, but empty where the run has no ``filename`` (older runs)."""
+        if not (self.dir / filename).is_file():
+            return {}
+        return self.matrices(filename, side, point)
+
     def _file(self, filename: str) -> Path:
         path = self.dir / filename
         if not _matrices.valid_name(filename) or not path.is_file():

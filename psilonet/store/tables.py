@@ -243,6 +243,25 @@ OUTLIER_DIMS = Table("outlier_dims", (
     ("side", "VARCHAR"), ("layer", "INTEGER"), ("rank", "INTEGER"), ("dim", "INTEGER"), ("share", "DOUBLE"),
 ), order_by="side, layer, rank", what="outlier dimensions")  # fmt: skip
 
+# Corpus-level lens and attention summaries (psilonet.analysis.capture_lens), per side: per state
+# (0 = embeddings) the mean KL to the final layer (nats), the next token's mean and median rank
+# (1 = top), the share of positions whose top-1 is the final top-1 and the mean entropy (nats);
+# per block, tap ("base" or the skip distance) and head the attention entropy (nats), share on
+# window position 0 and mean distance back; and the first window's layer x position grid. That
+# window's attention patterns are a Parquet file of the run (capture_lens.PATTERNS_FILE).
+LENS_SUMMARY = Table("lens_summary", (
+    ("side", "VARCHAR"), ("layer", "INTEGER"), ("positions", "INTEGER"), ("kl_final", "DOUBLE"),
+    ("rank_mean", "DOUBLE"), ("rank_median", "DOUBLE"), ("top1_final", "DOUBLE"), ("entropy", "DOUBLE"),
+), order_by="side, layer", what="lens summaries")  # fmt: skip
+ATTENTION_SUMMARY = Table("attention_summary", (
+    ("side", "VARCHAR"), ("tap", "VARCHAR"), ("layer", "INTEGER"), ("head", "INTEGER"), ("entropy", "DOUBLE"),
+    ("sink", "DOUBLE"), ("distance", "DOUBLE"),
+), order_by="side, tap, layer, head", what="attention summaries")  # fmt: skip
+LENS_GRID = Table("lens_grid", (
+    ("side", "VARCHAR"), ("layer", "INTEGER"), ("pos", "INTEGER"), ("token_text", "VARCHAR"), ("top1", "VARCHAR"),
+    ("p_top1", "DOUBLE"), ("kl_final", "DOUBLE"), ("rank_next", "INTEGER"), ("entropy", "DOUBLE"),
+), order_by="side, layer, pos", what="lens grid")  # fmt: skip
+
 # --------------------------------------------------------------------------- analysis runs
 
 # Every similarity number keyed by source run, metric, layer(s) and head.
