@@ -74,6 +74,23 @@ def test_summary_pairs_windows_and_ranks_components():
         ablation.components(model, layers=[1])
 
 
+def test_weight_effect_correlation_is_spearman_of_the_absolute_weight_per_kind():
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(3)
+    learned = rng.normal(size=8)
+    effect = np.abs(learned) * 2 + rng.normal(scale=0.01, size=8)  # ordered by |weight|, not by weight
+    table = pd.DataFrame({"kind": ["reference"] + ["tap"] * 4 + ["head"] * 4 + ["block"] * 2,
+                          "learned": [np.nan, *learned, 0.5, 0.5], "delta_loss": [0.0, *effect, 0.1, 0.2]})
+    got = ablation.weight_effect_correlation(table).set_index("kind")
+    assert set(got.index) == {"tap", "head", "tap+head"}  # blocks: constant weights, no correlation
+    assert got.spearman["tap+head"] == pytest.approx(1.0) and got.n["tap+head"] == 8
+    want = spearmanr(np.abs(learned[:4]), effect[:4])
+    assert got.spearman["tap"] == pytest.approx(want.statistic) and got.p_value["tap"] == pytest.approx(want.pvalue)
+    assert ablation.weight_effect_correlation(table.iloc[:3]).empty  # fewer than 3 of each kind
+
+
 def one_line(err: str, message: str) -> None:
     lines = [l for l in err.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
@@ -109,6 +126,9 @@ def test_job_stores_a_ranked_ablation_run(trained, capsys):
     ref = stored.set_index("component").loss
     assert ref["none off"] == pytest.approx(summary["skip_loss"], abs=1e-5)
     assert ref["all off"] == pytest.approx(summary["base_loss"], abs=1e-5)
+    corr = ablation.weight_effect_correlation(stored)
+    assert {f"spearman_{k}": pytest.approx(v) for k, v in zip(corr.kind, corr.spearman)} == {
+        k: v for k, v in run.summary.items() if k.startswith("spearman_")}, corr
 
 
 @pytest.mark.parametrize("argv, message", [

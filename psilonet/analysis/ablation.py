@@ -187,3 +187,25 @@ def summarize(losses: pd.DataFrame, comps: list[Component], learned: dict[str, f
     table["rank"] = pd.array([None] * len(table), dtype="Int64")
     table.loc[ranked, "rank"] = order.astype("Int64")
     return table[list(T.ABLATION.names)]
+
+
+def weight_effect_correlation(table: pd.DataFrame) -> pd.DataFrame:
+    """Do components with large learned weights matter most? Per kind (``tap``: the tap's softmax
+    weight, ``head``: its gate alpha, ``block``: its mean alpha) and over taps and heads together
+    (``tap+head``), Spearman's rank correlation between ``|learned|`` and ``delta_loss`` of a
+    :func:`summarize` table: columns ``kind, n, spearman, p_value`` (two-sided, scipy's
+    ``spearmanr``). +1: the larger the weight, the more the loss rises without it; 0: the
+    weight does not order the effects. Kinds with fewer than 3 components, or with constant
+    weights or effects (the correlation is undefined), are left out."""
+    from scipy.stats import spearmanr
+
+    data = table[(table.kind != "reference")].dropna(subset=["learned", "delta_loss"])
+    groups = [(k, data[data.kind == k]) for k in KINDS] + [("tap+head", data[data.kind.isin(["tap", "head"])])]
+    rows = []
+    for kind, part in groups:
+        weight, effect = part.learned.abs().to_numpy(float), part.delta_loss.to_numpy(float)
+        if len(part) < 3 or np.ptp(weight) == 0 or np.ptp(effect) == 0:
+            continue
+        rho, p = spearmanr(weight, effect)
+        rows.append((kind, len(part), float(rho), float(p)))
+    return pd.DataFrame(rows, columns=["kind", "n", "spearman", "p_value"])
