@@ -84,8 +84,8 @@ def test_weight_effect_correlation_is_spearman_of_the_absolute_weight_per_kind()
     table = pd.DataFrame({"kind": ["reference"] + ["tap"] * 4 + ["head"] * 4 + ["block"] * 2,
                           "learned": [np.nan, *learned, 0.5, 0.5], "delta_loss": [0.0, *effect, 0.1, 0.2]})
     got = ablation.weight_effect_correlation(table).set_index("kind")
-    assert set(got.index) == {"tap", "head", "tap+head"}  # blocks: constant weights, no correlation
-    assert got.spearman["tap+head"] == pytest.approx(1.0) and got.n["tap+head"] == 8
+    assert set(got.index) == {"tap", "head"}  # blocks: constant weights, no correlation
+    assert got.spearman["head"] == pytest.approx(1.0) and got.n["head"] == 4
     want = spearmanr(np.abs(learned[:4]), effect[:4])
     assert got.spearman["tap"] == pytest.approx(want.statistic) and got.p_value["tap"] == pytest.approx(want.pvalue)
     assert ablation.weight_effect_correlation(table.iloc[:3]).empty  # fewer than 3 of each kind

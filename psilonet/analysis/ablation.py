@@ -195,14 +195,16 @@ def weight_effect_correlation(table: pd.DataFrame) -> pd.DataFrame:
     (``tap+head``), Spearman's rank correlation between ``|learned|`` and ``delta_loss`` of a
     :func:`summarize` table: columns ``kind, n, spearman, p_value`` (two-sided, scipy's
     ``spearmanr``). +1: the larger the weight, the more the loss rises without it; 0: the
-    weight does not order the effects. Kinds with fewer than 3 components, or with constant
-    weights or effects (the correlation is undefined), are left out."""
+    weight does not order the effects. Kinds are not pooled: a tap weight (about 1 / taps) and a
+    gate alpha are on different scales, so one ranking of both would rank the kinds. Kinds with
+    fewer than 3 components, or with constant weights or effects (the correlation is undefined),
+    are left out."""
     from scipy.stats import spearmanr
 
     data = table[(table.kind != "reference")].dropna(subset=["learned", "delta_loss"])
-    groups = [(k, data[data.kind == k]) for k in KINDS] + [("tap+head", data[data.kind.isin(["tap", "head"])])]
     rows = []
-    for kind, part in groups:
+    for kind in KINDS:
+        part = data[data.kind == kind]
         weight, effect = part.learned.abs().to_numpy(float), part.delta_loss.to_numpy(float)
         if len(part) < 3 or np.ptp(weight) == 0 or np.ptp(effect) == 0:
             continue
