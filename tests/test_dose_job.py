@@ -125,3 +125,66 @@ def test_steering_bad_input_is_one_line_and_writes_nothing(tiny_model_dir, tmp_p
     lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
     assert len(lines) == 1 and message in lines[0], lines
     assert Store(tmp_path).list_runs().empty
+
+
+@pytest.fixture(scope="module")
+def skip_run(tiny_model_dir, tmp_path_factory):
+    """A tiny trained skip run (two taps, gates) in its own data folder."""
+    from jobs import train as train_job
+
+    data = tmp_path_factory.mktemp("steer-skip")
+    assert train_job.main(["--model", str(tiny_model_dir), "--seq-len", "12", "--val-samples", "2",
+                           "--train-samples", "4", "--skip-start", "2", "--distances", "1", "2", "--gates",
+                           "--alpha", "0.5", "--data-dir", str(data), "--quiet"]) == 0
+    return data, Store(data).list_runs(kind="train").run_id.iloc[0]
+
+
+def _tokens(store: Store, run_id: str):
+    with store.open_run(run_id) as reader:
+        return reader.token_entropy(), reader.steering_rows(), reader.steering_vector()
+
+
+def test_steering_rows_on_a_trained_skip_run_and_a_stored_vector_reused(skip_run, capsys):
+    from psilonet.generation import steering
+    from psilonet.training import loop as training
+
+    data, train_id = skip_run
+    store = Store(data)
+    common = ["--run", train_id, "--prompt", "Once upon a time", "--intensities", "0", "0.3", "--max-tokens", "5",
+              "--no-chat", "--steer-strengths", "0", "5", "--data-dir", str(data)]
+    assert dose_job.main([*common, *STEER]) == 0
+    first = store.list_runs(kind="dose").iloc[0]
+    assert first.parent == train_id and first.config["steering"]["layer"] == 2
+    tokens, rows, vector = _tokens(store, first.run_id)
+    # The vector is read from the skip model (its skip pathway in the residual stream), not the base.
+    model, tokenizer, _ = training.load_trained(store, train_id, data_dir=store.data_dir)
+    want = steering.steering_vector(model, tokenizer, ["a happy sunny day", "joy and light"], ["a sad dark night"], 2)
+    assert vector.value.to_numpy() == pytest.approx(want, abs=1e-6)
+    assert list(rows.strength) == [0.0, 5.0, 0.0, 5.0]
+
+    # --steer-run: the same vector from the stored run, the same rows token for token.
+    assert dose_job.main([*common, "--steer-run", first.run_id]) == 0
+    second = store.list_runs(kind="dose").query("run_id != @first.run_id").iloc[0]
+    assert second.config["steering"]["run"] == first.run_id and "a" not in second.config["steering"]
+    again, rows2, vector2 = _tokens(store, second.run_id)
+    assert list(vector2.value) == list(vector.value) and list(rows2.strength) == list(rows.strength)
+    assert list(again.token_id) == list(tokens.token_id) and list(again.entropy) == list(tokens.entropy)
+    assert steering.stored_vector(store, second.run_id)[0] == 2
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--steer-run", "dose-19990101-000000-abcdef"], "--steer-run: "),
+    (["--steer-run", "TRAIN"], "is a train run; a steering vector comes from"),
+    (["--steer-run", "TRAIN", *STEER], "--steer-run: give either a stored vector"),
+    (["--steer-run", "TRAIN", "--steer-layer", "2"], "--steer-layer: --steer-run brings the layer"),
+])
+def test_steer_run_bad_input_is_one_line_and_writes_nothing(skip_run, capsys, extra, message):
+    data, train_id = skip_run
+    before = len(Store(data).list_runs())
+    extra = [train_id if a == "TRAIN" else a for a in extra]
+    # A model folder that does not exist: each check comes before anything loads.
+    assert dose_job.main(["--model", str(data / "no-such-model"), "--prompt", "Hi", "--no-chat",
+                          "--data-dir", str(data), *extra]) == 2
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert len(lines) == 1 and message in lines[0], lines
+    assert len(Store(data).list_runs()) == before
