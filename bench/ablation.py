@@ -4,10 +4,13 @@ same windows, in one process, interleaved over rounds.
 
 A plain pass reads ``W`` windows; the ablation reads ``(C + 2) x W`` rows (``C`` components
 plus "none off" and "all off"), so a ratio near ``C + 2`` means an ablation costs what one
-more row costs, and less than that means batching the rows pays. Two more timings in the same
-rounds split the cost: ``unmasked`` is the same ``(C + 2) x W`` rows in the same batches through the
-trained model without masks (what the masks add), ``plain rows`` the same rows ``W`` at a time,
-the plain pass's batch size (what the larger batches add).
+more row costs, and less than that means batching the rows pays (``jobs.ablate`` starts each row
+at its component's block, so a row costs less than a full pass). With ``--breakdown`` three more
+timings in the same rounds split the cost, each over the same ``(C + 2) x W`` rows: ``every
+block``, every row through every block (the ablation before rows started from the trained
+states), ``unmasked``, the same batches through the trained model without masks (what the masks
+add), and ``plain rows``, those unmasked rows ``W`` at a time, the plain pass's batch size (what
+the larger batches add).
 
     python -m bench.ablation --run RUN [--data-dir DIR] [--windows 2] [--layers 15] [--rounds 3] [--breakdown]
 """
@@ -78,13 +81,21 @@ def main(argv=None) -> int:
     def unmasked() -> float:
         return rows_in_batches(args.batch_rows)
 
+    def every_block() -> float:  # what ablate did before it started rows from the trained states
+        start = time.perf_counter()
+        todo = list(ablation.pairs(comps, len(windows)))
+        for k in range(0, len(todo), args.batch_rows):
+            chunk = todo[k : k + args.batch_rows]
+            ablation.row_losses(model, windows[[w for _, w in chunk]], [c for c, _ in chunk])
+        return time.perf_counter() - start
+
     def plain_rows() -> float:
         return rows_in_batches(len(windows))
 
     plain()  # warm-up
     ratios, t_plain, t_ablate = [], [], []
-    extra = {"unmasked": [], "plain_rows": []}
-    variants = (plain, ablate, unmasked, plain_rows) if args.breakdown else (plain, ablate)
+    extra = {"every_block": [], "unmasked": [], "plain_rows": []}
+    variants = (plain, ablate, every_block, unmasked, plain_rows) if args.breakdown else (plain, ablate)
     for r in range(args.rounds):
         order = variants if r % 2 == 0 else variants[::-1]
         times = {f.__name__: f() for f in order}
@@ -93,7 +104,7 @@ def main(argv=None) -> int:
         ratios.append(times["ablate"] / times["plain"])
         for name in extra:
             if name in times:
-                extra[name].append(times["ablate"] / times[name])
+                extra[name].append(times[name] / times["plain"])
         print(f"round {r + 1}: " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items())
               + f", ratio {ratios[-1]:.1f}", flush=True)
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
@@ -105,8 +116,13 @@ def main(argv=None) -> int:
     for name, values in extra.items():
         if values:
             q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-            print(f"ratio ablation / {name.replace('_', ' ')}: median {statistics.median(values):.2f} "
-                  f"(quartiles {q[0]:.2f}-{q[2]:.2f})")
+            print(f"ratio {name.replace('_', ' ')} / plain: median {statistics.median(values):.1f} "
+                  f"(quartiles {q[0]:.1f}-{q[2]:.1f}): {statistics.median(values) / rows:.2f} plain passes per row")
+    if extra["every_block"]:
+        gain = [e / a for e, a in zip(extra["every_block"], ratios)]
+        q = statistics.quantiles(gain, n=4) if len(gain) > 1 else [gain[0]] * 3
+        print(f"every block / ablation (rows started from the trained states): median {statistics.median(gain):.2f}x "
+              f"(quartiles {q[0]:.2f}-{q[2]:.2f})")
     return 0
 
 

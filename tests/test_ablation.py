@@ -53,6 +53,20 @@ def test_all_off_is_the_base_and_none_off_the_trained_model_bit_for_bit(blend):
     np.testing.assert_allclose(alone, got[3:5], rtol=1e-5)
 
 
+@pytest.mark.parametrize("batch_rows", [1, 5, 64])
+def test_rows_started_from_the_trained_states_equal_their_full_passes(batch_rows):
+    base = make_tiny_model(seed=4)
+    model = randomise(SkipModel.from_base(base, SkipConfig(distances=[1, 2], skip_start=1, gates=True, alpha=0.5,
+                                                           blend="convex")))
+    comps = ablation.components(model)
+    windows = np.random.default_rng(5).integers(0, 97, (3, 10))
+    got = ablation.ablate(model, windows, comps, batch_rows=batch_rows).set_index(["component", "window_idx"]).loss
+    todo = list(ablation.pairs(comps, len(windows)))
+    full = ablation.row_losses(model, windows[[w for _, w in todo]], [c for c, _ in todo])  # every block, one batch
+    np.testing.assert_allclose([got[(c.name, w)] for c, w in todo], full, rtol=1e-5)
+    assert [ablation.first_block(model, c) for c in comps[:3]] == [6, 1, 1]  # none off, all off, block 1
+
+
 def test_summary_pairs_windows_and_ranks_components():
     base = make_tiny_model(seed=2)
     model = randomise(SkipModel.from_base(base, SkipConfig(distances=[2], skip_start=2, blend="additive")))
