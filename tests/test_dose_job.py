@@ -234,6 +234,8 @@ def test_dose_page_steers_beside_the_doses_saves_the_vector_and_reuses_it(skip_r
     assert saved.config["steering"]["a"] == ["a happy sunny day", "joy and light"]
     with store.open_run(saved.run_id) as reader:
         assert list(reader.steering_rows().strength) == [0.0, 5.0, 0.0, 5.0]
+    stored = _dose_page(monkeypatch, data, {"view": "stored", "dose_run": saved.run_id})
+    assert "intensity 0.3 + steering 5" in list(stored.dataframe[0].value.label)
 
     # The same vector from the stored run: the same continuations.
     at = _dose_page(monkeypatch, data, {**page, "steer": "run", "srun": saved.run_id, "sstr": "0,5"})
