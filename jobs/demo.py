@@ -35,7 +35,7 @@ DOSE = ["--prompt", "The nature of consciousness is", "--intensities", "0", "0.1
 # two strengths): about 20 s on two cores; `python -m jobs.bio_eval` measures it properly.
 BIO = ["--windows", "4", "--seq-len", "16", "--strengths", "0.5", "1"]
 # One middle block's 13 components (the block, its 3 taps, its 9 heads) on 4 held-out windows,
-# 60 rows: enough to fill both Causes heatmaps in about 30 s on two cores (README, "Two
+# 60 rows: enough to fill both Causes heatmaps in about 16 s on two cores (README, "Two
 # commands"); `python -m jobs.ablate --run RUN` ablates every block.
 ABLATE = ["--windows", "4", "--layers", "15"]
 
