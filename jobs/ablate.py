@@ -4,7 +4,8 @@ and each head's gate, one at a time, and measure the change in held-out loss.
 The windows are the run's own validation windows (the first --windows of them); every
 (component, window) pair is one row of a batched forward. Per component: the mean paired
 difference in loss with the trained model ("none off"), its Student-t 95% CI over windows, and
-its rank. "all off" (every skip block off) is the frozen baseline. The result is stored as an
+its rank; then Spearman's rank correlation between each kind's |learned weight| (tap weight,
+gate alpha) and its delta loss. "all off" (every skip block off) is the frozen baseline. The result is stored as an
 ``ablation`` run whose parent is the training run.
 
 Examples:
@@ -116,9 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         run.write_rows(T.ABLATION, list(summary.itertuples(index=False, name=None)))
         ref = summary.set_index("component")
         top = summary.dropna(subset=["rank"]).sort_values("rank").head(1)
+        corr = ablation.weight_effect_correlation(summary)
         run.finish({"none_off_loss": float(ref.loss[ablation.NONE_OFF]), "all_off_loss": float(ref.loss[ablation.ALL_OFF]),
                     "components": config["components"], "windows": int(n),
-                    "top_component": top.component.iloc[0] if len(top) else None})
+                    "top_component": top.component.iloc[0] if len(top) else None,
+                    **{f"spearman_{r.kind}": r.spearman for r in corr.itertuples()}})
     bar.close()
     if args.json:
         for row in summary.itertuples(index=False):
@@ -126,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         shown = summary.copy()
         print(shown.to_string(index=False, float_format=lambda x: f"{x:.4f}", na_rep="-"))
+        print("\nDo components with large learned weights matter most? Spearman(|learned weight|, delta loss):")
+        for r in corr.itertuples():
+            print(f"  {r.kind:<8} rho {r.spearman:+.3f} (p {r.p_value:.3g}, {r.n} components)")
+        if corr.empty:
+            print("  (too few components, or their learned weights are all equal)")
         print(f"\nrun {run.run_id}")
     return 0
 

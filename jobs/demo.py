@@ -2,11 +2,12 @@
 
 Trains a small multi-tap gated skip adapter (taps at distances 2, 3 and 4, per-head gates), captures
 it on both offline corpora (python-docs and smol-stories), analyses both captures side by side
-(every representation), saves one dose run and makes a small bio evaluation (fatigue and Hebbian
-against sober on a few short windows, about 20 s); prints each run it made and how long each step took.
+(every representation), saves one dose run, makes a small bio evaluation (fatigue and Hebbian
+against sober on a few short windows, about 20 s) and ablates one block of the trained adapter
+(the block, each tap and each head of block 15 off in turn on a few held-out windows, for the Causes
+page); prints each run it made and how long each step took.
 Each step is the ordinary job (``jobs.train``, ``jobs.capture``, ``jobs.analyze``, ``jobs.dose``,
-``jobs.bio_eval``)
-with small settings, so every run is an ordinary run.
+``jobs.bio_eval``, ``jobs.ablate``) with small settings, so every run is an ordinary run.
 
 Example: python -m jobs.demo [--data-dir DIR]
 """
@@ -17,7 +18,7 @@ import argparse
 import sys
 import time
 
-from jobs import analyze, bio_eval, capture, cli, dose, train
+from jobs import ablate, analyze, bio_eval, capture, cli, dose, train
 from psilonet.store import Store
 
 # Small enough for about five minutes in all on two cores, large enough that the taps and gates
@@ -35,6 +36,10 @@ DOSE = ["--prompt", "The nature of consciousness is", "--intensities", "0", "0.1
 # Enough to draw every chart of the Bio interventions page (4 windows of 16 tokens per corpus,
 # two strengths): about 20 s on two cores; `python -m jobs.bio_eval` measures it properly.
 BIO = ["--windows", "4", "--seq-len", "16", "--strengths", "0.5", "1"]
+# One middle block's 13 components (the block, its 3 taps, its 9 heads) on 4 held-out windows,
+# 60 rows: enough to fill both Causes heatmaps in about 16 s on two cores (README, "Two
+# commands"); `python -m jobs.ablate --run RUN` ablates every block.
+ABLATE = ["--windows", "4", "--layers", "15"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     step("analysis", analyze, ["--captures", *captures])
     step("dose", dose, [*DOSE, "--run", train_id])
     step("bio_eval", bio_eval, BIO)
+    step("ablation", ablate, ["--run", train_id, *ABLATE, "--quiet"])
 
     improvement = store.get_run(train_id)["summary"].get("improvement_pct")
     print("\ndemo: made")

@@ -11,7 +11,8 @@ A steering vector (psilonet.generation.steering) runs beside them too: --steer-a
 their -file/-corpus forms, as in jobs.steer) give two prompt sets, the difference of their mean
 residual states after block --steer-layer is added after --steer-add-layers (default: that
 block), and every row above is taken at each --steer-strengths value (strength 0 = the row
-unsteered, bit for bit). The vector is stored with the run.
+unsteered, bit for bit). The vector is stored with the run; --steer-run RUN reuses the vector a
+steering run or an earlier steered dose run stored (read at its layer) instead of the two sets.
 
 Example: python -m jobs.dose --prompt "The nature of consciousness is" --intensities 0 0.1 0.2 0.3
          python -m jobs.dose --prompt "Write a poem about the sea." --intensities 0 --fatigue 0 1 --hebbian 0 1
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dial", type=float, help="gate dial for a gated skip run (needs --run)")
     quantized.add_weights_option(p)
     steer_job.add_set_options(p, prefix="steer-")
+    p.add_argument("--steer-run", help="reuse the steering vector a steering run or a dose run with steering rows stored "
+                                       "(instead of the two prompt sets)")
     p.add_argument("--steer-layer", type=int, help="block whose output the steering vector is read from")
     p.add_argument("--steer-add-layers", type=int, nargs="+", help="blocks it is added after (default: --steer-layer)")
     p.add_argument("--steer-strengths", type=float, nargs="+", default=[0.0, 4.0],
@@ -67,24 +70,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_steering(args) -> tuple | None:
-    """The two prompt sets if steering was asked for (checked before the model loads), else None."""
-    if not steer_job.given_sets(args, "steer-"):
+def check_steering(args, store: Store) -> tuple | None:
+    """What steering was asked for, checked before the model loads: ``("sets", (a, b))``, the two
+    prompt sets, or ``("run", (layer, vector))``, a stored vector (``--steer-run``); else None."""
+    sets_given = steer_job.given_sets(args, "steer-")
+    if args.steer_run is not None:
+        if sets_given:
+            raise cli.JobError("--steer-run: give either a stored vector (--steer-run) or the two prompt sets, not both")
+        if args.steer_layer is not None:
+            raise cli.JobError("--steer-layer: --steer-run brings the layer its vector was read at; drop --steer-layer")
+    elif not sets_given:
         if args.steer_layer is not None or args.steer_add_layers:
             raise cli.JobError("--steer-layer: needs the two prompt sets, --steer-a and --steer-b (or their "
-                               "-file/-corpus forms)")
+                               "-file/-corpus forms), or a stored vector, --steer-run")
         return None
-    sets = tuple(steer_job.prompt_set(args, side, prefix="steer-") for side in ("a", "b"))
-    if args.steer_layer is None:
+    if args.steer_run is None and args.steer_layer is None:
         raise cli.JobError("--steer-layer: give the block to read the steering vector from")
-    for layer in [args.steer_layer, *(args.steer_add_layers or [])]:
+    for layer in [args.steer_layer or 0, *(args.steer_add_layers or [])]:
         if layer < 0:
             raise cli.JobError(f"--steer-layer: {layer} is out of range (layers count from 0)")
     try:
         steering.check_strengths(args.steer_strengths)
+        if args.steer_run is not None:
+            return "run", steering.stored_vector(store, args.steer_run)
     except steering.SteeringError as exc:
         raise cli.JobError(f"--steer-{exc}") from exc
-    return sets
+    return "sets", tuple(steer_job.prompt_set(args, side, prefix="steer-") for side in ("a", "b"))
 
 
 def load_prompts(args, tokenizer, context: int) -> PromptFile:
@@ -120,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         raise cli.JobError("--dial: needs --run (a training run with --gates); the base model has no gates")
     if args.run and args.model is not None:
         raise cli.JobError(f"--model: --run {args.run} generates with the run's own base model; drop --model")
-    steer_sets = check_steering(args)
+    steer_asked = check_steering(args, store)
     if args.run:
         try:
             stored = store.get_run(args.run)
@@ -141,15 +152,26 @@ def main(argv: list[str] | None = None) -> int:
     context = context_length(model)
     prompts = load_prompts(args, tokenizer, context)
     steer, steer_config = None, {}
-    if steer_sets is not None:
-        add_layers = args.steer_add_layers or [args.steer_layer]
-        vector = steer_job.build_vector(model, tokenizer, steer_sets, args.steer_layer, add_layers,
-                                        seed=cfg.seeds[0], data_dir=store.data_dir, prefix="steer-")
-        steer = steering.Steering(vector, args.steer_layer, tuple(add_layers), tuple(args.steer_strengths))
-        steer_config = {"steering": {"layer": args.steer_layer, "add_layers": add_layers,
-                                     "strengths": list(args.steer_strengths),
-                                     "a": steer_sets[0][0] or steer_sets[0][1], "b": steer_sets[1][0] or steer_sets[1][1],
-                                     "vector_norm": float(np.linalg.norm(vector))}}
+    if steer_asked is not None:
+        kind, what = steer_asked
+        if kind == "run":
+            layer, vector = what
+            source = {"run": args.steer_run}
+        else:
+            layer, source = args.steer_layer, {"a": what[0][0] or what[0][1], "b": what[1][0] or what[1][1]}
+        add_layers = args.steer_add_layers or [layer]
+        if kind == "run":
+            try:
+                steering.check_vector(vector, model, add_layers)
+            except steering.SteeringError as exc:
+                where = "" if str(exc).startswith("layers") else f"run: {args.steer_run}'s "
+                raise cli.JobError(f"--steer-{where}{exc}") from exc
+        else:
+            vector = steer_job.build_vector(model, tokenizer, what, layer, add_layers, seed=cfg.seeds[0],
+                                            data_dir=store.data_dir, prefix="steer-")
+        steer = steering.Steering(vector, layer, tuple(add_layers), tuple(args.steer_strengths))
+        steer_config = {"steering": {"layer": layer, "add_layers": add_layers, "strengths": list(args.steer_strengths),
+                                     **source, "vector_norm": float(np.linalg.norm(vector))}}
 
     if prompts.skipped:
         print(prompts.report(), file=sys.stderr)

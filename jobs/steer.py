@@ -38,7 +38,7 @@ from psilonet.model import loading as modeling
 from psilonet.store import Store
 from psilonet.store import tables as T
 
-CORPUS_WINDOWS, CORPUS_TOKENS = 16, 64
+CORPUS_WINDOWS, CORPUS_TOKENS = steering.CORPUS_WINDOWS, steering.CORPUS_TOKENS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,11 +105,7 @@ def prompt_set(args, side: str, prefix: str = "") -> tuple[list[str] | None, str
 def set_texts(tokenizer, side: tuple[list[str] | None, str | None], *, seed: int, data_dir) -> list[str]:
     """A :func:`prompt_set`'s texts, reading a corpus's windows (decoded to text) where it named one."""
     own, corpus = side
-    if corpus is None:
-        return own
-    wins = corpora.load_windows(tokenizer, corpus, seq_len=CORPUS_TOKENS, n_train=0, n_val=CORPUS_WINDOWS,
-                                seed=seed, data_dir=data_dir).val
-    return [tokenizer.decode(list(w)) for w in wins]
+    return own if corpus is None else steering.corpus_texts(tokenizer, corpus, seed=seed, data_dir=data_dir)
 
 
 def build_vector(model, tokenizer, sets, layer: int, add_layers: list[int], *, seed: int, data_dir,

@@ -53,6 +53,20 @@ def test_all_off_is_the_base_and_none_off_the_trained_model_bit_for_bit(blend):
     np.testing.assert_allclose(alone, got[3:5], rtol=1e-5)
 
 
+@pytest.mark.parametrize("batch_rows", [1, 5, 64])
+def test_rows_started_from_the_trained_states_equal_their_full_passes(batch_rows):
+    base = make_tiny_model(seed=4)
+    model = randomise(SkipModel.from_base(base, SkipConfig(distances=[1, 2], skip_start=1, gates=True, alpha=0.5,
+                                                           blend="convex")))
+    comps = ablation.components(model)
+    windows = np.random.default_rng(5).integers(0, 97, (3, 10))
+    got = ablation.ablate(model, windows, comps, batch_rows=batch_rows).set_index(["component", "window_idx"]).loss
+    todo = list(ablation.pairs(comps, len(windows)))
+    full = ablation.row_losses(model, windows[[w for _, w in todo]], [c for c, _ in todo])  # every block, one batch
+    np.testing.assert_allclose([got[(c.name, w)] for c, w in todo], full, rtol=1e-5)
+    assert [ablation.first_block(model, c) for c in comps[:3]] == [6, 1, 1]  # none off, all off, block 1
+
+
 def test_summary_pairs_windows_and_ranks_components():
     base = make_tiny_model(seed=2)
     model = randomise(SkipModel.from_base(base, SkipConfig(distances=[2], skip_start=2, blend="additive")))
@@ -72,6 +86,23 @@ def test_summary_pairs_windows_and_ranks_components():
     assert list(ranks.delta_loss) == sorted(ranks.delta_loss, reverse=True)
     with pytest.raises(ablation.AblationError, match="layers: 1 not a skip layer"):
         ablation.components(model, layers=[1])
+
+
+def test_weight_effect_correlation_is_spearman_of_the_absolute_weight_per_kind():
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(3)
+    learned = rng.normal(size=8)
+    effect = np.abs(learned) * 2 + rng.normal(scale=0.01, size=8)  # ordered by |weight|, not by weight
+    table = pd.DataFrame({"kind": ["reference"] + ["tap"] * 4 + ["head"] * 4 + ["block"] * 2,
+                          "learned": [np.nan, *learned, 0.5, 0.5], "delta_loss": [0.0, *effect, 0.1, 0.2]})
+    got = ablation.weight_effect_correlation(table).set_index("kind")
+    assert set(got.index) == {"tap", "head"}  # blocks: constant weights, no correlation
+    assert got.spearman["head"] == pytest.approx(1.0) and got.n["head"] == 4
+    want = spearmanr(np.abs(learned[:4]), effect[:4])
+    assert got.spearman["tap"] == pytest.approx(want.statistic) and got.p_value["tap"] == pytest.approx(want.pvalue)
+    assert ablation.weight_effect_correlation(table.iloc[:3]).empty  # fewer than 3 of each kind
 
 
 def one_line(err: str, message: str) -> None:
@@ -109,6 +140,9 @@ def test_job_stores_a_ranked_ablation_run(trained, capsys):
     ref = stored.set_index("component").loss
     assert ref["none off"] == pytest.approx(summary["skip_loss"], abs=1e-5)
     assert ref["all off"] == pytest.approx(summary["base_loss"], abs=1e-5)
+    corr = ablation.weight_effect_correlation(stored)
+    assert {f"spearman_{k}": pytest.approx(v) for k, v in zip(corr.kind, corr.spearman)} == {
+        k: v for k, v in run.summary.items() if k.startswith("spearman_")}, corr
 
 
 @pytest.mark.parametrize("argv, message", [

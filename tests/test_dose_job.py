@@ -125,3 +125,151 @@ def test_steering_bad_input_is_one_line_and_writes_nothing(tiny_model_dir, tmp_p
     lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
     assert len(lines) == 1 and message in lines[0], lines
     assert Store(tmp_path).list_runs().empty
+
+
+@pytest.fixture(scope="module")
+def skip_run(tiny_model_dir, tmp_path_factory):
+    """A tiny trained skip run (two taps, gates) in its own data folder."""
+    from jobs import train as train_job
+
+    data = tmp_path_factory.mktemp("steer-skip")
+    assert train_job.main(["--model", str(tiny_model_dir), "--seq-len", "12", "--val-samples", "2",
+                           "--train-samples", "4", "--skip-start", "2", "--distances", "1", "2", "--gates",
+                           "--alpha", "0.5", "--data-dir", str(data), "--quiet"]) == 0
+    return data, Store(data).list_runs(kind="train").run_id.iloc[0]
+
+
+def _tokens(store: Store, run_id: str):
+    with store.open_run(run_id) as reader:
+        return reader.token_entropy(), reader.steering_rows(), reader.steering_vector()
+
+
+def test_steering_rows_on_a_trained_skip_run_and_a_stored_vector_reused(skip_run, capsys):
+    from psilonet.generation import steering
+    from psilonet.training import loop as training
+
+    data, train_id = skip_run
+    store = Store(data)
+    common = ["--run", train_id, "--prompt", "Once upon a time", "--intensities", "0", "0.3", "--max-tokens", "5",
+              "--no-chat", "--steer-strengths", "0", "5", "--data-dir", str(data)]
+    assert dose_job.main([*common, *STEER]) == 0
+    first = store.list_runs(kind="dose").iloc[0]
+    assert first.parent == train_id and first.config["steering"]["layer"] == 2
+    tokens, rows, vector = _tokens(store, first.run_id)
+    # The vector is read from the skip model (its skip pathway in the residual stream), not the base.
+    model, tokenizer, _ = training.load_trained(store, train_id, data_dir=store.data_dir)
+    want = steering.steering_vector(model, tokenizer, ["a happy sunny day", "joy and light"], ["a sad dark night"], 2)
+    assert vector.value.to_numpy() == pytest.approx(want, abs=1e-6)
+    assert list(rows.strength) == [0.0, 5.0, 0.0, 5.0]
+
+    # --steer-run: the same vector from the stored run, the same rows token for token.
+    assert dose_job.main([*common, "--steer-run", first.run_id]) == 0
+    second = store.list_runs(kind="dose").query("run_id != @first.run_id").iloc[0]
+    assert second.config["steering"]["run"] == first.run_id and "a" not in second.config["steering"]
+    again, rows2, vector2 = _tokens(store, second.run_id)
+    assert list(vector2.value) == list(vector.value) and list(rows2.strength) == list(rows.strength)
+    assert list(again.token_id) == list(tokens.token_id) and list(again.entropy) == list(tokens.entropy)
+    assert steering.stored_vector(store, second.run_id)[0] == 2
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--steer-run", "dose-19990101-000000-abcdef"], "--steer-run: "),
+    (["--steer-run", "TRAIN"], "is a train run; a steering vector comes from"),
+    (["--steer-run", "TRAIN", *STEER], "--steer-run: give either a stored vector"),
+    (["--steer-run", "TRAIN", "--steer-layer", "2"], "--steer-layer: --steer-run brings the layer"),
+])
+def test_steer_run_bad_input_is_one_line_and_writes_nothing(skip_run, capsys, extra, message):
+    data, train_id = skip_run
+    before = len(Store(data).list_runs())
+    extra = [train_id if a == "TRAIN" else a for a in extra]
+    # A model folder that does not exist: each check comes before anything loads.
+    assert dose_job.main(["--model", str(data / "no-such-model"), "--prompt", "Hi", "--no-chat",
+                          "--data-dir", str(data), *extra]) == 2
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert len(lines) == 1 and message in lines[0], lines
+    assert len(Store(data).list_runs()) == before
+
+
+# ------------------------------------------------------------------ steering on the Dosed generation page
+
+def _dose_page(monkeypatch, data, params: dict):
+    from tests.conftest import open_app_page
+
+    monkeypatch.setenv("PSILONET_DATA", str(data))
+    at = open_app_page("dose", params)
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _click(at, label: str):
+    next(b for b in at.button if b.label == label).click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_dose_page_steers_beside_the_doses_saves_the_vector_and_reuses_it(skip_run, monkeypatch):
+    from psilonet.generation import steering
+    from psilonet.training import loop as training
+
+    data, train_id = skip_run
+    page = {"run": train_id, "doses": "0.0,0.3", "max": "4", "chat": "0", "prompt": "Once upon a time"}
+    at = _dose_page(monkeypatch, data, {**page, "steer": "prompts", "sa": "a happy sunny day\njoy and light",
+                                        "sb": "a sad dark night", "slayer": "2", "sstr": "0,5"})
+    assert at.text_area(key="steer_a").value == "a happy sunny day\njoy and light"
+    _click(at, "Generate")
+    assert not at.error, [e.value for e in at.error]
+    items = at.session_state["dose_results"]["items"]
+    # One batch of intensities x strengths, strengths fastest, as jobs.dose makes it.
+    assert [(r.intensity, r.steering) for r in items[0].results] == [(0.0, 0.0), (0.0, 5.0), (0.3, 0.0), (0.3, 5.0)]
+    labels = list(at.dataframe[0].value.label)
+    assert "intensity 0.3 + steering 5" in labels
+    assert at.query_params["steer"] == "prompts" and at.query_params["slayer"] == "2" and at.query_params["sstr"] == "0.0,5.0"
+    _click(at, "Save to the store")
+    store = Store(data)
+    saved = store.list_runs(kind="dose").iloc[0]
+    model, tokenizer, _ = training.load_trained(store, train_id, data_dir=store.data_dir)
+    want = steering.steering_vector(model, tokenizer, ["a happy sunny day", "joy and light"], ["a sad dark night"], 2)
+    layer, vector = steering.stored_vector(store, saved.run_id)
+    assert layer == 2 and vector == pytest.approx(want, abs=1e-6)
+    assert saved.config["steering"]["a"] == ["a happy sunny day", "joy and light"]
+    with store.open_run(saved.run_id) as reader:
+        assert list(reader.steering_rows().strength) == [0.0, 5.0, 0.0, 5.0]
+    stored = _dose_page(monkeypatch, data, {"view": "stored", "dose_run": saved.run_id})
+    assert "intensity 0.3 + steering 5" in list(stored.dataframe[0].value.label)
+
+    # The same vector from the stored run: the same continuations.
+    at = _dose_page(monkeypatch, data, {**page, "steer": "run", "srun": saved.run_id, "sstr": "0,5"})
+    _click(at, "Generate")
+    again = at.session_state["dose_results"]["items"][0].results
+    assert [r.token_ids for r in again] == [r.token_ids for r in items[0].results]
+
+
+@pytest.mark.parametrize("params, where, message", [
+    ({"steer": "prompts", "sa": "x", "sb": "y", "slayer": "9"}, "error", "Steering layer: 9 is out of range"),
+    ({"steer": "prompts", "sa": "x", "sb": "y", "slayer": "1", "sadd": "1,8"}, "error", "Steering layers: 8 is out of range"),
+    ({"steer": "corpora", "sca": "python-docs", "scb": "python-docs"}, "info", "choose two different corpora"),
+    ({"steer": "prompts", "sa": "x", "sb": "y", "sstr": "0,100"}, "warning", "`sstr=0,100`: outside [-64, 64]"),
+    ({"steer": "files"}, "info", "Upload set a's prompt file"),
+])
+def test_dose_page_bad_steering_is_one_line_and_generates_nothing(skip_run, monkeypatch, params, where, message):
+    data, train_id = skip_run
+    at = _dose_page(monkeypatch, data, {"run": train_id, "doses": "0.0", "max": "2", "chat": "0", **params})
+    if where == "error":
+        _click(at, "Generate")
+    shown = [e.value for e in getattr(at, where)]
+    assert sum(message.lower() in m.lower() for m in shown) == 1, shown
+    assert not (at.session_state["dose_results"]["items"] if "dose_results" in at.session_state else [])
+
+
+@pytest.mark.parametrize("widget, key, value, message", [
+    ("text_area", "steer_b", "   ", "Steering: prompt set B is empty"),
+    ("text_input", "steer_strengths", "0, 100", "Steering strengths: each must be in [-64, 64], got 100"),
+    ("text_input", "steer_add", "two", "Steering: the blocks and strengths must be numbers"),
+])
+def test_dose_page_bad_steering_widgets_block_generate(skip_run, monkeypatch, widget, key, value, message):
+    data, train_id = skip_run
+    at = _dose_page(monkeypatch, data, {"run": train_id, "steer": "prompts", "slayer": "1"})
+    getattr(at, widget)(key=key).set_value(value).run()
+    shown = [i.value for i in at.info if "Steering" in i.value]
+    assert len(shown) == 1 and shown[0].startswith(message), shown
+    assert not any(b.label == "Generate" for b in at.button)

@@ -3,6 +3,7 @@ block's parts push a prediction (direct logit attribution)."""
 
 import streamlit as st
 
+from psilonet.analysis import ablation
 from psilonet.app import cause_charts, charts, cause_widgets, helpers as app
 
 st.title("Causes")
@@ -36,6 +37,7 @@ if run is not None:
                     st.altair_chart(chart_fn(learned))
         scatter = cause_charts.learned_vs_effect(table)
         st.altair_chart(scatter)
+        st.caption(cause_widgets.correlation_line(ablation.weight_effect_correlation(table)))
         exported.append(("Learned weight against effect", scatter))
         st.subheader("Ranked")
         st.dataframe(table.sort_values("rank", na_position="first"), hide_index=True, width="stretch")

@@ -5,12 +5,12 @@ import pandas as pd
 import streamlit as st
 
 from psilonet.app import (bio_widgets, cause_widgets, charts, dose_frames, dose_requests, helpers as app, lens_widgets,
-                          presets, prompt_widgets, serving, share)
+                          presets, prompt_widgets, serving, share, steer_widgets)
 from psilonet.generation import dose_config, dosing, perturb, prompts
 from psilonet.model import loading as modeling
 from psilonet.model import quantized
 from psilonet.store import StoreError
-from psilonet.store.dose_runs import DoseItem, save_dose_run
+from psilonet.store.dose_runs import save_dose_run
 
 PRESETS = perturb.PRESETS
 MAX_PROMPT_CHARS = 4000
@@ -85,7 +85,7 @@ def stored_view() -> None:
     if gens.empty:
         st.info(f"Run `{run.name}` holds no generation.")
         return
-    gens = dose_frames.label_rows(gens, app.read(run.name, "bio_strengths"))
+    gens = dose_frames.label_rows(gens, app.read(run.name, "bio_strengths"), app.read(run.name, "steering_rows"))
     bio_state = (app.read(run.name, "bio_pool"), app.read(run.name, "bio_fast_norm"))
     config = run.config or {}
     st.caption(f"{gens.prompt.nunique()} prompt(s) x {gens.intensity.nunique()} intensities, "
@@ -127,9 +127,10 @@ def generate_view() -> None:
                                      app.param("max", 48, int, lo=1, hi=dose_config.MAX_NEW_TOKENS))
         temperature = c3.number_input("Temperature", 0.0, 2.0, app.param("temp", 0.0, float, lo=0.0, hi=2.0), 0.1)
         fatigue, hebbian = bio_widgets.controls()
+    steer_request, steer_problem = steer_widgets.controls()
 
     intensities = sorted({PRESETS[p] for p in chosen_presets} | ({custom} if custom > 0 else set()))
-    n_rows = len(intensities) * len(fatigue) * len(hebbian)  # every intensity x bio combination
+    n_rows = len(intensities) * len(fatigue) * len(hebbian) * (len(steer_request.strengths) if steer_request else 1)
     app.set_params(run=run_id, chat="1" if chat else "0",
                    doses=intensities, custom=custom or None, mech=mechanisms, seed=seed, max=max_tokens,
                    temp=temperature or None)
@@ -147,8 +148,10 @@ def generate_view() -> None:
         st.info("Choose at least one intensity.")
     elif not mechanisms:
         st.info("Choose at least one mechanism.")
+    elif steer_problem:
+        st.info(steer_problem)
     elif n_rows > bio_widgets.MAX_ROWS:
-        st.warning(f"{n_rows} rows (intensities x fatigue x Hebbian strengths); at most {bio_widgets.MAX_ROWS} "
+        st.warning(f"{n_rows} rows (intensities x fatigue x Hebbian x steering strengths); at most {bio_widgets.MAX_ROWS} "
                    "here: choose fewer, or use `python -m jobs.dose`.")
     elif file_prompts is not None:
         n = len(file_prompts.prompts)
@@ -171,13 +174,15 @@ def generate_view() -> None:
         if skipped:
             st.warning(f"{len(skipped)} prompt(s) skipped before generating (nothing else ran for them):\n\n"
                        + "\n".join(f"- {s}" for s in skipped))
+        steer, steer_config = steer_widgets.prepare(steer_request if runnable else None, model, tokenizer, seed=int(seed))
+        runnable = runnable if steer is not False else []  # the vector could not be built: nothing runs
         if runnable:
             dose = dose_config.DoseConfig(intensities=intensities, seeds=[int(seed)], mechanisms=list(mechanisms),
                                           max_tokens=int(max_tokens), temperature=temperature, chat=chat,
                                           fatigue=fatigue, hebbian=hebbian).validate()
             config = {**dose.to_dict(), "model": modeling.DEFAULT_MODEL, "skip_run": run_id, "source": "app",
-                      "prompts": len(runnable), "skipped": skipped}
-            last = {"config": config, "dose": dose, "items": [], "total": len(runnable), "saved": None,
+                      "prompts": len(runnable), "skipped": skipped, **({"steering": steer_config} if steer else {})}
+            last = {"config": config, "dose": dose, "steer": steer, "items": [], "total": len(runnable), "saved": None,
                     "dataset": given.file_name if file_prompts is not None else "app"}
             st.session_state["dose_results"] = last
             st.session_state["dose_running"] = True
@@ -189,7 +194,7 @@ def generate_view() -> None:
         st.subheader("Results")
         gens, tokens, layers = dose_frames.result_frames(last["items"])
         strengths, pool, norms = dose_frames.bio_frames(last["items"])
-        show_results(dose_frames.label_rows(gens, strengths), tokens, layers,
+        show_results(dose_frames.label_rows(gens, strengths, dose_frames.steering_frame(last["items"])), tokens, layers,
                      share.dose_settings(last["config"]), (pool, norms))
         if last["saved"]:
             st.success(f"Saved as run `{last['saved']}`.")
@@ -200,7 +205,8 @@ def generate_view() -> None:
             try:
                 saved, _ = save_dose_run(app.store(), last["config"], last["items"],
                                                 model=modeling.DEFAULT_MODEL, dataset=last["dataset"],
-                                                parent=last["config"]["skip_run"])
+                                                parent=last["config"]["skip_run"],
+                                                vector=(last["steer"].layer, last["steer"].vector) if last.get("steer") else None)
                 last["saved"] = saved
                 st.success(f"Saved as run `{saved}`; it is listed on the Runs page.")
                 st.page_link("views/dose.py", label="Open the saved run", icon=":material/open_in_new:",
@@ -213,8 +219,8 @@ def generate_view() -> None:
 def generate(model, tokenizer, runnable, last) -> None:
     """Run every prompt at every intensity (and bio strengths), streaming the current prompt; Stop
     (or leaving the page, or closing the tab) ends it and keeps the prompts already finished."""
-    dose = last["dose"]
-    intensities, fatigue, hebbian = dose.rows()
+    dose, steer = last["dose"], last.get("steer")
+    intensities, fatigue, hebbian, strengths = dosing.batch_rows(dose, steer)
     seed = dose.seeds[0]
     gone = app.session_gone()
     live = st.empty()
@@ -222,8 +228,8 @@ def generate(model, tokenizer, runnable, last) -> None:
         st.button("Stop generating", help="Ends the generation now; the prompts already finished are kept and can be saved.")
         bar = st.progress(0.0, text=f"0 of {len(runnable)} prompt(s)")
         boxes = []
-        for col, i, f, h in zip(st.columns(len(intensities)), intensities, fatigue, hebbian):
-            col.markdown(f"**{dose_config.row_label(i, f, h)}**")
+        for col, i, f, h, s in zip(st.columns(len(intensities)), intensities, fatigue, hebbian, strengths):
+            col.markdown(f"**{dose_config.row_label(i, f, h, s)}**")
             boxes.append(col.empty())
     for k, (line, text) in enumerate(runnable):
         pieces = [""] * len(intensities)
@@ -235,10 +241,8 @@ def generate(model, tokenizer, runnable, last) -> None:
             boxes[row].code(pieces[row], language=None, wrap_lines=True)
 
         with serving.model_turn():  # one generation at a time, within viewer mode's limits
-            results = dosing.generate_doses(model, tokenizer, text, intensities, sampling=dose.sampling(seed),
-                                            spec=dose.spec(), chat=dose.chat, on_token=stream,
-                                            fatigue=fatigue, hebbian=hebbian)
-        last["items"].append(DoseItem(line, text, seed, results))
+            item = dosing.generate_item(model, tokenizer, line, text, seed, dose, steer, on_token=stream)
+        last["items"].append(item)
         bar.progress((k + 1) / len(runnable), text=f"{k + 1} of {len(runnable)} prompt(s)")
     live.empty()
 

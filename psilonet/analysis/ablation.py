@@ -9,7 +9,9 @@ base model, under the additive and the convex blend alike, since the convex blen
 get weight ``1 - 0`` back).
 
 Every (component, window) pair is one row of a batch: the rows of one forward read the same or
-different held-out windows, each with its own masks, so an ablation costs one row, not a pass.
+different held-out windows, each with its own masks, so an ablation costs one row, not a pass,
+and a row runs only the blocks from its component's on (:func:`ablate`): the blocks below it
+compute what the trained model computes, so their states are taken from one pass per window.
 Per row we take the mean next-token cross-entropy (nats) of its window; per component the
 summary gives the mean over windows of ``loss(component off) - loss(none off)`` on the same
 window, its Student-t 95% CI, and the rank (1 = the largest loss increase).
@@ -25,6 +27,7 @@ import mlx.nn as nn
 import numpy as np
 import pandas as pd
 
+from psilonet.model import forward
 from psilonet.model.skip import SkipMasks, SkipModel
 from psilonet.store import tables as T
 from psilonet.training.stats import mean_ci
@@ -117,13 +120,26 @@ def masks_for(model: SkipModel, rows: list[Component]) -> SkipMasks:
     return SkipMasks(block, taps, heads)
 
 
-def row_losses(model: SkipModel, windows: np.ndarray, rows: list[Component]) -> np.ndarray:
-    """Mean next-token cross-entropy (nats) of each row: ``windows[r]`` with ``rows[r]`` off."""
+def row_losses(model: SkipModel, windows: np.ndarray, rows: list[Component],
+               prefix: list[mx.array] | None = None) -> np.ndarray:
+    """Mean next-token cross-entropy (nats) of each row: ``windows[r]`` with ``rows[r]`` off.
+
+    ``prefix``, each row's unablated states ``h[0..s]`` (``(B, T-1, D)`` each), starts the pass at
+    block ``s``: right when no row's component sits below block ``s`` (:func:`first_block`)."""
     tokens = mx.array(windows)
     with model.ablated(masks_for(model, rows)):
-        logits = model(tokens[:, :-1])
+        states = forward.hidden_states(model, tokens[:, :-1], prefix=prefix)
+        logits = forward.logits_from(model, states[-1])
     loss = nn.losses.cross_entropy(logits, tokens[:, 1:], reduction="none").mean(axis=1)
     return np.array(loss, dtype=np.float64)
+
+
+def first_block(model: SkipModel, c: Component) -> int:
+    """The first block whose output turning ``c`` off changes: the row equals the trained
+    model's before it (``none off``: no block, so the number of blocks)."""
+    if c.name == NONE_OFF:
+        return len(model.layers)
+    return model.skip_layers[0] if c.name == ALL_OFF else c.layer
 
 
 def pairs(comps: list[Component], n_windows: int) -> Iterator[tuple[Component, int]]:
@@ -135,17 +151,35 @@ def pairs(comps: list[Component], n_windows: int) -> Iterator[tuple[Component, i
 
 def ablate(model: SkipModel, windows: np.ndarray, comps: list[Component], *, batch_rows: int = 32,
            progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
-    """Per (component, window) losses: columns ``component, window_idx, loss``."""
+    """Per (component, window) losses: columns ``component, window_idx, loss``.
+
+    A row recomputes only the blocks its component can change: the trained model's states of
+    each window are computed once, and a batch of rows starts from them at the first block its
+    rows change (a batch holds rows of one first block only). The skipped blocks
+    would compute the same states again; a row's loss is its full pass's to float rounding."""
     if batch_rows < 1:
         raise AblationError(f"batch_rows: must be >= 1, got {batch_rows}")
-    todo = list(pairs(comps, len(windows)))
+    by_block: dict[int, list] = {}
+    for c, w in pairs(comps, len(windows)):
+        by_block.setdefault(first_block(model, c), []).append((c, w))
+    # A batch starts at its lowest first block, so one "all off" row in a batch of block-28 rows
+    # would run them all from the first skip block: batches never mix first blocks.
+    chunks = [group[k : k + batch_rows] for group in by_block.values() for k in range(0, len(group), batch_rows)]
+    total = sum(len(ch) for ch in chunks)
+    tokens = mx.array(windows)
+    trained = []  # per window, h[0..L] of the trained model (rows start from these)
+    for w in range(len(windows)):
+        states = forward.hidden_states(model, tokens[w : w + 1, :-1])
+        mx.eval(states)
+        trained.append(states)
     out = []
-    for start in range(0, len(todo), batch_rows):
-        chunk = todo[start : start + batch_rows]
-        loss = row_losses(model, windows[[w for _, w in chunk]], [c for c, _ in chunk])
+    for chunk in chunks:
+        s = first_block(model, chunk[0][0])
+        prefix = [mx.concatenate([trained[w][k] for _, w in chunk]) for k in range(s + 1)]
+        loss = row_losses(model, windows[[w for _, w in chunk]], [c for c, _ in chunk], prefix)
         out += [(c.name, w, float(x)) for (c, w), x in zip(chunk, loss)]
         if progress is not None:
-            progress(min(start + batch_rows, len(todo)), len(todo))
+            progress(len(out), total)
     return pd.DataFrame(out, columns=list(T.ABLATION_LOSS.names))
 
 
@@ -187,3 +221,27 @@ def summarize(losses: pd.DataFrame, comps: list[Component], learned: dict[str, f
     table["rank"] = pd.array([None] * len(table), dtype="Int64")
     table.loc[ranked, "rank"] = order.astype("Int64")
     return table[list(T.ABLATION.names)]
+
+
+def weight_effect_correlation(table: pd.DataFrame) -> pd.DataFrame:
+    """Do components with large learned weights matter most? Per kind (``tap``: the tap's softmax
+    weight, ``head``: its gate alpha, ``block``: its mean alpha) and over taps and heads together
+    (``tap+head``), Spearman's rank correlation between ``|learned|`` and ``delta_loss`` of a
+    :func:`summarize` table: columns ``kind, n, spearman, p_value`` (two-sided, scipy's
+    ``spearmanr``). +1: the larger the weight, the more the loss rises without it; 0: the
+    weight does not order the effects. Kinds are not pooled: a tap weight (about 1 / taps) and a
+    gate alpha are on different scales, so one ranking of both would rank the kinds. Kinds with
+    fewer than 3 components, or with constant weights or effects (the correlation is undefined),
+    are left out."""
+    from scipy.stats import spearmanr
+
+    data = table[(table.kind != "reference")].dropna(subset=["learned", "delta_loss"])
+    rows = []
+    for kind in KINDS:
+        part = data[data.kind == kind]
+        weight, effect = part.learned.abs().to_numpy(float), part.delta_loss.to_numpy(float)
+        if len(part) < 3 or np.ptp(weight) == 0 or np.ptp(effect) == 0:
+            continue
+        rho, p = spearmanr(weight, effect)
+        rows.append((kind, len(part), float(rho), float(p)))
+    return pd.DataFrame(rows, columns=["kind", "n", "spearman", "p_value"])

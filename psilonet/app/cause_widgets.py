@@ -57,6 +57,16 @@ def patch_view(run_id: str | None, prompt: str | None, chat: bool) -> None:
             st.caption(f"KL(sober ‖ dosed) = {rows.kl_dosed.iloc[0]:.4f} nats at the last position.")
 
 
+def correlation_line(corr: pd.DataFrame) -> str:
+    """The answer under the learned-vs-effect scatter, from ``ablation.weight_effect_correlation``."""
+    if corr.empty:
+        return ("Spearman's rank correlation of |learned weight| and Δ loss: not defined here (fewer than 3 "
+                "components of a kind, or their learned weights are all equal).")
+    return "Spearman's rank correlation of |learned weight| and Δ loss: " + "; ".join(
+        f"{r.kind} ρ = {r.spearman:+.2f} (p = {r.p_value:.2g}, {r.n} components)" for r in corr.itertuples()) + (
+        ". Near +1: the larger the learned weight, the more the loss rises without the component.")
+
+
 def dla_view() -> None:
     """Per position and block, each part's direct push on the predicted token's logit."""
     all_runs = app.runs()

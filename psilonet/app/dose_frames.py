@@ -48,12 +48,28 @@ def bio_frames(items: list[DoseItem]) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
             pd.DataFrame(norms, columns=list(T.BIO_FAST_NORM.names)))
 
 
-def label_rows(gens: pd.DataFrame, strengths: pd.DataFrame | None) -> pd.DataFrame:
-    """``gens`` (generations frame) with each row's ``fatigue``, ``hebbian`` and a ``label`` naming
-    its dose and bio strengths, where the run has bio rows (``strengths`` as :func:`bio_frames`
-    or ``RunReader.bio_strengths()``); unchanged otherwise, so charts key rows by intensity."""
-    if strengths is None or strengths.empty:
+def steering_frame(items: list[DoseItem]) -> pd.DataFrame:
+    """Each live generation's steering strength (``gen_id, strength``, numbered like
+    :func:`result_frames`, as ``RunReader.steering_rows()``); empty when no row was steered."""
+    rows = [res.steering for item in items for res in item.results]
+    if not any(rows):
+        return pd.DataFrame(columns=list(T.STEERING_ROWS.names))
+    return pd.DataFrame(list(enumerate(rows)), columns=list(T.STEERING_ROWS.names))
+
+
+def label_rows(gens: pd.DataFrame, strengths: pd.DataFrame | None, steering: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``gens`` (generations frame) with each row's ``fatigue``, ``hebbian``, ``steering`` and a
+    ``label`` naming its dose, bio and steering strengths, where the run has bio rows
+    (``strengths`` as :func:`bio_frames` or ``RunReader.bio_strengths()``) or steering rows
+    (``steering`` as :func:`steering_frame` or ``RunReader.steering_rows()``); unchanged
+    otherwise, so charts key rows by intensity."""
+    bio_rows = strengths is not None and not strengths.empty
+    steered = steering is not None and not steering.empty
+    if not (bio_rows or steered):
         return gens
-    out = gens.merge(strengths, on="gen_id", how="left").fillna({"fatigue": 0.0, "hebbian": 0.0})
-    out["label"] = [row_label(i, f, h) for i, f, h in zip(out.intensity, out.fatigue, out.hebbian)]
+    out = gens.merge(strengths, on="gen_id", how="left") if bio_rows else gens.assign(fatigue=0.0, hebbian=0.0)
+    out = (out.merge(steering.rename(columns={"strength": "steering"}), on="gen_id", how="left") if steered
+           else out.assign(steering=0.0))
+    out = out.fillna({"fatigue": 0.0, "hebbian": 0.0, "steering": 0.0})
+    out["label"] = [row_label(i, f, h, s) for i, f, h, s in zip(out.intensity, out.fatigue, out.hebbian, out.steering)]
     return out

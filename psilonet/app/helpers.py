@@ -261,7 +261,7 @@ RUNS_TABLE_COLUMNS = {
 
 
 #: The kinds of run ``make demo`` (``jobs.demo``) makes; only these empty pages point to it.
-DEMO_KINDS = ("train", "capture", "analysis", "dose", "bio_eval")
+DEMO_KINDS = ("train", "capture", "analysis", "dose", "bio_eval", "ablation")
 #: The job (and small settings) that makes a run of each kind, named by an empty page.
 FILL_COMMANDS = {
     ("bio_eval",): "jobs.bio_eval --windows 4 --seq-len 16 --strengths 0.5 1",
@@ -292,7 +292,7 @@ def fill_hint(kinds: tuple[str, ...], all_runs: pd.DataFrame) -> str:
         return f"Create one with\n\n```\n{py} {own}\n```\n\n{demo.strip()}".rstrip()
     if "ablation" in kinds:
         return (f"Train a run, then ablate it:\n\n```\n{py} {FILL_COMMANDS[('train', 'sweep')]}\n"
-                f"{py} jobs.ablate --run <the training run it prints> --windows 4\n```")
+                f"{py} jobs.ablate --run <the training run it prints> --windows 4\n```\n\n{demo.strip()}").rstrip()
     return f"`make demo` makes a {', '.join(DEMO_KINDS)} run in {data_dir_label()}."
 
 

@@ -141,27 +141,40 @@ def _attach_bio_state(results: list[DoseResult], bio: bio_mod.Bio, steps: list[i
                 setattr(res, key, value)
 
 
+def batch_rows(cfg: DoseConfig, steer: Steering | None = None) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Per batch row of ``cfg`` (intensities, fatigue, hebbian, steering strengths): with ``steer``,
+    each of ``cfg``'s rows at every strength, strengths fastest (one batch row each)."""
+    intensities, fatigue, hebbian = cfg.rows()
+    if steer is None:
+        return intensities, fatigue, hebbian, [0.0] * len(intensities)
+    k = len(steer.strengths)
+    strengths = steer.rows(len(intensities))
+    intensities, fatigue, hebbian = ([x for x in xs for _ in range(k)] for xs in (intensities, fatigue, hebbian))
+    return intensities, fatigue, hebbian, strengths
+
+
+def generate_item(model, tokenizer, line: int, prompt: str, seed: int, cfg: DoseConfig, steer: Steering | None = None,
+                  on_token: Callable[[int, str], None] | None = None) -> DoseItem:
+    """One prompt and seed at every row of ``cfg`` (and ``steer``'s strengths, :func:`batch_rows`)
+    in one batch: what ``jobs.dose`` and the Dosed generation page both call per prompt."""
+    intensities, fatigue, hebbian, strengths = batch_rows(cfg, steer)
+    results = generate_doses(model, tokenizer, prompt, intensities, sampling=cfg.sampling(seed), spec=cfg.spec(),
+                             chat=cfg.chat, on_token=on_token, fatigue=fatigue, hebbian=hebbian,
+                             wrap_doser=None if steer is None else steer.wrap(strengths))
+    for res, s in zip(results, strengths):
+        res.steering = s
+    return DoseItem(line, prompt, seed, results)
+
+
 def dose_items(model, tokenizer, prompts: list[tuple[int, str]], cfg: DoseConfig,
                on_item: Callable[[DoseItem], None] | None = None, steer: Steering | None = None) -> Iterator[DoseItem]:
     """Every (line, prompt) x seed of ``cfg`` generated at all its rows, one item at a time.
 
     With ``steer``, each of ``cfg``'s rows is taken at every steering strength (one batch row each)."""
     cfg.validate()
-    spec = cfg.spec()
-    intensities, fatigue, hebbian = cfg.rows()
-    wrap, strengths = None, [0.0] * len(intensities)
-    if steer is not None:
-        strengths = steer.rows(len(intensities))
-        k = len(steer.strengths)
-        intensities, fatigue, hebbian = ([x for x in xs for _ in range(k)] for xs in (intensities, fatigue, hebbian))
-        wrap = steer.wrap(strengths)
     for line, prompt in prompts:
         for seed in cfg.seeds:
-            results = generate_doses(model, tokenizer, prompt, intensities, sampling=cfg.sampling(seed),
-                                     spec=spec, chat=cfg.chat, fatigue=fatigue, hebbian=hebbian, wrap_doser=wrap)
-            for res, s in zip(results, strengths):
-                res.steering = s
-            item = DoseItem(line, prompt, seed, results)
+            item = generate_item(model, tokenizer, line, prompt, seed, cfg, steer)
             if on_item is not None:
                 on_item(item)
             yield item

@@ -29,6 +29,8 @@ from psilonet.generation.perturb import Doser
 from psilonet.model import forward
 
 MAX_STRENGTH = 64.0
+CORPUS_WINDOWS, CORPUS_TOKENS = 16, 64  # a corpus as a prompt set: this many windows of this many tokens
+VECTOR_KINDS = ("dose", "steering")  # runs that store a vector (jobs.dose with --steer-*, jobs.steer)
 
 
 class SteeringError(ValueError):
@@ -67,6 +69,37 @@ def steering_vector(model, tokenizer, positive: Sequence[str], negative: Sequenc
         if not ids:
             raise SteeringError(f"prompts {name}: the set is empty (give at least one non-empty prompt)")
     return difference_of_means(states_at(model, pos, layer), states_at(model, neg, layer))
+
+
+def corpus_texts(tokenizer, corpus: str, *, seed: int, data_dir) -> list[str]:
+    """A corpus as a prompt set: :data:`CORPUS_WINDOWS` held-out windows of :data:`CORPUS_TOKENS`
+    tokens (split ``seed``), decoded to text."""
+    from psilonet import corpora
+
+    wins = corpora.load_windows(tokenizer, corpus, seq_len=CORPUS_TOKENS, n_train=0, n_val=CORPUS_WINDOWS,
+                                seed=seed, data_dir=data_dir).val
+    return [tokenizer.decode(list(w)) for w in wins]
+
+
+def stored_vector(store, run_id: str) -> tuple[int, np.ndarray]:
+    """``(layer, vector)`` a dose or steering run stored (read at ``layer``, float32 ``(D,)``);
+    an unknown run, another kind or a run without a vector is a :class:`SteeringError`."""
+    from psilonet.store import StoreError
+
+    try:
+        run = store.get_run(run_id)
+    except StoreError as exc:
+        raise SteeringError(f"run: {exc}") from None
+    if run["kind"] not in VECTOR_KINDS:
+        raise SteeringError(f"run: {run_id} is a {run['kind']} run; a steering vector comes from a steering run "
+                            "or a dose run with steering rows")
+    if run["status"] != "complete":
+        raise SteeringError(f"run: {run_id} is {run['status']}, not complete")
+    with store.open_run(run_id) as reader:
+        rows = reader.steering_vector()
+    if rows.empty or rows.layer.nunique() != 1:
+        raise SteeringError(f"run: {run_id} stored no steering vector")
+    return int(rows.layer.iloc[0]), rows.sort_values("dim").value.to_numpy(np.float32)
 
 
 def check_vector(vector: np.ndarray, model, layers: Sequence[int]) -> np.ndarray:

@@ -213,8 +213,13 @@ def layer_masks(inner, h: mx.array, caches: list) -> list:
     return [window if s else full for s in sliding]
 
 
-def hidden_states(model, inputs: mx.array, cache=None, hooks: Hooks = NO_HOOKS) -> list[mx.array]:
+def hidden_states(model, inputs: mx.array, cache=None, hooks: Hooks = NO_HOOKS,
+                  prefix: list[mx.array] | None = None) -> list[mx.array]:
     """``[h[0], ..., h[L]]`` of a base or skip model (before the final norm).
+
+    ``prefix``, the states ``[h[0], ..., h[s]]`` of an earlier pass over the same tokens, skips
+    blocks ``0..s-1`` (``inputs`` is then unused): what a row shares with another up to block
+    ``s`` is not computed again (ablations of block ``s`` or later, :mod:`psilonet.analysis.ablation`).
 
     ``cache`` is the model's prompt cache (``mlx_lm.models.cache.make_prompt_cache``): a skip
     model's holds the base model's caches first, then its skip taps'.
@@ -223,10 +228,11 @@ def hidden_states(model, inputs: mx.array, cache=None, hooks: Hooks = NO_HOOKS) 
     layers = base.model.layers
     caches = list(cache[: len(layers)]) if cache is not None else [None] * len(layers)
     skip_caches = skip.skip_caches(cache) if skip is not None else {}
-    h = base.model.embed_tokens(inputs)
+    states = [base.model.embed_tokens(inputs)] if prefix is None else list(prefix)
+    h = states[-1]
     masks = layer_masks(base.model, h, caches)
-    states = [h]
-    for l, layer in enumerate(layers):
+    for l in range(len(states) - 1, len(layers)):
+        layer = layers[l]
         if l in skip_caches:
             h = skip.block(l, h, states, masks[l], caches[l], skip_caches[l], hooks)
         else:

@@ -452,6 +452,15 @@ class RunReader:
         strength, loss, entropy."""
         return self._rows_if_stored(T.BIO_EVAL)
 
+    def steering_vector(self) -> pd.DataFrame:
+        """The steering vector of a steering run or a dose run with steering rows: layer, dim,
+        value (empty for other runs)."""
+        return self._rows_if_stored(T.STEERING_VECTOR)
+
+    def steering_rows(self) -> pd.DataFrame:
+        """Each generation's steering strength: gen_id, strength (empty without steering)."""
+        return self._rows_if_stored(T.STEERING_ROWS)
+
     def ablation(self) -> pd.DataFrame:
         """Per component of an ablation run: the paired loss change with it off, CI, rank and
         learned weight (empty for other runs)."""
