@@ -30,7 +30,7 @@ if run is not None:
             left, right = st.columns(2)
             with left:
                 effect = cause_charts.ablation_heatmap(table, kind)
-                st.altair_chart(effect)
+                st.altair_chart(charts.fit_width(effect), width="stretch")
                 exported.append((f"Δ loss per {kind}", effect))
             if learned is not None and not learned.empty:
                 with right:

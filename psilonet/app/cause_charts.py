@@ -40,7 +40,9 @@ def ablation_heatmap(table: pd.DataFrame, kind: str) -> alt.Chart:
         x=alt.X(f"{x}:O", title="tap distance" if kind == "tap" else "head"),
         y=alt.Y("layer:O", title="layer", sort="ascending"),
         color=alt.Color("delta_loss:Q", title="Δ loss (nats)",
-                        scale=alt.Scale(scheme=DIVERGING, domain=_symmetric(data.delta_loss), reverse=True)),
+                        scale=alt.Scale(scheme=DIVERGING, domain=_symmetric(data.delta_loss), reverse=True),
+                        # Below the plot: beside it, a half-page column squeezed one block's row to nothing.
+                        legend=alt.Legend(orient="bottom", gradientLength=160)),
         tooltip=[alt.Tooltip("component:N"), alt.Tooltip("delta_loss:Q", title="Δ loss", format="+.4f"),
                  alt.Tooltip("ci_low:Q", title="95% CI low", format="+.4f"),
                  alt.Tooltip("ci_high:Q", title="95% CI high", format="+.4f"),
