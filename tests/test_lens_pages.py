@@ -351,3 +351,14 @@ def test_a_baseline_only_capture_draws_both_pages(filled, tiny_model_dir, tmp_pa
     at = open_page("attention", {"run": run_id})
     drawn = specs(at)
     assert len(drawn) == 2 and '"columns": 3' in drawn[0] and "tap d=" not in drawn[0]  # heads wrapped, no taps
+
+
+def test_the_dose_depth_view_reads_the_sober_row_not_a_steered_or_fatigued_one():
+    import pandas as pd
+
+    from psilonet.app.lens_widgets import sober_rows
+
+    gens = pd.DataFrame({"intensity": [0.0, 0.0, 0.0, 0.2], "steering": [5.0, None, 0.0, 0.0],
+                         "fatigue": [0.0, 1.0, 0.0, 0.0], "text": ["steered", "tired", "sober", "dosed"]})
+    assert list(sober_rows(gens).text) == ["sober"]
+    assert list(sober_rows(gens.drop(columns=["steering", "fatigue"])).text) == ["steered", "tired", "sober"]

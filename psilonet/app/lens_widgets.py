@@ -279,6 +279,16 @@ def _dose_config(state: dict) -> dict:
     return (st.session_state.get("dose_results") or {}).get("config", {})
 
 
+def sober_rows(gens: pd.DataFrame) -> pd.DataFrame:
+    """The sober rows of one prompt's generations: intensity 0 and no fatigue, Hebbian or steering
+    strength (bio and steered rows of a dose run also have intensity 0)."""
+    plain = gens.intensity == 0
+    for col in ("fatigue", "hebbian", "steering"):
+        if col in gens.columns:
+            plain &= pd.to_numeric(gens[col], errors="coerce").fillna(0) == 0
+    return gens[plain]
+
+
 def dose_depth_view(mine: pd.DataFrame, state: dict) -> list:
     """Where each dose of one prompt's generations takes hold: per layer, the KL of each dosed
     row's lens read-out from the sober row's, teacher-forced on the prompt and the sober row's
@@ -286,7 +296,7 @@ def dose_depth_view(mine: pd.DataFrame, state: dict) -> list:
     config = _dose_config(state)
     prompt = str(mine.prompt.iloc[0])
     intensities = sorted(float(i) for i in mine.intensity.unique())
-    sober = mine[(mine.intensity == 0)]
+    sober = sober_rows(mine)
     with st.expander("Where does each dose take hold? Lens per layer", expanded=app.param("depth", "0") == "1"):
         st.caption("The prompt and the sober row's continuation read teacher-forced in one batch: the sober row and one "
                    "row per intensity (the same seed and mechanisms as the generation). Per layer, KL(sober ‖ dosed) "
