@@ -21,7 +21,8 @@ namespace psilonet_qmm {
 namespace {
 
 constexpr int MAX_ROWS = 16;  // rows per kernel call: larger inputs run in slices of 16
-constexpr int CHUNK = 16;     // output rows a thread takes at a time
+constexpr int CHUNK = 16;     // the fewest output rows a thread takes at a time
+constexpr int CHUNKS_PER_THREAD = 2;  // long runs of rows for the prefetch, yet some balancing
 
 // Position of value k of a 32-block in kernel order (4-bit: even positions, then odd ones).
 inline int kernel_pos(int bits, int k) {
@@ -39,11 +40,11 @@ struct Job {
   Problem p;
   Prep prep;
   Kernel kernel;
-  int mode, chunks;
+  int mode, chunks, chunk;
 };
 
 void run_chunk(const Job& job, int c) {
-  const int n0 = c * CHUNK, n1 = std::min(job.p.N, n0 + CHUNK);
+  const int n0 = c * job.chunk, n1 = std::min(job.p.N, n0 + job.chunk);
   for (int m0 = 0; m0 < job.p.M; m0 += MAX_ROWS)
     job.kernel(job.p, job.prep, job.mode, n0, n1, m0, std::min(job.p.M, m0 + MAX_ROWS));
 }
@@ -183,7 +184,7 @@ const char* isa_name(int level) {
 int num_threads() { return pool().size(); }
 
 void rows_portable(const Problem& p, const Prep& q, int mode, int n0, int n1, int m0, int m1) {
-  const int K = p.K, G = K / p.group, B = K / 32, words = K * p.bits / 32;
+  const int K = p.K, G = K / p.group, words = K * p.bits / 32;
   for (int n = n0; n < n1; ++n) {
     const uint32_t* wr = p.w + static_cast<int64_t>(n) * words;
     for (int m = m0; m < m1; ++m) {
@@ -194,14 +195,14 @@ void rows_portable(const Problem& p, const Prep& q, int mode, int n0, int n1, in
           if (mode != FLOAT) {
             int32_t acc = 0;
             for (int k = 0; k < 32; ++k) {
-              const int64_t at = static_cast<int64_t>(m) * K + j * 32 + kernel_pos(p.bits, k);
+              const int64_t at = (static_cast<int64_t>(j) * p.M + m) * 32 + kernel_pos(p.bits, k);
               acc += static_cast<int32_t>(code(wr, p.bits, j * 32 + k)) * (mode == INT8 ? q.xq[at] : q.xw[at]);
             }
-            dot += static_cast<float>(acc) * q.dx[m * B + j];
+            dot += static_cast<float>(acc) * q.dx[j * p.M + m];
           } else {
             for (int k = 0; k < 32; ++k)
               dot += static_cast<float>(code(wr, p.bits, j * 32 + k)) *
-                     q.xf[static_cast<int64_t>(m) * K + j * 32 + kernel_pos(p.bits, k)];
+                     q.xf[(static_cast<int64_t>(j) * p.M + m) * 32 + kernel_pos(p.bits, k)];
           }
         }
         total += p.scales[static_cast<int64_t>(n) * G + g] * dot +
@@ -224,29 +225,26 @@ void qmm(const Problem& p, int mode) {
   if (mode == INT16) xw.resize(static_cast<size_t>(M) * K);
   if (mode != FLOAT) dx.resize(static_cast<size_t>(M) * B);
   const float top = mode == INT8 ? 127.0f : 32767.0f;
+  thread_local std::vector<float> row;
+  row.resize(K);
   for (int m = 0; m < M; ++m) {
-    // Rows are gathered once into xf (kernel order), so any strides are as fast as contiguous.
-    float* row = xf.data() + static_cast<int64_t>(m) * K;
+    // Rows are gathered once (kernel order, block-major: see Prep), so any strides are as fast
+    // as contiguous.
     for (int k = 0; k < K; ++k) row[k] = p.x[m * p.x_row + k * p.x_col];
-    const float* x = row;
     // Float mode: exact group sums. Int8 mode: sums of the quantized values, so that bias and
     // codes see the same activations and the error is sum_k w_k e_k with the small dequantized w,
     // not with the codes' large common offset s * q (the bias cancels most of it).
     if (mode == FLOAT)
-      for (int k = 0; k < K; ++k) xsum[m * G + k / p.group] += x[k];
+      for (int k = 0; k < K; ++k) xsum[m * G + k / p.group] += row[k];
     for (int j = 0; j < B; ++j) {
-      float* dst = xf.data() + static_cast<int64_t>(m) * K + j * 32;
-      if (p.bits == 4) {
-        float block[32];
-        std::memcpy(block, dst, sizeof block);
-        for (int k = 0; k < 32; ++k) dst[kernel_pos(p.bits, k)] = block[k];
-      }
+      const int64_t at = (static_cast<int64_t>(j) * M + m) * 32;
+      float* dst = xf.data() + at;
+      for (int k = 0; k < 32; ++k) dst[kernel_pos(p.bits, k)] = row[j * 32 + k];
       if (mode != FLOAT) {
         float amax = 0.0f;
         for (int k = 0; k < 32; ++k) amax = std::max(amax, std::fabs(dst[k]));
         const float d = amax / top, inv = amax > 0.0f ? top / amax : 0.0f;
-        dx[m * B + j] = d;
-        const int64_t at = static_cast<int64_t>(m) * K + j * 32;
+        dx[j * M + m] = d;
         int32_t total = 0;
         for (int k = 0; k < 32; ++k) {
           const int v = static_cast<int>(std::nearbyint(dst[k] * inv));
@@ -266,7 +264,11 @@ void qmm(const Problem& p, int mode) {
   if (level == VNNI) kernel = rows_vnni;
   else if (level == AVX2) kernel = rows_avx2;
 #endif
-  const Job job{p, prep, kernel, mode, (p.N + CHUNK - 1) / CHUNK};
+  // Few long chunks: a thread's rows are consecutive, so each tile can prefetch the ones after
+  // it. Two per thread still let the caller take over a helper's share when it is descheduled.
+  const int parts = CHUNKS_PER_THREAD * pool().size();
+  const int chunk = std::max(CHUNK, (p.N + parts - 1) / parts + 15) / 16 * 16;
+  const Job job{p, prep, kernel, mode, (p.N + chunk - 1) / chunk, chunk};
   // Tiny products are not worth waking the other threads.
   if (static_cast<int64_t>(p.N) * K * M < (1 << 15)) {
     for (int c = 0; c < job.chunks; ++c) run_chunk(job, c);

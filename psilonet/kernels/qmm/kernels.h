@@ -28,13 +28,15 @@ struct Problem {
   int M, N, K, bits, group;
 };
 
-// Per-call activations prepared once and shared by every thread. For 4-bit weights each block of
-// 32 is stored permuted (even positions, then odd ones) to match how the nibbles unpack.
+// Per-call activations prepared once and shared by every thread, block-major: block j of row m
+// starts at (j * M + m) * 32, so a kernel reads the rows of one block from one pointer. For
+// 4-bit weights each block of 32 is stored permuted (even positions, then odd ones) to match how
+// the nibbles unpack.
 struct Prep {
-  const float* xf;        // (M, K) float activations in kernel order
-  const int8_t* xq;       // (M, K) int8 activations in kernel order (int8 mode)
-  const int16_t* xw;      // (M, K) int16 activations in kernel order (int16 mode)
-  const float* dx;        // (M, K / 32) integer block scales (int8 and int16 modes)
+  const float* xf;        // (K / 32, M, 32) float activations in kernel order
+  const int8_t* xq;       // (K / 32, M, 32) int8 activations in kernel order (int8 mode)
+  const int16_t* xw;      // (K / 32, M, 32) int16 activations in kernel order (int16 mode)
+  const float* dx;        // (K / 32, M) integer block scales (int8 and int16 modes)
   const float* xsum;      // (M, K / group) exact sums of x per group
 };
 
