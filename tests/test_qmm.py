@@ -134,3 +134,54 @@ def test_wrapper_uses_extension_when_on(monkeypatch):
     x = mx.random.normal((3, 64))
     ref = mx.quantized_matmul(x, w, s, b, transpose=True, group_size=64, bits=8)
     assert rel_err(qmm.quantized_matmul(x, w, s, b, group_size=64, bits=8), ref) < 1e-5
+
+
+@needs_ext
+@pytest.mark.parametrize("shape", [(1, 9, 1, 64), (2, 3, 7, 64), (3, 5, 64), (2, 2, 3, 4, 32)])
+@pytest.mark.parametrize("traditional", [False, True])
+@pytest.mark.parametrize("half_dims", [False, True])
+def test_rope_equals_mlx_bit_for_bit(shape, traditional, half_dims):
+    """The extension's RoPE repeats MLX's CPU arithmetic op by op: equal, not just close, for
+    scalar and per-row offsets, large positions, partial dims and a transposed input."""
+    dims = shape[-1] // 2 if half_dims else shape[-1]
+    for base, scale, start in ((100000.0, 1.0, 0), (10000.0, 0.5, 4095), (500000.0, 2.0, 100000)):
+        for offset in (mx.array(start, dtype=mx.int32),
+                       mx.array([start + 3 * b for b in range(shape[0])], dtype=mx.int32)):
+            x = mx.random.normal(shape)
+            ref = mx.fast.rope(x, dims, traditional=traditional, base=base, scale=scale, offset=offset)
+            assert mx.array_equal(EXT.rope(x, offset, dims, traditional, base, scale), ref).item()
+    x = mx.random.normal((2, 5, 9, 64)).transpose(0, 2, 1, 3)  # as mlx-lm passes queries
+    ref = mx.fast.rope(x, 64, traditional=False, base=1e5, scale=1.0, offset=17)
+    assert mx.array_equal(qmm.rope(x, 64, traditional=False, base=1e5, scale=1.0, offset=17), ref).item()
+
+
+@needs_ext
+def test_rope_compiles_and_its_gradient_is_mlx_s():
+    x = mx.random.normal((2, 9, 3, 64))
+    offset = mx.array(11, dtype=mx.int32)
+    weights = mx.arange(64).astype(mx.float32)
+
+    def loss(fn):
+        return lambda x: (fn(x) * weights).sum()
+
+    ours = lambda x: EXT.rope(x, offset, 64, False, 1e5, 1.0)  # noqa: E731
+    theirs = lambda x: mx.fast.rope(x, 64, traditional=False, base=1e5, scale=1.0, offset=offset)  # noqa: E731
+    assert mx.array_equal(mx.compile(ours)(x), theirs(x)).item()
+    assert mx.allclose(mx.grad(loss(ours))(x), mx.grad(loss(theirs))(x), atol=1e-6).item()
+
+
+def test_rope_falls_back_to_mlx_when_off(monkeypatch):
+    monkeypatch.setenv("PSILONET_QMM", "off")
+    x = mx.random.normal((1, 3, 2, 16))
+    ref = mx.fast.rope(x, 16, traditional=False, base=1e4, scale=1.0, offset=3)
+    assert mx.array_equal(qmm.rope(x, 16, traditional=False, base=1e4, scale=1.0, offset=3), ref).item()
+
+
+@needs_ext
+def test_bad_rope_inputs_fail_with_one_line():
+    with pytest.raises(ValueError, match="rope: x must have at least 3 axes"):
+        EXT.rope(mx.zeros((4, 8)), mx.array(0, dtype=mx.int32), 8, False, 1e4, 1.0)
+    with pytest.raises(ValueError, match="rope: dims must be even"):
+        EXT.rope(mx.zeros((1, 2, 3, 8)), mx.array(0, dtype=mx.int32), 7, False, 1e4, 1.0)
+    with pytest.raises(ValueError, match="rope: offset"):
+        EXT.rope(mx.zeros((2, 2, 3, 8)), mx.array([0, 1, 2], dtype=mx.int32), 8, False, 1e4, 1.0)

@@ -50,6 +50,7 @@ def test_every_product_is_quantized_and_frozen():
     model = quantized.to_weights(make_tiny_model(), "q4")
     kinds = {type(m).__name__ for _, m in model.named_modules()}
     assert "Linear" not in kinds and "Embedding" not in kinds
+    assert "RoPE" not in kinds and "ExtensionRoPE" in kinds  # q and k rotate in one primitive
     assert quantized.weights_of(model) == "q4"
     assert not any(k.endswith(("scales", "biases")) for k, _ in _flat(model.trainable_parameters()))
     assert model.model.embed_tokens.bits == 8  # the embedding (tied head) keeps 8 bits

@@ -19,6 +19,9 @@ Arithmetic modes, chosen by ``PSILONET_QMM``:
   order (relative 1e-5 in the tests).
 * ``off``: always ``mx.quantized_matmul`` (MLX's own kernel).
 
+The extension also holds a one-primitive RoPE (:func:`rope`, ``rope.h``): MLX's CPU path of
+``mx.fast.rope`` is a dozen ops per call, and a decode step makes two calls per block.
+
 Without the built extension (``python -m jobs.build_kernels``; ``make setup`` runs it), on a CPU
 without AVX2 and FMA, on macOS (Metal has fast quantized kernels) or on a GPU device, every call
 goes to ``mx.quantized_matmul``. :func:`describe` says which path runs in one line.
@@ -117,3 +120,12 @@ def quantized_matmul(x: mx.array, w: mx.array, scales: mx.array, biases: mx.arra
         return extension().quantized_matmul(x, w, scales, biases, group_size, bits, _KERNEL_MODE[mode()])
     return mx.quantized_matmul(x, w, scales.astype(x.dtype), biases.astype(x.dtype), transpose=True,
                                group_size=group_size, bits=bits)
+
+
+def rope(x: mx.array, dims: int, *, traditional: bool, base: float, scale: float, offset) -> mx.array:
+    """``mx.fast.rope`` (forward, ``base`` frequencies), equal bit for bit; one primitive of the
+    extension for float32 ``x`` where it is active (``rope.h``: MLX's CPU path is a dozen ops)."""
+    if active() and x.dtype == mx.float32 and x.ndim >= 3 and 0 < dims <= x.shape[-1] and dims % 2 == 0:
+        off = offset if isinstance(offset, mx.array) else mx.array(offset, dtype=mx.int32)
+        return extension().rope(x, off, dims, traditional, base, scale)
+    return mx.fast.rope(x, dims, traditional=traditional, base=base, scale=scale, offset=offset)

@@ -4,6 +4,7 @@
 
 #include "kernels.h"
 #include "qmm.h"
+#include "rope.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -16,6 +17,9 @@ NB_MODULE(_qmm, m) {
         "x @ dequantize(w, scales, biases).T for float32 x of shape (..., K). mode 0 keeps x in "
         "float32; 1 and 2 quantize each row of x to int8 or int16 blocks of 32 and use integer "
         "dot products.");
+  m.def("rope", &q::rope, "x"_a, "offset"_a, "dims"_a, "traditional"_a, "base"_a, "scale"_a,
+        "forward"_a = true, nb::kw_only(), "stream"_a = nb::none(),
+        "mx.fast.rope's CPU result for float32 x (B, ..., T, D) in one primitive (rope.h).");
   m.def("isa", [] { return std::string(q::isa_name(q::isa())); }, "The SIMD path in effect.");
   m.def("detected_isa", [] { return std::string(q::isa_name(q::detected_isa())); });
   m.def("set_isa", [](const std::string& name) {
