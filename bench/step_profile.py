@@ -7,7 +7,8 @@ interleaved over rounds; medians [min-max] are printed with each part's share of
 
 Parts: the q4 weight products (q, k, v, o, gate, up, down and the 8-bit LM head through
 :mod:`psilonet.kernels.qmm`), RMS norm (``mx.fast.rms_norm``, 61 per step), RoPE
-(``nn.RoPE``, q and k), the KV cache write (two ``slice_update``), attention over the span
+(the q4 model's own module, q and k: :class:`psilonet.model.quantized.ExtensionRoPE` where the
+extension is built), the KV cache write (two ``slice_update``), attention over the span
 (``mx.fast.scaled_dot_product_attention`` with the boolean span mask), SiLU-gating, the
 vocabulary-wide entropies (log-softmax over 49,152 logits, and the 31 hidden-state entropies)
 and greedy sampling (argmax).
@@ -48,7 +49,7 @@ def parts(model, rows: int, span: int) -> dict:
     logits = mx.random.normal((rows, VOCAB))
     states = mx.random.normal((rows, L + 1, D))
     norm_w = mx.ones((D,))
-    rope = nn.RoPE(HD, traditional=False, base=100000.0)
+    rope = layers[0].self_attn.rope  # the q4 model's own: the extension's RoPE where it is built
     offset = mx.array(span - 1)
     mx.eval(x, xf, q, k, cache, mask, logits, states)
 
