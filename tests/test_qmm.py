@@ -185,3 +185,14 @@ def test_bad_rope_inputs_fail_with_one_line():
         EXT.rope(mx.zeros((1, 2, 3, 8)), mx.array(0, dtype=mx.int32), 7, False, 1e4, 1.0)
     with pytest.raises(ValueError, match="rope: offset"):
         EXT.rope(mx.zeros((2, 2, 3, 8)), mx.array([0, 1, 2], dtype=mx.int32), 8, False, 1e4, 1.0)
+
+
+def test_rope_falls_back_with_a_module_built_before_rope(monkeypatch):
+    class OldBuild:  # what an extension built from older sources offers: products only
+        pass
+
+    monkeypatch.setattr(qmm, "extension", lambda: OldBuild())
+    monkeypatch.setattr(qmm, "active", lambda: True)
+    x = mx.random.normal((1, 3, 2, 16))
+    ref = mx.fast.rope(x, 16, traditional=False, base=1e4, scale=1.0, offset=3)
+    assert mx.array_equal(qmm.rope(x, 16, traditional=False, base=1e4, scale=1.0, offset=3), ref).item()

@@ -125,7 +125,9 @@ def quantized_matmul(x: mx.array, w: mx.array, scales: mx.array, biases: mx.arra
 def rope(x: mx.array, dims: int, *, traditional: bool, base: float, scale: float, offset) -> mx.array:
     """``mx.fast.rope`` (forward, ``base`` frequencies), equal bit for bit; one primitive of the
     extension for float32 ``x`` where it is active (``rope.h``: MLX's CPU path is a dozen ops)."""
-    if active() and x.dtype == mx.float32 and x.ndim >= 3 and 0 < dims <= x.shape[-1] and dims % 2 == 0:
+    # getattr: a module built from older sources has no rope until jobs.build_kernels runs again.
+    kernel = getattr(extension(), "rope", None) if active() else None
+    if kernel is not None and x.dtype == mx.float32 and x.ndim >= 3 and 0 < dims <= x.shape[-1] and dims % 2 == 0:
         off = offset if isinstance(offset, mx.array) else mx.array(offset, dtype=mx.int32)
-        return extension().rope(x, off, dims, traditional, base, scale)
+        return kernel(x, off, dims, traditional, base, scale)
     return mx.fast.rope(x, dims, traditional=traditional, base=base, scale=scale, offset=offset)
