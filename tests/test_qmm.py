@@ -196,3 +196,44 @@ def test_rope_falls_back_with_a_module_built_before_rope(monkeypatch):
     x = mx.random.normal((1, 3, 2, 16))
     ref = mx.fast.rope(x, 16, traditional=False, base=1e4, scale=1.0, offset=3)
     assert mx.array_equal(qmm.rope(x, 16, traditional=False, base=1e4, scale=1.0, offset=3), ref).item()
+
+
+def entropy_bits_float64(logits: mx.array):
+    import numpy as np
+    x = np.array(logits).astype(np.float64)
+    x -= x.max(axis=-1, keepdims=True)
+    logp = x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    return -(np.exp(logp) * logp).sum(axis=-1) / np.log(2)
+
+
+@needs_ext
+@pytest.mark.parametrize("shape, scale", [((8, 49152), 3.0), ((1, 49152), 30.0), ((2, 3, 1000), 1.0),
+                                          ((4, 7), 5.0), ((1, 1), 1.0)])
+def test_token_entropy_kernel_against_float64(shape, scale):
+    import numpy as np
+    logits = mx.random.normal(shape) * scale
+    got = qmm.token_entropy(logits)
+    assert got.shape == shape[:-1]
+    np.testing.assert_allclose(np.array(got), entropy_bits_float64(logits), atol=2e-5)
+    np.testing.assert_allclose(np.array(mx.compile(qmm.token_entropy)(logits)), np.array(got))
+    # a transposed (non-contiguous) input reads the same values
+    t = mx.random.normal((64, 3))
+    np.testing.assert_allclose(np.array(qmm.token_entropy(t.T)), entropy_bits_float64(t.T), atol=2e-5)
+
+
+@needs_ext
+def test_token_entropy_kernel_edge_rows():
+    import math
+    peaked = mx.zeros((1, 49152)) + mx.where(mx.arange(49152) == 5, 1000.0, 0.0)
+    assert abs(qmm.token_entropy(peaked).item()) < 1e-6
+    assert all(math.isnan(v) for v in qmm.token_entropy(mx.full((2, 10), -mx.inf)).tolist())
+
+
+def test_step_entropies_use_the_kernel_where_built(monkeypatch):
+    from psilonet.generation.entropy import step_entropies, token_entropy_bits
+    logits, states = mx.random.normal((3, 500)) * 4, [mx.random.normal((3, 2, 16)) for _ in range(4)]
+    if EXT is not None:
+        assert mx.array_equal(step_entropies(logits, states)["entropy"], qmm.token_entropy(logits)).item()
+    monkeypatch.setenv("PSILONET_QMM", "off")
+    assert qmm.token_entropy(logits) is None
+    assert mx.array_equal(step_entropies(logits, states)["entropy"], token_entropy_bits(logits)).item()

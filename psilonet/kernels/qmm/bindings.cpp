@@ -4,6 +4,7 @@
 
 #include "kernels.h"
 #include "qmm.h"
+#include "entropy.h"
 #include "rope.h"
 
 namespace nb = nanobind;
@@ -20,6 +21,8 @@ NB_MODULE(_qmm, m) {
   m.def("rope", &q::rope, "x"_a, "offset"_a, "dims"_a, "traditional"_a, "base"_a, "scale"_a,
         "forward"_a = true, nb::kw_only(), "stream"_a = nb::none(),
         "mx.fast.rope's CPU result for float32 x (B, ..., T, D) in one primitive (rope.h).");
+  m.def("token_entropy", &q::token_entropy, "logits"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "Entropy (bits) of softmax(logits) over the last axis, float32, in one primitive (entropy.h).");
   m.def("isa", [] { return std::string(q::isa_name(q::isa())); }, "The SIMD path in effect.");
   m.def("detected_isa", [] { return std::string(q::isa_name(q::detected_isa())); });
   m.def("set_isa", [](const std::string& name) {

@@ -1,0 +1,35 @@
+// Next-token entropy (bits) of float32 logits on the CPU as one MLX primitive.
+//
+// H = -sum_v p_v log2 p_v with p = softmax(logits), computed per row in two passes over the
+// vocabulary: the maximum m, then Z = sum exp(l - m) and S = sum exp(l - m) (l - m), so that
+// H = (log Z - S / Z) / log 2. MLX's CPU graph for the same (logsumexp, exp, multiply, sum) runs
+// a scalar exp several times over the vocabulary; here exp is an AVX2 polynomial (Cephes',
+// relative error about 1e-7) and the sums run in eight lanes, then double. Against a float64
+// reference it is within about 1e-5 bits on 49,152 logits, where MLX's float32 graph is off by
+// about 1e-4 (its single float32 sum).
+#pragma once
+
+#include "mlx/ops.h"
+#include "mlx/primitives.h"
+
+namespace psilonet_qmm {
+
+namespace mx = mlx::core;
+
+// logits (..., V) float32 -> (...) entropy in bits. Needs AVX2 + FMA (the caller checks).
+mx::array token_entropy(const mx::array& logits, mx::StreamOrDevice s = {});
+
+// One row: kernels in entropy.cpp (built with -mavx2 -mfma).
+float entropy_bits_avx2(const float* logits, int vocab);
+
+class TokenEntropy : public mx::Primitive {
+ public:
+  explicit TokenEntropy(mx::Stream stream) : mx::Primitive(stream) {}
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+  const char* name() const override { return "PsilonetTokenEntropy"; }
+  bool is_equivalent(const mx::Primitive&) const override { return true; }
+};
+
+}  // namespace psilonet_qmm
