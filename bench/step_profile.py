@@ -10,7 +10,8 @@ Parts: the q4 weight products (q, k, v, o, gate, up, down and the 8-bit LM head 
 (the q4 model's own module, q and k: :class:`psilonet.model.quantized.ExtensionRoPE` where the
 extension is built), the KV cache write (two ``slice_update``), attention over the span
 (``mx.fast.scaled_dot_product_attention`` with the boolean span mask), SiLU-gating, the
-vocabulary-wide entropies (log-softmax over 49,152 logits, and the 31 hidden-state entropies)
+entropies of a tracked step (``step_entropies``: the next-token entropy over 49,152 logits, in
+the extension's kernel where it is built, and the 31 hidden-state entropies)
 and greedy sampling (argmax).
 
     python -m bench.step_profile [--rows 1] [--span 64] [--rounds 5]
@@ -31,7 +32,7 @@ import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 
 from psilonet.generation.decode_step import Decoder  # noqa: E402
-from psilonet.generation.entropy import hidden_entropy_bits, token_entropy_bits  # noqa: E402
+from psilonet.generation.entropy import step_entropies  # noqa: E402
 from psilonet.kernels import qmm  # noqa: E402
 from psilonet.model import quantized  # noqa: E402
 
@@ -78,8 +79,10 @@ def parts(model, rows: int, span: int) -> dict:
     attention = chain(lambda h: mx.fast.scaled_dot_product_attention(h, kk, vv, scale=HD ** -0.5, mask=mask), q, L)
     gating = chain(lambda h: nn.silu(h) * h, xf, L)
 
-    def entropies():
-        return [token_entropy_bits(logits), hidden_entropy_bits(states)]
+    per_state = [states[:, i:i + 1, :] for i in range(L + 1)]
+
+    def entropies():  # what a tracked step runs (the extension's next-token entropy where built)
+        return list(step_entropies(logits, per_state).values())
 
     def sampling():
         return [mx.argmax(logits, axis=-1)]
