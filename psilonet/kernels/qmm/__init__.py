@@ -19,8 +19,9 @@ Arithmetic modes, chosen by ``PSILONET_QMM``:
   order (relative 1e-5 in the tests).
 * ``off``: always ``mx.quantized_matmul`` (MLX's own kernel).
 
-The extension also holds a one-primitive RoPE (:func:`rope`, ``rope.h``): MLX's CPU path of
-``mx.fast.rope`` is a dozen ops per call, and a decode step makes two calls per block.
+The extension also holds a one-primitive RoPE (:func:`rope`, ``rope.h``: MLX's CPU path of
+``mx.fast.rope`` is a dozen ops per call, and a decode step makes two calls per block) and the
+next-token entropy of a tracked step (:func:`token_entropy`, ``entropy.h``).
 
 Without the built extension (``python -m jobs.build_kernels``; ``make setup`` runs it), on a CPU
 without AVX2 and FMA, on macOS (Metal has fast quantized kernels) or on a GPU device, every call
