@@ -78,7 +78,9 @@ def test_steering_rows_beside_the_doses_and_strength_zero_is_the_plain_row(tiny_
     assert dose_job.main([*common, *STEER, "--steer-add-layers", "2", "3", "--steer-strengths", "0", "6",
                           "--data-dir", str(steered_dir)]) == 0
     assert "intensity 0.3 + steering 6 |" in capsys.readouterr().out
-    assert dose_job.main([*common, "--data-dir", str(plain_dir)]) == 0
+    # the plain run holds the steered run's rows 0 and 2 in a batch of the same size: with OpenBLAS
+    # or MKL a product's rounding depends on its row count, so bit for bit holds within one size
+    assert dose_job.main([*common[:5], "0", "0.1", "0.3", "0.5", *common[7:], "--data-dir", str(plain_dir)]) == 0
     store = Store(steered_dir)
     run = store.list_runs(kind="dose").iloc[0]
     with store.open_run(run.run_id) as reader:
@@ -90,7 +92,7 @@ def test_steering_rows_beside_the_doses_and_strength_zero_is_the_plain_row(tiny_
     # every dose row at every strength, strengths fastest: (0, 0), (0, 6), (0.3, 0), (0.3, 6)
     assert list(gens.sort_values("gen_id").intensity) == [0.0, 0.0, 0.3, 0.3]
     assert list(rows.strength) == [0.0, 6.0, 0.0, 6.0]
-    for steered_gen, plain_gen in ((0, 0), (2, 1)):  # strength 0: the plain row, bit for bit
+    for steered_gen, plain_gen in ((0, 0), (2, 2)):  # strength 0: the plain row, bit for bit
         a = tokens[tokens.gen_id == steered_gen].reset_index(drop=True)
         b = plain_tokens[plain_tokens.gen_id == plain_gen].reset_index(drop=True)
         assert list(a.token_id) == list(b.token_id) and list(a.entropy) == list(b.entropy)

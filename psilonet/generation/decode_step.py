@@ -22,8 +22,10 @@ returned from every step: the dose's constants and per-step noise keys live ther
 intervention that keeps state from token to token (for example a per-row pool that depletes)
 adds its own entries and returns their new values from its hook (see :class:`RowHook`).
 
-**Shared prefill.** When no row is perturbed, the prompt is run once for one row and its cache
-and last logits are broadcast to every row of the batch.
+**Prefill row by row.** When no row is perturbed, the prompt is run once for one row and its
+cache and last logits are broadcast to every row of the batch. Otherwise each row's prompt runs
+on its own, so a row's numbers never depend on the rows beside it: with OpenBLAS or MKL a
+product's rounding depends on its row count (the steps after it all run the whole batch).
 """
 
 from __future__ import annotations
@@ -173,20 +175,32 @@ class Decoder:
         return rows
 
     def prefill(self, prompt_ids) -> dict:
-        """Run the prompt (shared by all rows when no hook perturbs them); lazy outputs."""
+        """Run the prompt (once for all rows when no hook perturbs them, else row by row); lazy outputs."""
         if len(prompt_ids) > self.capacity:
             raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the KV cache holds {self.capacity}")
-        shared = self.hook is None
-        rows = 1 if shared else self.batch
-        shape = _kv_shape(self.model, rows, self.capacity)
+        shape = _kv_shape(self.model, 1, self.capacity)
         dtype = self.model.model.norm.weight.dtype  # the float dtype (embeddings may be packed)
-        kv = [(mx.zeros(shape, dtype=dtype), mx.zeros(shape, dtype=dtype)) for _ in self.model.model.layers]
-        tokens = mx.array([list(prompt_ids)] * rows, dtype=mx.int32)
-        out, kv, self.offset, self.rows = _run(self.model, tokens, kv, self.offset, self._inputs(), self.hook,
-                                               self.track, self.greedy, span_for(len(prompt_ids) - 1, self.capacity, self.span_step))
-        if shared and self.batch > 1:
-            kv = [tuple(mx.repeat(a, self.batch, axis=0) for a in pair) for pair in kv]
-            out = {k: mx.repeat(v, self.batch, axis=0) for k, v in out.items()}
+        tokens = mx.array([list(prompt_ids)], dtype=mx.int32)
+        span = span_for(len(prompt_ids) - 1, self.capacity, self.span_step)
+        inputs = self._inputs()
+        parts = []
+        # One row at a time: a row's prompt then runs through the same matrix shapes whatever
+        # else is in the batch. With OpenBLAS or MKL a product's rounding depends on its row
+        # count, so a batched prompt would make a row's numbers depend on its batch.
+        for r in range(1 if self.hook is None else self.batch):
+            kv = [(mx.zeros(shape, dtype=dtype), mx.zeros(shape, dtype=dtype)) for _ in self.model.model.layers]
+            row_inputs = {k: v[r : r + 1] for k, v in inputs.items()}
+            parts.append(_run(self.model, tokens, kv, self.offset, row_inputs, self.hook, self.track, self.greedy, span))
+        if len(parts) == 1:
+            out, kv, self.offset, self.rows = parts[0]
+            if self.batch > 1:  # no hook: every row's prompt is the same, run once
+                kv = [tuple(mx.repeat(a, self.batch, axis=0) for a in pair) for pair in kv]
+                out = {k: mx.repeat(v, self.batch, axis=0) for k, v in out.items()}
+        else:
+            out = {k: mx.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
+            kv = [tuple(mx.concatenate([p[1][layer][i] for p in parts]) for i in (0, 1)) for layer in range(len(parts[0][1]))]
+            self.offset = parts[0][2]
+            self.rows = {k: mx.concatenate([p[3][k] for p in parts]) for k in parts[0][3]}
         self.kv = kv
         self.index += 1
         self.position = len(prompt_ids)
