@@ -237,3 +237,100 @@ def test_step_entropies_use_the_kernel_where_built(monkeypatch):
     monkeypatch.setenv("PSILONET_QMM", "off")
     assert qmm.token_entropy(logits) is None
     assert mx.array_equal(step_entropies(logits, states)["entropy"], token_entropy_bits(logits)).item()
+
+
+def dose_inputs(spec, intensities=(0.0, 0.3, 1.0), T=5, D=64, L=6, seed=0):
+    import numpy as np
+    from psilonet.generation import perturb as P
+    rng = np.random.default_rng(seed)
+    doser = P.Doser(list(intensities), list(range(len(intensities))), L, D, spec)
+    h = mx.array(rng.standard_normal((len(intensities), T, D)).astype(np.float32) * 3)
+    noise = mx.array(rng.standard_normal((L, len(intensities), T, D)).astype(np.float32))
+    return doser, h, noise
+
+
+def dose_graph(spec, h, noise, layer, doser):
+    from psilonet.generation import perturb as P
+    s = mx.array(P.layer_sensitivity(layer, doser.num_layers))
+    n = noise[layer] if spec.noise else mx.zeros((1,))
+    return P._compiled_apply(spec)(h, n, s, doser._i, doser._idx[:, layer], doser._coef[:, layer])
+
+
+DOSE_SPECS = ["all", "noise", "phase bleed", "shuffle"]
+
+
+def spec_of(names):
+    from psilonet.generation import perturb as P
+    return P.DoseSpec() if names == "all" else P.DoseSpec.only(*names.split())
+
+
+@needs_ext
+@pytest.mark.parametrize("names", DOSE_SPECS)
+def test_dose_kernel_equals_the_graph_and_leaves_intensity_zero_alone(names):
+    import numpy as np
+    from psilonet.generation import perturb as P
+    spec = spec_of(names)
+    doser, h, noise = dose_inputs(spec)
+    for layer in range(doser.num_layers):
+        got = P.dose_block(spec, h, noise if spec.noise else None, layer, doser.num_layers, doser._i, doser._idx,
+                           doser._coef)
+        want = dose_graph(spec, h, noise, layer, doser)
+        assert got.shape == h.shape and mx.array_equal(got[0], h[0]).item()  # intensity 0: h itself
+        if spec.noise:  # the standard deviation is summed in double: within float32 rounding
+            np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-6, atol=2e-6)
+        else:  # the same float operations in the same order
+            assert mx.array_equal(got, want).item()
+        if layer == doser.num_layers // 2:
+            assert not mx.array_equal(got[2], h[2]).item()  # intensity 1 moved the row
+
+
+@needs_ext
+def test_dose_kernel_rows_alone_equal_rows_in_a_batch_and_it_compiles():
+    from psilonet.generation import perturb as P
+    spec = P.DoseSpec()
+    doser, h, noise = dose_inputs(spec)
+    run = lambda hh, nn, d, layer: qmm.dose(hh, nn, d._i, d._idx, d._coef, layer=layer,
+                                            sensitivity=P.layer_sensitivity(layer, 6), noise_per_intensity=0.25)
+    batch = run(h, noise, doser, 3)
+    for r in range(3):
+        alone = P.Doser([doser.intensities[r]], [r], 6, 64, spec)
+        assert mx.array_equal(run(h[r : r + 1], noise[:, r : r + 1], alone, 3), batch[r : r + 1]).item()
+    compiled = mx.compile(lambda hh, nn: run(hh, nn, doser, 3))
+    assert mx.array_equal(compiled(h, noise), batch).item()
+    # strided views (a transposed h, one layer's rows of a bigger noise) read the same values
+    ht = mx.swapaxes(mx.swapaxes(h, 0, 1) * 1, 0, 1)
+    assert mx.array_equal(run(ht, mx.concatenate([noise, noise], axis=1)[:, :3], doser, 3), batch).item()
+
+
+@needs_ext
+def test_bad_dose_inputs_fail_with_one_line():
+    doser, h, noise = dose_inputs(spec_of("all"))
+    args = dict(layer=0, sensitivity=1.0, noise_per_intensity=0.25)
+    with pytest.raises(ValueError, match=r"dose: h must be float32 of shape \(B, T, D\)"):
+        EXT.dose(h[0], noise, doser._i, doser._idx, doser._coef, **args)
+    with pytest.raises(ValueError, match="dose: i must hold one float32 intensity per row"):
+        EXT.dose(h, noise, doser._i[:2], doser._idx, doser._coef, **args)
+    with pytest.raises(ValueError, match=r"dose: noise must be float32 of shape \(L, B, T, D\) with layer < L"):
+        EXT.dose(h, noise[0], doser._i, doser._idx, doser._coef, **args)
+    with pytest.raises(ValueError, match="dose: layer must be below coef's L"):
+        EXT.dose(h, None, doser._i, doser._idx, doser._coef, **{**args, "layer": 6})
+    with pytest.raises(ValueError, match="dose: give idx and coef together"):
+        EXT.dose(h, noise, doser._i, doser._idx, None, **args)
+
+
+def test_dose_falls_back_to_the_graph_when_off_or_built_before_it(monkeypatch):
+    from psilonet.generation import perturb as P
+    spec = P.DoseSpec()
+    doser, h, noise = dose_inputs(spec)
+    want = dose_graph(spec, h, noise, 2, doser)
+    monkeypatch.setenv("PSILONET_QMM", "off")
+    assert qmm.dose(h, noise, doser._i, doser._idx, doser._coef, layer=2, sensitivity=1.0,
+                    noise_per_intensity=0.25) is None
+    assert mx.array_equal(P.dose_block(spec, h, noise, 2, 6, doser._i, doser._idx, doser._coef), want).item()
+    monkeypatch.delenv("PSILONET_QMM")
+
+    class OldBuild:  # an extension built before the dose primitive
+        pass
+
+    monkeypatch.setattr(qmm, "extension", lambda: OldBuild())
+    assert mx.array_equal(P.dose_block(spec, h, noise, 2, 6, doser._i, doser._idx, doser._coef), want).item()

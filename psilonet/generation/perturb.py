@@ -31,6 +31,7 @@ import numpy as np
 import mlx.core as mx
 
 from psilonet.generation.decode_step import RowHook
+from psilonet.kernels import qmm
 
 PRESETS = {"sober": 0.0, "micro-dose": 0.1, "dose": 0.2, "double dose": 0.3}
 MECHANISMS = ("noise", "phase", "shuffle", "bleed")
@@ -89,7 +90,8 @@ class Doser:
     map is therefore precomputed per row and layer as six source indices and six coefficients
     per feature (numpy, at construction), and a layer applies it as one gather and one weighted
     sum, instead of some twenty small ops (on the CPU the per-op cost, not the arithmetic, is
-    what a dose costs). The result is the composition in the order above up to float rounding
+    what a dose costs); where the extension is built, a block's whole dose is one primitive
+    (:func:`dose_block`). The result is the composition in the order above up to float rounding
     (``tests/test_perturb.py`` checks it against the mechanisms applied one after another); at
     intensity 0 the map is the identity with coefficient exactly 1, so ``h`` is unchanged.
     """
@@ -119,21 +121,21 @@ class Doser:
         self._coef = mx.array(coef)[:, :, None]  # (B, L, 1, D, K) their weights
         self.sober = all(i == 0 for i in self.intensities) or not self.spec.enabled()
         self._step_noise = None
-        self._apply = _compiled_apply(self.spec)
 
     def at_step(self, step: int) -> "Doser":
         self.step = step
         self._step_noise = None
         return self
 
-    def _noise(self, layer: int, shape) -> mx.array:
+    def _noise(self, shape) -> mx.array:
+        """This step's noise for every layer, (L, B, T, D)."""
         # Drawn once per step for all layers (one call per row, not per row and layer); it
         # depends on (seed, step) only, never on the row's place in the batch.
         if self._step_noise is None or self._step_noise.shape[2:] != tuple(shape[1:]):
             rows = [mx.random.normal((self.num_layers, *shape[1:]), key=mx.random.key(noise_key(seed, self.step)))
                     for seed in self.seeds]
-            self._step_noise = mx.stack(rows, axis=1)  # (L, B, T, D)
-        return self._step_noise[layer]
+            self._step_noise = mx.stack(rows, axis=1)
+        return self._step_noise
 
     def hook(self):
         """This dose as a :class:`~psilonet.generation.decode_step.RowHook` for the compiled decode step:
@@ -150,17 +152,12 @@ class Doser:
             return {"dose_noise_key": mx.array(np.array([[v >> 32, v & 0xFFFFFFFF] for v in n], dtype=np.uint32))}
 
         def after_block(layer: int, h: mx.array, rows: dict):
-            s = mx.array(layer_sensitivity(layer, num_layers), dtype=h.dtype)
-            if spec.noise:
-                if layer == 0:
-                    keys = rows["dose_noise_key"]
-                    scratch["noise"] = mx.stack(
-                        [mx.random.normal((num_layers, *h.shape[1:]), key=keys[r]) for r in range(h.shape[0])], axis=1)
-                noise = scratch["noise"][layer]
-            else:
-                noise = mx.zeros((1,), dtype=h.dtype)
-            apply = _compiled_apply(spec)
-            return apply(h, noise, s, rows["dose_i"], rows["dose_idx"][:, layer], rows["dose_coef"][:, layer]), {}
+            if spec.noise and layer == 0:
+                keys = rows["dose_noise_key"]
+                scratch["noise"] = mx.stack(
+                    [mx.random.normal((num_layers, *h.shape[1:]), key=keys[r]) for r in range(h.shape[0])], axis=1)
+            noise = scratch["noise"] if spec.noise else None
+            return dose_block(spec, h, noise, layer, num_layers, rows["dose_i"], rows["dose_idx"], rows["dose_coef"]), {}
 
         rows = {"dose_i": self._i, "dose_idx": self._idx, "dose_coef": self._coef}
         return RowHook(("dose", spec, num_layers), rows, after_block, step_inputs)
@@ -168,9 +165,26 @@ class Doser:
     def __call__(self, layer: int, h: mx.array) -> mx.array:
         if self.sober:
             return h
-        s = mx.array(layer_sensitivity(layer, self.num_layers), dtype=h.dtype)
-        noise = self._noise(layer, h.shape) if self.spec.noise else mx.zeros((1,), dtype=h.dtype)
-        return self._apply(h, noise, s, self._i, self._idx[:, layer], self._coef[:, layer])
+        noise = self._noise(h.shape) if self.spec.noise else None
+        return dose_block(self.spec, h, noise, layer, self.num_layers, self._i, self._idx, self._coef)
+
+
+def dose_block(spec: DoseSpec, h: mx.array, noise: mx.array | None, layer: int, num_layers: int,
+               i: mx.array, idx: mx.array, coef: mx.array) -> mx.array:
+    """Block ``layer``'s output ``h`` (B, T, D) dosed: ``noise`` (L, B, T, D) is the step's noise
+    of every layer (None with the noise off), ``i`` (B, 1, 1) the rows' intensities, ``idx``
+    (B, L, 1, D*K) and ``coef`` (B, L, 1, D, K) the feature maps of :func:`feature_map`.
+
+    One primitive of the extension where it is built (``dose.h``: the same arithmetic, the
+    standard deviation summed in double), else the compiled graph of :func:`_make_apply`."""
+    linear = spec.phase or spec.shuffle or spec.bleed
+    s = layer_sensitivity(layer, num_layers)
+    fast = qmm.dose(h, noise, i, idx if linear else None, coef if linear else None, layer=layer,
+                    sensitivity=s, noise_per_intensity=NOISE_PER_INTENSITY)
+    if fast is not None:
+        return fast
+    noise = noise[layer] if noise is not None else mx.zeros((1,), dtype=h.dtype)
+    return _compiled_apply(spec)(h, noise, mx.array(s, dtype=h.dtype), i, idx[:, layer], coef[:, layer])
 
 
 @functools.lru_cache(maxsize=None)

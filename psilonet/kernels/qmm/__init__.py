@@ -20,8 +20,9 @@ Arithmetic modes, chosen by ``PSILONET_QMM``:
 * ``off``: always ``mx.quantized_matmul`` (MLX's own kernel).
 
 The extension also holds a one-primitive RoPE (:func:`rope`, ``rope.h``: MLX's CPU path of
-``mx.fast.rope`` is a dozen ops per call, and a decode step makes two calls per block) and the
-next-token entropy of a tracked step (:func:`token_entropy`, ``entropy.h``).
+``mx.fast.rope`` is a dozen ops per call, and a decode step makes two calls per block), the
+next-token entropy of a tracked step (:func:`token_entropy`, ``entropy.h``) and a block's dose
+(:func:`dose`, ``dose.h``).
 
 Without the built extension (``python -m jobs.build_kernels``; ``make setup`` runs it), on a CPU
 without AVX2 and FMA, on macOS (Metal has fast quantized kernels) or on a GPU device, every call
@@ -144,3 +145,14 @@ def token_entropy(logits: mx.array) -> mx.array | None:
     if kernel is None or logits.dtype != mx.float32 or logits.ndim < 1 or logits.shape[-1] < 1:
         return None
     return kernel(logits)
+
+
+def dose(h: mx.array, noise: mx.array | None, i: mx.array, idx: mx.array | None, coef: mx.array | None, *,
+         layer: int, sensitivity: float, noise_per_intensity: float) -> mx.array | None:
+    """Block ``layer``'s dose of ``h`` (B, T, D) in one extension primitive (``dose.h``; the
+    graph it replaces is :func:`psilonet.generation.perturb._make_apply`), or None where the
+    extension is off, not built or older than this primitive. No gradient."""
+    kernel = getattr(extension(), "dose", None) if active() else None
+    if kernel is None or h.dtype != mx.float32 or h.ndim != 3:
+        return None
+    return kernel(h, noise, i, idx, coef, layer, sensitivity, noise_per_intensity)

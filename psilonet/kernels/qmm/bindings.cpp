@@ -1,15 +1,18 @@
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/variant.h>
 
 #include "kernels.h"
 #include "qmm.h"
+#include "dose.h"
 #include "entropy.h"
 #include "rope.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
 namespace q = psilonet_qmm;
+namespace mx = mlx::core;
 
 NB_MODULE(_qmm, m) {
   m.doc() = "x @ W.T on the CPU with W in MLX's affine quantized layout (psilonet.kernels.qmm)";
@@ -23,6 +26,16 @@ NB_MODULE(_qmm, m) {
         "mx.fast.rope's CPU result for float32 x (B, ..., T, D) in one primitive (rope.h).");
   m.def("token_entropy", &q::token_entropy, "logits"_a, nb::kw_only(), "stream"_a = nb::none(),
         "Entropy (bits) of softmax(logits) over the last axis, float32, in one primitive (entropy.h).");
+  m.def("dose", [](const mx::array& h, const std::optional<mx::array>& noise, const mx::array& i,
+                   const std::optional<mx::array>& idx, const std::optional<mx::array>& coef, int layer,
+                   float sensitivity, float noise_per_intensity, mx::StreamOrDevice s) {
+          const mx::array none = mx::zeros({0}, mx::float32);
+          if (idx.has_value() != coef.has_value()) throw std::invalid_argument("dose: give idx and coef together");
+          return q::dose(h, noise.value_or(none), i, idx.value_or(none), coef.value_or(none), layer, sensitivity,
+                         noise_per_intensity, s);
+        }, "h"_a, "noise"_a.none(), "i"_a, "idx"_a.none(), "coef"_a.none(), "layer"_a, "sensitivity"_a,
+        "noise_per_intensity"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "One block's dose (perturb._make_apply) in one primitive (dose.h).");
   m.def("isa", [] { return std::string(q::isa_name(q::isa())); }, "The SIMD path in effect.");
   m.def("detected_isa", [] { return std::string(q::isa_name(q::detected_isa())); });
   m.def("set_isa", [](const std::string& name) {
