@@ -334,3 +334,44 @@ def test_dose_falls_back_to_the_graph_when_off_or_built_before_it(monkeypatch):
 
     monkeypatch.setattr(qmm, "extension", lambda: OldBuild())
     assert mx.array_equal(P.dose_block(spec, h, noise, 2, 6, doser._i, doser._idx, doser._coef), want).item()
+
+
+def mlx_noise(keys, layers, tokens, features):
+    return mx.stack([mx.random.normal((layers, tokens, features), key=keys[r]) for r in range(keys.shape[0])], axis=1)
+
+
+@needs_ext
+@pytest.mark.parametrize("shape", [(1, 30, 1, 576), (8, 30, 1, 576), (3, 5, 7, 13), (2, 1, 1, 1), (1, 2, 1, 3),
+                                   (2, 30, 9, 576)])
+def test_dose_noise_equals_mlx_normal_bit_for_bit(shape, restore_isa):
+    import numpy as np
+    b, layers, tokens, features = shape
+    keys = mx.array(np.random.default_rng(b * 7 + tokens).integers(0, 2**32, (b, 2), dtype=np.uint64).astype(np.uint32))
+    want = mlx_noise(keys, layers, tokens, features)
+    for isa in ISAS:  # the AVX2 counters and polynomials, and the portable C++
+        EXT.set_isa(isa)
+        got = qmm.dose_noise(keys, layers, tokens, features)
+        assert got.shape == (layers, b, tokens, features) and mx.array_equal(got, want).item(), isa
+    compiled = mx.compile(lambda k: qmm.dose_noise(k, layers, tokens, features))
+    assert mx.array_equal(compiled(keys), want).item()
+    assert mx.array_equal(qmm.dose_noise(mx.concatenate([keys, keys])[::2], layers, tokens, features),
+                          mlx_noise(mx.concatenate([keys, keys])[::2], layers, tokens, features)).item()
+
+
+@needs_ext
+def test_bad_dose_noise_inputs_fail_with_one_line():
+    with pytest.raises(ValueError, match=r"dose_noise: keys must be uint32 of shape \(B, 2\)"):
+        EXT.dose_noise(mx.zeros((2, 3), dtype=mx.uint32), 2, 1, 4)
+    with pytest.raises(ValueError, match="dose_noise: layers, tokens and features must be positive"):
+        EXT.dose_noise(mx.zeros((2, 2), dtype=mx.uint32), 0, 1, 4)
+
+
+def test_dose_noise_falls_back_to_mlx_when_off(monkeypatch):
+    from psilonet.generation import perturb as P
+    keys = P.noise_keys([3, 9], step=4)
+    want = mlx_noise(keys, 6, 2, 16)
+    assert mx.array_equal(keys[1], mx.random.key(P.noise_key(9, 4))).item()
+    assert mx.array_equal(P.step_noise(keys, 6, (2, 16)), want).item()
+    monkeypatch.setenv("PSILONET_QMM", "off")
+    assert qmm.dose_noise(keys, 6, 2, 16) is None
+    assert mx.array_equal(P.step_noise(keys, 6, (2, 16)), want).item()

@@ -48,6 +48,22 @@ def noise_key(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**63)
 
 
+def noise_keys(seeds, step: int) -> mx.array:
+    """(B, 2) uint32: each row's ``mx.random.key(noise_key(seed, step))`` (its two 32-bit words)."""
+    n = [noise_key(seed, step) for seed in seeds]
+    return mx.array(np.array([[v >> 32, v & 0xFFFFFFFF] for v in n], dtype=np.uint32))
+
+
+def step_noise(keys: mx.array, num_layers: int, shape) -> mx.array:
+    """A step's dose noise for every layer, (L, B, T, D) with ``shape`` = (T, D): row ``r`` is
+    ``mx.random.normal((L, T, D), key=keys[r])``, from the extension's one primitive where it is
+    built (``noise.h``: the same values bit for bit, about four times faster), else from MLX."""
+    fast = qmm.dose_noise(keys, num_layers, *shape)
+    if fast is not None:
+        return fast
+    return mx.stack([mx.random.normal((num_layers, *shape), key=keys[r]) for r in range(keys.shape[0])], axis=1)
+
+
 def layer_sensitivity(layer: int, num_layers: int) -> float:
     """``exp(-((l/(L-1) - 0.5)^2 / 0.08))``: 1 in the middle layers, ~0.04 at the ends."""
     x = layer / max(num_layers - 1, 1)
@@ -132,9 +148,7 @@ class Doser:
         # Drawn once per step for all layers (one call per row, not per row and layer); it
         # depends on (seed, step) only, never on the row's place in the batch.
         if self._step_noise is None or self._step_noise.shape[2:] != tuple(shape[1:]):
-            rows = [mx.random.normal((self.num_layers, *shape[1:]), key=mx.random.key(noise_key(seed, self.step)))
-                    for seed in self.seeds]
-            self._step_noise = mx.stack(rows, axis=1)
+            self._step_noise = step_noise(noise_keys(self.seeds, self.step), self.num_layers, shape[1:])
         return self._step_noise
 
     def hook(self):
@@ -147,15 +161,11 @@ class Doser:
         scratch: dict = {}  # the step's noise for all layers, drawn at layer 0 while tracing
 
         def step_inputs(step: int) -> dict:
-            # The same keys as mx.random.key(n) in _noise: the high and low 32 bits of n.
-            n = [noise_key(seed, step) for seed in seeds]
-            return {"dose_noise_key": mx.array(np.array([[v >> 32, v & 0xFFFFFFFF] for v in n], dtype=np.uint32))}
+            return {"dose_noise_key": noise_keys(seeds, step)}
 
         def after_block(layer: int, h: mx.array, rows: dict):
             if spec.noise and layer == 0:
-                keys = rows["dose_noise_key"]
-                scratch["noise"] = mx.stack(
-                    [mx.random.normal((num_layers, *h.shape[1:]), key=keys[r]) for r in range(h.shape[0])], axis=1)
+                scratch["noise"] = step_noise(rows["dose_noise_key"], num_layers, h.shape[1:])
             noise = scratch["noise"] if spec.noise else None
             return dose_block(spec, h, noise, layer, num_layers, rows["dose_i"], rows["dose_idx"], rows["dose_coef"]), {}
 

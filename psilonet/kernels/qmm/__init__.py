@@ -21,8 +21,8 @@ Arithmetic modes, chosen by ``PSILONET_QMM``:
 
 The extension also holds a one-primitive RoPE (:func:`rope`, ``rope.h``: MLX's CPU path of
 ``mx.fast.rope`` is a dozen ops per call, and a decode step makes two calls per block), the
-next-token entropy of a tracked step (:func:`token_entropy`, ``entropy.h``) and a block's dose
-(:func:`dose`, ``dose.h``).
+next-token entropy of a tracked step (:func:`token_entropy`, ``entropy.h``), a block's dose
+(:func:`dose`, ``dose.h``) and a step's dose noise (:func:`dose_noise`, ``noise.h``).
 
 Without the built extension (``python -m jobs.build_kernels``; ``make setup`` runs it), on a CPU
 without AVX2 and FMA, on macOS (Metal has fast quantized kernels) or on a GPU device, every call
@@ -156,3 +156,13 @@ def dose(h: mx.array, noise: mx.array | None, i: mx.array, idx: mx.array | None,
     if kernel is None or h.dtype != mx.float32 or h.ndim != 3:
         return None
     return kernel(h, noise, i, idx, coef, layer, sensitivity, noise_per_intensity)
+
+
+def dose_noise(keys: mx.array, layers: int, tokens: int, features: int) -> mx.array | None:
+    """``mx.stack([mx.random.normal((layers, tokens, features), key=k) for k in keys], axis=1)``
+    for ``keys`` (B, 2) uint32, bit for bit, in one extension primitive (``noise.h``), or None
+    where the extension is off, not built or older than this primitive."""
+    kernel = getattr(extension(), "dose_noise", None) if active() else None
+    if kernel is None or keys.dtype != mx.uint32 or keys.ndim != 2 or keys.shape[1] != 2:
+        return None
+    return kernel(keys, layers, tokens, features)

@@ -7,6 +7,7 @@
 #include "qmm.h"
 #include "dose.h"
 #include "entropy.h"
+#include "noise.h"
 #include "rope.h"
 
 namespace nb = nanobind;
@@ -36,6 +37,9 @@ NB_MODULE(_qmm, m) {
         }, "h"_a, "noise"_a.none(), "i"_a, "idx"_a.none(), "coef"_a.none(), "layer"_a, "sensitivity"_a,
         "noise_per_intensity"_a, nb::kw_only(), "stream"_a = nb::none(),
         "One block's dose (perturb._make_apply) in one primitive (dose.h).");
+  m.def("dose_noise", &q::dose_noise, "keys"_a, "layers"_a, "tokens"_a, "features"_a, nb::kw_only(),
+        "stream"_a = nb::none(),
+        "mx.stack([mx.random.normal((L, T, D), key=k) for k in keys], axis=1), bit for bit (noise.h).");
   m.def("isa", [] { return std::string(q::isa_name(q::isa())); }, "The SIMD path in effect.");
   m.def("detected_isa", [] { return std::string(q::isa_name(q::detected_isa())); });
   m.def("set_isa", [](const std::string& name) {

@@ -1,0 +1,83 @@
+#include "noise.h"
+
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+
+#include "kernels.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "noise_math.inc"
+
+namespace psilonet_qmm {
+
+void normal_row_portable(uint32_t k1, uint32_t k2, float* out, int64_t n) {
+  // RandomBits' order: counter pair (c, c + half + odd) gives words c and c + half + odd
+  const int64_t half = n / 2, odd = n % 2;
+  for (int64_t c = 0; c < half; ++c) {
+    uint32_t x0 = static_cast<uint32_t>(c), x1 = static_cast<uint32_t>(c + half + odd);
+    noise_detail::threefry(k1, k2, x0, x1);
+    out[c] = noise_detail::normal_of(x0);
+    out[c + half + odd] = noise_detail::normal_of(x1);
+  }
+  if (odd) {
+    uint32_t x0 = static_cast<uint32_t>(half), x1 = 0;
+    noise_detail::threefry(k1, k2, x0, x1);
+    out[half] = noise_detail::normal_of(x0);
+  }
+}
+
+mx::array dose_noise(const mx::array& keys, int layers, int tokens, int features, mx::StreamOrDevice s) {
+  if (keys.ndim() != 2 || keys.shape(1) != 2 || keys.dtype() != mx::uint32)
+    throw std::invalid_argument("dose_noise: keys must be uint32 of shape (B, 2)");
+  if (layers < 1 || tokens < 1 || features < 1)
+    throw std::invalid_argument("dose_noise: layers, tokens and features must be positive");
+  if (static_cast<int64_t>(layers) * tokens * features >= (int64_t{1} << 32))
+    throw std::invalid_argument("dose_noise: more values per row than 32-bit counters reach");
+  return mx::array({layers, keys.shape(0), tokens, features}, mx::float32,
+                   std::make_shared<DoseNoise>(mx::to_stream(s), layers, tokens, features), {keys});
+}
+
+void DoseNoise::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  const auto& keys = inputs[0];
+  auto& out = outputs[0];
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& encoder = mx::cpu::get_command_encoder(stream());
+  encoder.set_input_array(keys);
+  encoder.set_output_array(out);
+  const uint32_t* k = keys.data<uint32_t>();
+  const int64_t ks0 = keys.strides(0), ks1 = keys.strides(1);
+  float* o = out.data<float>();
+  const int B = keys.shape(0), L = layers_;
+  const int64_t chunk = static_cast<int64_t>(tokens_) * features_;
+  const bool avx2 = isa() >= AVX2;
+  encoder.dispatch([k, ks0, ks1, o, B, L, chunk, avx2]() {
+    std::vector<float> row(static_cast<size_t>(L * chunk));
+    for (int b = 0; b < B; ++b) {
+      const uint32_t k1 = k[b * ks0], k2 = k[b * ks0 + ks1];
+#if defined(__x86_64__)
+      if (avx2)
+        normal_row_avx2(k1, k2, row.data(), L * chunk);
+      else
+#endif
+        normal_row_portable(k1, k2, row.data(), L * chunk);
+      // row b's (L, T, D) values into (L, B, T, D)
+      for (int l = 0; l < L; ++l)
+        std::memcpy(o + (static_cast<int64_t>(l) * B + b) * chunk, row.data() + l * chunk, chunk * sizeof(float));
+    }
+  });
+}
+
+void DoseNoise::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  throw std::runtime_error("dose_noise: CPU only");
+}
+
+std::vector<mx::Shape> DoseNoise::output_shapes(const std::vector<mx::array>& inputs) {
+  return {{layers_, inputs[0].shape(0), tokens_, features_}};
+}
+
+bool DoseNoise::is_equivalent(const mx::Primitive& other) const {
+  const auto& o = static_cast<const DoseNoise&>(other);
+  return layers_ == o.layers_ && tokens_ == o.tokens_ && features_ == o.features_;
+}
+
+}  // namespace psilonet_qmm
