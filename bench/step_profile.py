@@ -9,10 +9,13 @@ Parts: the q4 weight products (q, k, v, o, gate, up, down and the 8-bit LM head 
 :mod:`psilonet.kernels.qmm`), RMS norm (``mx.fast.rms_norm``, 61 per step), RoPE
 (the q4 model's own module, q and k: :class:`psilonet.model.quantized.ExtensionRoPE` where the
 extension is built), the KV cache write (two ``slice_update``), attention over the span
-(``mx.fast.scaled_dot_product_attention`` with the boolean span mask), SiLU-gating, the
+(``mx.fast.scaled_dot_product_attention`` with the boolean span mask), SiLU-gating (the q4
+model's: the extension's SwiGLU where it is built, and mlx-lm's beside it), the
 entropies of a tracked step (``step_entropies``: the next-token entropy over 49,152 logits, in
-the extension's kernel where it is built, and the 31 hidden-state entropies)
-and greedy sampling (argmax).
+the extension's kernel where it is built, and the 31 hidden-state entropies), a dose's parts
+(the step's noise for every block, and the 30 blocks' dose: the extension's primitives where it
+is built, and MLX's graph of each beside them) and greedy sampling (argmax). A full step with a
+dose of 0.3 and both entropies runs beside the greedy one.
 
     python -m bench.step_profile [--rows 1] [--span 64] [--rounds 5]
 """
@@ -29,10 +32,11 @@ from psilonet import runtime
 runtime.setup()  # bind the fast BLAS before anything imports mlx
 
 import mlx.core as mx  # noqa: E402
-import mlx.nn as nn  # noqa: E402
+from mlx_lm.models.activations import swiglu  # noqa: E402
 
 from psilonet.generation.decode_step import Decoder  # noqa: E402
 from psilonet.generation.entropy import step_entropies  # noqa: E402
+from psilonet.generation import perturb  # noqa: E402
 from psilonet.kernels import qmm  # noqa: E402
 from psilonet.model import quantized  # noqa: E402
 
@@ -77,7 +81,8 @@ def parts(model, rows: int, span: int) -> dict:
     kv_writes = chain(lambda c: mx.slice_update(c, k, start, axes=(2,)), cache, 2 * L)
     kk, vv = cache[:, :, :span], cache[:, :, :span]
     attention = chain(lambda h: mx.fast.scaled_dot_product_attention(h, kk, vv, scale=HD ** -0.5, mask=mask), q, L)
-    gating = chain(lambda h: nn.silu(h) * h, xf, L)
+    gating = chain(lambda h: qmm.swiglu(h, xf), xf, L)  # the q4 model's gating (ExtensionMLP)
+    gating_mlx = chain(lambda h: swiglu(h, xf), xf, L)
 
     per_state = [states[:, i:i + 1, :] for i in range(L + 1)]
 
@@ -87,17 +92,44 @@ def parts(model, rows: int, span: int) -> dict:
     def sampling():
         return [mx.argmax(logits, axis=-1)]
 
+    doser = perturb.Doser([0.3] * rows, list(range(rows)), L, D)
+    keys = perturb.noise_keys(doser.seeds, 1)
+    noise = perturb.step_noise(keys, L, (1, D))
+    mx.eval(noise, doser._idx, doser._coef)
+
+    def dose_noise():  # the extension's primitive where it is built
+        return [perturb.step_noise(keys, L, (1, D))]
+
+    def dose_noise_mlx():
+        return [mx.stack([mx.random.normal((L, 1, D), key=keys[r]) for r in range(rows)], axis=1)]
+
+    def dose_blocks():  # the extension's primitive where it is built
+        h = x
+        for layer in range(L):
+            h = perturb.dose_block(doser.spec, h, noise, layer, L, doser._i, doser._idx, doser._coef)
+        return [h]
+
+    def dose_blocks_mlx():
+        h, apply = x, perturb._compiled_apply(doser.spec)
+        for layer in range(L):
+            s = mx.array(perturb.layer_sensitivity(layer, L))
+            h = apply(h, noise[layer], s, doser._i, doser._idx[:, layer], doser._coef[:, layer])
+        return [h]
+
     out = {}
     for name, fn in (("q4 weight products", products), ("RMS norm", norms), ("RoPE", ropes),
                      ("KV cache write", kv_writes), ("attention over the span", attention),
-                     ("SiLU gating", gating), ("both entropies", entropies), ("greedy sampling", sampling)):
+                     ("SiLU gating", gating), ("SiLU gating, MLX's", gating_mlx), ("both entropies", entropies), ("dose noise", dose_noise),
+                     ("dose noise, MLX's random", dose_noise_mlx), ("dose, 30 blocks", dose_blocks),
+                     ("dose, 30 blocks, MLX graph", dose_blocks_mlx), ("greedy sampling", sampling)):
         compiled = mx.compile(fn)
         out[name] = (lambda c: lambda: mx.eval(c()))(compiled)
     return out
 
 
-def full_step(model, rows: int, span: int, track: bool):
-    dec = Decoder(model, rows, 4 * span, track=track)
+def full_step(model, rows: int, span: int, track: bool, dose: float = 0.0):
+    hook = perturb.Doser([dose] * rows, list(range(rows)), L, D).hook() if dose else None
+    dec = Decoder(model, rows, 4 * span, track=track, hook=hook)
     out = dec.prefill(list(range(10, 10 + span - 8)))
     tokens = out["tokens"]
     mx.eval(tokens)
@@ -133,7 +165,8 @@ def main(argv=None) -> int:
     print(qmm.describe())
     model, _ = quantized.load_model(weights="q4")
     variants = {"full q4 step (greedy)": full_step(model, args.rows, args.span, False),
-                "full q4 step + both entropies": full_step(model, args.rows, args.span, True)}
+                "full q4 step + both entropies": full_step(model, args.rows, args.span, True),
+                "full q4 step + dose 0.3 + both": full_step(model, args.rows, args.span, True, 0.3)}
     variants.update(parts(model, args.rows, args.span))
     for fn in variants.values():
         fn()

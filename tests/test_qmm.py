@@ -375,3 +375,54 @@ def test_dose_noise_falls_back_to_mlx_when_off(monkeypatch):
     monkeypatch.setenv("PSILONET_QMM", "off")
     assert qmm.dose_noise(keys, 6, 2, 16) is None
     assert mx.array_equal(P.step_noise(keys, 6, (2, 16)), want).item()
+
+
+def swiglu_inputs(n=4099, seed=0):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal(n).astype(np.float32) * rng.choice([0.01, 1, 5, 40, 120], n).astype(np.float32)
+    g[:12] = [0.0, -0.0, 88.0, -88.0, 88.5, -88.5, 0.5 / 1.442695, -87.9, np.inf, -np.inf, np.nan, 1e-30]
+    return mx.array(g), mx.array(rng.standard_normal(n).astype(np.float32))
+
+
+@needs_ext
+@pytest.mark.parametrize("shape", [(4099,), (8, 1, 1536), (3, 7, 5)])
+def test_swiglu_equals_mlx_bit_for_bit(shape, restore_isa):
+    import math
+    from mlx_lm.models.activations import swiglu as mlx_swiglu
+    n = math.prod(shape)
+    g, x = swiglu_inputs(n)
+    g, x = g.reshape(shape), x.reshape(shape)
+    want = mlx_swiglu(g, x)
+    for isa in ISAS:
+        EXT.set_isa(isa)
+        got = qmm.swiglu(g, x)
+        assert got.shape == shape and mx.array_equal(got, want, equal_nan=True).item(), isa
+    assert mx.array_equal(mx.compile(qmm.swiglu)(g, x), want, equal_nan=True).item()
+    if len(shape) == 3:  # a transposed (non-contiguous) gate reads the same values
+        gt = mx.swapaxes(mx.swapaxes(g, 0, 2) * 1, 0, 2)
+        assert mx.array_equal(qmm.swiglu(gt, x), want, equal_nan=True).item()
+
+
+@needs_ext
+def test_swiglu_gradient_is_mlx_s():
+    from mlx_lm.models.activations import swiglu as mlx_swiglu
+    g, x = mx.random.normal((3, 64)) * 3, mx.random.normal((3, 64))
+    loss = lambda f: lambda a, b: (f(a, b) * mx.arange(64)).sum()
+    for ours, theirs in zip(mx.grad(loss(qmm.swiglu), argnums=(0, 1))(g, x),
+                            mx.grad(loss(mlx_swiglu), argnums=(0, 1))(g, x)):
+        assert mx.allclose(ours, theirs, rtol=1e-5, atol=1e-5).item()
+
+
+def test_swiglu_falls_back_to_mlx_when_off(monkeypatch):
+    from mlx_lm.models.activations import swiglu as mlx_swiglu
+    monkeypatch.setenv("PSILONET_QMM", "off")
+    g, x = swiglu_inputs(100)
+    assert mx.array_equal(qmm.swiglu(g, x), mlx_swiglu(g, x), equal_nan=True).item()
+
+
+@needs_ext
+def test_bad_swiglu_inputs_fail_with_one_line():
+    g, x = swiglu_inputs(100)
+    with pytest.raises(ValueError, match="swiglu: gate and x must be float32 arrays of one shape"):
+        EXT.swiglu(g[:5], x[:6])

@@ -51,9 +51,20 @@ def test_every_product_is_quantized_and_frozen():
     kinds = {type(m).__name__ for _, m in model.named_modules()}
     assert "Linear" not in kinds and "Embedding" not in kinds
     assert "RoPE" not in kinds and "ExtensionRoPE" in kinds  # q and k rotate in one primitive
+    assert "MLP" not in kinds and "ExtensionMLP" in kinds  # and gate in one
     assert quantized.weights_of(model) == "q4"
     assert not any(k.endswith(("scales", "biases")) for k, _ in _flat(model.trainable_parameters()))
     assert model.model.embed_tokens.bits == 8  # the embedding (tied head) keeps 8 bits
+
+
+def test_extension_mlp_is_mlx_lm_s_mlp_bit_for_bit():
+    from mlx_lm.models.activations import swiglu
+    model = quantized.to_weights(make_tiny_model(), "q4")
+    mlp = model.model.layers[1].mlp
+    x = mx.random.normal((3, 5, model.args.hidden_size)) * 4
+    assert mx.array_equal(mlp(x), mlp.down_proj(swiglu(mlp.gate_proj(x), mlp.up_proj(x)))).item()
+    assert {k for k, _ in _flat(mlp.parameters())} == {f"{p}.{w}" for p in ("gate_proj", "up_proj", "down_proj")
+                                                      for w in ("weight", "scales", "biases")}
 
 
 def _flat(tree):

@@ -19,7 +19,8 @@ Formats (MLX's affine layout: ``w = scale * q + bias`` per group of consecutive 
 * ``f32``: the float32 model as before (capture, training and analysis always use it).
 
 The q4 and q8 models also rotate q and k with :class:`ExtensionRoPE` (the extension's RoPE,
-equal to ``mx.fast.rope`` bit for bit, in one primitive per call instead of a dozen ops).
+equal to ``mx.fast.rope`` bit for bit, in one primitive per call instead of a dozen ops) and
+gate their MLPs with :class:`ExtensionMLP` (the extension's SwiGLU, equal to MLX's bit for bit).
 """
 
 from __future__ import annotations
@@ -80,6 +81,32 @@ class ExtensionRoPE(nn.RoPE):
 def use_extension_rope(base) -> None:
     """Swap the base model's plain ``nn.RoPE`` modules (not scaled variants) for :class:`ExtensionRoPE`."""
     _swap(base, lambda path, module: ExtensionRoPE.from_rope(module) if type(module) is nn.RoPE else None)
+
+
+class ExtensionMLP(nn.Module):
+    """mlx-lm's llama / qwen2 / qwen3 ``MLP`` (``down_proj(swiglu(gate_proj(x), up_proj(x)))``)
+    with the gating through :func:`psilonet.kernels.qmm.swiglu`: the same values bit for bit, in
+    one primitive instead of MLX's one-value-at-a-time sigmoid. Same submodules and names."""
+
+    def __init__(self, mlp: nn.Module):
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down_proj(qmm.swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
+def _swiglu_mlps() -> tuple[type, ...]:
+    from mlx_lm.models import llama, qwen2, qwen3
+    return llama.MLP, qwen2.MLP, qwen3.MLP
+
+
+def use_extension_mlp(base) -> None:
+    """Swap each block's mlx-lm SwiGLU ``MLP`` (exactly those classes) for :class:`ExtensionMLP`."""
+    kinds = _swiglu_mlps()
+    for layer in base.model.layers:
+        if type(getattr(layer, "mlp", None)) in kinds:
+            layer.mlp = ExtensionMLP(layer.mlp)
 
 
 class QuantizedEmbedding(nn.Module):
@@ -213,6 +240,7 @@ def to_weights(model, weights: str, model_name: str | None = None, data_dir=None
     else:
         quantize_base(base, 4 if weights == "q4" else 8)
     use_extension_rope(base)
+    use_extension_mlp(base)
     base.psilonet_weights = weights
     mx.eval(base.parameters())
     mx.clear_cache()  # the float16 scales and any float weights read are free now: return them

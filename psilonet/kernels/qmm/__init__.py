@@ -22,7 +22,8 @@ Arithmetic modes, chosen by ``PSILONET_QMM``:
 The extension also holds a one-primitive RoPE (:func:`rope`, ``rope.h``: MLX's CPU path of
 ``mx.fast.rope`` is a dozen ops per call, and a decode step makes two calls per block), the
 next-token entropy of a tracked step (:func:`token_entropy`, ``entropy.h``), a block's dose
-(:func:`dose`, ``dose.h``) and a step's dose noise (:func:`dose_noise`, ``noise.h``).
+(:func:`dose`, ``dose.h``), a step's dose noise (:func:`dose_noise`, ``noise.h``) and the MLP's
+gating (:func:`swiglu`, ``swiglu.h``).
 
 Without the built extension (``python -m jobs.build_kernels``; ``make setup`` runs it), on a CPU
 without AVX2 and FMA, on macOS (Metal has fast quantized kernels) or on a GPU device, every call
@@ -166,3 +167,17 @@ def dose_noise(keys: mx.array, layers: int, tokens: int, features: int) -> mx.ar
     if kernel is None or keys.dtype != mx.uint32 or keys.ndim != 2 or keys.shape[1] != 2:
         return None
     return kernel(keys, layers, tokens, features)
+
+
+def swiglu(gate: mx.array, x: mx.array) -> mx.array:
+    """``silu(gate) * x`` (mlx-lm's ``activations.swiglu``), equal bit for bit, in one primitive
+    of the extension for float32 arrays of one shape where it is active (``swiglu.h``: MLX's CPU
+    sigmoid runs one value at a time), else through MLX."""
+    kernel = getattr(extension(), "swiglu", None) if active() else None
+    if kernel is not None and gate.dtype == mx.float32 and x.dtype == mx.float32 and gate.shape == x.shape:
+        return kernel(gate, x)
+    return nn_silu(gate) * x
+
+
+def nn_silu(gate: mx.array) -> mx.array:
+    return gate * mx.sigmoid(gate)  # mlx.nn.silu

@@ -8,6 +8,7 @@
 #include "dose.h"
 #include "entropy.h"
 #include "noise.h"
+#include "swiglu.h"
 #include "rope.h"
 
 namespace nb = nanobind;
@@ -40,6 +41,8 @@ NB_MODULE(_qmm, m) {
   m.def("dose_noise", &q::dose_noise, "keys"_a, "layers"_a, "tokens"_a, "features"_a, nb::kw_only(),
         "stream"_a = nb::none(),
         "mx.stack([mx.random.normal((L, T, D), key=k) for k in keys], axis=1), bit for bit (noise.h).");
+  m.def("swiglu", &q::swiglu, "gate"_a, "x"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "silu(gate) * x for float32 arrays, equal to MLX's CPU result bit for bit (swiglu.h).");
   m.def("isa", [] { return std::string(q::isa_name(q::isa())); }, "The SIMD path in effect.");
   m.def("detected_isa", [] { return std::string(q::isa_name(q::detected_isa())); });
   m.def("set_isa", [](const std::string& name) {
