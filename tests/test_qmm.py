@@ -426,3 +426,16 @@ def test_bad_swiglu_inputs_fail_with_one_line():
     g, x = swiglu_inputs(100)
     with pytest.raises(ValueError, match="swiglu: gate and x must be float32 arrays of one shape"):
         EXT.swiglu(g[:5], x[:6])
+
+
+@needs_ext
+def test_n_d_inputs_keep_their_shape_without_reshapes():
+    w = mx.random.normal((70, 128))
+    wq, s, b = mx.quantize(w, group_size=32, bits=4)
+    s, b = s.astype(mx.float32), b.astype(mx.float32)
+    x = mx.random.normal((3, 4, 5, 128))
+    for xx in (x, x[0, 0, 0], mx.swapaxes(x, 0, 1), mx.swapaxes(x, 1, 2), x[:, 1:3],
+               mx.broadcast_to(x[:1], x.shape), mx.swapaxes(mx.random.normal((3, 128, 5)), 1, 2)):
+        want = mx.quantized_matmul(xx, wq, s, b, transpose=True, group_size=32, bits=4)
+        got = EXT.quantized_matmul(xx, wq, s, b, 32, 4, 0)
+        assert got.shape == want.shape and rel_err(got, want) < 1e-5

@@ -2,6 +2,7 @@
 
 #include <sstream>
 #include <stdexcept>
+#include <vector>
 
 #include "kernels.h"
 #include "mlx/backend/cpu/encoder.h"
@@ -27,15 +28,49 @@ mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::arr
   if (scales.shape() != groups || biases.shape() != groups) fail("scales and biases must be (N, K / group_size)");
   if (scales.dtype() != mx::float32 || biases.dtype() != mx::float32) fail("scales and biases must be float32");
   auto stream = mx::to_stream(s);
-  // A transposed or sliced x is read through its strides (kernels.cpp copies rows once anyway).
-  auto flat = mx::reshape(x.dtype() == mx::float32 ? x : mx::astype(x, mx::float32, stream), {-1, K}, stream);
-  auto out = mx::array({flat.shape(0), N}, mx::float32,
-                       std::make_shared<QuantizedMatmul>(stream, group_size, bits, mode),
-                       {flat, w, scales, biases});
+  // x keeps its shape: every axis but the last is a row (no reshapes around the product; a
+  // decode step makes 211 products, and each graph node costs dispatch time). A transposed or
+  // sliced x is read through its strides (kernels.cpp copies rows once anyway).
   auto shape = x.shape();
   shape.back() = N;
-  return mx::reshape(out, shape, stream);
+  return mx::array(shape, mx::float32, std::make_shared<QuantizedMatmul>(stream, group_size, bits, mode),
+                   {x.dtype() == mx::float32 ? x : mx::astype(x, mx::float32, stream), w, scales, biases});
 }
+
+namespace {
+
+// The stride between consecutive rows when x's leading axes collapse into one, else -1.
+int64_t row_stride(const mx::array& x) {
+  const int nd = x.ndim();
+  if (nd < 2) return x.shape(-1);
+  int64_t stride = -1, extent = 0;  // extent: the stride the next outer axis needs
+  for (int a = nd - 2; a >= 0; --a) {
+    if (x.shape(a) == 1) continue;
+    if (stride < 0) {
+      stride = x.strides(a);
+    } else if (x.strides(a) != extent) {
+      return -1;
+    }
+    extent = x.strides(a) * x.shape(a);
+  }
+  return stride < 0 ? x.shape(-1) : stride;
+}
+
+// Rows of an x whose leading axes do not collapse, copied into (M, K) (row-major offsets).
+void gather_rows(const mx::array& x, float* dst) {
+  const int nd = x.ndim(), K = x.shape(-1);
+  const int64_t M = static_cast<int64_t>(x.size()) / K, col = x.strides(nd - 1);
+  const float* src = x.data<float>();
+  std::vector<int> index(nd - 1, 0);
+  for (int64_t m = 0; m < M; ++m) {
+    int64_t offset = 0;
+    for (int a = 0; a < nd - 1; ++a) offset += index[a] * x.strides(a);
+    for (int k = 0; k < K; ++k) dst[m * K + k] = src[offset + k * col];
+    for (int a = nd - 2; a >= 0 && ++index[a] == x.shape(a); --a) index[a] = 0;
+  }
+}
+
+}  // namespace
 
 void QuantizedMatmul::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
   auto& x = inputs[0];
@@ -52,10 +87,23 @@ void QuantizedMatmul::eval_cpu(const std::vector<mx::array>& inputs, std::vector
   encoder.set_output_array(out);
   for (const auto* a : {&w, &scales, &biases})
     if (!a->flags().row_contiguous) throw std::invalid_argument("qmm: w, scales and biases must be row-contiguous");
-  Problem p{x.data<float>(), x.strides(0), x.strides(1), w.data<uint32_t>(), scales.data<float>(), biases.data<float>(),
-            out.data<float>(), static_cast<int>(x.shape(0)), static_cast<int>(w.shape(0)),
-            static_cast<int>(x.shape(1)), bits_, group_size_};
-  encoder.dispatch([p, mode = mode_]() { qmm(p, mode); });
+  const int K = x.shape(-1);
+  const int M = static_cast<int>(x.size() / K);
+  Problem p{x.data<float>(), row_stride(x), x.strides(x.ndim() - 1), w.data<uint32_t>(), scales.data<float>(),
+            biases.data<float>(), out.data<float>(), M, static_cast<int>(w.shape(0)), K, bits_, group_size_};
+  if (p.x_row >= 0) {
+    encoder.dispatch([p, mode = mode_]() { qmm(p, mode); });
+    return;
+  }
+  // Leading axes that do not collapse (a transpose of them): copy the rows once first.
+  mx::array rows({M, K}, mx::float32, nullptr, {});
+  rows.set_data(mx::allocator::malloc(rows.nbytes()));
+  encoder.add_temporary(rows);
+  p.x = rows.data<float>(), p.x_row = K, p.x_col = 1;
+  encoder.dispatch([p, x, dst = rows.data<float>(), mode = mode_]() {
+    gather_rows(x, dst);
+    qmm(p, mode);
+  });
 }
 
 void QuantizedMatmul::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
@@ -76,7 +124,9 @@ std::vector<mx::array> QuantizedMatmul::vjp(const std::vector<mx::array>& primal
 }
 
 std::vector<mx::Shape> QuantizedMatmul::output_shapes(const std::vector<mx::array>& inputs) {
-  return {{inputs[0].shape(0), inputs[1].shape(0)}};
+  auto shape = inputs[0].shape();
+  shape.back() = inputs[1].shape(0);
+  return {shape};
 }
 
 bool QuantizedMatmul::is_equivalent(const mx::Primitive& other) const {
