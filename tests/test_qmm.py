@@ -439,3 +439,33 @@ def test_n_d_inputs_keep_their_shape_without_reshapes():
         want = mx.quantized_matmul(xx, wq, s, b, transpose=True, group_size=32, bits=4)
         got = EXT.quantized_matmul(xx, wq, s, b, 32, 4, 0)
         assert got.shape == want.shape and rel_err(got, want) < 1e-5
+
+
+@needs_ext
+@pytest.mark.parametrize("shape, scale", [((1, 1, 576), 1.0), ((8, 1, 576), 300.0), ((3, 7, 577), 1e-3), ((2, 1), 1.0)])
+def test_rms_norm_equals_mlx_bit_for_bit(shape, scale):
+    x, w = mx.random.normal(shape) * scale, mx.random.normal((shape[-1],))
+    for eps in (1e-5, 1e-6):
+        want = mx.fast.rms_norm(x, w, eps)
+        assert mx.array_equal(qmm.rms_norm(x, w, eps), want).item()
+        assert mx.array_equal(mx.compile(lambda a, b: qmm.rms_norm(a, b, eps))(x, w), want).item()
+    if len(shape) == 3:  # strided x
+        xt = mx.swapaxes(mx.swapaxes(x, 0, 1) * 1, 0, 1)
+        assert mx.array_equal(qmm.rms_norm(xt, w, 1e-5), mx.fast.rms_norm(x, w, 1e-5)).item()
+
+
+@needs_ext
+def test_rms_norm_gradient_is_mlx_s_and_bad_inputs_fail():
+    x, w = mx.random.normal((3, 64)), mx.random.normal((64,))
+    loss = lambda f: lambda a, b: (f(a, b, 1e-5) * mx.arange(64)).sum()
+    for ours, theirs in zip(mx.grad(loss(qmm.rms_norm), argnums=(0, 1))(x, w),
+                            mx.grad(loss(mx.fast.rms_norm), argnums=(0, 1))(x, w)):
+        assert mx.allclose(ours, theirs, rtol=1e-5, atol=1e-6).item()
+    with pytest.raises(ValueError, match=r"rms_norm: x must be float32 \(..., D\) and w float32 \(D,\)"):
+        EXT.rms_norm(x, w[:5], 1e-5)
+
+
+def test_rms_norm_falls_back_to_mlx_when_off(monkeypatch):
+    monkeypatch.setenv("PSILONET_QMM", "off")
+    x, w = mx.random.normal((3, 64)), mx.random.normal((64,))
+    assert mx.array_equal(qmm.rms_norm(x, w, 1e-5), mx.fast.rms_norm(x, w, 1e-5)).item()

@@ -52,6 +52,7 @@ def test_every_product_is_quantized_and_frozen():
     assert "Linear" not in kinds and "Embedding" not in kinds
     assert "RoPE" not in kinds and "ExtensionRoPE" in kinds  # q and k rotate in one primitive
     assert "MLP" not in kinds and "ExtensionMLP" in kinds  # and gate in one
+    assert "RMSNorm" not in kinds and "ExtensionRMSNorm" in kinds  # and normalise in one
     assert quantized.weights_of(model) == "q4"
     assert not any(k.endswith(("scales", "biases")) for k, _ in _flat(model.trainable_parameters()))
     assert model.model.embed_tokens.bits == 8  # the embedding (tied head) keeps 8 bits
@@ -65,6 +66,16 @@ def test_extension_mlp_is_mlx_lm_s_mlp_bit_for_bit():
     assert mx.array_equal(mlp(x), mlp.down_proj(swiglu(mlp.gate_proj(x), mlp.up_proj(x)))).item()
     assert {k for k, _ in _flat(mlp.parameters())} == {f"{p}.{w}" for p in ("gate_proj", "up_proj", "down_proj")
                                                       for w in ("weight", "scales", "biases")}
+
+
+def test_extension_rms_norm_is_mlx_s_bit_for_bit_and_stays_frozen():
+    f32 = make_tiny_model()
+    f32.freeze()
+    model = quantized.to_weights(f32, "q4")
+    norm = model.model.layers[2].input_layernorm
+    assert type(norm).__name__ == "ExtensionRMSNorm" and not _flat(norm.trainable_parameters())
+    x = mx.random.normal((3, 5, model.args.hidden_size)) * 7
+    assert mx.array_equal(norm(x), mx.fast.rms_norm(x, norm.weight, norm.eps)).item()
 
 
 def _flat(tree):

@@ -22,8 +22,8 @@ Arithmetic modes, chosen by ``PSILONET_QMM``:
 The extension also holds a one-primitive RoPE (:func:`rope`, ``rope.h``: MLX's CPU path of
 ``mx.fast.rope`` is a dozen ops per call, and a decode step makes two calls per block), the
 next-token entropy of a tracked step (:func:`token_entropy`, ``entropy.h``), a block's dose
-(:func:`dose`, ``dose.h``), a step's dose noise (:func:`dose_noise`, ``noise.h``) and the MLP's
-gating (:func:`swiglu`, ``swiglu.h``).
+(:func:`dose`, ``dose.h``), a step's dose noise (:func:`dose_noise`, ``noise.h``), the MLP's
+gating (:func:`swiglu`, ``swiglu.h``) and RMS norm (:func:`rms_norm`, ``rmsnorm.h``).
 
 Without the built extension (``python -m jobs.build_kernels``; ``make setup`` runs it), on a CPU
 without AVX2 and FMA, on macOS (Metal has fast quantized kernels) or on a GPU device, every call
@@ -181,3 +181,14 @@ def swiglu(gate: mx.array, x: mx.array) -> mx.array:
 
 def nn_silu(gate: mx.array) -> mx.array:
     return gate * mx.sigmoid(gate)  # mlx.nn.silu
+
+
+def rms_norm(x: mx.array, weight: mx.array, eps: float) -> mx.array:
+    """``mx.fast.rms_norm``, equal bit for bit, in one primitive of the extension for float32
+    ``x`` (..., D) and ``weight`` (D,) where it is active (``rmsnorm.h``: MLX's CPU path is a
+    graph of three ops), else ``mx.fast.rms_norm``."""
+    kernel = getattr(extension(), "rms_norm", None) if active() else None
+    if (kernel is not None and x.dtype == mx.float32 and weight.dtype == mx.float32 and x.ndim >= 1
+            and weight.ndim == 1 and weight.shape[0] == x.shape[-1]):
+        return kernel(x, weight, eps)
+    return mx.fast.rms_norm(x, weight, eps)

@@ -9,6 +9,7 @@
 #include "entropy.h"
 #include "noise.h"
 #include "swiglu.h"
+#include "rmsnorm.h"
 #include "rope.h"
 
 namespace nb = nanobind;
@@ -43,6 +44,8 @@ NB_MODULE(_qmm, m) {
         "mx.stack([mx.random.normal((L, T, D), key=k) for k in keys], axis=1), bit for bit (noise.h).");
   m.def("swiglu", &q::swiglu, "gate"_a, "x"_a, nb::kw_only(), "stream"_a = nb::none(),
         "silu(gate) * x for float32 arrays, equal to MLX's CPU result bit for bit (swiglu.h).");
+  m.def("rms_norm", &q::rms_norm, "x"_a, "w"_a, "eps"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "mx.fast.rms_norm's CPU result for float32 x (..., D) and w (D,) in one primitive (rmsnorm.h).");
   m.def("isa", [] { return std::string(q::isa_name(q::isa())); }, "The SIMD path in effect.");
   m.def("detected_isa", [] { return std::string(q::isa_name(q::detected_isa())); });
   m.def("set_isa", [](const std::string& name) {

@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "mlx/backend/cpu/encoder.h"
+#include "strided.h"
 
 namespace psilonet_qmm {
 
@@ -29,27 +30,24 @@ mx::array token_entropy(const mx::array& logits, mx::StreamOrDevice s) {
   if (logits.ndim() < 1 || logits.dtype() != mx::float32 || logits.shape(-1) < 1)
     throw std::invalid_argument("token_entropy: logits must be float32 with a non-empty last axis");
   auto stream = mx::to_stream(s);
-  const int vocab = logits.shape(-1);
-  // Rows must be contiguous for the kernel: a contiguous array reshapes without a copy.
-  auto rows = mx::reshape(mx::contiguous(logits, false, stream), {-1, vocab}, stream);
-  auto out = mx::array({rows.shape(0)}, mx::float32, std::make_shared<TokenEntropy>(stream), {rows});
   auto shape = logits.shape();
   shape.pop_back();
-  return mx::reshape(out, shape, stream);
+  return mx::array(shape, mx::float32, std::make_shared<TokenEntropy>(stream), {logits});
 }
 
 void TokenEntropy::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
-  const auto& rows = inputs[0];
+  const auto& logits = inputs[0];
   auto& out = outputs[0];
   out.set_data(mx::allocator::malloc(out.nbytes()));
   auto& encoder = mx::cpu::get_command_encoder(stream());
-  encoder.set_input_array(rows);
+  encoder.set_input_array(logits);
   encoder.set_output_array(out);
-  if (!rows.flags().row_contiguous) throw std::invalid_argument("token_entropy: rows must be contiguous");
-  const float* l = rows.data<float>();
   float* o = out.data<float>();
-  const int n = rows.shape(0), vocab = rows.shape(1);
-  encoder.dispatch([l, o, n, vocab]() {
+  const int vocab = logits.shape(-1);
+  const int n = static_cast<int>(logits.size() / vocab);
+  encoder.dispatch([logits = mx::array::unsafe_weak_copy(logits), o, n, vocab]() {
+    std::vector<float> copy;  // only where the logits are strided (strided.h)
+    const float* l = row_major(logits, copy);
     for (int r = 0; r < n; ++r) {
 #if defined(__x86_64__)
       o[r] = entropy_bits_avx2(l + static_cast<int64_t>(r) * vocab, vocab);
@@ -65,7 +63,9 @@ void TokenEntropy::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array
 }
 
 std::vector<mx::Shape> TokenEntropy::output_shapes(const std::vector<mx::array>& inputs) {
-  return {{inputs[0].shape(0)}};
+  auto shape = inputs[0].shape();
+  shape.pop_back();
+  return {shape};
 }
 
 }  // namespace psilonet_qmm

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "strided.h"
 #include "mlx/backend/cpu/encoder.h"
 
 namespace psilonet_qmm {
@@ -56,20 +57,6 @@ int64_t row_stride(const mx::array& x) {
   return stride < 0 ? x.shape(-1) : stride;
 }
 
-// Rows of an x whose leading axes do not collapse, copied into (M, K) (row-major offsets).
-void gather_rows(const mx::array& x, float* dst) {
-  const int nd = x.ndim(), K = x.shape(-1);
-  const int64_t M = static_cast<int64_t>(x.size()) / K, col = x.strides(nd - 1);
-  const float* src = x.data<float>();
-  std::vector<int> index(nd - 1, 0);
-  for (int64_t m = 0; m < M; ++m) {
-    int64_t offset = 0;
-    for (int a = 0; a < nd - 1; ++a) offset += index[a] * x.strides(a);
-    for (int k = 0; k < K; ++k) dst[m * K + k] = src[offset + k * col];
-    for (int a = nd - 2; a >= 0 && ++index[a] == x.shape(a); --a) index[a] = 0;
-  }
-}
-
 }  // namespace
 
 void QuantizedMatmul::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
@@ -100,8 +87,8 @@ void QuantizedMatmul::eval_cpu(const std::vector<mx::array>& inputs, std::vector
   rows.set_data(mx::allocator::malloc(rows.nbytes()));
   encoder.add_temporary(rows);
   p.x = rows.data<float>(), p.x_row = K, p.x_col = 1;
-  encoder.dispatch([p, x, dst = rows.data<float>(), mode = mode_]() {
-    gather_rows(x, dst);
+  encoder.dispatch([p, x = mx::array::unsafe_weak_copy(x), dst = rows.data<float>(), mode = mode_]() {
+    copy_row_major(x, dst);
     qmm(p, mode);
   });
 }

@@ -4,6 +4,7 @@
 
 #include "kernels.h"
 #include "mlx/backend/cpu/encoder.h"
+#include "strided.h"
 #include "swiglu_math.inc"
 
 namespace psilonet_qmm {
@@ -16,27 +17,24 @@ mx::array swiglu(const mx::array& gate, const mx::array& x, mx::StreamOrDevice s
   if (gate.dtype() != mx::float32 || x.dtype() != mx::float32 || gate.shape() != x.shape())
     throw std::invalid_argument("swiglu: gate and x must be float32 arrays of one shape");
   auto stream = mx::to_stream(s);
-  // Both must be contiguous for the kernel: a no-op where they are (a step's products always are).
-  return mx::array(gate.shape(), mx::float32, std::make_shared<SwiGLU>(stream),
-                   {mx::contiguous(gate, false, stream), mx::contiguous(x, false, stream)});
+  return mx::array(gate.shape(), mx::float32, std::make_shared<SwiGLU>(stream), {gate, x});
 }
 
 void SwiGLU::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
   const auto& gate = inputs[0];
   const auto& x = inputs[1];
   auto& out = outputs[0];
-  if (!gate.flags().row_contiguous || !x.flags().row_contiguous)
-    throw std::invalid_argument("swiglu: inputs must be contiguous");
   out.set_data(mx::allocator::malloc(out.nbytes()));
   auto& encoder = mx::cpu::get_command_encoder(stream());
   encoder.set_input_array(gate);
   encoder.set_input_array(x);
   encoder.set_output_array(out);
-  const float *g = gate.data<float>(), *xp = x.data<float>();
   float* o = out.data<float>();
   const int64_t n = static_cast<int64_t>(out.size());
   const bool avx2 = isa() >= AVX2;
-  encoder.dispatch([g, xp, o, n, avx2]() {
+  encoder.dispatch([gate = mx::array::unsafe_weak_copy(gate), x = mx::array::unsafe_weak_copy(x), o, n, avx2]() {
+    std::vector<float> gc, xc;  // copies only where an input is strided (strided.h)
+    const float *g = row_major(gate, gc), *xp = row_major(x, xc);
 #if defined(__x86_64__)
     if (avx2) return swiglu_avx2(g, xp, o, n);
 #endif
