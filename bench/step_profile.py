@@ -6,7 +6,8 @@ the full compiled q4 step of ``psilonet.generation.decode_step`` runs beside the
 interleaved over rounds; medians [min-max] are printed with each part's share of the full step.
 
 Parts: the q4 weight products (q, k, v, o, gate, up, down and the 8-bit LM head through
-:mod:`psilonet.kernels.qmm`), RMS norm (``mx.fast.rms_norm``, 61 per step), RoPE
+:mod:`psilonet.kernels.qmm`), RMS norm (61 per step: the q4 model's own module, the extension's
+where it is built, and ``mx.fast.rms_norm`` beside it), RoPE
 (the q4 model's own module, q and k: :class:`psilonet.model.quantized.ExtensionRoPE` where the
 extension is built), the KV cache write (two ``slice_update``), attention over the span
 (``mx.fast.scaled_dot_product_attention`` with the boolean span mask), SiLU-gating (the q4
@@ -53,7 +54,6 @@ def parts(model, rows: int, span: int) -> dict:
     mask = mx.arange(span)[None, :] <= span - 1
     logits = mx.random.normal((rows, VOCAB))
     states = mx.random.normal((rows, L + 1, D))
-    norm_w = mx.ones((D,))
     rope = layers[0].self_attn.rope  # the q4 model's own: the extension's RoPE where it is built
     offset = mx.array(span - 1)
     mx.eval(x, xf, q, k, cache, mask, logits, states)
@@ -75,7 +75,9 @@ def parts(model, rows: int, span: int) -> dict:
             return [h]
         return run
 
-    norms = chain(lambda h: mx.fast.rms_norm(h, norm_w, 1e-5), x, 2 * L + 1)
+    norm = model.model.norm  # the q4 model's own: the extension's RMS norm where it is built
+    norms = chain(lambda h: norm(h), x, 2 * L + 1)
+    norms_mlx = chain(lambda h: mx.fast.rms_norm(h, norm.weight, norm.eps), x, 2 * L + 1)
     ropes = chain(lambda h: rope(h, offset=span - 1), q, 2 * L)  # q's and k's rotations
     start = offset.reshape(1)
     kv_writes = chain(lambda c: mx.slice_update(c, k, start, axes=(2,)), cache, 2 * L)
@@ -117,7 +119,8 @@ def parts(model, rows: int, span: int) -> dict:
         return [h]
 
     out = {}
-    for name, fn in (("q4 weight products", products), ("RMS norm", norms), ("RoPE", ropes),
+    for name, fn in (("q4 weight products", products), ("RMS norm", norms), ("RMS norm, MLX's", norms_mlx),
+                     ("RoPE", ropes),
                      ("KV cache write", kv_writes), ("attention over the span", attention),
                      ("SiLU gating", gating), ("SiLU gating, MLX's", gating_mlx), ("both entropies", entropies), ("dose noise", dose_noise),
                      ("dose noise, MLX's random", dose_noise_mlx), ("dose, 30 blocks", dose_blocks),
