@@ -148,6 +148,23 @@ def full_step(model, rows: int, span: int, track: bool, dose: float = 0.0):
     return step
 
 
+def graph_nodes(model, rows: int, span: int, track: bool, dose: float = 0.0) -> int:
+    """Nodes of the compiled one-token step's graph (``mx.export_to_dot``): each is a dispatch."""
+    import re
+    import tempfile
+
+    from psilonet.generation import decode_step as ds
+    hook = perturb.Doser([dose] * rows, list(range(rows)), L, D).hook() if dose else None
+    inputs = {**hook.rows, **hook.step_inputs(1)} if hook else {}
+    shape = ds._kv_shape(model, rows, 4 * span)
+    kv = [(mx.zeros(shape), mx.zeros(shape)) for _ in model.model.layers]
+    step = mx.compile(lambda t, kv, o, r: ds._run(model, t, kv, o, r, hook, track, True, span)[:2])
+    out, new_kv = step(mx.zeros((rows, 1), dtype=mx.int32), kv, mx.array(span - 1, dtype=mx.int32), inputs)
+    with tempfile.NamedTemporaryFile(suffix=".dot") as f:
+        mx.export_to_dot(f.name, *out.values(), *[a for pair in new_kv for a in pair])
+        return len(re.findall(r'label ="?[A-Za-z_]', open(f.name).read()))
+
+
 def ms(fn, repeats: int = 5) -> float:
     start = time.perf_counter()
     for _ in range(repeats):
@@ -178,6 +195,10 @@ def main(argv=None) -> int:
     for r in range(args.rounds):
         for n in names[r % len(names):] + names[: r % len(names)]:
             times[n].append(ms(variants[n]))
+    print("graph nodes of the compiled step (each a dispatch): greedy "
+          f"{graph_nodes(model, args.rows, args.span, False)}, + both entropies "
+          f"{graph_nodes(model, args.rows, args.span, True)}, + dose 0.3 and both "
+          f"{graph_nodes(model, args.rows, args.span, True, 0.3)}")
     full = "full q4 step (greedy)"
     print(f"ms per step, {args.rows} row(s), span {args.span}, median [min-max] over {args.rounds} rounds; "
           "share of the full greedy step (paired within rounds):")
