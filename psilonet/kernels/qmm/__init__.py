@@ -40,6 +40,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 
 BUILD_DIR = Path(__file__).resolve().parent / "build"
 MODES = ("int16", "int8", "float", "off")
@@ -176,11 +177,7 @@ def swiglu(gate: mx.array, x: mx.array) -> mx.array:
     kernel = getattr(extension(), "swiglu", None) if active() else None
     if kernel is not None and gate.dtype == mx.float32 and x.dtype == mx.float32 and gate.shape == x.shape:
         return kernel(gate, x)
-    return nn_silu(gate) * x
-
-
-def nn_silu(gate: mx.array) -> mx.array:
-    return gate * mx.sigmoid(gate)  # mlx.nn.silu
+    return nn.silu(gate) * x
 
 
 def rms_norm(x: mx.array, weight: mx.array, eps: float) -> mx.array:

@@ -11,19 +11,7 @@
 namespace psilonet_qmm {
 
 void normal_row_portable(uint32_t k1, uint32_t k2, float* out, int64_t n) {
-  // RandomBits' order: counter pair (c, c + half + odd) gives words c and c + half + odd
-  const int64_t half = n / 2, odd = n % 2;
-  for (int64_t c = 0; c < half; ++c) {
-    uint32_t x0 = static_cast<uint32_t>(c), x1 = static_cast<uint32_t>(c + half + odd);
-    noise_detail::threefry(k1, k2, x0, x1);
-    out[c] = noise_detail::normal_of(x0);
-    out[c + half + odd] = noise_detail::normal_of(x1);
-  }
-  if (odd) {
-    uint32_t x0 = static_cast<uint32_t>(half), x1 = 0;
-    noise_detail::threefry(k1, k2, x0, x1);
-    out[half] = noise_detail::normal_of(x0);
-  }
+  noise_detail::normal_pairs_from(k1, k2, out, n, 0);
 }
 
 mx::array dose_noise(const mx::array& keys, int layers, int tokens, int features, mx::StreamOrDevice s) {

@@ -87,17 +87,7 @@ void normal_row_avx2(uint32_t k1, uint32_t k2, float* out, int64_t n) {
     _mm256_storeu_ps(out + c, normal8(x0));
     _mm256_storeu_ps(out + c + half + odd, normal8(x1));
   }
-  for (; c < half; ++c) {
-    uint32_t x0 = static_cast<uint32_t>(c), x1 = static_cast<uint32_t>(c + half + odd);
-    noise_detail::threefry(k1, k2, x0, x1);
-    out[c] = noise_detail::normal_of(x0);
-    out[c + half + odd] = noise_detail::normal_of(x1);
-  }
-  if (odd) {
-    uint32_t x0 = static_cast<uint32_t>(half), x1 = 0;
-    noise_detail::threefry(k1, k2, x0, x1);
-    out[half] = noise_detail::normal_of(x0);
-  }
+  noise_detail::normal_pairs_from(k1, k2, out, n, c);
 }
 
 }  // namespace psilonet_qmm
