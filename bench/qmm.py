@@ -3,7 +3,8 @@
 One decode step's weight products (30 blocks of q, k, v, o, gate, up and down, each block with
 its own matrices so that they stream from memory, and the 8-bit LM head), random weights in
 MLX's affine layout with group 32 (the GGUF's), for 1 and 8 rows: float32 ``x @ W.T``,
-``mx.quantized_matmul``, and the psilonet extension with float32, int16 and int8 activations.
+``mx.quantized_matmul``, and the psilonet extension with float32, int16 and int8 activations,
+and with int16 activations on the panel layout (``kernels.h``; what q4/q8 models decode with).
 Variants run interleaved over rounds; each ratio to float32 is taken within a round and printed
 as median [quartiles].
 
@@ -48,6 +49,10 @@ def variants(weights: list[mx.array]) -> dict:
         for code, name in enumerate(ext.MODES):  # 0 float, 1 int8, 2 int16
             out[f"extension, {name} x"] = (lambda c: lambda x, i: ext.quantized_matmul(
                 x, *packed[i], GROUP, bits[i], c))(code)
+        panels = [qmm.pack_panels(*p, bits=b) for p, b in zip(packed, bits)]
+        if all(p is not None for p in panels):  # the panel kernel is built
+            out["extension, int16 x, panels"] = lambda x, i: ext.quantized_matmul_panel(
+                x, panels[i].w, panels[i].scales, panels[i].biases, GROUP, bits[i])
     return out
 
 

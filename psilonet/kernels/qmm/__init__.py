@@ -41,6 +41,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 BUILD_DIR = Path(__file__).resolve().parent / "build"
 MODES = ("int16", "int8", "float", "off")
@@ -114,16 +115,69 @@ def announce(stream=None) -> None:
 
 
 def quantized_matmul(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, *,
-                     group_size: int, bits: int) -> mx.array:
+                     group_size: int, bits: int, panels: "Panels | None" = None) -> mx.array:
     """``x @ dequantize(w, scales, biases).T`` on whichever path :func:`describe` names.
 
     The extension takes float32 scales and biases (cast once at load by the caller: see
-    :mod:`psilonet.model.quantized`); MLX's kernel wants them in x's dtype.
+    :mod:`psilonet.model.quantized`); MLX's kernel wants them in x's dtype. With ``panels``
+    (:func:`pack_panels` of the same weights) the int16 mode reads the panel layout instead.
     """
     if active() and bits in (4, 8) and group_size % 32 == 0:
+        kernel = getattr(extension(), "quantized_matmul_panel", None)
+        if panels is not None and kernel is not None and mode() == "int16" and x.dtype == mx.float32:
+            return kernel(x, panels.w, panels.scales, panels.biases, group_size, bits)
         return extension().quantized_matmul(x, w, scales, biases, group_size, bits, _KERNEL_MODE[mode()])
     return mx.quantized_matmul(x, w, scales.astype(x.dtype), biases.astype(x.dtype), transpose=True,
                                group_size=group_size, bits=bits)
+
+
+class Panels:
+    """The panel layout of one quantized matrix (``kernels.h``): its codes, scales and biases
+    regrouped by panels of eight output rows, so that the int16 kernel gives each output row one
+    register lane. A plain object (not module state): mlx-lm's parameter trees and saved adapters
+    never see it."""
+
+    def __init__(self, w: mx.array, scales: mx.array, biases: mx.array, *, group_size: int, bits: int):
+        self.w, self.scales, self.biases = w, scales, biases
+        self.group_size, self.bits = group_size, bits
+
+    @property
+    def nbytes(self) -> int:
+        return self.w.nbytes + self.scales.nbytes + self.biases.nbytes
+
+    def unpack(self) -> tuple[mx.array, mx.array, mx.array]:
+        """MLX's (w, scales, biases) of these panels, exactly: a lazy graph, computed (and then
+        held) only where something evaluates it."""
+        return tuple(extension().unpack_panels(self.w, self.scales, self.biases, self.group_size, self.bits))
+
+
+def pack_panels(w: mx.array, scales: mx.array, biases: mx.array, *, bits: int) -> Panels | None:
+    """:class:`Panels` of ``w`` (N, K * bits / 32) uint32 in MLX's affine layout with float32
+    ``scales`` and ``biases`` (N, K / group), or None where the layout does not apply (the
+    extension or its panel kernel not built, N not a multiple of 8, K not of 32, bits other
+    than 4 and 8)."""
+    if getattr(extension(), "quantized_matmul_panel", None) is None:
+        return None
+    n, words = w.shape
+    k = words * 32 // bits
+    groups = scales.shape[1]
+    if bits not in (4, 8) or n % 8 or k % 32 or w.dtype != mx.uint32 or k % groups or (k // groups) % 32:
+        return None
+    raw = np.asarray(w).view(np.uint8).reshape(n, k * bits // 8)
+    if bits == 4:  # value 2i is the low nibble of byte i, 2i+1 its high one
+        codes = np.empty((n, k), dtype=np.uint8)
+        codes[:, 0::2], codes[:, 1::2] = raw & 0x0F, raw >> 4
+        # [panel, row t, block j, chunk c, nibble h, e]: position 4c + 2h + e of the block
+        c = codes.reshape(n // 8, 8, k // 32, 8, 2, 2).transpose(0, 2, 3, 1, 5, 4)
+        packed = c[..., 0] | (c[..., 1] << 4)  # [panel, j, c, t, e]
+    else:
+        packed = raw.reshape(n // 8, 8, k // 32, 16, 2).transpose(0, 2, 3, 1, 4)  # [panel, j, i, t, e]
+
+    def side_by_side(a: mx.array) -> mx.array:
+        return mx.array(np.ascontiguousarray(np.asarray(a.astype(mx.float32)).reshape(n // 8, 8, groups).transpose(0, 2, 1)))
+
+    return Panels(mx.array(np.ascontiguousarray(packed).reshape(n // 8, k * bits)), side_by_side(scales),
+                  side_by_side(biases), group_size=k // groups, bits=bits)
 
 
 def rope(x: mx.array, dims: int, *, traditional: bool, base: float, scale: float, offset) -> mx.array:

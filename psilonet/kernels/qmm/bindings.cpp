@@ -2,6 +2,7 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/variant.h>
+#include <nanobind/stl/vector.h>
 
 #include "kernels.h"
 #include "qmm.h"
@@ -24,6 +25,11 @@ NB_MODULE(_qmm, m) {
         "x @ dequantize(w, scales, biases).T for float32 x of shape (..., K). mode 0 keeps x in "
         "float32; 1 and 2 quantize each row of x to int8 or int16 blocks of 32 and use integer "
         "dot products.");
+  m.def("quantized_matmul_panel", &q::quantized_matmul_panel, "x"_a, "wp"_a, "sp"_a, "bp"_a, "group_size"_a,
+        "bits"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "x @ W.T from the panel layout of W (kernels.h), with int16 activations.");
+  m.def("unpack_panels", &q::unpack_panels, "wp"_a, "sp"_a, "bp"_a, "group_size"_a, "bits"_a, nb::kw_only(),
+        "stream"_a = nb::none(), "MLX's (w, scales, biases) of a panel layout, as a lazy graph of MLX ops.");
   m.def("rope", &q::rope, "x"_a, "offset"_a, "dims"_a, "traditional"_a, "base"_a, "scale"_a,
         "forward"_a = true, nb::kw_only(), "stream"_a = nb::none(),
         "mx.fast.rope's CPU result for float32 x (B, ..., T, D) in one primitive (rope.h).");

@@ -213,6 +213,40 @@ void rows_portable(const Problem& p, const Prep& q, int mode, int n0, int n1, in
   }
 }
 
+void panel_rows_portable(const Problem& p, const Prep& q, int, int n0, int n1, int m0, int m1) {
+  // The SIMD panel kernels' order of float operations, one output at a time.
+  const int K = p.K, G = K / p.group, B = K / 32, block_bytes = p.bits * 32;
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(p.w);
+  for (int n = n0; n < n1; ++n) {
+    const int64_t panel = n / 8;
+    const int t = n % 8;
+    for (int m = m0; m < m1; ++m) {
+      float acc = 0.0f;
+      for (int g = 0; g < G; ++g) {
+        const float s = p.scales[(panel * G + g) * 8 + t];
+        for (int j = g * p.group / 32; j < (g + 1) * p.group / 32; ++j) {
+          const uint8_t* wb = bytes + (panel * B + j) * block_bytes;
+          const int16_t* xb = q.xw + (static_cast<int64_t>(j) * p.M + m) * 32;
+          int32_t d = 0;
+          for (int k = 0; k < 32; ++k) {
+            int c;
+            if (p.bits == 4) {
+              const uint8_t byte = wb[16 * (k / 4) + 2 * t + k % 2];
+              c = (k % 4) < 2 ? byte & 0x0F : byte >> 4;
+            } else {
+              c = wb[16 * (k / 2) + 2 * t + k % 2];
+            }
+            d += c * xb[k];
+          }
+          acc = std::fma(static_cast<float>(d), s * q.dx[j * p.M + m], acc);
+        }
+        acc = std::fma(p.biases[(panel * G + g) * 8 + t], q.xsum[m * G + g], acc);
+      }
+      p.out[static_cast<int64_t>(m) * p.N + n] = acc;
+    }
+  }
+}
+
 void qmm(const Problem& p, int mode) {
   const int M = p.M, K = p.K, G = K / p.group, B = K / 32;
   // Scratch reused across calls (one MLX CPU stream thread calls at a time per stream).
@@ -239,7 +273,7 @@ void qmm(const Problem& p, int mode) {
     for (int j = 0; j < B; ++j) {
       const int64_t at = (static_cast<int64_t>(j) * M + m) * 32;
       float* dst = xf.data() + at;
-      for (int k = 0; k < 32; ++k) dst[kernel_pos(p.bits, k)] = row[j * 32 + k];
+      for (int k = 0; k < 32; ++k) dst[p.panel ? k : kernel_pos(p.bits, k)] = row[j * 32 + k];
       if (mode != FLOAT) {
         float amax = 0.0f;
         for (int k = 0; k < 32; ++k) amax = std::max(amax, std::fabs(dst[k]));
@@ -258,11 +292,11 @@ void qmm(const Problem& p, int mode) {
   }
   const Prep prep{xf.data(), mode == INT8 ? xq.data() : nullptr, mode == INT16 ? xw.data() : nullptr,
                   mode != FLOAT ? dx.data() : nullptr, xsum.data()};
-  Kernel kernel = rows_portable;
+  Kernel kernel = p.panel ? panel_rows_portable : rows_portable;
 #if defined(__x86_64__)
   const int level = isa();
-  if (level == VNNI) kernel = rows_vnni;
-  else if (level == AVX2) kernel = rows_avx2;
+  if (level == VNNI) kernel = p.panel ? panel_rows_vnni : rows_vnni;
+  else if (level == AVX2) kernel = p.panel ? panel_rows_avx2 : rows_avx2;
 #endif
   // Few long chunks: a thread's rows are consecutive, so each tile can prefetch the ones after
   // it. Two per thread still let the caller take over a helper's share when it is descheduled.

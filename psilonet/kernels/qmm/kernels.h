@@ -12,6 +12,15 @@
 // per block) and integer dot products: to int8 as llama.cpp does ("int8": u8 x s8 products),
 // or to int16 ("int16": 4/8-bit codes widened to int16, s16 x s16 products; its rounding is 1/258
 // of int8's). In the integer modes the group sums are those of the quantized activations (qmm()).
+//
+// Panel layout (int16 mode only; psilonet.kernels.qmm.pack_panels makes it from MLX's): the
+// same codes, scales and biases regrouped by panels of eight output rows, so that one register
+// lane serves one output row (panel_rows.inc). N must be a multiple of 8. Panel P's bytes run
+// block by block (K / 32 blocks of 8 * 32 * bits / 8 bytes), each block in chunks of 16 bytes
+// in which bytes 2t and 2t+1 belong to row 8P + t:
+//   4-bit, chunk c (8 per block): byte 2t+e = q[4c+e] | q[4c+2+e] << 4 (positions in the block);
+//   8-bit, chunk i (16 per block): byte 2t+e = q[2i+e].
+// Scales and biases are (N / 8, K / group, 8): the eight rows of a panel side by side.
 #pragma once
 
 #include <cstdint>
@@ -26,12 +35,13 @@ struct Problem {
   const float* biases;    // (N, K / group)
   float* out;             // (M, N)
   int M, N, K, bits, group;
+  bool panel = false;     // w, scales and biases in the panel layout (int16 mode)
 };
 
 // Per-call activations prepared once and shared by every thread, block-major: block j of row m
 // starts at (j * M + m) * 32, so a kernel reads the rows of one block from one pointer. For
 // 4-bit weights each block of 32 is stored permuted (even positions, then odd ones) to match how
-// the nibbles unpack.
+// the nibbles unpack; for the panel layout every block is in its natural order.
 struct Prep {
   const float* xf;        // (K / 32, M, 32) float activations in kernel order
   const int8_t* xq;       // (K / 32, M, 32) int8 activations in kernel order (int8 mode)
@@ -48,6 +58,12 @@ void rows_portable(const Problem& p, const Prep& q, int mode, int n0, int n1, in
 #if defined(__x86_64__)
 void rows_avx2(const Problem& p, const Prep& q, int mode, int n0, int n1, int m0, int m1);
 void rows_vnni(const Problem& p, const Prep& q, int mode, int n0, int n1, int m0, int m1);
+#endif
+// The same for the panel layout (n0 and n1 multiples of 8).
+void panel_rows_portable(const Problem& p, const Prep& q, int mode, int n0, int n1, int m0, int m1);
+#if defined(__x86_64__)
+void panel_rows_avx2(const Problem& p, const Prep& q, int mode, int n0, int n1, int m0, int m1);
+void panel_rows_vnni(const Problem& p, const Prep& q, int mode, int n0, int n1, int m0, int m1);
 #endif
 
 // The best path this CPU supports (checked at run time), and the one in effect.

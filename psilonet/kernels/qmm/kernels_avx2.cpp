@@ -2,3 +2,5 @@
 #define QMM_VNNI 0
 #define QMM_FN rows_avx2
 #include "simd_rows.inc"
+#define QMM_PANEL_FN panel_rows_avx2
+#include "panel_rows.inc"

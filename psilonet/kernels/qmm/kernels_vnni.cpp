@@ -3,3 +3,5 @@
 #define QMM_VNNI 1
 #define QMM_FN rows_vnni
 #include "simd_rows.inc"
+#define QMM_PANEL_FN panel_rows_vnni
+#include "panel_rows.inc"

@@ -38,6 +38,54 @@ mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::arr
                    {x.dtype() == mx::float32 ? x : mx::astype(x, mx::float32, stream), w, scales, biases});
 }
 
+mx::array quantized_matmul_panel(const mx::array& x, const mx::array& wp, const mx::array& sp,
+                                 const mx::array& bp, int group_size, int bits, mx::StreamOrDevice s) {
+  auto fail = [](const std::string& what) { throw std::invalid_argument("qmm: " + what); };
+  if (bits != 4 && bits != 8) fail("bits must be 4 or 8");
+  if (group_size % 32 != 0 || group_size <= 0) fail("group_size must be a multiple of 32");
+  if (x.ndim() < 1) fail("x must have at least one axis");
+  if (wp.ndim() != 2 || wp.dtype() != mx::uint8) fail("wp must be a 2-D uint8 array (pack_panels)");
+  const int K = x.shape(-1), N = wp.shape(0) * 8;
+  if (K % group_size != 0 || static_cast<int64_t>(wp.shape(1)) != static_cast<int64_t>(K) * bits) {
+    std::ostringstream msg;
+    msg << "x has " << K << " columns but wp packs " << wp.shape(1) / bits << " per row";
+    fail(msg.str());
+  }
+  const mx::Shape panels{N / 8, K / group_size, 8};
+  if (sp.shape() != panels || bp.shape() != panels || sp.dtype() != mx::float32 || bp.dtype() != mx::float32)
+    fail("sp and bp must be float32 of shape (N / 8, K / group_size, 8)");
+  auto stream = mx::to_stream(s);
+  auto shape = x.shape();
+  shape.back() = N;
+  return mx::array(shape, mx::float32, std::make_shared<QuantizedMatmul>(stream, group_size, bits, INT16, true),
+                   {x.dtype() == mx::float32 ? x : mx::astype(x, mx::float32, stream), wp, sp, bp});
+}
+
+std::vector<mx::array> unpack_panels(const mx::array& wp, const mx::array& sp, const mx::array& bp, int group_size,
+                                     int bits, mx::StreamOrDevice s) {
+  if (bits != 4 && bits != 8) throw std::invalid_argument("qmm: bits must be 4 or 8");
+  const int P = wp.shape(0), N = P * 8, K = wp.shape(1) / bits, B = K / 32;
+  mx::array codes = mx::array(0);
+  if (bits == 4) {
+    // [panel, block, chunk c, row t, e] -> nibble h: position 4c + 2h + e
+    auto b = mx::reshape(wp, {P, B, 8, 8, 2}, s);
+    auto lo = mx::bitwise_and(b, mx::array(uint8_t{0x0F}), s);
+    auto hi = mx::right_shift(b, mx::array(uint8_t{4}), s);
+    codes = mx::transpose(mx::stack({lo, hi}, 4, s), {0, 3, 1, 2, 4, 5}, s);  // [panel, t, block, c, h, e]
+  } else {
+    codes = mx::transpose(mx::reshape(wp, {P, B, 16, 8, 2}, s), {0, 3, 1, 2, 4}, s);  // [panel, t, block, i, e]
+  }
+  const int per_word = 32 / bits;
+  auto values = mx::reshape(mx::astype(codes, mx::uint32, s), {N, K / per_word, per_word}, s);
+  auto w = mx::zeros({N, K / per_word}, mx::uint32, s);
+  for (int i = 0; i < per_word; ++i) {
+    auto v = mx::squeeze(mx::slice(values, {0, 0, i}, {N, K / per_word, i + 1}, s), 2, s);
+    w = mx::bitwise_or(w, mx::left_shift(v, mx::array(static_cast<uint32_t>(i * bits)), s), s);
+  }
+  auto rows = [&](const mx::array& a) { return mx::reshape(mx::transpose(a, {0, 2, 1}, s), {N, K / group_size}, s); };
+  return {w, rows(sp), rows(bp)};
+}
+
 namespace {
 
 // The stride between consecutive rows when x's leading axes collapse into one, else -1.
@@ -61,7 +109,7 @@ int64_t row_stride(const mx::array& x) {
 
 void QuantizedMatmul::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
   auto& x = inputs[0];
-  auto& w = inputs[1];
+  auto& w = inputs[1];  // MLX's layout, or the panel layout (panel_)
   auto& scales = inputs[2];
   auto& biases = inputs[3];
   auto& out = outputs[0];
@@ -76,8 +124,9 @@ void QuantizedMatmul::eval_cpu(const std::vector<mx::array>& inputs, std::vector
     if (!a->flags().row_contiguous) throw std::invalid_argument("qmm: w, scales and biases must be row-contiguous");
   const int K = x.shape(-1);
   const int M = static_cast<int>(x.size() / K);
-  Problem p{x.data<float>(), row_stride(x), x.strides(x.ndim() - 1), w.data<uint32_t>(), scales.data<float>(),
-            biases.data<float>(), out.data<float>(), M, static_cast<int>(w.shape(0)), K, bits_, group_size_};
+  const int N = out.shape(-1);
+  Problem p{x.data<float>(), row_stride(x), x.strides(x.ndim() - 1), reinterpret_cast<const uint32_t*>(w.data<void>()),
+            scales.data<float>(), biases.data<float>(), out.data<float>(), M, N, K, bits_, group_size_, panel_};
   if (p.x_row >= 0) {
     encoder.dispatch([p, mode = mode_]() { qmm(p, mode); });
     return;
@@ -104,21 +153,27 @@ std::vector<mx::array> QuantizedMatmul::vjp(const std::vector<mx::array>& primal
   std::vector<mx::array> grads;
   for (int arg : argnums) {
     if (arg != 0) throw std::invalid_argument("qmm: gradients flow to x only");
-    grads.push_back(mx::quantized_matmul(cotangents[0], primals[1], primals[2], primals[3], false,
-                                         group_size_, bits_, "affine", stream()));
+    if (panel_) {
+      auto plain = unpack_panels(primals[1], primals[2], primals[3], group_size_, bits_, stream());
+      grads.push_back(mx::quantized_matmul(cotangents[0], plain[0], plain[1], plain[2], false, group_size_, bits_,
+                                           "affine", stream()));
+    } else {
+      grads.push_back(mx::quantized_matmul(cotangents[0], primals[1], primals[2], primals[3], false,
+                                           group_size_, bits_, "affine", stream()));
+    }
   }
   return grads;
 }
 
 std::vector<mx::Shape> QuantizedMatmul::output_shapes(const std::vector<mx::array>& inputs) {
   auto shape = inputs[0].shape();
-  shape.back() = inputs[1].shape(0);
+  shape.back() = inputs[1].shape(0) * (panel_ ? 8 : 1);
   return {shape};
 }
 
 bool QuantizedMatmul::is_equivalent(const mx::Primitive& other) const {
   const auto& o = static_cast<const QuantizedMatmul&>(other);
-  return group_size_ == o.group_size_ && bits_ == o.bits_ && mode_ == o.mode_;
+  return group_size_ == o.group_size_ && bits_ == o.bits_ && mode_ == o.mode_ && panel_ == o.panel_;
 }
 
 }  // namespace psilonet_qmm

@@ -14,10 +14,21 @@ mx::array quantized_matmul(const mx::array& x, const mx::array& w, const mx::arr
                            const mx::array& biases, int group_size, int bits, int mode,
                            mx::StreamOrDevice s = {});
 
+// The same product from the panel layout of W (kernels.h): wp (N / 8, K * bits) uint8, sp and bp
+// (N / 8, K / group, 8) float32, made by pack_panels; int16 activations. MLX's layout is not an
+// input, so a model that keeps only the panels in memory reads no other copy while it decodes.
+mx::array quantized_matmul_panel(const mx::array& x, const mx::array& wp, const mx::array& sp,
+                                 const mx::array& bp, int group_size, int bits, mx::StreamOrDevice s = {});
+
+// MLX's affine layout (w, scales, biases) of a panel layout, as a graph of MLX ops: exact (the
+// same codes, scales and biases), lazy until something evaluates it.
+std::vector<mx::array> unpack_panels(const mx::array& wp, const mx::array& sp, const mx::array& bp, int group_size,
+                                     int bits, mx::StreamOrDevice s = {});
+
 class QuantizedMatmul : public mx::Primitive {
  public:
-  QuantizedMatmul(mx::Stream stream, int group_size, int bits, int mode)
-      : mx::Primitive(stream), group_size_(group_size), bits_(bits), mode_(mode) {}
+  QuantizedMatmul(mx::Stream stream, int group_size, int bits, int mode, bool panel = false)
+      : mx::Primitive(stream), group_size_(group_size), bits_(bits), mode_(mode), panel_(panel) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
@@ -31,6 +42,7 @@ class QuantizedMatmul : public mx::Primitive {
 
  private:
   int group_size_, bits_, mode_;
+  bool panel_;
 };
 
 }  // namespace psilonet_qmm
