@@ -22,10 +22,12 @@ returned from every step: the dose's constants and per-step noise keys live ther
 intervention that keeps state from token to token (for example a per-row pool that depletes)
 adds its own entries and returns their new values from its hook (see :class:`RowHook`).
 
-**Prefill row by row.** When no row is perturbed, the prompt is run once for one row and its
-cache and last logits are broadcast to every row of the batch. Otherwise each row's prompt runs
-on its own, so a row's numbers never depend on the rows beside it: with OpenBLAS or MKL a
-product's rounding depends on its row count (the steps after it all run the whole batch).
+**Prefill.** When no row is perturbed, the prompt is run once for one row and its cache and last
+logits are broadcast to every row of the batch. Otherwise, on q4/q8 weights with the extension
+active (its kernels give each row of a product the rounding it has alone), all rows' prompts run
+as one batch; else each row's prompt runs on its own, so a row's numbers never depend on the
+rows beside it: with OpenBLAS or MKL a float32 product's rounding depends on its row count (the
+steps after it all run the whole batch).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Callable
 import mlx.core as mx
 
 from psilonet.generation.entropy import step_entropies
+from psilonet.kernels import qmm
 from psilonet.model import forward
 from psilonet.model.skip import SkipModel
 
@@ -91,6 +94,12 @@ def supports(model) -> bool:
     if args is None or not hasattr(getattr(model, "model", None), "layers"):
         return False
     return set(getattr(args, "layer_types", None) or ["full_attention"]) == {"full_attention"}
+
+
+def rows_round_alone(model) -> bool:
+    """Whether every row of the model's weight products rounds as it would alone: true of the
+    extension's quantized kernels (q4/q8 weights), not of BLAS's float32 products."""
+    return getattr(model, "psilonet_weights", "f32") != "f32" and qmm.active()
 
 
 def capacity_for(tokens: int) -> int:
@@ -175,25 +184,26 @@ class Decoder:
         return rows
 
     def prefill(self, prompt_ids) -> dict:
-        """Run the prompt (once for all rows when no hook perturbs them, else row by row); lazy outputs."""
+        """Run the prompt (once for all rows when no hook perturbs them; else as one batch where
+        :func:`rows_round_alone`, row by row otherwise); lazy outputs."""
         if len(prompt_ids) > self.capacity:
             raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the KV cache holds {self.capacity}")
-        shape = _kv_shape(self.model, 1, self.capacity)
         dtype = self.model.model.norm.weight.dtype  # the float dtype (embeddings may be packed)
-        tokens = mx.array([list(prompt_ids)], dtype=mx.int32)
         span = span_for(len(prompt_ids) - 1, self.capacity, self.span_step)
         inputs = self._inputs()
+        # Rows per prompt run: a row's prompt must run through the shapes it would have alone
+        # unless the products round each row alone (see the module docstring).
+        together = 1 if self.hook is None else self.batch if rows_round_alone(self.model) else 1
+        shape = _kv_shape(self.model, together, self.capacity)
+        tokens = mx.array([list(prompt_ids)] * together, dtype=mx.int32)
         parts = []
-        # One row at a time: a row's prompt then runs through the same matrix shapes whatever
-        # else is in the batch. With OpenBLAS or MKL a product's rounding depends on its row
-        # count, so a batched prompt would make a row's numbers depend on its batch.
-        for r in range(1 if self.hook is None else self.batch):
+        for r in range(0, 1 if self.hook is None else self.batch, together):
             kv = [(mx.zeros(shape, dtype=dtype), mx.zeros(shape, dtype=dtype)) for _ in self.model.model.layers]
-            row_inputs = {k: v[r : r + 1] for k, v in inputs.items()}
+            row_inputs = {k: v[r : r + together] for k, v in inputs.items()}
             parts.append(_run(self.model, tokens, kv, self.offset, row_inputs, self.hook, self.track, self.greedy, span))
         if len(parts) == 1:
             out, kv, self.offset, self.rows = parts[0]
-            if self.batch > 1:  # no hook: every row's prompt is the same, run once
+            if self.hook is None and self.batch > 1:  # every row's prompt is the same, run once
                 kv = [tuple(mx.repeat(a, self.batch, axis=0) for a in pair) for pair in kv]
                 out = {k: mx.repeat(v, self.batch, axis=0) for k, v in out.items()}
         else:
