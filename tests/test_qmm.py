@@ -68,6 +68,21 @@ def test_integer_modes_within_activation_rounding(bits, group, rows, mode, tol, 
 
 
 @needs_ext
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_a_row_is_the_same_alone_or_in_a_batch(bits, mode, restore_isa):
+    """Bit for bit on every path, so that a dosed row's numbers never depend on the rows beside
+    it (the row count picks different tiles, whose float steps must not fuse differently)."""
+    w, s, b = packed(97, 128, bits, 32)
+    x = mx.random.normal((11, 128))
+    for isa in ISAS:
+        EXT.set_isa(isa)
+        batch = EXT.quantized_matmul(x, w, s, b, 32, bits, mode)
+        for r in (0, 3, 10):
+            assert mx.array_equal(EXT.quantized_matmul(x[r : r + 1], w, s, b, 32, bits, mode)[0], batch[r]).item(), isa
+
+
+@needs_ext
 def test_large_product_is_threaded_and_exact():
     # 4,000 output rows of 576 take the thread pool; more than 16 rows run in slices of 16.
     w, s, b = packed(4001, 576, 4, 32, seed=1)
@@ -469,3 +484,52 @@ def test_rms_norm_falls_back_to_mlx_when_off(monkeypatch):
     monkeypatch.setenv("PSILONET_QMM", "off")
     x, w = mx.random.normal((3, 64)), mx.random.normal((64,))
     assert mx.array_equal(qmm.rms_norm(x, w, 1e-5), mx.fast.rms_norm(x, w, 1e-5)).item()
+
+
+def cache_attention_reference(q, k, v, offset: int, scale: float):
+    """MLX's fused attention under the fixed cache's mask (slot j visible to query i iff j <= offset + i)."""
+    t, s = q.shape[2], k.shape[2]
+    mask = mx.arange(s)[None, :] <= (offset + mx.arange(t)[:, None])
+    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+
+@needs_ext
+@pytest.mark.parametrize("b, h, kv, t, s, d, offset", [
+    (1, 9, 3, 1, 64, 64, 13),   # one decode row of the default model
+    (8, 9, 3, 1, 128, 64, 77),  # eight rows, a longer span
+    (2, 4, 2, 6, 64, 16, 0),    # a prompt from the start
+    (3, 8, 8, 13, 64, 64, 20),  # several queries, no grouping
+    (1, 4, 1, 1, 7, 8, 6),      # a span that is not a multiple of 8
+])
+def test_span_attention_equals_mlx_under_the_cache_mask(b, h, kv, t, s, d, offset):
+    mx.random.seed(0)
+    q = mx.random.normal((b, t, h, d)).transpose(0, 2, 1, 3)  # heads split as the model does
+    keys, values = mx.random.normal((b, kv, 256, d)), mx.random.normal((b, kv, 256, d))
+    k, v = keys[:, :, :s], values[:, :, :s]  # the span of a larger buffer, as the cache hands it
+    out = EXT.span_attention(q, k, v, mx.array(offset, dtype=mx.int32), d ** -0.5)
+    ref = cache_attention_reference(q, k, v, offset, d ** -0.5)
+    assert out.shape == ref.shape and mx.abs(out - ref).max().item() < 2e-6
+    full = out
+    for r in range(b):  # a row alone gives its values in the batch bit for bit
+        alone = EXT.span_attention(q[r : r + 1], k[r : r + 1], v[r : r + 1], mx.array(offset, dtype=mx.int32), d ** -0.5)
+        assert mx.array_equal(alone[0], full[r]).item()
+
+
+@needs_ext
+def test_span_attention_compiles_and_bad_inputs_fail_with_one_line():
+    q, k = mx.random.normal((1, 4, 1, 16)), mx.random.normal((1, 2, 8, 16))
+    off = mx.array(5, dtype=mx.int32)
+    f = mx.compile(lambda a, b, c, o: EXT.span_attention(a, b, c, o, 0.25))
+    assert mx.array_equal(f(q, k, k, off), EXT.span_attention(q, k, k, off, 0.25)).item()
+    with pytest.raises(ValueError, match="span_attention: q's heads must be a multiple of k's"):
+        EXT.span_attention(mx.ones((1, 3, 1, 16)), k, k, off, 0.25)
+    with pytest.raises(ValueError, match="span_attention: the head size must be a multiple of 8"):
+        EXT.span_attention(mx.ones((1, 4, 1, 12)), mx.ones((1, 2, 8, 12)), mx.ones((1, 2, 8, 12)), off, 0.25)
+    with pytest.raises(ValueError, match="span_attention: offset must be one int32"):
+        EXT.span_attention(q, k, k, mx.array([1, 2], dtype=mx.int32), 0.25)
+
+
+def test_span_attention_is_mlx_s_where_the_extension_is_off(monkeypatch):
+    monkeypatch.setenv("PSILONET_QMM", "off")
+    q, k = mx.random.normal((1, 4, 1, 16)), mx.random.normal((1, 2, 8, 16))
+    assert qmm.span_attention(q, k, k, mx.array(3, dtype=mx.int32), 0.25) is None

@@ -166,3 +166,27 @@ def test_dosed_rows_prefill_as_one_batch_and_equal_their_runs_alone_bit_for_bit(
         assert [s.tokens[0] for s in alone] == [s.tokens[r] for s in batch]
         assert [s.entropy[0] for s in alone] == [s.entropy[r] for s in batch]
         assert [s.layer_entropy[0] for s in alone] == [s.layer_entropy[r] for s in batch]
+
+
+@needs_panels
+def test_the_compiled_step_attends_with_the_extension_on_q4_only():
+    q4 = quantized.to_weights(make_tiny_model(), "q4")
+    f32 = make_tiny_model()
+    assert decode_step.rows_round_alone(q4) and not decode_step.rows_round_alone(f32)
+    kv = mx.zeros((1, 2, 64, 16))
+    seen = []
+    original = decode_step.FixedKVCache.attention
+
+    def spy(self, q, k, v, scale):
+        out = original(self, q, k, v, scale)
+        seen.append(out is not None)
+        return out
+
+    decode_step.FixedKVCache.attention = spy
+    try:
+        for model in (q4, f32):
+            decode_step._run(model, mx.array([[5, 17]]), [(kv, kv)] * 6, mx.array(0, dtype=mx.int32), {}, None,
+                             False, True)
+    finally:
+        decode_step.FixedKVCache.attention = original
+    assert seen == [True] * 6 + [False] * 6

@@ -48,11 +48,21 @@ SPAN_STEP = 64  # attention spans grow in these steps (one compiled graph per sp
 
 
 class FixedKVCache:
-    """A KV cache of fixed capacity for one layer; ``offset`` is a scalar int32 array."""
+    """A KV cache of fixed capacity for one layer; ``offset`` is a scalar int32 array.
 
-    def __init__(self, keys: mx.array, values: mx.array, offset: mx.array, span: int | None = None):
+    With ``fast_attention`` the hooked forward attends over it with the extension's
+    :func:`psilonet.kernels.qmm.span_attention` (the same mask, one primitive per block)."""
+
+    def __init__(self, keys: mx.array, values: mx.array, offset: mx.array, span: int | None = None,
+                 fast_attention: bool = False):
         self.keys, self.values, self.offset = keys, values, offset
         self.span = span or keys.shape[2]  # attention reads slots [0, span): a static size
+        self.fast_attention = fast_attention
+
+    def attention(self, q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array | None:
+        """Attention of ``q`` over this step's ``k``, ``v`` (from :meth:`update_and_fetch`) under
+        :meth:`make_mask`'s mask, by the extension; None where it does not run it."""
+        return qmm.span_attention(q, k, v, self.offset, scale) if self.fast_attention else None
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         start = self.offset.reshape(1)
@@ -121,7 +131,8 @@ def span_for(position: int, capacity: int, step: int = SPAN_STEP) -> int:
 def _run(model, tokens, kv, offset, rows, hook: RowHook | None, track: bool, greedy: bool,
          span: int | None = None):
     """One forward over ``tokens`` (B, T) from ``offset``: the traced body of every step."""
-    caches = [FixedKVCache(k, v, offset, span) for k, v in kv]
+    fast = rows_round_alone(model)  # q4/q8 through the extension: its attention too
+    caches = [FixedKVCache(k, v, offset, span, fast_attention=fast) for k, v in kv]
     rows = dict(rows)
 
     def after(l, h):

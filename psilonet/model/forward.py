@@ -17,8 +17,10 @@ own ``models/llama.py`` step by step (embeddings; per block ``h + attn(norm(h))`
   and the cache update) and ``mlp(l, layer, h, cache)`` its MLP branch: interventions that keep
   their own state from token to token (:mod:`psilonet.generation.bio`) plug in there.
 
-The plain path calls ``mx.fast.scaled_dot_product_attention`` like mlx-lm; the attention is
-computed explicitly (scores, softmax, weighted values) only while a score or pattern hook is set.
+The plain path calls ``mx.fast.scaled_dot_product_attention`` like mlx-lm, or a cache's own
+``attention`` where it offers one (the compiled decode step's fixed cache on q4/q8 weights: the
+extension's span attention); the attention is computed explicitly (scores, softmax, weighted
+values) only while a score or pattern hook is set.
 
 Supported model families (``config.json``'s ``model_type``), see :data:`FAMILIES`:
 
@@ -119,6 +121,9 @@ def attend(attn, q: mx.array, k: mx.array, v: mx.array, mask, cache, layer: int 
     if hooks.attention is not None:
         return hooks.attention(layer, q, k, v, attn.scale, mask, cache)
     if not hooks.explicit_attention:
+        fast = cache.attention(q, k, v, attn.scale) if hasattr(cache, "attention") else None
+        if fast is not None:  # the fixed decode cache's own (psilonet.generation.decode_step)
+            return fast
         return scaled_dot_product_attention(q, k, v, cache=cache, scale=attn.scale, mask=mask)
     return explicit_attention(q, k, v, attn.scale, mask, layer, hooks)
 

@@ -191,6 +191,19 @@ def rope(x: mx.array, dims: int, *, traditional: bool, base: float, scale: float
     return mx.fast.rope(x, dims, traditional=traditional, base=base, scale=scale, offset=offset)
 
 
+def span_attention(q: mx.array, k: mx.array, v: mx.array, offset: mx.array, scale: float) -> mx.array | None:
+    """``softmax((q * scale) k^T) v`` with query ``i`` (of q's T) seeing slots ``j <= offset + i``
+    of k and v (B, KV, S, D): the attention of a fixed KV cache's span (``attention.h``; one
+    primitive per block instead of MLX's graph of about eight ops, equal to
+    ``mx.fast.scaled_dot_product_attention`` with that mask up to float rounding), or None where
+    the extension is off, not built or older than this primitive, or the shapes do not fit."""
+    kernel = getattr(extension(), "span_attention", None) if active() else None
+    if (kernel is None or q.ndim != 4 or k.ndim != 4 or q.dtype != mx.float32 or k.dtype != mx.float32
+            or v.dtype != mx.float32 or q.shape[-1] % 8 or q.shape[-1] > 256 or q.shape[1] % k.shape[1]):
+        return None
+    return kernel(q, k, v, offset.astype(mx.int32) if offset.dtype != mx.int32 else offset, scale)
+
+
 def token_entropy(logits: mx.array) -> mx.array | None:
     """Entropy (bits) of ``softmax(logits)`` over the last axis in one extension primitive
     (``entropy.h``: two passes, a vectorised exp; within about 1e-5 bits of a float64 reference

@@ -6,6 +6,7 @@
 
 #include "kernels.h"
 #include "qmm.h"
+#include "attention.h"
 #include "dose.h"
 #include "entropy.h"
 #include "noise.h"
@@ -52,6 +53,9 @@ NB_MODULE(_qmm, m) {
         "silu(gate) * x for float32 arrays, equal to MLX's CPU result bit for bit (swiglu.h).");
   m.def("rms_norm", &q::rms_norm, "x"_a, "w"_a, "eps"_a, nb::kw_only(), "stream"_a = nb::none(),
         "mx.fast.rms_norm's CPU result for float32 x (..., D) and w (D,) in one primitive (rmsnorm.h).");
+  m.def("span_attention", &q::span_attention, "q"_a, "k"_a, "v"_a, "offset"_a, "scale"_a, nb::kw_only(),
+        "stream"_a = nb::none(),
+        "softmax((q * scale) k^T) v over the slots j <= offset + i of query i, grouped-query heads.");
   m.def("isa", [] { return std::string(q::isa_name(q::isa())); }, "The SIMD path in effect.");
   m.def("detected_isa", [] { return std::string(q::isa_name(q::detected_isa())); });
   m.def("set_isa", [](const std::string& name) {

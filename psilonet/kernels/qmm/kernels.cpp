@@ -41,9 +41,12 @@ struct Job {
   Prep prep;
   Kernel kernel;
   int mode, chunks, chunk;
+  void (*task)(const void*, int) = nullptr;  // parallel_for's work instead of a product
+  const void* context = nullptr;
 };
 
 void run_chunk(const Job& job, int c) {
+  if (job.task) return job.task(job.context, c);
   const int n0 = c * job.chunk, n1 = std::min(job.p.N, n0 + job.chunk);
   for (int m0 = 0; m0 < job.p.M; m0 += MAX_ROWS)
     job.kernel(job.p, job.prep, job.mode, n0, n1, m0, std::min(job.p.M, m0 + MAX_ROWS));
@@ -182,6 +185,14 @@ const char* isa_name(int level) {
 }
 
 int num_threads() { return pool().size(); }
+
+void parallel_for(int chunks, void (*task)(const void*, int), const void* context) {
+  Job job{};
+  job.chunks = chunks;
+  job.task = task;
+  job.context = context;
+  pool().run(job);
+}
 
 void rows_portable(const Problem& p, const Prep& q, int mode, int n0, int n1, int m0, int m1) {
   const int K = p.K, G = K / p.group, words = K * p.bits / 32;

@@ -72,6 +72,9 @@ int isa();
 int set_isa(int level);  // capped at detected_isa(); returns the level in effect
 const char* isa_name(int level);
 int num_threads();
+// task(context, c) for every c in [0, chunks) on the product's thread pool, the caller included;
+// returns when all have run. One call at a time (the pool serialises callers).
+void parallel_for(int chunks, void (*task)(const void*, int), const void* context);
 
 void qmm(const Problem& p, int mode);
 
