@@ -9,9 +9,10 @@ Parts: the q4 weight products (q, k, v, o, gate, up, down and the 8-bit LM head 
 :mod:`psilonet.kernels.qmm`), RMS norm (61 per step: the q4 model's own module, the extension's
 where it is built, and ``mx.fast.rms_norm`` beside it), RoPE
 (the q4 model's own module, q and k: :class:`psilonet.model.quantized.ExtensionRoPE` where the
-extension is built), the KV cache write (two ``slice_update``), attention over the span
-(``mx.fast.scaled_dot_product_attention`` with the boolean span mask), SiLU-gating (the q4
-model's: the extension's SwiGLU where it is built, and mlx-lm's beside it), the
+extension is built), the KV cache write (two ``slice_update``), attention over the span (the q4
+step's: the extension's span attention where it is built, and
+``mx.fast.scaled_dot_product_attention`` with the boolean span mask beside it), SiLU-gating (the
+q4 model's: the extension's SwiGLU where it is built, and mlx-lm's beside it), the
 entropies of a tracked step (``step_entropies``: the next-token entropy over 49,152 logits, in
 the extension's kernel where it is built, and the 31 hidden-state entropies), a dose's parts
 (the step's noise for every block, and the 30 blocks' dose: the extension's primitives where it
@@ -82,7 +83,12 @@ def parts(model, rows: int, span: int) -> dict:
     start = offset.reshape(1)
     kv_writes = chain(lambda c: mx.slice_update(c, k, start, axes=(2,)), cache, 2 * L)
     kk, vv = cache[:, :, :span], cache[:, :, :span]
-    attention = chain(lambda h: mx.fast.scaled_dot_product_attention(h, kk, vv, scale=HD ** -0.5, mask=mask), q, L)
+    attention_mlx = chain(lambda h: mx.fast.scaled_dot_product_attention(h, kk, vv, scale=HD ** -0.5, mask=mask), q, L)
+
+    def span_attention(h):  # the q4 step's: the extension's primitive where it is built
+        out = qmm.span_attention(h, kk, vv, offset, HD ** -0.5)
+        return out if out is not None else mx.fast.scaled_dot_product_attention(h, kk, vv, scale=HD ** -0.5, mask=mask)
+    attention = chain(span_attention, q, L)
     gating = chain(lambda h: qmm.swiglu(h, xf), xf, L)  # the q4 model's gating (ExtensionMLP)
     gating_mlx = chain(lambda h: swiglu(h, xf), xf, L)
 
@@ -122,6 +128,7 @@ def parts(model, rows: int, span: int) -> dict:
     for name, fn in (("q4 weight products", products), ("RMS norm", norms), ("RMS norm, MLX's", norms_mlx),
                      ("RoPE", ropes),
                      ("KV cache write", kv_writes), ("attention over the span", attention),
+                     ("attention over the span, MLX's", attention_mlx),
                      ("SiLU gating", gating), ("SiLU gating, MLX's", gating_mlx), ("both entropies", entropies), ("dose noise", dose_noise),
                      ("dose noise, MLX's random", dose_noise_mlx), ("dose, 30 blocks", dose_blocks),
                      ("dose, 30 blocks, MLX graph", dose_blocks_mlx), ("greedy sampling", sampling)):

@@ -533,3 +533,38 @@ def test_span_attention_is_mlx_s_where_the_extension_is_off(monkeypatch):
     monkeypatch.setenv("PSILONET_QMM", "off")
     q, k = mx.random.normal((1, 4, 1, 16)), mx.random.normal((1, 2, 8, 16))
     assert qmm.span_attention(q, k, k, mx.array(3, dtype=mx.int32), 0.25) is None
+
+
+@needs_ext
+def test_layer_entropies_against_float64_and_the_graph():
+    import numpy as np
+    from psilonet.generation.entropy import hidden_entropy_bits
+    mx.random.seed(0)
+    states = [mx.random.normal((3, 5, 576)) * (1 + 10 * (i == 2)) for i in range(31)]
+    states[3] = mx.zeros((3, 5, 576))  # no energy: 0 bits
+    states[4] = mx.zeros((3, 5, 576)).at[:, :, 7].add(3.0)  # all of it in one feature: 0 bits
+    states[5] = mx.random.normal((3, 576, 5)).transpose(0, 2, 1)  # a strided feature axis
+    out = EXT.layer_entropies(states)
+    assert out.shape == (3, 31)
+    ref = []
+    for s in states:
+        h = np.array(s[:, -1, :]).astype(np.float64)
+        p = h ** 2 / np.maximum((h ** 2).sum(-1, keepdims=True), 1e-30)
+        ref.append(-(p * np.log2(np.maximum(p, 1e-30))).sum(-1))
+    ref = np.stack(ref, 1)
+    assert np.abs(np.array(out) - ref).max() < 5e-6  # the float32 graph: about 1e-5
+    graph = hidden_entropy_bits(mx.stack([s[:, -1, :] for s in states], axis=1))
+    assert np.abs(np.array(out) - np.array(graph)).max() < 2e-5
+    assert (np.array(out)[:, 3:5] == 0).all() and not np.signbit(np.array(out)[:, 3:5]).any()
+    odd = EXT.layer_entropies([mx.random.normal((2, 1, 37))])  # a width that is not a multiple of 8
+    h = np.array(odd)
+    assert h.shape == (2, 1) and (0 < h).all() and (h <= np.log2(37)).all()
+
+
+def test_layer_entropies_fall_back_to_the_graph_when_off(monkeypatch):
+    from psilonet.generation.entropy import hidden_entropy_bits, step_entropies
+    monkeypatch.setenv("PSILONET_QMM", "off")
+    states = [mx.random.normal((2, 3, 16)) for _ in range(4)]
+    assert qmm.layer_entropies(states) is None
+    got = step_entropies(mx.random.normal((2, 10)), states)["layer_entropy"]
+    assert mx.array_equal(got, hidden_entropy_bits(mx.stack([s[:, -1, :] for s in states], axis=1))).item()

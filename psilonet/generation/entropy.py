@@ -31,10 +31,13 @@ def step_entropies(logits: mx.array, states: list[mx.array]) -> dict[str, mx.arr
     """``entropy`` (B,) of last-position ``logits`` (B, V) and ``layer_entropy`` (B, L+1) of each
     state's last position: what a tracked decode step reports.
 
-    The next-token entropy takes the extension's one-primitive kernel where it is built
+    Both take the extension's one-primitive kernels where it is built: the next-token entropy
     (:func:`psilonet.kernels.qmm.token_entropy`: closer to a float64 reference than the float32
     graph, to about 1e-5 bits against 1e-4; MLX's graph of it was a quarter of a batched 4-bit
-    step), else :func:`token_entropy_bits`."""
+    step) and the hidden-state ones (:func:`psilonet.kernels.qmm.layer_entropies`: one node
+    instead of about 70), else :func:`token_entropy_bits` and :func:`hidden_entropy_bits`."""
     fast = qmm.token_entropy(logits)
-    return {"entropy": token_entropy_bits(logits) if fast is None else fast,
-            "layer_entropy": hidden_entropy_bits(mx.stack([s[:, -1, :] for s in states], axis=1))}
+    layers = qmm.layer_entropies(states)
+    if layers is None:
+        layers = hidden_entropy_bits(mx.stack([s[:, -1, :] for s in states], axis=1))
+    return {"entropy": token_entropy_bits(logits) if fast is None else fast, "layer_entropy": layers}

@@ -216,6 +216,17 @@ def token_entropy(logits: mx.array) -> mx.array | None:
     return kernel(logits)
 
 
+def layer_entropies(states: list[mx.array]) -> mx.array | None:
+    """Hidden-state entropy (bits) of each state's last position, ``p = h^2 / sum(h^2)`` over the
+    hidden axis, as (B, len(states)) from one extension primitive (``entropy.h``: it reads the
+    states in place, where MLX's graph slices, stacks and reduces them), or None where the
+    extension is off, not built or older than this primitive. No gradient."""
+    kernel = getattr(extension(), "layer_entropies", None) if active() else None
+    if kernel is None or not states or any(s.ndim != 3 or s.dtype != mx.float32 for s in states):
+        return None
+    return kernel(list(states))
+
+
 def dose(h: mx.array, noise: mx.array | None, i: mx.array, idx: mx.array | None, coef: mx.array | None, *,
          layer: int, sensitivity: float, noise_per_intensity: float) -> mx.array | None:
     """Block ``layer``'s dose of ``h`` (B, T, D) in one extension primitive (``dose.h``; the

@@ -56,6 +56,8 @@ NB_MODULE(_qmm, m) {
   m.def("span_attention", &q::span_attention, "q"_a, "k"_a, "v"_a, "offset"_a, "scale"_a, nb::kw_only(),
         "stream"_a = nb::none(),
         "softmax((q * scale) k^T) v over the slots j <= offset + i of query i, grouped-query heads.");
+  m.def("layer_entropies", &q::layer_entropies, "states"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "Hidden-state entropy (bits) of each (B, T, D) state's last position -> (B, len(states)).");
   m.def("isa", [] { return std::string(q::isa_name(q::isa())); }, "The SIMD path in effect.");
   m.def("detected_isa", [] { return std::string(q::isa_name(q::detected_isa())); });
   m.def("set_isa", [](const std::string& name) {

@@ -22,6 +22,26 @@ mx::array token_entropy(const mx::array& logits, mx::StreamOrDevice s = {});
 // One row: kernels in entropy.cpp (built with -mavx2 -mfma).
 float entropy_bits_avx2(const float* logits, int vocab);
 
+// Hidden-state entropy (bits) of each state's last position: p = h^2 / max(sum h^2, 1e-30) over
+// D, H = -sum p log2 max(p, 1e-30) (psilonet.generation.entropy.hidden_entropy_bits), for n states
+// (B, T, D) float32 of any strides -> (B, n). One primitive reads all n where MLX's graph slices,
+// stacks and reduces them (about 70 nodes of a tracked step); sums in eight lanes, then double,
+// and a vectorised log2 (Cephes' logf polynomial).
+mx::array layer_entropies(const std::vector<mx::array>& states, mx::StreamOrDevice s = {});
+
+// One state row of D contiguous floats (entropy_avx2.cpp, or portable C++).
+float energy_entropy_bits(const float* h, int D);
+
+class LayerEntropies : public mx::Primitive {
+ public:
+  explicit LayerEntropies(mx::Stream stream) : mx::Primitive(stream) {}
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+  const char* name() const override { return "PsilonetLayerEntropies"; }
+  bool is_equivalent(const mx::Primitive&) const override { return true; }
+};
+
 class TokenEntropy : public mx::Primitive {
  public:
   explicit TokenEntropy(mx::Stream stream) : mx::Primitive(stream) {}
