@@ -190,3 +190,27 @@ def test_the_compiled_step_attends_with_the_extension_on_q4_only():
     finally:
         decode_step.FixedKVCache.attention = original
     assert seen == [True] * 6 + [False] * 6
+
+
+def test_a_module_built_before_panels_keeps_mlx_s_layout_and_graphs(monkeypatch):
+    """An extension built from older sources (products only): no panels, MLX's attention and
+    hidden-state entropies, and a q4 model that still decodes."""
+    from psilonet.generation.entropy import hidden_entropy_bits, step_entropies
+
+    class OldBuild:
+        def quantized_matmul(self, x, w, s, b, group, bits, mode):
+            return mx.quantized_matmul(x, w, s, b, transpose=True, group_size=group, bits=bits)
+
+    monkeypatch.setattr(qmm, "extension", lambda: OldBuild())
+    monkeypatch.setattr(qmm, "active", lambda: True)
+    w, s, b = packed(16, 64, 4, 32)
+    assert qmm.pack_panels(w, s, b, bits=4) is None
+    q, k = mx.random.normal((1, 4, 1, 16)), mx.random.normal((1, 2, 8, 16))
+    assert qmm.span_attention(q, k, k, mx.array(3, dtype=mx.int32), 0.25) is None
+    states = [mx.random.normal((2, 3, 16)) for _ in range(4)]
+    assert qmm.layer_entropies(states) is None
+    got = step_entropies(mx.random.normal((2, 10)), states)["layer_entropy"]
+    assert mx.array_equal(got, hidden_entropy_bits(mx.stack([s[:, -1, :] for s in states], axis=1))).item()
+    model = quantized.to_weights(make_tiny_model(vocab_size=96), "q4")
+    assert all(m.panels is None for _, m in model.named_modules() if isinstance(m, quantized.QuantizedLinear))
+    assert forward.forward(model, mx.array([[5, 17, 3]]))[0].shape == (1, 3, 96)
