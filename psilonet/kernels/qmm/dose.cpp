@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "kernels.h"
 #include "mlx/backend/cpu/encoder.h"
 
 namespace psilonet_qmm {
@@ -26,9 +27,10 @@ struct Task {
   float a;  // noise_per_intensity * sensitivity
 };
 
-void run(const Task& k) {
-  std::vector<float> g(k.D);
-  for (int b = 0; b < k.B; ++b) {
+void run_row(const Task& k, int b) {
+  thread_local std::vector<float> g;
+  g.resize(k.D);
+  {
     const float intensity = k.i[b * k.is];
     for (int t = 0; t < k.T; ++t) {
       const float* hp = k.h + b * k.hs[0] + t * k.hs[1];
@@ -143,7 +145,11 @@ void Dose::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>
   k.out = out.data<float>();
   k.B = h.shape(0), k.T = h.shape(1), k.D = h.shape(2), k.layer = layer_;
   k.a = per_intensity_ * sensitivity_;
-  encoder.dispatch([k]() { run(k); });
+  encoder.dispatch([k]() {
+    // Rows are independent: several share the product threads (a row alone runs here).
+    if (k.B == 1) return run_row(k, 0);
+    parallel_for(k.B, [](const void* ctx, int b) { run_row(*static_cast<const Task*>(ctx), b); }, &k);
+  });
 }
 
 void Dose::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
