@@ -214,3 +214,23 @@ def test_a_module_built_before_panels_keeps_mlx_s_layout_and_graphs(monkeypatch)
     model = quantized.to_weights(make_tiny_model(vocab_size=96), "q4")
     assert all(m.panels is None for _, m in model.named_modules() if isinstance(m, quantized.QuantizedLinear))
     assert forward.forward(model, mx.array([[5, 17, 3]]))[0].shape == (1, 3, 96)
+
+
+@needs_panels
+def test_the_mlp_runs_gate_up_and_gating_as_one_product_with_the_same_values(monkeypatch):
+    from mlx_lm.models.activations import swiglu
+    model = quantized.to_weights(make_tiny_model(), "q4")
+    mlp = model.model.layers[1].mlp
+    assert mlp.panels is not None and mlp.panels.w.shape[0] == mlp.gate_proj.panels.w.shape[0] * 2
+    x = mx.random.normal((3, 5, model.args.hidden_size)) * 4
+    separate = lambda v: mlp.down_proj(swiglu(mlp.gate_proj(v), mlp.up_proj(v)))  # noqa: E731
+    assert mx.array_equal(mlp(x), separate(x)).item()  # both products and the gating bit for bit
+    strided = mx.random.normal((5, 3, model.args.hidden_size)).transpose(1, 0, 2)
+    assert mx.array_equal(mlp(strided), separate(strided)).item()
+    g = mx.grad(lambda v: mlp(v).sum())(x)
+    g_ref = mx.grad(lambda v: separate(v).sum())(x)
+    assert rel_err(g, g_ref) < 1e-4  # the separate path's gradient reads int16 products
+    monkeypatch.setenv("PSILONET_QMM", "off")  # MLX's kernel on the unpacked views
+    assert rel_err(mlp(x), separate(x)) < 1e-6
+    w, s, b = (getattr(mlp.gate_proj, k) for k in ("weight", "scales", "biases"))
+    assert mx.array_equal(qmm.pack_panels(w, s, b, bits=4).w, mlp.panels.w[: w.shape[0] // 8]).item()

@@ -114,8 +114,25 @@ class ExtensionMLP(nn.Module):
     def __init__(self, mlp: nn.Module):
         super().__init__()
         self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+        self.panels = None  # fuse_panels
+
+    def fuse_panels(self) -> None:
+        """Gate and up projection in one panel set (:func:`use_panels`), so that both products and
+        the gating run as one primitive (:func:`psilonet.kernels.qmm.gated_product`); the two
+        linears keep views into it."""
+        g, u = self.gate_proj, self.up_proj
+        if not (isinstance(g, QuantizedLinear) and isinstance(u, QuantizedLinear)) or g.panels is None \
+                or u.panels is None or "bias" in g or "bias" in u or (g.bits, g.group_size) != (u.bits, u.group_size):
+            return
+        self.panels, g.panels, u.panels = qmm.Panels.concatenate(g.panels, u.panels)
+        for linear in (g, u):
+            linear.weight, linear.scales, linear.biases = linear.panels.unpack()
 
     def __call__(self, x: mx.array) -> mx.array:
+        if self.panels is not None:
+            fused = qmm.gated_product(x, self.panels)
+            if fused is not None:
+                return self.down_proj(fused)
         return self.down_proj(qmm.swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
@@ -163,12 +180,16 @@ def use_panels(base) -> None:
     (``bench.qmm``). A linear layer then holds only the panels: its ``weight``, ``scales`` and
     ``biases`` become the exact lazy unpacking of them (:meth:`Panels.unpack`), which only the
     other modes, MLX's kernel and the gradient evaluate. The embedding keeps MLX's layout too,
-    since its lookups read it."""
+    since its lookups read it. Each :class:`ExtensionMLP` then holds its gate and up panels as
+    one set (:meth:`ExtensionMLP.fuse_panels`)."""
     for _, module in base.named_modules():
         if isinstance(module, (QuantizedLinear, QuantizedEmbedding)):
             module.panels = qmm.pack_panels(module.weight, module.scales, module.biases, bits=module.bits)
             if module.panels is not None and isinstance(module, QuantizedLinear):
                 module.weight, module.scales, module.biases = module.panels.unpack()
+    for _, module in base.named_modules():
+        if isinstance(module, ExtensionMLP):
+            module.fuse_panels()
 
 
 WEIGHTS_HELP = ("the base model's weights for decode: f32 (float32), q4 (the default model: the GGUF's own "

@@ -145,6 +145,25 @@ class Panels:
     def nbytes(self) -> int:
         return self.w.nbytes + self.scales.nbytes + self.biases.nbytes
 
+    @staticmethod
+    def concatenate(first: "Panels", second: "Panels") -> tuple["Panels", "Panels", "Panels"]:
+        """Both matrices' panels in one set of arrays (``first``'s output rows, then ``second``'s),
+        and each again as a view into it: the one set serves a fused product, the views the
+        single ones, and no bytes are held twice."""
+        both = Panels(*(mx.concatenate([a, b]) for a, b in zip(first.arrays, second.arrays)),
+                      group_size=first.group_size, bits=first.bits)
+        mx.eval(*both.arrays)
+        n = first.w.shape[0]
+        views = [Panels(*(a[part] for a in both.arrays), group_size=first.group_size, bits=first.bits)
+                 for part in (slice(0, n), slice(n, None))]
+        for v in views:
+            mx.eval(*v.arrays)
+        return both, views[0], views[1]
+
+    @property
+    def arrays(self) -> tuple[mx.array, mx.array, mx.array]:
+        return self.w, self.scales, self.biases
+
     def unpack(self) -> tuple[mx.array, mx.array, mx.array]:
         """MLX's (w, scales, biases) of these panels, exactly: a lazy graph, computed (and then
         held) only where something evaluates it."""
@@ -178,6 +197,17 @@ def pack_panels(w: mx.array, scales: mx.array, biases: mx.array, *, bits: int) -
 
     return Panels(mx.array(np.ascontiguousarray(packed).reshape(n // 8, k * bits)), side_by_side(scales),
                   side_by_side(biases), group_size=k // groups, bits=bits)
+
+
+def gated_product(x: mx.array, panels: Panels) -> mx.array | None:
+    """``silu(x @ Wg.T) * (x @ Wu.T)`` from ``panels`` holding the gate's rows then the up
+    projection's (:meth:`Panels.concatenate`): an MLP's two input products and its gating in one
+    primitive (``qmm.h``), the same values bit for bit as the two products and :func:`swiglu`; or
+    None where that does not run (extension off, not built or older, another mode)."""
+    kernel = getattr(extension(), "gated_product_panel", None) if active() else None
+    if kernel is None or mode() != "int16" or x.dtype != mx.float32:
+        return None
+    return kernel(x, panels.w, panels.scales, panels.biases, panels.group_size, panels.bits)
 
 
 def rope(x: mx.array, dims: int, *, traditional: bool, base: float, scale: float, offset) -> mx.array:

@@ -29,6 +29,9 @@ NB_MODULE(_qmm, m) {
   m.def("quantized_matmul_panel", &q::quantized_matmul_panel, "x"_a, "wp"_a, "sp"_a, "bp"_a, "group_size"_a,
         "bits"_a, nb::kw_only(), "stream"_a = nb::none(),
         "x @ W.T from the panel layout of W (kernels.h), with int16 activations.");
+  m.def("gated_product_panel", &q::gated_product_panel, "x"_a, "wp"_a, "sp"_a, "bp"_a, "group_size"_a, "bits"_a,
+        nb::kw_only(), "stream"_a = nb::none(),
+        "silu(x @ Wg.T) * (x @ Wu.T) from the panel layout of [Wg; Wu], int16 activations.");
   m.def("unpack_panels", &q::unpack_panels, "wp"_a, "sp"_a, "bp"_a, "group_size"_a, "bits"_a, nb::kw_only(),
         "stream"_a = nb::none(), "MLX's (w, scales, biases) of a panel layout, as a lazy graph of MLX ops.");
   m.def("rope", &q::rope, "x"_a, "offset"_a, "dims"_a, "traditional"_a, "base"_a, "scale"_a,

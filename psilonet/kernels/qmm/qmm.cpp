@@ -6,6 +6,7 @@
 
 #include "kernels.h"
 #include "strided.h"
+#include "swiglu.h"
 #include "mlx/backend/cpu/encoder.h"
 
 namespace psilonet_qmm {
@@ -59,6 +60,16 @@ mx::array quantized_matmul_panel(const mx::array& x, const mx::array& wp, const 
   shape.back() = N;
   return mx::array(shape, mx::float32, std::make_shared<QuantizedMatmul>(stream, group_size, bits, INT16, true),
                    {x.dtype() == mx::float32 ? x : mx::astype(x, mx::float32, stream), wp, sp, bp});
+}
+
+mx::array gated_product_panel(const mx::array& x, const mx::array& wp, const mx::array& sp, const mx::array& bp,
+                              int group_size, int bits, mx::StreamOrDevice s) {
+  auto both = quantized_matmul_panel(x, wp, sp, bp, group_size, bits, s);  // checks every input
+  if (wp.shape(0) % 2 != 0) throw std::invalid_argument("qmm: a gated product needs an even number of panels");
+  auto shape = both.shape();
+  shape.back() /= 2;
+  return mx::array(shape, mx::float32, std::make_shared<GatedProduct>(mx::to_stream(s), group_size, bits),
+                   both.inputs());
 }
 
 std::vector<mx::array> unpack_panels(const mx::array& wp, const mx::array& sp, const mx::array& bp, int group_size,
@@ -140,6 +151,91 @@ void QuantizedMatmul::eval_cpu(const std::vector<mx::array>& inputs, std::vector
     copy_row_major(x, dst);
     qmm(p, mode);
   });
+}
+
+void GatedProduct::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
+  auto& x = inputs[0];
+  auto& w = inputs[1];
+  auto& scales = inputs[2];
+  auto& biases = inputs[3];
+  auto& out = outputs[0];
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& encoder = mx::cpu::get_command_encoder(stream());
+  for (const auto& a : inputs) encoder.set_input_array(a);
+  encoder.set_output_array(out);
+  for (const auto* a : {&w, &scales, &biases})
+    if (!a->flags().row_contiguous) throw std::invalid_argument("qmm: wp, sp and bp must be row-contiguous");
+  const int K = x.shape(-1), M = static_cast<int>(x.size() / K), F = out.shape(-1);
+  // Both products into one (M, 2F) scratch, then each row's gating into out.
+  mx::array both({M, 2 * F}, mx::float32, nullptr, {});
+  both.set_data(mx::allocator::malloc(both.nbytes()));
+  encoder.add_temporary(both);
+  Problem p{x.data<float>(), row_stride(x), x.strides(x.ndim() - 1), reinterpret_cast<const uint32_t*>(w.data<void>()),
+            scales.data<float>(), biases.data<float>(), both.data<float>(), M, 2 * F, K, bits_, group_size_, true};
+  mx::array rows({p.x_row >= 0 ? 0 : M, K}, mx::float32, nullptr, {});  // strided leading axes: a copy
+  if (p.x_row < 0) {
+    rows.set_data(mx::allocator::malloc(rows.nbytes()));
+    encoder.add_temporary(rows);
+    p.x = rows.data<float>(), p.x_row = K, p.x_col = 1;
+  }
+  encoder.dispatch([p, x = mx::array::unsafe_weak_copy(x), copy = p.x_row == K && rows.size() > 0,
+                    dst = rows.size() > 0 ? rows.data<float>() : nullptr, o = out.data<float>(), avx2 = isa() >= AVX2]() {
+    if (copy) copy_row_major(x, dst);
+    qmm(p, INT16);
+    const int F = p.N / 2;
+    for (int m = 0; m < p.M; ++m) {
+      const float* g = p.out + static_cast<int64_t>(m) * p.N;
+#if defined(__x86_64__)
+      if (avx2) {
+        swiglu_avx2(g, g + F, o + static_cast<int64_t>(m) * F, F);
+        continue;
+      }
+#endif
+      swiglu_portable(g, g + F, o + static_cast<int64_t>(m) * F, F);
+    }
+  });
+}
+
+void GatedProduct::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  throw std::runtime_error("qmm: CPU only (on a GPU use mx.quantized_matmul)");
+}
+
+std::vector<mx::array> GatedProduct::vjp(const std::vector<mx::array>& primals, const std::vector<mx::array>& cotangents,
+                                         const std::vector<int>& argnums, const std::vector<mx::array>&) {
+  auto st = stream();
+  auto plain = unpack_panels(primals[1], primals[2], primals[3], group_size_, bits_, st);
+  const int F = plain[0].shape(0) / 2;
+  auto half = [&](const mx::array& a, int part) {
+    return mx::slice(a, {part * F, 0}, {(part + 1) * F, a.shape(1)}, st);
+  };
+  auto product = [&](const mx::array& v, int part, bool transpose) {
+    return mx::quantized_matmul(v, half(plain[0], part), half(plain[1], part), half(plain[2], part), transpose,
+                                group_size_, bits_, "affine", st);
+  };
+  const auto& x = primals[0];
+  const auto& c = cotangents[0];
+  auto g = product(x, 0, true), u = product(x, 1, true);
+  auto sig = mx::sigmoid(g, st);
+  auto one = mx::array(1.0f);
+  auto dg = mx::multiply(c, mx::multiply(u, mx::multiply(sig, mx::add(one, mx::multiply(g, mx::subtract(one, sig, st), st), st), st), st), st);
+  auto du = mx::multiply(c, mx::multiply(g, sig, st), st);
+  std::vector<mx::array> grads;
+  for (int arg : argnums) {
+    if (arg != 0) throw std::invalid_argument("qmm: gradients flow to x only");
+    grads.push_back(mx::add(product(dg, 0, false), product(du, 1, false), st));
+  }
+  return grads;
+}
+
+std::vector<mx::Shape> GatedProduct::output_shapes(const std::vector<mx::array>& inputs) {
+  auto shape = inputs[0].shape();
+  shape.back() = inputs[1].shape(0) * 4;  // 8 rows per panel, half of them gates
+  return {shape};
+}
+
+bool GatedProduct::is_equivalent(const mx::Primitive& other) const {
+  const auto& o = static_cast<const GatedProduct&>(other);
+  return group_size_ == o.group_size_ && bits_ == o.bits_;
 }
 
 void QuantizedMatmul::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
