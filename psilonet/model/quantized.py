@@ -190,6 +190,9 @@ def use_panels(base) -> None:
     for _, module in base.named_modules():
         if isinstance(module, ExtensionMLP):
             module.fuse_panels()
+            # the MLP's separate panels are free now: return them before the next one is made, so
+            # the process never holds every MLP's panels twice (its resident memory is a goal)
+            mx.clear_cache()
 
 
 WEIGHTS_HELP = ("the base model's weights for decode: f32 (float32), q4 (the default model: the GGUF's own "
