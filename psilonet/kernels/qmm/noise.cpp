@@ -10,9 +10,48 @@
 
 namespace psilonet_qmm {
 
-void normal_row_portable(uint32_t k1, uint32_t k2, float* out, int64_t n) {
-  noise_detail::normal_pairs_from(k1, k2, out, n, 0);
+void normal_pairs_portable(uint32_t k1, uint32_t k2, float* out, int64_t n, int64_t from, int64_t to) {
+  noise_detail::normal_pairs(k1, k2, out, n, from, to);
 }
+
+namespace {
+
+struct Work {
+  const uint32_t* k;
+  int64_t ks0, ks1, chunk;  // chunk: T * D values per layer and row
+  float* o;
+  int B, L, parts;
+  bool avx2;
+};
+
+void pairs(const Work& w, int b, float* out, int64_t from, int64_t to) {
+  const uint32_t k1 = w.k[b * w.ks0], k2 = w.k[b * w.ks0 + w.ks1];
+#if defined(__x86_64__)
+  if (w.avx2) return normal_pairs_avx2(k1, k2, out, w.L * w.chunk, from, to);
+#endif
+  normal_pairs_portable(k1, k2, out, w.L * w.chunk, from, to);
+}
+
+// One row alone: (L, 1, T, D) is the row's own order, so each part writes its counter range in
+// place (a decode step's row is 30 * 576 values, each a libm log).
+void part_of_row(const void* ctx, int c) {
+  const Work& w = *static_cast<const Work*>(ctx);
+  const int64_t half = w.L * w.chunk / 2;
+  pairs(w, 0, w.o, half * c / w.parts, half * (c + 1) / w.parts);
+}
+
+void one_row(const void* ctx, int b) {
+  const Work& w = *static_cast<const Work*>(ctx);
+  thread_local std::vector<float> row;
+  row.resize(static_cast<size_t>(w.L * w.chunk));
+  pairs(w, b, row.data(), 0, w.L * w.chunk / 2);
+  // row b's (L, T, D) values into (L, B, T, D)
+  for (int l = 0; l < w.L; ++l)
+    std::memcpy(w.o + (static_cast<int64_t>(l) * w.B + b) * w.chunk, row.data() + l * w.chunk,
+                w.chunk * sizeof(float));
+}
+
+}  // namespace
 
 mx::array dose_noise(const mx::array& keys, int layers, int tokens, int features, mx::StreamOrDevice s) {
   if (keys.ndim() != 2 || keys.shape(1) != 2 || keys.dtype() != mx::uint32)
@@ -39,31 +78,11 @@ void DoseNoise::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::a
   const int64_t chunk = static_cast<int64_t>(tokens_) * features_;
   const bool avx2 = isa() >= AVX2;
   encoder.dispatch([k, ks0, ks1, o, B, L, chunk, avx2]() {
-    struct Work {
-      const uint32_t* k;
-      int64_t ks0, ks1, chunk;
-      float* o;
-      int B, L;
-      bool avx2;
-    } work{k, ks0, ks1, chunk, o, B, L, avx2};
-    auto one_row = [](const void* ctx, int b) {
-      const Work& w = *static_cast<const Work*>(ctx);
-      thread_local std::vector<float> row;
-      row.resize(static_cast<size_t>(w.L * w.chunk));
-      const uint32_t k1 = w.k[b * w.ks0], k2 = w.k[b * w.ks0 + w.ks1];
-#if defined(__x86_64__)
-      if (w.avx2)
-        normal_row_avx2(k1, k2, row.data(), w.L * w.chunk);
-      else
-#endif
-        normal_row_portable(k1, k2, row.data(), w.L * w.chunk);
-      // row b's (L, T, D) values into (L, B, T, D)
-      for (int l = 0; l < w.L; ++l)
-        std::memcpy(w.o + (static_cast<int64_t>(l) * w.B + b) * w.chunk, row.data() + l * w.chunk,
-                    w.chunk * sizeof(float));
-    };
-    // Rows are independent draws: several rows share the product threads (8 rows: half the time).
-    if (B == 1) one_row(&work, 0);
+    // Rows are independent draws: several rows share the product threads (8 rows: half the
+    // time), and a row alone of some size is split into counter ranges, one per thread.
+    const int parts = B == 1 && L * chunk >= 1024 ? num_threads() : 1;
+    Work work{k, ks0, ks1, chunk, o, B, L, parts, avx2};
+    if (B == 1) parallel_for(parts, part_of_row, &work);
     else parallel_for(B, one_row, &work);
   });
 }

@@ -21,9 +21,10 @@ namespace mx = mlx::core;
 // keys (B, 2) uint32 (mx.random.key's two words per row) -> (L, B, T, D) float32.
 mx::array dose_noise(const mx::array& keys, int layers, int tokens, int features, mx::StreamOrDevice s = {});
 
-// n normals of one key (k1, k2) into out: MLX's mx.random.normal((n,), key) values.
-void normal_row_portable(uint32_t k1, uint32_t k2, float* out, int64_t n);
-void normal_row_avx2(uint32_t k1, uint32_t k2, float* out, int64_t n);  // noise_avx2.cpp
+// Counter pairs from .. to - 1 (to <= n / 2, and the odd last value where to == n / 2) of the n
+// normals of one key (k1, k2) into out: MLX's mx.random.normal((n,), key) values.
+void normal_pairs_portable(uint32_t k1, uint32_t k2, float* out, int64_t n, int64_t from, int64_t to);
+void normal_pairs_avx2(uint32_t k1, uint32_t k2, float* out, int64_t n, int64_t from, int64_t to);  // noise_avx2.cpp
 
 class DoseNoise : public mx::Primitive {
  public:

@@ -1,4 +1,4 @@
-// normal_row_avx2 of noise.h, built with -mavx2 -mfma (called only where the CPU has them).
+// normal_pairs_avx2 of noise.h, built with -mavx2 -mfma (called only where the CPU has them).
 #include <immintrin.h>
 
 #include "noise.h"
@@ -76,18 +76,18 @@ inline __m256 normal8(__m256i bits) {
 
 }  // namespace
 
-void normal_row_avx2(uint32_t k1, uint32_t k2, float* out, int64_t n) {
+void normal_pairs_avx2(uint32_t k1, uint32_t k2, float* out, int64_t n, int64_t from, int64_t to) {
   const int64_t half = n / 2, odd = n % 2;
   const __m256i step = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  int64_t c = 0;
-  for (; c + 8 <= half; c += 8) {
+  int64_t c = from;
+  for (; c + 8 <= to; c += 8) {
     __m256i x0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(c)), step);
     __m256i x1 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(c + half + odd)), step);
     threefry8(k1, k2, x0, x1);
     _mm256_storeu_ps(out + c, normal8(x0));
     _mm256_storeu_ps(out + c + half + odd, normal8(x1));
   }
-  noise_detail::normal_pairs_from(k1, k2, out, n, c);
+  noise_detail::normal_pairs(k1, k2, out, n, c, to);
 }
 
 }  // namespace psilonet_qmm
