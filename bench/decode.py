@@ -4,6 +4,9 @@ One process, one prompt (raw text, no chat template, so no early stop), greedy, 
 tokens. The variants run interleaved: every round runs each of them once, in an order rotated
 from round to round, so that the load of this shared machine hits all of them alike. Each ratio
 is taken within a round (paired) and reported as the median over rounds with its min-max.
+The 4-bit variants run ``--repeats`` times in a row per round (their tokens over their time):
+one of their runs takes about 0.4 s, the time scale of this shared machine's load bursts, so a
+single run per round scattered their paired ratios by tens of percent.
 
 Variants (tokens/s, prompt included in the time):
   * ``mlx_lm.generate``: ``mlx_lm.stream_generate``, the baseline;
@@ -31,7 +34,7 @@ decode process, each in its own process.
 The output ends with one line per goal: ``goal NAME: VALUE (target T) met`` or ``missed``. The
 float32 goals of before (x2 and x9 of ``mlx_lm.generate``) are printed as plain ratios above them.
 
-    python -m bench.decode [--tokens 64] [--rounds 5] [--quality-tokens 64]
+    python -m bench.decode [--tokens 64] [--rounds 5] [--repeats 3] [--quality-tokens 64]
 """
 
 from __future__ import annotations
@@ -190,11 +193,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3, help="runs in a row per round of each 4-bit variant")
     parser.add_argument("--quality-tokens", type=int, default=64,
                         help="greedy tokens per prompt of the 4-bit quality check; 0 skips quality and memory")
     args = parser.parse_args(argv)
-    if args.tokens < 1 or args.rounds < 1 or args.quality_tokens < 0:
-        print("error: --tokens and --rounds must be >= 1, --quality-tokens >= 0", file=sys.stderr)
+    if args.tokens < 1 or args.rounds < 1 or args.repeats < 1 or args.quality_tokens < 0:
+        print("error: --tokens, --rounds and --repeats must be >= 1, --quality-tokens >= 0", file=sys.stderr)
         return 2
     model, tokenizer = modeling.load_model()
     q4, _ = quantized.load_model(weights="q4")
@@ -215,10 +219,10 @@ def main(argv=None) -> int:
             return sum(len(r.token_ids) for r in res)
         return run
 
-    def timed(fn):
+    def timed(fn, repeats=1):
         def run():
             start = time.perf_counter()
-            n = fn()
+            n = sum(fn() for _ in range(repeats))
             return n / (time.perf_counter() - start)
         return run
 
@@ -228,9 +232,9 @@ def main(argv=None) -> int:
         "ours, sober, plain loop": timed(ours(False)),
         "ours, dose 0.3 + entropies": timed(dosed([0.3])),
         "8 doses in one batch (aggregate)": timed(dosed(EIGHT_DOSES)),
-        "4-bit, sober": timed(ours(True, q4)),
-        "4-bit, dose 0.3 + entropies": timed(dosed([0.3], q4)),
-        "4-bit, 8 doses in one batch (aggregate)": timed(dosed(EIGHT_DOSES, q4)),
+        "4-bit, sober": timed(ours(True, q4), args.repeats),
+        "4-bit, dose 0.3 + entropies": timed(dosed([0.3], q4), args.repeats),
+        "4-bit, 8 doses in one batch (aggregate)": timed(dosed(EIGHT_DOSES, q4), args.repeats),
     }
     llama = None
     gguf = modeling.default_gguf_path()
@@ -262,7 +266,8 @@ def main(argv=None) -> int:
 
     ceiling = statistics.median(rates["bandwidth ceiling"])
 
-    print(f"\ntokens/s, median [min-max] over {args.rounds} interleaved rounds, {args.tokens} new tokens:")
+    print(f"\ntokens/s, median [min-max] over {args.rounds} interleaved rounds, {args.tokens} new tokens"
+          f" (4-bit variants: {args.repeats} runs in a row per round):")
     for name in names:
         print(f"  {name:40s} {spread(rates[name])}")
     print(f"  (bandwidth ceiling: {ceiling * nbytes / 1e9:.1f} GB/s over {nbytes / 1e6:.0f} MB of float32 weights)")
