@@ -220,7 +220,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3, help="runs in a row per round of each 4-bit variant")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per round of each 4-bit variant (4-bit sober and dosed alternate)")
     parser.add_argument("--quality-tokens", type=int, default=64,
                         help="greedy tokens per prompt of the 4-bit quality check; 0 skips quality and memory")
     args = parser.parse_args(argv)
