@@ -116,71 +116,59 @@ int64_t row_stride(const mx::array& x) {
   return stride < 0 ? x.shape(-1) : stride;
 }
 
+// The product of x (inputs[0]) and the weights (inputs[1..3]) into `out` (N outputs per row), with
+// the inputs registered on the encoder. Where x's leading axes do not collapse (a transpose of
+// them), the problem reads a row-major copy instead: `copy_to` is where the task must copy x's
+// rows first (copy_row_major), else nullptr.
+Problem product_of(const std::vector<mx::array>& inputs, float* out, int N, int bits, int group_size, bool panel,
+                   mx::cpu::CommandEncoder& encoder, float*& copy_to) {
+  const auto& x = inputs[0];
+  for (const auto& a : inputs) encoder.set_input_array(a);
+  for (int i = 1; i < 4; ++i)
+    if (!inputs[i].flags().row_contiguous) throw std::invalid_argument("qmm: w, scales and biases must be row-contiguous");
+  const int K = x.shape(-1), M = static_cast<int>(x.size() / K);
+  Problem p{x.data<float>(), row_stride(x), x.strides(x.ndim() - 1), reinterpret_cast<const uint32_t*>(inputs[1].data<void>()),
+            inputs[2].data<float>(), inputs[3].data<float>(), out, M, N, K, bits, group_size, panel};
+  copy_to = nullptr;
+  if (p.x_row < 0) {
+    mx::array rows({M, K}, mx::float32, nullptr, {});
+    rows.set_data(mx::allocator::malloc(rows.nbytes()));
+    encoder.add_temporary(rows);
+    copy_to = rows.data<float>();
+    p.x = copy_to, p.x_row = K, p.x_col = 1;
+  }
+  return p;
+}
+
 }  // namespace
 
 void QuantizedMatmul::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
-  auto& x = inputs[0];
-  auto& w = inputs[1];  // MLX's layout, or the panel layout (panel_)
-  auto& scales = inputs[2];
-  auto& biases = inputs[3];
   auto& out = outputs[0];
   out.set_data(mx::allocator::malloc(out.nbytes()));
   auto& encoder = mx::cpu::get_command_encoder(stream());
-  encoder.set_input_array(x);
-  encoder.set_input_array(w);
-  encoder.set_input_array(scales);
-  encoder.set_input_array(biases);
+  float* copy_to;
+  const Problem p = product_of(inputs, out.data<float>(), out.shape(-1), bits_, group_size_, panel_, encoder, copy_to);
   encoder.set_output_array(out);
-  for (const auto* a : {&w, &scales, &biases})
-    if (!a->flags().row_contiguous) throw std::invalid_argument("qmm: w, scales and biases must be row-contiguous");
-  const int K = x.shape(-1);
-  const int M = static_cast<int>(x.size() / K);
-  const int N = out.shape(-1);
-  Problem p{x.data<float>(), row_stride(x), x.strides(x.ndim() - 1), reinterpret_cast<const uint32_t*>(w.data<void>()),
-            scales.data<float>(), biases.data<float>(), out.data<float>(), M, N, K, bits_, group_size_, panel_};
-  if (p.x_row >= 0) {
-    encoder.dispatch([p, mode = mode_]() { qmm(p, mode); });
-    return;
-  }
-  // Leading axes that do not collapse (a transpose of them): copy the rows once first.
-  mx::array rows({M, K}, mx::float32, nullptr, {});
-  rows.set_data(mx::allocator::malloc(rows.nbytes()));
-  encoder.add_temporary(rows);
-  p.x = rows.data<float>(), p.x_row = K, p.x_col = 1;
-  encoder.dispatch([p, x = mx::array::unsafe_weak_copy(x), dst = rows.data<float>(), mode = mode_]() {
-    copy_row_major(x, dst);
+  encoder.dispatch([p, x = mx::array::unsafe_weak_copy(inputs[0]), copy_to, mode = mode_]() {
+    if (copy_to) copy_row_major(x, copy_to);
     qmm(p, mode);
   });
 }
 
 void GatedProduct::eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) {
-  auto& x = inputs[0];
-  auto& w = inputs[1];
-  auto& scales = inputs[2];
-  auto& biases = inputs[3];
   auto& out = outputs[0];
   out.set_data(mx::allocator::malloc(out.nbytes()));
   auto& encoder = mx::cpu::get_command_encoder(stream());
-  for (const auto& a : inputs) encoder.set_input_array(a);
-  encoder.set_output_array(out);
-  for (const auto* a : {&w, &scales, &biases})
-    if (!a->flags().row_contiguous) throw std::invalid_argument("qmm: wp, sp and bp must be row-contiguous");
-  const int K = x.shape(-1), M = static_cast<int>(x.size() / K), F = out.shape(-1);
+  const int F = out.shape(-1), M = static_cast<int>(out.size() / F);
   // Both products into one (M, 2F) scratch, then each row's gating into out.
   mx::array both({M, 2 * F}, mx::float32, nullptr, {});
   both.set_data(mx::allocator::malloc(both.nbytes()));
   encoder.add_temporary(both);
-  Problem p{x.data<float>(), row_stride(x), x.strides(x.ndim() - 1), reinterpret_cast<const uint32_t*>(w.data<void>()),
-            scales.data<float>(), biases.data<float>(), both.data<float>(), M, 2 * F, K, bits_, group_size_, true};
-  mx::array rows({p.x_row >= 0 ? 0 : M, K}, mx::float32, nullptr, {});  // strided leading axes: a copy
-  if (p.x_row < 0) {
-    rows.set_data(mx::allocator::malloc(rows.nbytes()));
-    encoder.add_temporary(rows);
-    p.x = rows.data<float>(), p.x_row = K, p.x_col = 1;
-  }
-  encoder.dispatch([p, x = mx::array::unsafe_weak_copy(x), copy = p.x_row == K && rows.size() > 0,
-                    dst = rows.size() > 0 ? rows.data<float>() : nullptr, o = out.data<float>(), avx2 = isa() >= AVX2]() {
-    if (copy) copy_row_major(x, dst);
+  float* copy_to;
+  const Problem p = product_of(inputs, both.data<float>(), 2 * F, bits_, group_size_, true, encoder, copy_to);
+  encoder.set_output_array(out);
+  encoder.dispatch([p, x = mx::array::unsafe_weak_copy(inputs[0]), copy_to, o = out.data<float>(), avx2 = isa() >= AVX2]() {
+    if (copy_to) copy_row_major(x, copy_to);
     qmm(p, INT16);
     const int F = p.N / 2;
     for (int m = 0; m < p.M; ++m) {
