@@ -357,7 +357,7 @@ def mlx_noise(keys, layers, tokens, features):
 
 @needs_ext
 @pytest.mark.parametrize("shape", [(1, 30, 1, 576), (8, 30, 1, 576), (3, 5, 7, 13), (2, 1, 1, 1), (1, 2, 1, 3),
-                                   (2, 30, 9, 576)])
+                                   (2, 30, 9, 576), (1, 3, 7, 65)])  # a row alone splits: even and odd
 def test_dose_noise_equals_mlx_normal_bit_for_bit(shape, restore_isa):
     import numpy as np
     b, layers, tokens, features = shape
